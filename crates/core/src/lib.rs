@@ -1,0 +1,10 @@
+//! Pure logic of syncoid-rsync.
+//!
+//! Owns the values the rest of the tool reasons about (dataset, snapshot and
+//! bookmark names, sizes) and the functions that turn them into command lines
+//! and back. Nothing here starts a process, opens a file or reads a clock:
+//! this crate has no I/O dependencies, so it cannot.
+
+pub mod names;
+pub mod shell;
+pub mod units;

@@ -1,0 +1,162 @@
+//! Fault injection, set by environment variables (see the crate README):
+//!
+//! | variable | effect |
+//! |---|---|
+//! | `FAKEZFS_SEND_FAIL_AFTER=N` | `zfs send` writes N bytes, then fails with an I/O error |
+//! | `FAKEZFS_SEND_HANG_AFTER=N` | `zfs send` writes N bytes, then hangs until killed |
+//! | `FAKEZFS_SEND_CORRUPT_AT=N` | `zfs send` flips the bits of stream byte N |
+//! | `FAKEZFS_SEND_RATE=R` | `zfs send` writes at most R bytes/s (`10M` = 10 MiB/s) |
+//! | `FAKEZFS_RECV_FAIL_AFTER=N` | `zfs receive` reads N bytes, then the stream breaks |
+//!
+//! Sizes take the suffixes K, M, G. Everything else is the real behaviour.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::unix::io::FromRawFd;
+use std::time::{Duration, Instant};
+
+use crate::fail::Res;
+use syncoid_rsync_core::units::parse_size;
+
+/// The status a shell reports for a process killed by SIGPIPE.
+pub const SIGPIPE_STATUS: i32 = 141;
+
+fn env_size(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|v| parse_size(&v))
+}
+
+pub fn describe(e: &io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::EIO) => "Input/output error".into(),
+        _ => e.to_string(),
+    }
+}
+
+/// stdout for a send stream, with the send faults applied.
+pub struct FaultyOut {
+    file: io::BufWriter<File>,
+    written: u64,
+    fail_after: Option<u64>,
+    hang_after: Option<u64>,
+    corrupt_at: Option<u64>,
+    rate: Option<u64>,
+    start: Instant,
+}
+
+impl FaultyOut {
+    pub fn stdout() -> Res<FaultyOut> {
+        // SAFETY: fd 1 is open for the life of the process; we are its only writer.
+        let file = unsafe { File::from_raw_fd(1) };
+        Ok(FaultyOut {
+            file: io::BufWriter::with_capacity(1 << 20, file),
+            written: 0,
+            fail_after: env_size("FAKEZFS_SEND_FAIL_AFTER"),
+            hang_after: env_size("FAKEZFS_SEND_HANG_AFTER"),
+            corrupt_at: env_size("FAKEZFS_SEND_CORRUPT_AT"),
+            rate: env_size("FAKEZFS_SEND_RATE").filter(|r| *r > 0),
+            start: Instant::now(),
+        })
+    }
+
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    fn throttle(&self) {
+        if let Some(rate) = self.rate {
+            let due = Duration::from_secs_f64(self.written as f64 / rate as f64);
+            let elapsed = self.start.elapsed();
+            if due > elapsed {
+                std::thread::sleep(due - elapsed);
+            }
+        }
+    }
+}
+
+impl Write for FaultyOut {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let limit = [self.fail_after, self.hang_after]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(|l| l.saturating_sub(self.written) as usize);
+        let mut n = buf.len().min(limit.unwrap_or(usize::MAX));
+        if self.rate.is_some() {
+            n = n.min(64 * 1024);
+        }
+        if n == 0 && !buf.is_empty() {
+            self.file.flush()?;
+            if self.hang_after.is_some_and(|h| self.written >= h) {
+                loop {
+                    std::thread::sleep(Duration::from_secs(3600));
+                }
+            }
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        let mut chunk = buf[..n].to_vec();
+        if let Some(at) = self.corrupt_at {
+            if at >= self.written && at < self.written + n as u64 {
+                chunk[(at - self.written) as usize] ^= 0xff;
+            }
+        }
+        let n = self.file.write(&chunk)?;
+        self.written += n as u64;
+        self.throttle();
+        Ok(n)
+    }
+
+    fn write_all(&mut self, mut buf: &[u8]) -> io::Result<()> {
+        if self.fail_after.is_none()
+            && self.hang_after.is_none()
+            && self.corrupt_at.is_none()
+            && self.rate.is_none()
+        {
+            self.file.write_all(buf)?;
+            self.written += buf.len() as u64;
+            return Ok(());
+        }
+        while !buf.is_empty() {
+            let n = self.write(buf)?;
+            buf = &buf[n..];
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+/// stdin for a receive, counting bytes, with the receive fault applied.
+pub struct FaultyIn {
+    file: File,
+    pub read: u64,
+    fail_after: Option<u64>,
+}
+
+impl FaultyIn {
+    pub fn stdin() -> FaultyIn {
+        // SAFETY: fd 0 is open for the life of the process; we are its only reader.
+        let file = unsafe { File::from_raw_fd(0) };
+        FaultyIn {
+            file,
+            read: 0,
+            fail_after: env_size("FAKEZFS_RECV_FAIL_AFTER"),
+        }
+    }
+}
+
+impl Read for FaultyIn {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let want = match self.fail_after {
+            Some(l) if self.read >= l => {
+                return Err(io::Error::from_raw_os_error(libc::EIO));
+            }
+            Some(l) => buf.len().min((l - self.read) as usize),
+            None => buf.len(),
+        };
+        let n = self.file.read(&mut buf[..want])?;
+        self.read += n as u64;
+        Ok(n)
+    }
+}
