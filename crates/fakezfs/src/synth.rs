@@ -13,13 +13,35 @@ fn splitmix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+fn word(seed: u64, index: u64) -> [u8; 8] {
+    splitmix(seed ^ index.wrapping_mul(0x2545_f491_4f6c_dd1d)).to_le_bytes()
+}
+
 /// Fills `buf` with content bytes starting at `offset`.
 pub fn fill(seed: u64, offset: u64, buf: &mut [u8]) {
+    if offset % 8 == 0 {
+        let first = offset / 8;
+        let mut words = buf.chunks_exact_mut(8);
+        for (i, w) in (&mut words).enumerate() {
+            w.copy_from_slice(&word(seed, first + i as u64));
+        }
+        let rest = words.into_remainder();
+        let n = rest.len();
+        if n > 0 {
+            let at = buf.len() - n;
+            fill_slow(seed, offset + at as u64, &mut buf[at..]);
+        }
+        return;
+    }
+    fill_slow(seed, offset, buf);
+}
+
+fn fill_slow(seed: u64, offset: u64, buf: &mut [u8]) {
     let mut pos = offset;
     let mut out = 0;
     while out < buf.len() {
         let word_index = pos / 8;
-        let word = splitmix(seed ^ word_index.wrapping_mul(0x2545_f491_4f6c_dd1d)).to_le_bytes();
+        let word = word(seed, word_index);
         let skip = (pos % 8) as usize;
         let n = (8 - skip).min(buf.len() - out);
         buf[out..out + n].copy_from_slice(&word[skip..skip + n]);

@@ -1,1 +1,14 @@
+//! Test fixtures shared by the workspace's integration tests.
+//!
+//! - [`Host`]: an emulated ZFS host: a private `FAKEZFS_ROOT`, a `bin/` with
+//!   `zfs`/`zpool` links to the emulator, helpers to run zfs and read files.
+//! - [`Sshd`]: a real OpenSSH `sshd` on 127.0.0.1 whose sessions see one
+//!   `Host`'s emulator, stopped by pid when dropped.
+//!
+//! Nothing here talks to anything but loopback and its own temp dirs.
 
+mod host;
+mod sshd;
+
+pub use host::{fakezfs_bin, Host, Zfs};
+pub use sshd::Sshd;

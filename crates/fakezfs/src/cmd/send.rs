@@ -392,8 +392,15 @@ fn print_estimates(parts: &[Part], o: &opts::Opts, tok: Option<&token::Token>, t
         ));
     }
     let mut total = 0;
-    for p in parts {
-        let size = stream::substream_len(&p.header);
+    for (i, p) in parts.iter().enumerate() {
+        // The stream terminator is counted with the last part, so the
+        // estimate is the exact number of bytes `zfs send` will write.
+        let end = if i + 1 == parts.len() {
+            stream::END.len() as u64
+        } else {
+            0
+        };
+        let size = stream::substream_len(&p.header) + end;
         total += size;
         let h = &p.header;
         let line = match (o.has('P'), h.is_full()) {
