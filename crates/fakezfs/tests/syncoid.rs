@@ -38,7 +38,13 @@ fn syncoid(local: &Host, args: &[&str]) -> Zfs {
 fn source() -> Host {
     let h = Host::new(&["src", "dst"]);
     h.zfs(&["create", "src/data"]).ok();
-    h.write("src/data", "big", &(0..20_000_000u32).map(|i| (i % 251) as u8).collect::<Vec<_>>());
+    h.write(
+        "src/data",
+        "big",
+        &(0..20_000_000u32)
+            .map(|i| (i % 251) as u8)
+            .collect::<Vec<_>>(),
+    );
     h.write("src/data", "d/small", b"hello");
     h.zfs(&["snapshot", "src/data@first"]).ok();
     h
@@ -65,16 +71,25 @@ fn syncoid_full_incremental_and_resume_locally() {
     syncoid(&h, &["src/data", "dst/data"]);
     assert_eq!(h.read("dst/data", "d/later").unwrap(), b"incremental");
     let dst = h.snapshots("dst/data");
-    assert_eq!(sync_snaps(&dst).len(), 1, "old sync snapshot pruned: {dst:?}");
+    assert_eq!(
+        sync_snaps(&dst).len(),
+        1,
+        "old sync snapshot pruned: {dst:?}"
+    );
 
     // syncoid's own resume recipe: an interrupted receive, then syncoid.
     h.zfs(&["snapshot", "src/data@second"]).ok();
     h.sh("zfs send src/data@first | head --bytes=8M | zfs receive -s dst/resumed");
-    assert!(h.get("receive_resume_token", "dst/resumed").starts_with("1-"));
+    assert!(h
+        .get("receive_resume_token", "dst/resumed")
+        .starts_with("1-"));
     syncoid(&h, &["--compress=none", "src/data", "dst/resumed"]);
     assert_eq!(h.get("receive_resume_token", "dst/resumed"), "-");
     assert_eq!(h.files("dst/resumed"), h.files("src/data"));
-    let resumed = h.log().iter().any(|e| e["argv"][0] == "send" && e["argv"][1] == "-t");
+    let resumed = h
+        .log()
+        .iter()
+        .any(|e| e["argv"][0] == "send" && e["argv"][1] == "-t");
     assert!(resumed, "syncoid resumed with zfs send -t");
 }
 
@@ -87,7 +102,13 @@ fn syncoid_push_and_pull_through_real_sshd() {
     let key = sshd.key.display().to_string();
     let known = format!("UserKnownHostsFile={}/known", remote.dir().display());
     let ssh = [
-        "--sshport", &port, "--sshkey", &key, "--sshoption=StrictHostKeyChecking=no", "-o", &known,
+        "--sshport",
+        &port,
+        "--sshkey",
+        &key,
+        "--sshoption=StrictHostKeyChecking=no",
+        "-o",
+        &known,
     ];
     let mut args: Vec<&str> = ssh.to_vec();
     args.extend(["src/data", "root@127.0.0.1:backup/data"]);

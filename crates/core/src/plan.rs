@@ -1,0 +1,469 @@
+//! The replication planner: what to do for one dataset, as a value.
+//!
+//! Input: both sides' snapshots (guid, createtxg), the source's bookmarks,
+//! the target's resume token and unsnapshotted changes, and the options.
+//! Output: the steps to run, in order, or a typed conflict whose message
+//! shows what each side has. The rules are syncoid's (`syncdataset`):
+//! resume first; a missing target gets a full send of the oldest snapshot
+//! and an `-I` to the newest; an existing one an incremental from the
+//! newest snapshot both sides share (matched by guid), else from a source
+//! bookmark whose guid matches a target snapshot, else nothing unless
+//! `--force-delete`. Nothing here runs a command.
+
+use crate::inventory::Snap;
+use std::fmt;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Source,
+    Target,
+}
+
+impl fmt::Display for Side {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Side::Source => "source",
+            Side::Target => "target",
+        })
+    }
+}
+
+/// What a forced receive (`zfs receive -F`) will throw away on the target.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Rollback {
+    /// Target snapshots newer than the common base, destroyed by `-F`.
+    pub destroys: Vec<String>,
+    /// The target has changes since its newest snapshot, rolled back.
+    pub discards_changes: bool,
+}
+
+impl Rollback {
+    pub fn is_empty(&self) -> bool {
+        self.destroys.is_empty() && !self.discards_changes
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// `zfs receive -A`: discard an interrupted receive (`--no-resume`).
+    AbortPartialReceive,
+    /// `zfs send -t TOKEN`: finish an interrupted receive. Plan again after.
+    Resume {
+        token: String,
+    },
+    /// `zfs snapshot` on the source.
+    CreateSyncSnap {
+        name: String,
+    },
+    /// `zfs destroy -r` of the target (`--force-delete`, no common snapshot).
+    DestroyTarget,
+    /// Full stream of `snap` into a new target.
+    Full {
+        snap: String,
+    },
+    /// Incremental from the clone's origin (`fs@snap` on the source).
+    Clone {
+        origin: String,
+        snap: String,
+    },
+    /// `-I` (intermediates) or `-i` from `from` to `to`.
+    Incremental {
+        from: String,
+        to: String,
+        intermediates: bool,
+        rollback: Rollback,
+    },
+    /// `-i fs#mark fs@to`.
+    FromBookmark {
+        mark: String,
+        to: String,
+        rollback: Rollback,
+    },
+    Hold {
+        side: Side,
+        snap: String,
+    },
+    Release {
+        side: Side,
+        snap: String,
+    },
+    /// `zfs bookmark fs@snap fs#snap` on the source (`--create-bookmark`).
+    Bookmark {
+        snap: String,
+    },
+    /// Destroy these (old sync) snapshots on one side.
+    Prune {
+        side: Side,
+        snaps: Vec<String>,
+    },
+}
+
+impl Step {
+    /// Steps that move data.
+    pub fn is_transfer(&self) -> bool {
+        matches!(
+            self,
+            Step::Resume { .. }
+                | Step::Full { .. }
+                | Step::Clone { .. }
+                | Step::Incremental { .. }
+                | Step::FromBookmark { .. }
+        )
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Conflict {
+    /// `--no-sync-snap` and the source has no snapshot to send.
+    NoSourceSnapshots,
+    /// The target exists but shares no snapshot (or bookmark) with the source.
+    NoCommonSnapshot {
+        source: Vec<String>,
+        target: Vec<String>,
+    },
+    /// `--no-rollback`, but reaching the source needs a rollback of the target.
+    TargetDiverged { base: String, rollback: Rollback },
+}
+
+impl fmt::Display for Conflict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let list = |v: &[String]| {
+            if v.is_empty() {
+                "(none)".to_string()
+            } else {
+                v.join(", ")
+            }
+        };
+        match self {
+            Conflict::NoSourceSnapshots => {
+                write!(f, "the source has no snapshots, and --no-sync-snap forbids creating one")
+            }
+            Conflict::NoCommonSnapshot { source, target } => write!(
+                f,
+                "the target exists but has no snapshot in common with the source (matched by guid), \
+                 and no source bookmark matches a target snapshot.\n  source snapshots: {}\n  target snapshots: {}\n\
+                 Replicating would need destroying the target: refusing. Use --force-delete to destroy and \
+                 re-create it, or pick a new target (replication creates it).",
+                list(source),
+                list(target)
+            ),
+            Conflict::TargetDiverged { base, rollback } => {
+                write!(f, "the target has diverged from the common snapshot {base}:")?;
+                if !rollback.destroys.is_empty() {
+                    write!(f, " newer target snapshots {} would be destroyed;", list(&rollback.destroys))?;
+                }
+                if rollback.discards_changes {
+                    write!(f, " changes made on the target since its newest snapshot would be rolled back;")?;
+                }
+                write!(f, " --no-rollback forbids it")
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    pub no_stream: bool,
+    pub force_delete: bool,
+    pub no_rollback: bool,
+    pub resume: bool,
+    pub keep_sync_snap: bool,
+    pub create_bookmark: bool,
+    pub use_hold: bool,
+    /// `syncoid_[id_]hostname`: the sync snapshots this run may prune.
+    pub sync_prefix: String,
+}
+
+/// The target as the planner needs it.
+#[derive(Debug, Clone, Default)]
+pub struct TargetState {
+    pub snaps: Vec<Snap>,
+    pub resume_token: Option<String>,
+    /// Bytes written since the target's newest snapshot.
+    pub written: u64,
+    pub is_pool_root: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Input {
+    /// Source snapshots, oldest first, already filtered by include/exclude.
+    pub source: Vec<Snap>,
+    pub source_marks: Vec<Snap>,
+    /// `None` when the target does not exist.
+    pub target: Option<TargetState>,
+    /// Clone origin on the source (`fs@snap`), when clones are handled.
+    pub origin: Option<String>,
+    /// The sync snapshot to create, or `None` with `--no-sync-snap`.
+    pub new_sync_snap: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Plan {
+    Steps(Vec<Step>),
+    /// The target already has the newest source snapshot.
+    UpToDate {
+        newest: String,
+    },
+}
+
+/// Is `name` one of our sync snapshots (`PREFIX_YYYY-...`)?
+pub fn is_own_sync_snap(name: &str, prefix: &str) -> bool {
+    name.strip_prefix(prefix)
+        .and_then(|rest| rest.strip_prefix('_'))
+        .is_some_and(|date| {
+            date.len() >= 10
+                && date.as_bytes()[..4].iter().all(u8::is_ascii_digit)
+                && date.as_bytes()[4] == b'-'
+        })
+}
+
+fn rollback_after(target: &TargetState, base_guid: u64) -> Rollback {
+    let base_txg = target
+        .snaps
+        .iter()
+        .find(|s| s.guid == base_guid)
+        .map(|s| s.createtxg)
+        .unwrap_or(0);
+    Rollback {
+        destroys: target
+            .snaps
+            .iter()
+            .filter(|s| s.createtxg > base_txg)
+            .map(|s| s.name.clone())
+            .collect(),
+        discards_changes: target.written > 0,
+    }
+}
+
+fn check_rollback(base: &str, rollback: Rollback, opts: &Options) -> Result<Rollback, Conflict> {
+    if opts.no_rollback && !rollback.is_empty() {
+        return Err(Conflict::TargetDiverged {
+            base: base.to_string(),
+            rollback,
+        });
+    }
+    Ok(rollback)
+}
+
+/// Plans one dataset.
+pub fn plan(input: &Input, opts: &Options) -> Result<Plan, Conflict> {
+    let mut steps = Vec::new();
+    if let Some(token) = input.target.as_ref().and_then(|t| t.resume_token.clone()) {
+        if opts.resume {
+            return Ok(Plan::Steps(vec![Step::Resume { token }]));
+        }
+        steps.push(Step::AbortPartialReceive);
+    }
+    let newest = match &input.new_sync_snap {
+        Some(n) => {
+            steps.push(Step::CreateSyncSnap { name: n.clone() });
+            n.clone()
+        }
+        None => input
+            .source
+            .last()
+            .map(|s| s.name.clone())
+            .ok_or(Conflict::NoSourceSnapshots)?,
+    };
+    let mut base = None;
+    match &input.target {
+        None => full_path(input, opts, &newest, &mut steps),
+        Some(t) => match common(input, t) {
+            Some(m) if m.name == newest => {
+                if steps.is_empty() {
+                    return Ok(Plan::UpToDate { newest });
+                }
+            }
+            Some(m) => {
+                let rollback = check_rollback(&m.name, rollback_after(t, m.guid), opts)?;
+                steps.push(Step::Incremental {
+                    from: m.name.clone(),
+                    to: newest.clone(),
+                    intermediates: !opts.no_stream,
+                    rollback,
+                });
+                base = Some(m.name.clone());
+            }
+            None => match bookmark_base(input, t) {
+                Some((mark, tsnap)) => {
+                    let rollback = check_rollback(&mark.name, rollback_after(t, tsnap.guid), opts)?;
+                    from_bookmark(input, opts, mark, &newest, rollback, &mut steps);
+                }
+                None if opts.force_delete && !t.is_pool_root => {
+                    steps.push(Step::DestroyTarget);
+                    full_path(input, opts, &newest, &mut steps);
+                }
+                None => {
+                    return Err(Conflict::NoCommonSnapshot {
+                        source: input.source.iter().map(|s| s.name.clone()).collect(),
+                        target: t.snaps.iter().map(|s| s.name.clone()).collect(),
+                    })
+                }
+            },
+        },
+    }
+    after_transfer(input, opts, &newest, base, &mut steps);
+    Ok(Plan::Steps(steps))
+}
+
+/// The newest source snapshot the target also has (same guid).
+fn common<'a>(input: &'a Input, t: &TargetState) -> Option<&'a Snap> {
+    input
+        .source
+        .iter()
+        .rev()
+        .find(|s| t.snaps.iter().any(|x| x.guid == s.guid))
+}
+
+/// A source bookmark matching the newest possible target snapshot.
+fn bookmark_base<'a>(input: &'a Input, t: &'a TargetState) -> Option<(&'a Snap, &'a Snap)> {
+    t.snaps.iter().rev().find_map(|ts| {
+        input
+            .source_marks
+            .iter()
+            .find(|m| m.guid == ts.guid)
+            .map(|m| (m, ts))
+    })
+}
+
+fn full_path(input: &Input, opts: &Options, newest: &str, steps: &mut Vec<Step>) {
+    let first = if opts.no_stream {
+        newest.to_string()
+    } else {
+        input
+            .source
+            .first()
+            .map(|s| s.name.clone())
+            .unwrap_or_else(|| newest.to_string())
+    };
+    match &input.origin {
+        Some(origin) => steps.push(Step::Clone {
+            origin: origin.clone(),
+            snap: first.clone(),
+        }),
+        None => steps.push(Step::Full {
+            snap: first.clone(),
+        }),
+    }
+    if first != newest {
+        steps.push(Step::Incremental {
+            from: first,
+            to: newest.to_string(),
+            intermediates: true,
+            rollback: Rollback::default(),
+        });
+    }
+}
+
+fn from_bookmark(
+    input: &Input,
+    opts: &Options,
+    mark: &Snap,
+    newest: &str,
+    rollback: Rollback,
+    steps: &mut Vec<Step>,
+) {
+    // A bookmark cannot be the base of -I: send to the next snapshot after
+    // it with -i, then -I from there (syncoid's order).
+    let next = if opts.no_stream {
+        None
+    } else {
+        input
+            .source
+            .iter()
+            .find(|s| s.createtxg >= mark.createtxg)
+            .map(|s| s.name.clone())
+    };
+    let to = next.clone().unwrap_or_else(|| newest.to_string());
+    steps.push(Step::FromBookmark {
+        mark: mark.name.clone(),
+        to: to.clone(),
+        rollback,
+    });
+    if to != newest {
+        steps.push(Step::Incremental {
+            from: to,
+            to: newest.to_string(),
+            intermediates: true,
+            rollback: Rollback::default(),
+        });
+    }
+}
+
+fn after_transfer(
+    input: &Input,
+    opts: &Options,
+    newest: &str,
+    base: Option<String>,
+    steps: &mut Vec<Step>,
+) {
+    if opts.use_hold {
+        for side in [Side::Source, Side::Target] {
+            steps.push(Step::Hold {
+                side,
+                snap: newest.to_string(),
+            });
+            if let Some(b) = &base {
+                steps.push(Step::Release {
+                    side,
+                    snap: b.clone(),
+                });
+            }
+        }
+    }
+    match &input.new_sync_snap {
+        None if opts.create_bookmark => steps.push(Step::Bookmark {
+            snap: newest.to_string(),
+        }),
+        Some(new) if !opts.keep_sync_snap => {
+            let old = |snaps: &[Snap]| -> Vec<String> {
+                snaps
+                    .iter()
+                    .filter(|s| s.name != *new && is_own_sync_snap(&s.name, &opts.sync_prefix))
+                    .map(|s| s.name.clone())
+                    .collect()
+            };
+            let src = old(&input.source);
+            let dst = input
+                .target
+                .as_ref()
+                .map(|t| old(&t.snaps))
+                .unwrap_or_default();
+            if !src.is_empty() {
+                steps.push(Step::Prune {
+                    side: Side::Source,
+                    snaps: src,
+                });
+            }
+            if !dst.is_empty() {
+                steps.push(Step::Prune {
+                    side: Side::Target,
+                    snaps: dst,
+                });
+            }
+        }
+        _ => {}
+    }
+}
+
+/// `--delete-target-snapshots`: target snapshots the source no longer has
+/// (by name, as syncoid compares), oldest first.
+pub fn target_only(source: &[Snap], target: &[Snap]) -> Vec<String> {
+    target
+        .iter()
+        .filter(|t| !source.iter().any(|s| s.name == t.name))
+        .map(|t| t.name.clone())
+        .collect()
+}
+
+/// Applies `--include-snaps` / `--exclude-snaps` (regex tests passed in).
+pub fn filter_snaps(snaps: &[Snap], included: &dyn Fn(&str) -> bool) -> Vec<Snap> {
+    snaps
+        .iter()
+        .filter(|s| included(&s.name))
+        .cloned()
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;
