@@ -5,6 +5,7 @@
 //! and back. Nothing here starts a process, opens a file or reads a clock:
 //! this crate has no I/O dependencies, so it cannot.
 
+pub mod argv;
 pub mod inventory;
 pub mod location;
 pub mod names;

@@ -1,0 +1,441 @@
+//! Command lines as data: zfs send/receive and the pipeline around them
+//! (compression, mbuffer, pv) for each of the four topologies, built the
+//! way syncoid builds them. The executor runs these vectors; remote
+//! segments become one string through `shell::join`, the only place a
+//! command line is quoted.
+
+/// Where a pipeline segment runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Where {
+    Source,
+    Local,
+    Target,
+}
+
+/// A run of commands piped together on one host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Segment {
+    pub at: Where,
+    pub stages: Vec<Vec<String>>,
+}
+
+/// The compressors of `--compress`, with their decompressors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compress {
+    None,
+    Gzip,
+    PigzFast,
+    PigzSlow,
+    ZstdFast,
+    ZstdmtFast,
+    ZstdSlow,
+    ZstdmtSlow,
+    Xz,
+    Lzo,
+    Lz4,
+}
+
+impl Compress {
+    pub const NAMES: &'static [&'static str] = &[
+        "gzip",
+        "pigz-fast",
+        "pigz-slow",
+        "zstd-fast",
+        "zstdmt-fast",
+        "zstd-slow",
+        "zstdmt-slow",
+        "xz",
+        "lzo",
+        "lz4",
+        "none",
+    ];
+
+    pub fn parse(s: &str) -> Option<Compress> {
+        Some(match s {
+            "none" => Compress::None,
+            "gzip" => Compress::Gzip,
+            "pigz-fast" => Compress::PigzFast,
+            "pigz-slow" => Compress::PigzSlow,
+            "zstd-fast" => Compress::ZstdFast,
+            "zstdmt-fast" => Compress::ZstdmtFast,
+            "zstd-slow" => Compress::ZstdSlow,
+            "zstdmt-slow" => Compress::ZstdmtSlow,
+            "xz" => Compress::Xz,
+            "lzo" | "default" => Compress::Lzo,
+            "lz4" => Compress::Lz4,
+            _ => return None,
+        })
+    }
+
+    /// The program that must exist on both ends.
+    pub fn program(self) -> Option<&'static str> {
+        match self {
+            Compress::None => None,
+            Compress::Gzip => Some("gzip"),
+            Compress::PigzFast | Compress::PigzSlow => Some("pigz"),
+            Compress::ZstdFast | Compress::ZstdSlow => Some("zstd"),
+            Compress::ZstdmtFast | Compress::ZstdmtSlow => Some("zstdmt"),
+            Compress::Xz => Some("xz"),
+            Compress::Lzo => Some("lzop"),
+            Compress::Lz4 => Some("lz4"),
+        }
+    }
+
+    /// The decompressing program (`zcat` for gzip, as syncoid).
+    pub fn decompress_program(self) -> Option<&'static str> {
+        match self {
+            Compress::Gzip => Some("zcat"),
+            other => other.program(),
+        }
+    }
+
+    pub fn compress_argv(self) -> Vec<String> {
+        let args: &[&str] = match self {
+            Compress::None => return vec![],
+            Compress::Gzip | Compress::PigzFast | Compress::ZstdFast | Compress::ZstdmtFast => {
+                &["-3"]
+            }
+            Compress::PigzSlow => &["-9"],
+            Compress::ZstdSlow | Compress::ZstdmtSlow => &["-19"],
+            Compress::Xz | Compress::Lzo | Compress::Lz4 => &[],
+        };
+        let mut v = vec![self.program().unwrap_or_default().to_string()];
+        v.extend(args.iter().map(|s| s.to_string()));
+        v
+    }
+
+    pub fn decompress_argv(self) -> Vec<String> {
+        let args: &[&str] = match self {
+            Compress::None => return vec![],
+            Compress::Gzip => &[],
+            Compress::Xz => &["-d"],
+            Compress::Lzo => &["-dfc"],
+            _ => &["-dc"],
+        };
+        let mut v = vec![self.decompress_program().unwrap_or_default().to_string()];
+        v.extend(args.iter().map(|s| s.to_string()));
+        v
+    }
+}
+
+/// One option of `--sendoptions`/`--recvoptions`: a letter and, for
+/// `o`, `x` and `X`, its value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ZfsOpt {
+    pub letter: char,
+    pub value: Option<String>,
+}
+
+/// Parses syncoid's option syntax: `"Lc e"` is `-L -c -e`; `"o a=b x c"` is
+/// `-o a=b -x c`. `None` when a value-taking letter is not last in its word.
+pub fn parse_zfs_opts(line: &str) -> Option<Vec<ZfsOpt>> {
+    let mut out = Vec::new();
+    let mut pending: Option<char> = None;
+    for word in line.split(' ').filter(|w| !w.is_empty()) {
+        if let Some(letter) = pending.take() {
+            out.push(ZfsOpt {
+                letter,
+                value: Some(word.to_string()),
+            });
+            continue;
+        }
+        for c in word.chars() {
+            if pending.is_some() {
+                return None;
+            }
+            if matches!(c, 'o' | 'x' | 'X') {
+                pending = Some(c);
+            } else if c.is_ascii_alphabetic() {
+                out.push(ZfsOpt {
+                    letter: c,
+                    value: None,
+                });
+            } else {
+                return None;
+            }
+        }
+    }
+    if pending.is_some() {
+        return None;
+    }
+    Some(out)
+}
+
+fn opts_argv(opts: &[ZfsOpt], allowed: &str) -> Vec<String> {
+    let mut v = Vec::new();
+    for o in opts.iter().filter(|o| allowed.contains(o.letter)) {
+        v.push(format!("-{}", o.letter));
+        if let Some(val) = &o.value {
+            v.push(val.clone());
+        }
+    }
+    v
+}
+
+/// What a send sends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SendWhat {
+    Full {
+        snap: String,
+    },
+    /// `-i`/`-I FROM TO`; FROM may be `fs@snap` or `fs#mark`.
+    Incremental {
+        from: String,
+        to: String,
+        intermediates: bool,
+    },
+    Resume {
+        token: String,
+    },
+}
+
+fn zfs(elevate: bool) -> Vec<String> {
+    let mut v = Vec::new();
+    if elevate {
+        v.push("sudo".to_string());
+    }
+    v.push("zfs".to_string());
+    v
+}
+
+/// `zfs send` with the user's send options filtered as syncoid filters them.
+pub fn send(what: &SendWhat, user_opts: &[ZfsOpt], elevate: bool) -> Vec<String> {
+    let mut v = zfs(elevate);
+    v.push("send".into());
+    match what {
+        SendWhat::Full { snap } => {
+            v.extend(opts_argv(user_opts, "LPVRXbcehpsvw"));
+            v.push(snap.clone());
+        }
+        SendWhat::Incremental {
+            from,
+            to,
+            intermediates,
+        } => {
+            let allowed = if from.contains('#') {
+                "LVcew"
+            } else {
+                "LPVRXbcehpsvw"
+            };
+            v.extend(opts_argv(user_opts, allowed));
+            v.push(if *intermediates { "-I" } else { "-i" }.into());
+            v.push(from.clone());
+            v.push(to.clone());
+        }
+        SendWhat::Resume { token } => {
+            v.extend(opts_argv(user_opts, "PVev"));
+            v.push("-t".into());
+            v.push(token.clone());
+        }
+    }
+    v
+}
+
+/// `zfs send -nvP` for the same stream: the size estimate.
+pub fn estimate(what: &SendWhat, user_opts: &[ZfsOpt], elevate: bool) -> Vec<String> {
+    let allowed = if matches!(what, SendWhat::Resume { .. }) {
+        "Ve"
+    } else {
+        "LVRXbcehpsw"
+    };
+    let filtered: Vec<ZfsOpt> = user_opts
+        .iter()
+        .filter(|o| allowed.contains(o.letter))
+        .cloned()
+        .collect();
+    let mut v = send(what, &filtered, elevate);
+    let at = if elevate { 3 } else { 2 };
+    v.insert(at, "-nvP".into());
+    v
+}
+
+/// Parses the byte count from `zfs send -nvP` output (its last line).
+pub fn parse_estimate(stdout: &str) -> Option<u64> {
+    let last = stdout.lines().rev().find(|l| !l.trim().is_empty())?;
+    last.rsplit('\t').next()?.trim().parse().ok()
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Receive {
+    pub resumable: bool,
+    pub force: bool,
+    /// `-o prop=value` from --preserve-properties / --preserve-recordsize.
+    pub set_props: Vec<(String, String)>,
+}
+
+/// `zfs receive` with the user's receive options filtered as syncoid does.
+pub fn receive(target: &str, r: &Receive, user_opts: &[ZfsOpt], elevate: bool) -> Vec<String> {
+    let mut v = zfs(elevate);
+    v.push("receive".into());
+    v.extend(opts_argv(user_opts, "hoxuv"));
+    if r.resumable {
+        v.push("-s".into());
+    }
+    if r.force {
+        v.push("-F".into());
+    }
+    for (k, val) in &r.set_props {
+        v.push("-o".into());
+        v.push(format!("{k}={val}"));
+    }
+    v.push(target.to_string());
+    v
+}
+
+/// Tools found on each host (for mbuffer, pv and the compressor).
+#[derive(Debug, Clone, Default)]
+pub struct Tools {
+    pub source_mbuffer: bool,
+    pub target_mbuffer: bool,
+    pub local_mbuffer: bool,
+    pub local_pv: bool,
+    /// The compressor is usable on every host that needs it.
+    pub compress: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct PipeOpts {
+    pub compress: Compress,
+    pub mbuffer_size: String,
+    pub source_bwlimit: Option<String>,
+    pub target_bwlimit: Option<String>,
+    /// pv's options (split on whitespace); `None` disables pv.
+    pub pv_options: Option<Vec<String>>,
+    pub source_remote: bool,
+    pub target_remote: bool,
+}
+
+fn mbuffer(limit: Option<(&str, &str)>, size: &str) -> Vec<String> {
+    let mut v = vec!["mbuffer".to_string()];
+    if let Some((flag, rate)) = limit {
+        v.push(flag.to_string());
+        v.push(rate.to_string());
+    }
+    v.extend(
+        ["-q", "-s", "128k", "-m", size]
+            .iter()
+            .map(|s| s.to_string()),
+    );
+    v
+}
+
+fn pv(opts: &[String], size: u64) -> Vec<String> {
+    let mut v = vec!["pv".to_string()];
+    v.extend(opts.iter().cloned());
+    v.push("-s".into());
+    v.push(size.to_string());
+    v
+}
+
+/// The sync pipeline for one send, segment by segment (syncoid's
+/// `buildsynccmd`). The first stage is `send`, the last `recv`.
+pub fn pipeline(
+    send: Vec<String>,
+    recv: Vec<String>,
+    size: u64,
+    o: &PipeOpts,
+    t: &Tools,
+) -> Vec<Segment> {
+    let comp = o.compress != Compress::None && t.compress;
+    let src_limit = o.source_bwlimit.as_deref().map(|r| ("-R", r));
+    let dst_limit = o.target_bwlimit.as_deref().map(|r| ("-r", r));
+    let pv_stage = o
+        .pv_options
+        .as_ref()
+        .filter(|_| t.local_pv)
+        .map(|p| pv(p, size));
+    let seg = |at, stages: Vec<Option<Vec<String>>>| Segment {
+        at,
+        stages: stages.into_iter().flatten().collect(),
+    };
+    let c = || comp.then(|| o.compress.compress_argv());
+    let d = || comp.then(|| o.compress.decompress_argv());
+    match (o.source_remote, o.target_remote) {
+        (false, false) => {
+            let limit = src_limit.or(dst_limit);
+            vec![seg(
+                Where::Local,
+                vec![
+                    Some(send),
+                    t.source_mbuffer.then(|| mbuffer(limit, &o.mbuffer_size)),
+                    pv_stage,
+                    Some(recv),
+                ],
+            )]
+        }
+        (false, true) => vec![
+            seg(
+                Where::Local,
+                vec![
+                    Some(send),
+                    pv_stage,
+                    c(),
+                    t.source_mbuffer
+                        .then(|| mbuffer(src_limit, &o.mbuffer_size)),
+                ],
+            ),
+            seg(
+                Where::Target,
+                vec![
+                    t.target_mbuffer
+                        .then(|| mbuffer(dst_limit, &o.mbuffer_size)),
+                    d(),
+                    Some(recv),
+                ],
+            ),
+        ],
+        (true, false) => vec![
+            seg(
+                Where::Source,
+                vec![
+                    Some(send),
+                    c(),
+                    t.source_mbuffer
+                        .then(|| mbuffer(src_limit, &o.mbuffer_size)),
+                ],
+            ),
+            seg(
+                Where::Local,
+                vec![
+                    t.target_mbuffer
+                        .then(|| mbuffer(dst_limit, &o.mbuffer_size)),
+                    d(),
+                    pv_stage,
+                    Some(recv),
+                ],
+            ),
+        ],
+        (true, true) => vec![
+            seg(
+                Where::Source,
+                vec![
+                    Some(send),
+                    c(),
+                    t.source_mbuffer
+                        .then(|| mbuffer(src_limit, &o.mbuffer_size)),
+                ],
+            ),
+            seg(
+                Where::Local,
+                vec![
+                    d(),
+                    pv_stage,
+                    c(),
+                    t.local_mbuffer.then(|| mbuffer(None, &o.mbuffer_size)),
+                ],
+            ),
+            seg(
+                Where::Target,
+                vec![
+                    t.target_mbuffer
+                        .then(|| mbuffer(dst_limit, &o.mbuffer_size)),
+                    d(),
+                    Some(recv),
+                ],
+            ),
+        ],
+    }
+}
+
+#[cfg(test)]
+mod tests;
