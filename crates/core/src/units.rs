@@ -12,7 +12,7 @@ pub fn nicenum(num: u64) -> String {
         index += 1;
     }
     let u = UNITS[index];
-    if index == 0 || num % (1u64 << (10 * index)) == 0 {
+    if index == 0 || num.is_multiple_of(1u64 << (10 * index)) {
         return format!("{n}{u}");
     }
     let val = num as f64 / (1u64 << (10 * index)) as f64;

@@ -552,33 +552,18 @@ pub fn get(ctx: &Ctx, obj: &Obj, prop: &str, parsable: bool) -> Option<(String, 
         ("clones", Obj::Snap(..)) => ro(ctx.st.clones_of(&obj.name()).join(",")),
         ("redact_snaps", Obj::Mark(..)) => ro("-".into()),
         (_, Obj::Fs(..)) => settable(ctx, obj, prop, parsable),
-        (p, Obj::Snap(..))
-            if matches!(
-                p,
-                "devices"
-                    | "exec"
-                    | "setuid"
-                    | "xattr"
-                    | "nbmand"
-                    | "primarycache"
-                    | "secondarycache"
-                    | "mlslabel"
-                    | "acltype"
-                    | "context"
-                    | "fscontext"
-                    | "defcontext"
-                    | "rootcontext"
-            ) =>
-        {
-            settable(ctx, obj, prop, parsable).map(|(v, s)| {
-                let s = if s == "default" {
-                    s
-                } else {
-                    format!("inherited from {}", obj.fs())
-                };
-                (v, s)
-            })
-        }
+        (
+            "devices" | "exec" | "setuid" | "xattr" | "nbmand" | "primarycache" | "secondarycache"
+            | "mlslabel" | "acltype" | "context" | "fscontext" | "defcontext" | "rootcontext",
+            Obj::Snap(..),
+        ) => settable(ctx, obj, prop, parsable).map(|(v, s)| {
+            let s = if s == "default" {
+                s
+            } else {
+                format!("inherited from {}", obj.fs())
+            };
+            (v, s)
+        }),
         _ => None,
     }
 }

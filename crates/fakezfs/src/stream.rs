@@ -104,12 +104,11 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(s.as_bytes());
 }
 
-/// One decoded op; file bodies are handed to `blob` for storage.
-pub fn apply_ops(
-    ops: &[u8],
-    base: &mut Manifest,
-    blob: &mut dyn FnMut(&str, &[u8]) -> Result<(), String>,
-) -> Result<(), String> {
+/// Stores a file body under its hash.
+pub type BlobSink<'a> = &'a mut dyn FnMut(&str, &[u8]) -> Result<(), String>;
+
+/// Applies ops to `base`; file bodies are handed to `blob` for storage.
+pub fn apply_ops(ops: &[u8], base: &mut Manifest, blob: BlobSink) -> Result<(), String> {
     let mut c = Cursor { b: ops, i: 0 };
     loop {
         let op = c.u8()?;

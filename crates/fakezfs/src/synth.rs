@@ -19,7 +19,7 @@ fn word(seed: u64, index: u64) -> [u8; 8] {
 
 /// Fills `buf` with content bytes starting at `offset`.
 pub fn fill(seed: u64, offset: u64, buf: &mut [u8]) {
-    if offset % 8 == 0 {
+    if offset.is_multiple_of(8) {
         let first = offset / 8;
         let mut words = buf.chunks_exact_mut(8);
         for (i, w) in (&mut words).enumerate() {

@@ -123,7 +123,7 @@ pub fn list(args: &[String]) -> Res<()> {
         .iter()
         .map(|c| props::is_numeric(c) && c != "guid")
         .collect();
-    if !(rows.is_empty() && !errs.is_empty()) {
+    if !rows.is_empty() || errs.is_empty() {
         if rows.is_empty() && !o.has('H') {
             if errs.is_empty() {
                 eprintln!("no datasets available");

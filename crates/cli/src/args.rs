@@ -1,0 +1,174 @@
+//! The command line: syncoid 2.3's options, with their meanings, plus ours.
+//! Parsed here (stage one); `config` turns it into validated settings.
+
+use clap::Parser;
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "syncoid-rsync",
+    version,
+    about = "Replicate ZFS datasets between hosts: syncoid's command line, plus a transport that survives outages.",
+    after_help = "SOURCE and TARGET are `pool/fs` or `[user@]host:pool/fs`.\n\
+                  Exit status: 0 done (or nothing to do), 1 some datasets skipped (busy target),\n\
+                  2 some datasets failed, 64 bad command line, 69 a host or tool is unusable."
+)]
+pub struct Args {
+    /// Source dataset: pool/fs or [user@]host:pool/fs
+    #[arg(required_unless_present = "monitor_version")]
+    pub source: Option<String>,
+    /// Target dataset: pool/fs or [user@]host:pool/fs
+    #[arg(required_unless_present = "monitor_version")]
+    pub target: Option<String>,
+
+    // --- What to replicate ---
+    /// Also replicate child datasets
+    #[arg(short = 'r', long, help_heading = "What to replicate")]
+    pub recursive: bool,
+    /// With --recursive: do not replicate the top dataset itself
+    #[arg(long, help_heading = "What to replicate")]
+    pub skip_parent: bool,
+    /// DEPRECATED alias of --exclude-datasets (ignored if that is given)
+    #[arg(long, value_name = "REGEX", help_heading = "What to replicate")]
+    pub exclude: Vec<String>,
+    /// Skip datasets whose name matches REGEX (repeatable)
+    #[arg(long, value_name = "REGEX", help_heading = "What to replicate")]
+    pub exclude_datasets: Vec<String>,
+    /// Skip snapshots whose name matches REGEX (repeatable; wins over --include-snaps)
+    #[arg(long, value_name = "REGEX", help_heading = "What to replicate")]
+    pub exclude_snaps: Vec<String>,
+    /// Only replicate snapshots whose name matches REGEX (repeatable)
+    #[arg(long, value_name = "REGEX", help_heading = "What to replicate")]
+    pub include_snaps: Vec<String>,
+    /// Send only the newest snapshot, not the ones in between (-i instead of -I)
+    #[arg(long, help_heading = "What to replicate")]
+    pub no_stream: bool,
+    /// Do not recreate clones as clones on the target
+    #[arg(long, help_heading = "What to replicate")]
+    pub no_clone_handling: bool,
+
+    // --- Sync snapshots ---
+    /// Do not create a sync snapshot; send the newest existing one
+    #[arg(long, help_heading = "Sync snapshots")]
+    pub no_sync_snap: bool,
+    /// Do not prune older sync snapshots
+    #[arg(long, help_heading = "Sync snapshots")]
+    pub keep_sync_snap: bool,
+    /// Extra identifier in sync snapshot and hold names (for several targets)
+    #[arg(long, value_name = "EXTRA", help_heading = "Sync snapshots")]
+    pub identifier: Option<String>,
+    /// With --no-sync-snap: bookmark the newest source snapshot after success
+    #[arg(long, help_heading = "Sync snapshots")]
+    pub create_bookmark: bool,
+    /// Hold the newest snapshot on both sides; release the previous hold
+    #[arg(long, help_heading = "Sync snapshots")]
+    pub use_hold: bool,
+
+    // --- Target safety ---
+    /// Never roll the target back (no `zfs receive -F`); diverged targets are an error
+    #[arg(long, help_heading = "Target safety")]
+    pub no_rollback: bool,
+    /// Destroy and re-create a target that shares no snapshot with the source (never a pool root)
+    #[arg(long, help_heading = "Target safety")]
+    pub force_delete: bool,
+    /// After replicating, destroy target snapshots the source no longer has
+    #[arg(long, help_heading = "Target safety")]
+    pub delete_target_snapshots: bool,
+    /// Do not use or keep resumable receive state
+    #[arg(long, help_heading = "Target safety")]
+    pub no_resume: bool,
+    /// Print every zfs command that would run, in order; change nothing
+    #[arg(long, help_heading = "Target safety")]
+    pub dry_run: bool,
+
+    // --- Properties ---
+    /// Set the source's recordsize on the target (new targets)
+    #[arg(long, help_heading = "Properties")]
+    pub preserve_recordsize: bool,
+    /// Set the source's locally set properties on the target
+    #[arg(long, help_heading = "Properties")]
+    pub preserve_properties: bool,
+    /// Extra zfs send options in syncoid's syntax, e.g. "Lc e" or "w"
+    #[arg(
+        long,
+        value_name = "OPTIONS",
+        help_heading = "Properties",
+        allow_hyphen_values = true
+    )]
+    pub sendoptions: Option<String>,
+    /// Extra zfs receive options, e.g. "ux recordsize o compression=lz4"
+    #[arg(
+        long,
+        value_name = "OPTIONS",
+        help_heading = "Properties",
+        allow_hyphen_values = true
+    )]
+    pub recvoptions: Option<String>,
+
+    // --- Transport ---
+    /// gzip, pigz-fast, pigz-slow, zstd-fast, zstdmt-fast, zstd-slow, zstdmt-slow, xz, lzo (default), lz4, none
+    #[arg(long, value_name = "FORMAT", help_heading = "Transport")]
+    pub compress: Option<String>,
+    /// Bandwidth limit on the sending side (mbuffer syntax: 10m)
+    #[arg(long, value_name = "RATE", help_heading = "Transport")]
+    pub source_bwlimit: Option<String>,
+    /// Bandwidth limit on the receiving side
+    #[arg(long, value_name = "RATE", help_heading = "Transport")]
+    pub target_bwlimit: Option<String>,
+    /// mbuffer's memory (default 16M)
+    #[arg(
+        long,
+        value_name = "SIZE",
+        default_value = "16M",
+        help_heading = "Transport"
+    )]
+    pub mbuffer_size: String,
+    /// pv's display options (default "-p -t -e -r -b")
+    #[arg(
+        long,
+        value_name = "OPTIONS",
+        default_value = "-p -t -e -r -b",
+        allow_hyphen_values = true,
+        help_heading = "Transport"
+    )]
+    pub pv_options: String,
+    /// UNENCRYPTED direct TCP: IP:PORT[,IP:PORT[,TIMEOUT[,mbuffer]]] (connect,listen)
+    #[arg(long, value_name = "ADDR", help_heading = "Transport")]
+    pub insecure_direct_connection: Option<String>,
+
+    // --- SSH ---
+    /// ssh_config(5) file for ssh -F
+    #[arg(long, value_name = "FILE", help_heading = "SSH")]
+    pub sshconfig: Option<String>,
+    /// Private key for ssh -i
+    #[arg(long, value_name = "FILE", help_heading = "SSH")]
+    pub sshkey: Option<String>,
+    /// Port for ssh -p
+    #[arg(long, value_name = "PORT", help_heading = "SSH")]
+    pub sshport: Option<u16>,
+    /// Cipher for ssh -c
+    #[arg(short = 'c', long, value_name = "CIPHER", help_heading = "SSH")]
+    pub sshcipher: Option<String>,
+    /// Option for ssh -o (repeatable)
+    #[arg(short = 'o', long, value_name = "OPTION", help_heading = "SSH")]
+    pub sshoption: Vec<String>,
+    /// Run zfs without sudo even when not root (ZFS permission delegation)
+    #[arg(long, help_heading = "SSH")]
+    pub no_privilege_elevation: bool,
+
+    // --- Output ---
+    /// Print what is done step by step
+    #[arg(long, help_heading = "Output")]
+    pub debug: bool,
+    /// Print errors only
+    #[arg(long, help_heading = "Output")]
+    pub quiet: bool,
+    /// Print both sides' snapshot lists
+    #[arg(long, help_heading = "Output")]
+    pub dumpsnaps: bool,
+    /// Do not check for mbuffer, pv and the compressor before starting
+    #[arg(long, help_heading = "Output")]
+    pub no_command_checks: bool,
+    /// Print the version in a monitoring-friendly form and exit
+    #[arg(long, help_heading = "Output")]
+    pub monitor_version: bool,
+}

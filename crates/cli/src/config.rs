@@ -1,0 +1,233 @@
+//! Stage two of the command line: validated settings. Everything the user
+//! typed is checked here, before any host is contacted; a bad value is a
+//! clear message and exit status 64, with nothing changed anywhere.
+
+use regex::Regex;
+use std::sync::Arc;
+
+use crate::args::Args;
+use crate::host::{Host, SshConfig};
+use syncoid_rsync_core::argv::{parse_zfs_opts, Compress, ZfsOpt};
+use syncoid_rsync_core::location::{self, Location};
+use syncoid_rsync_core::syncsnap;
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+pub struct Settings {
+    pub args: Args,
+    pub source: Location,
+    pub target: Location,
+    pub source_host: Host,
+    pub target_host: Host,
+    pub compress: Compress,
+    pub send_opts: Vec<ZfsOpt>,
+    pub recv_opts: Vec<ZfsOpt>,
+    pub exclude_datasets: Vec<Regex>,
+    pub exclude_snaps: Vec<Regex>,
+    pub include_snaps: Vec<Regex>,
+    pub hostname: String,
+    /// Run zfs through sudo on the source / target.
+    pub source_sudo: bool,
+    pub target_sudo: bool,
+}
+
+fn regexes(v: &[String], what: &str) -> Result<Vec<Regex>, UsageError> {
+    v.iter()
+        .map(|r| {
+            Regex::new(r).map_err(|e| {
+                UsageError(format!(
+                    "--{what} '{r}' is not a valid regular expression: {e}"
+                ))
+            })
+        })
+        .collect()
+}
+
+fn ssh_base(a: &Args) -> Result<SshConfig, UsageError> {
+    let dir = tempfile::Builder::new()
+        .prefix("syncoid-rsync-ssh-")
+        .tempdir()
+        .map_err(|e| {
+            UsageError(format!(
+                "cannot create a private ssh control directory: {e}"
+            ))
+        })?;
+    let mut base = Vec::new();
+    if let Some(f) = &a.sshconfig {
+        base.extend(["-F".to_string(), f.clone()]);
+    }
+    if let Some(c) = &a.sshcipher {
+        base.extend(["-c".to_string(), c.clone()]);
+    }
+    for o in &a.sshoption {
+        base.extend(["-o".to_string(), o.clone()]);
+    }
+    if let Some(p) = a.sshport {
+        base.extend(["-p".to_string(), p.to_string()]);
+    }
+    if let Some(k) = &a.sshkey {
+        base.extend(["-i".to_string(), k.clone()]);
+    }
+    base.extend([
+        "-o".into(),
+        "ControlMaster=auto".into(),
+        "-o".into(),
+        format!("ControlPath={}/%C", dir.path().display()),
+        "-o".into(),
+        "ControlPersist=60".into(),
+        "-o".into(),
+        "BatchMode=yes".into(),
+    ]);
+    Ok(SshConfig {
+        base,
+        _control_dir: dir,
+    })
+}
+
+pub fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most buf.len() bytes into buf.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return "localhost".into();
+    }
+    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// `local_pools` is asked only when an argument could be a pool name with
+/// a colon (it runs `zfs list` locally).
+pub fn settings(args: Args, local_pools: &dyn Fn() -> Vec<String>) -> Result<Settings, UsageError> {
+    let a = &args;
+    let raw_src = a
+        .source
+        .clone()
+        .ok_or_else(|| UsageError("missing SOURCE".into()))?;
+    let raw_dst = a
+        .target
+        .clone()
+        .ok_or_else(|| UsageError("missing TARGET".into()))?;
+    let pools = if location::is_ambiguous(&raw_src) || location::is_ambiguous(&raw_dst) {
+        local_pools()
+    } else {
+        Vec::new()
+    };
+    let source =
+        location::parse(&raw_src, &pools).map_err(|e| UsageError(format!("SOURCE {e}")))?;
+    let target =
+        location::parse(&raw_dst, &pools).map_err(|e| UsageError(format!("TARGET {e}")))?;
+    if let Some(id) = &a.identifier {
+        if !syncsnap::valid_identifier(id) {
+            return Err(UsageError(format!(
+                "--identifier '{id}' may only contain letters, digits and - _ : ."
+            )));
+        }
+    }
+    let compress = match &a.compress {
+        None => Compress::Lzo,
+        Some(c) => Compress::parse(c).ok_or_else(|| {
+            UsageError(format!(
+                "--compress '{c}' is not one of {}",
+                Compress::NAMES.join(", ")
+            ))
+        })?,
+    };
+    let parse_opts = |o: &Option<String>, what: &str| -> Result<Vec<ZfsOpt>, UsageError> {
+        match o {
+            None => Ok(Vec::new()),
+            Some(line) => parse_zfs_opts(line).ok_or_else(|| {
+                UsageError(format!(
+                    "--{what} '{line}' is not valid (syncoid syntax: \"Lc e\", \"o prop=value\")"
+                ))
+            }),
+        }
+    };
+    let send_opts = parse_opts(&a.sendoptions, "sendoptions")?;
+    let recv_opts = parse_opts(&a.recvoptions, "recvoptions")?;
+    if a.recursive && send_opts.iter().any(|o| o.letter == 'R') {
+        return Err(UsageError(
+            "zfs send -R (--sendoptions) and --recursive cannot be combined".into(),
+        ));
+    }
+    if a.create_bookmark && !a.no_sync_snap {
+        return Err(UsageError(
+            "--create-bookmark only works with --no-sync-snap".into(),
+        ));
+    }
+    if a.insecure_direct_connection.is_some() && source.remote.is_some() && target.remote.is_some()
+    {
+        return Err(UsageError(
+            "--insecure-direct-connection cannot relay between two remote hosts".into(),
+        ));
+    }
+    let excl = if a.exclude_datasets.is_empty() {
+        &a.exclude
+    } else {
+        &a.exclude_datasets
+    };
+    let exclude_datasets = regexes(excl, "exclude-datasets")?;
+    let exclude_snaps = regexes(&a.exclude_snaps, "exclude-snaps")?;
+    let include_snaps = regexes(&a.include_snaps, "include-snaps")?;
+    let needs_ssh = source.remote.is_some() || target.remote.is_some();
+    let ssh = if needs_ssh {
+        Some(Arc::new(ssh_base(a)?))
+    } else {
+        None
+    };
+    let host_of = |l: &Location| match (&l.remote, &ssh) {
+        (Some(r), Some(s)) => Host::Remote {
+            dest: r.destination(),
+            ssh: s.clone(),
+        },
+        _ => Host::Local,
+    };
+    let sudo = |l: &Location| {
+        !a.no_privilege_elevation
+            && match &l.remote {
+                Some(r) => r.user.as_deref() != Some("root"),
+                None => !is_root(),
+            }
+    };
+    Ok(Settings {
+        source_host: host_of(&source),
+        target_host: host_of(&target),
+        source_sudo: sudo(&source),
+        target_sudo: sudo(&target),
+        source,
+        target,
+        compress,
+        send_opts,
+        recv_opts,
+        exclude_datasets,
+        exclude_snaps,
+        include_snaps,
+        hostname: hostname(),
+        args,
+    })
+}
+
+impl Settings {
+    /// syncoid's snapisincluded: excludes win over includes.
+    pub fn snap_included(&self, name: &str) -> bool {
+        if self.exclude_snaps.iter().any(|r| r.is_match(name)) {
+            return false;
+        }
+        self.include_snaps.is_empty() || self.include_snaps.iter().any(|r| r.is_match(name))
+    }
+
+    pub fn sync_prefix(&self) -> String {
+        syncsnap::prefix(self.args.identifier.as_deref(), &self.hostname)
+    }
+
+    /// The hold tag: `syncoid_[identifier_]hostname`, as syncoid names it.
+    pub fn hold_tag(&self) -> String {
+        self.sync_prefix()
+    }
+}

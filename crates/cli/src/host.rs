@@ -1,0 +1,229 @@
+//! Where commands run: this machine, or a remote host through the system's
+//! OpenSSH (one multiplexed master connection per host, in a private
+//! control directory of ours). Child processes never deadlock on a full
+//! stderr pipe: stderr is drained on its own thread into a bounded tail,
+//! and a failure carries host, argv, status and that tail.
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use syncoid_rsync_core::shell;
+
+/// How to reach remote hosts: the ssh argv before the destination.
+#[derive(Debug)]
+pub struct SshConfig {
+    pub base: Vec<String>,
+    /// Our private ControlPath directory (0700); held so it is removed on drop.
+    pub _control_dir: tempfile::TempDir,
+}
+
+#[derive(Debug, Clone)]
+pub enum Host {
+    Local,
+    Remote { dest: String, ssh: Arc<SshConfig> },
+}
+
+/// A command that failed (or could not start), with what it said.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{}", self.describe())]
+pub struct CmdError {
+    pub host: String,
+    pub command: String,
+    pub status: Option<i32>,
+    pub stderr: String,
+}
+
+impl CmdError {
+    fn describe(&self) -> String {
+        let status = match self.status {
+            Some(s) => format!("exit status {s}"),
+            None => "killed by a signal or not started".to_string(),
+        };
+        let tail = self.stderr.trim_end();
+        let mut msg = format!("on {}: `{}` failed ({status})", self.host, self.command);
+        if !tail.is_empty() {
+            msg.push_str(":\n    ");
+            msg.push_str(&tail.replace('\n', "\n    "));
+        }
+        msg
+    }
+}
+
+/// Keeps the last `max` lines a child wrote to stderr.
+pub struct StderrTail {
+    lines: Arc<Mutex<VecDeque<String>>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl StderrTail {
+    pub fn drain(stream: impl Read + Send + 'static, echo: bool) -> StderrTail {
+        const MAX: usize = 40;
+        let lines = Arc::new(Mutex::new(VecDeque::new()));
+        let keep = lines.clone();
+        let thread = std::thread::spawn(move || {
+            let mut r = BufReader::new(stream);
+            let mut buf = Vec::new();
+            while let Ok(n) = r.read_until(b'\n', &mut buf) {
+                if n == 0 {
+                    break;
+                }
+                let line = String::from_utf8_lossy(&buf)
+                    .trim_end_matches(['\n', '\r'])
+                    .to_string();
+                if echo {
+                    eprintln!("{line}");
+                }
+                let mut l = keep.lock().expect("tail lock");
+                if l.len() == MAX {
+                    l.pop_front();
+                }
+                l.push_back(line);
+                buf.clear();
+            }
+        });
+        StderrTail {
+            lines,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn finish(mut self) -> String {
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let l = self.lines.lock().expect("tail lock");
+        l.iter().cloned().collect::<Vec<_>>().join("\n")
+    }
+}
+
+impl Host {
+    pub fn is_remote(&self) -> bool {
+        matches!(self, Host::Remote { .. })
+    }
+
+    pub fn label(&self) -> String {
+        match self {
+            Host::Local => "local machine".to_string(),
+            Host::Remote { dest, .. } => dest.clone(),
+        }
+    }
+
+    /// A Command running `stages` piped together on this host. Local
+    /// pipelines of more than one stage go through `sh -c`, remote ones
+    /// through the remote shell; every word is quoted by `shell::join`.
+    pub fn command(&self, stages: &[Vec<String>]) -> Command {
+        let line = stages
+            .iter()
+            .map(|s| shell::join(s))
+            .collect::<Vec<_>>()
+            .join(" | ");
+        match self {
+            Host::Local if stages.len() == 1 => {
+                let mut c = Command::new(&stages[0][0]);
+                c.args(&stages[0][1..]);
+                c
+            }
+            Host::Local => {
+                let mut c = Command::new("sh");
+                c.arg("-c").arg(line);
+                c
+            }
+            Host::Remote { dest, ssh } => {
+                let mut c = Command::new("ssh");
+                c.args(&ssh.base).arg(dest).arg("--").arg(line);
+                c
+            }
+        }
+    }
+
+    /// Text of what `command` runs, for messages and --dry-run.
+    pub fn describe(&self, stages: &[Vec<String>]) -> String {
+        let line = stages
+            .iter()
+            .map(|s| shell::join(s))
+            .collect::<Vec<_>>()
+            .join(" | ");
+        match self {
+            Host::Local => line,
+            Host::Remote { dest, .. } => format!("ssh {dest} {}", shell::quote(&line)),
+        }
+    }
+
+    /// Runs one command to completion, capturing its output.
+    pub fn run(&self, argv: &[String]) -> Result<Output, CmdError> {
+        self.run_stages(&[argv.to_vec()])
+    }
+
+    pub fn run_stages(&self, stages: &[Vec<String>]) -> Result<Output, CmdError> {
+        let out = self
+            .command(stages)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| self.error(stages, None, e.to_string()))?;
+        Ok(out)
+    }
+
+    /// Runs and requires success.
+    pub fn run_ok(&self, argv: &[String]) -> Result<String, CmdError> {
+        let out = self.run(argv)?;
+        if !out.status.success() {
+            return Err(self.error(
+                &[argv.to_vec()],
+                out.status.code(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            ));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    pub fn error(&self, stages: &[Vec<String>], status: Option<i32>, stderr: String) -> CmdError {
+        CmdError {
+            host: self.label(),
+            command: stages
+                .iter()
+                .map(|s| shell::join(s))
+                .collect::<Vec<_>>()
+                .join(" | "),
+            status,
+            stderr,
+        }
+    }
+
+    /// Ends the ssh master connection, if one was opened.
+    pub fn close(&self) {
+        if let Host::Remote { dest, ssh } = self {
+            let _ = Command::new("ssh")
+                .args(&ssh.base)
+                .args(["-O", "exit"])
+                .arg(dest)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// A spawned child with its stderr being drained.
+pub struct Running {
+    pub child: Child,
+    pub tail: StderrTail,
+    pub host: Host,
+    pub stages: Vec<Vec<String>>,
+}
+
+impl Running {
+    /// Waits; `Err` with the stderr tail unless it exited 0.
+    pub fn wait(mut self) -> Result<(), CmdError> {
+        let status = self.child.wait();
+        let tail = self.tail.finish();
+        match status {
+            Ok(s) if s.success() => Ok(()),
+            Ok(s) => Err(self.host.error(&self.stages, s.code(), tail)),
+            Err(e) => Err(self.host.error(&self.stages, None, format!("{e}\n{tail}"))),
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! What the user reads: syncoid-style INFO/WARNING/CRITICAL lines, quiet
+//! and debug modes, and the end-of-run summary with the exit status.
+
+use std::io::IsTerminal;
+
+#[derive(Debug, Clone, Copy)]
+pub struct Out {
+    pub quiet: bool,
+    pub debug: bool,
+}
+
+impl Out {
+    pub fn info(&self, msg: &str) {
+        if !self.quiet {
+            println!("INFO: {msg}");
+        }
+    }
+    pub fn warn(&self, msg: &str) {
+        if !self.quiet {
+            eprintln!("WARNING: {msg}");
+        }
+    }
+    pub fn critical(&self, msg: &str) {
+        eprintln!("CRITICAL ERROR: {msg}");
+    }
+    pub fn debug(&self, msg: &str) {
+        if self.debug {
+            println!("DEBUG: {msg}");
+        }
+    }
+    /// Always printed (dry-run plans, dumps the user asked for).
+    pub fn plain(&self, msg: &str) {
+        println!("{msg}");
+    }
+    pub fn stderr_is_terminal(&self) -> bool {
+        std::io::stderr().is_terminal()
+    }
+}
+
+/// Exit statuses, decided here only.
+pub mod exit {
+    pub const OK: i32 = 0;
+    /// Some datasets were skipped (a receive already running on the target).
+    pub const SKIPPED: i32 = 1;
+    /// At least one dataset could not be replicated.
+    pub const FAILED: i32 = 2;
+    /// Bad command line: nothing was done.
+    pub const USAGE: i32 = 64;
+    /// A host or a required tool is unusable: nothing was done.
+    pub const UNAVAILABLE: i32 = 69;
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct Summary {
+    pub replicated: usize,
+    pub up_to_date: usize,
+    pub skipped: usize,
+    pub failed: usize,
+    pub busy: usize,
+}
+
+impl Summary {
+    pub fn exit_code(&self) -> i32 {
+        if self.failed > 0 {
+            exit::FAILED
+        } else if self.busy > 0 {
+            exit::SKIPPED
+        } else {
+            exit::OK
+        }
+    }
+
+    pub fn line(&self) -> String {
+        format!(
+            "{} replicated, {} already up to date, {} skipped, {} busy, {} failed",
+            self.replicated, self.up_to_date, self.skipped, self.busy, self.failed
+        )
+    }
+}
+
+/// Human size as syncoid prints estimates: `2.9 MB`, `512 KB`.
+pub fn readable(bytes: u64) -> String {
+    let b = bytes as f64;
+    if b > 1024.0 * 1024.0 * 1024.0 {
+        format!("{:.1} GB", b / 1024.0 / 1024.0 / 1024.0)
+    } else if b > 1024.0 * 1024.0 {
+        format!("{:.1} MB", b / 1024.0 / 1024.0)
+    } else if bytes >= 1024 {
+        format!("{} KB", bytes / 1024)
+    } else {
+        format!("{bytes} B")
+    }
+}

@@ -1,0 +1,856 @@
+//! Replication of one run: pre-flight, one listing per side, then per
+//! dataset: plan (pure) and either print it (--dry-run) or execute it.
+//! A failure in one dataset is reported and the others go on; the summary
+//! decides the exit status.
+
+use std::collections::{BTreeSet, HashMap};
+
+use crate::config::Settings;
+use crate::gather;
+use crate::host::{CmdError, Host};
+use crate::output::{exit, readable, Out, Summary};
+use crate::transfer::{self, Hosts};
+use syncoid_rsync_core::argv::{self, PipeOpts, Receive, SendWhat, Tools};
+use syncoid_rsync_core::inventory::{Inventory, Snap};
+use syncoid_rsync_core::plan::{self, Conflict, Input, Plan, Rollback, Side, Step, TargetState};
+use syncoid_rsync_core::syncsnap;
+
+/// A run-level failure: nothing (more) can be done.
+#[derive(Debug)]
+pub struct Fatal {
+    pub code: i32,
+    pub msg: String,
+}
+
+fn fatal(code: i32, msg: impl Into<String>) -> Fatal {
+    Fatal {
+        code,
+        msg: msg.into(),
+    }
+}
+
+/// Why one dataset failed.
+#[derive(Debug)]
+enum DsError {
+    Conflict(Conflict),
+    Cmd(Vec<CmdError>),
+    Other(String),
+}
+
+impl From<CmdError> for DsError {
+    fn from(e: CmdError) -> DsError {
+        DsError::Cmd(vec![e])
+    }
+}
+
+impl std::fmt::Display for DsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DsError::Conflict(c) => write!(f, "{c}"),
+            DsError::Cmd(errs) => {
+                let msgs: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+                write!(f, "{}", msgs.join("\n  "))?;
+                if let Some(hint) = errs.first().and_then(|e| hint(&e.stderr)) {
+                    write!(f, "\n  hint: {hint}")?;
+                }
+                Ok(())
+            }
+            DsError::Other(m) => f.write_str(m),
+        }
+    }
+}
+
+/// What the user can do about zfs errors we recognise.
+fn hint(stderr: &str) -> Option<&'static str> {
+    if stderr.contains("has been modified") {
+        Some("the target changed since its last snapshot; without --no-rollback the next run rolls it back (zfs receive -F)")
+    } else if stderr.contains("does not match incremental source") {
+        Some("the target's newest snapshot is not the common base; run again without --no-rollback to roll it back")
+    } else if stderr.contains("Permission denied") || stderr.contains("permission denied") {
+        Some("check the ssh key and user, or use sudo/zfs allow (see --no-privilege-elevation)")
+    } else if stderr.contains("command not found") || stderr.contains("not found") {
+        Some("a program is missing on that host: install it or choose --compress=none")
+    } else {
+        None
+    }
+}
+
+/// One dataset as the planner and executor see it.
+#[derive(Default, Clone)]
+struct View {
+    snaps: Vec<Snap>,
+    marks: Vec<Snap>,
+    resume_token: Option<String>,
+    written: u64,
+    exists: bool,
+    recordsize: Option<String>,
+    sync: Option<String>,
+    is_volume: bool,
+}
+
+fn view(inv: Option<&Inventory>, fs: &str) -> View {
+    let Some(inv) = inv else {
+        return View::default();
+    };
+    let Some(d) = inv.dataset(fs) else {
+        return View::default();
+    };
+    View {
+        snaps: inv.snaps_of(fs).to_vec(),
+        marks: inv.marks_of(fs).to_vec(),
+        resume_token: d.resume_token.clone(),
+        written: d.written,
+        exists: true,
+        recordsize: d.recordsize.clone(),
+        sync: d.sync.clone(),
+        is_volume: d.is_volume,
+    }
+}
+
+struct Ctx<'a> {
+    s: &'a Settings,
+    out: Out,
+    tools: Tools,
+    busy: Vec<String>,
+}
+
+impl Ctx<'_> {
+    fn zfs(&self, side: Side, args: &[&str]) -> Vec<String> {
+        let sudo = match side {
+            Side::Source => self.s.source_sudo,
+            Side::Target => self.s.target_sudo,
+        };
+        gather::zfs_argv(sudo, args)
+    }
+    fn host(&self, side: Side) -> &Host {
+        match side {
+            Side::Source => &self.s.source_host,
+            Side::Target => &self.s.target_host,
+        }
+    }
+    fn sudo(&self, side: Side) -> bool {
+        match side {
+            Side::Source => self.s.source_sudo,
+            Side::Target => self.s.target_sudo,
+        }
+    }
+    fn dry(&self) -> bool {
+        self.s.args.dry_run
+    }
+    /// Runs (or, with --dry-run, prints) a zfs command on one side.
+    fn zfs_run(&self, side: Side, args: &[&str]) -> Result<String, CmdError> {
+        let argv = self.zfs(side, args);
+        if self.dry() {
+            self.out
+                .plain(&format!("  {}", self.host(side).describe(&[argv])));
+            return Ok(String::new());
+        }
+        self.out
+            .debug(&self.host(side).describe(std::slice::from_ref(&argv)));
+        self.host(side).run_ok(&argv)
+    }
+}
+
+/// Checks every host for zfs and the optional tools, in one call per host.
+fn preflight(s: &Settings, out: &Out) -> Result<Tools, Fatal> {
+    let comp = s.compress.program();
+    let mut wanted = vec!["zfs", "mbuffer"];
+    wanted.extend(comp);
+    let mut problems = Vec::new();
+    let mut found: HashMap<&str, BTreeSet<String>> = HashMap::new();
+    let hosts: Vec<(&str, &Host)> = vec![("source", &s.source_host), ("target", &s.target_host)];
+    for (role, host) in &hosts {
+        match gather::available(host, &wanted) {
+            Ok(set) => {
+                if !set.contains("zfs") {
+                    problems.push(format!(
+                        "{role} ({}): zfs not found in PATH: install OpenZFS (zfsutils-linux)",
+                        host.label()
+                    ));
+                }
+                found.insert(role, set);
+            }
+            Err(e) => problems.push(format!(
+                "{role} ({}): cannot run commands there: {e}",
+                host.label()
+            )),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(fatal(
+            exit::UNAVAILABLE,
+            format!("pre-flight failed:\n  {}", problems.join("\n  ")),
+        ));
+    }
+    if s.args.no_command_checks {
+        return Ok(Tools {
+            source_mbuffer: true,
+            target_mbuffer: true,
+            local_mbuffer: true,
+            local_pv: true,
+            compress: true,
+        });
+    }
+    let local = gather::available(&Host::Local, &["pv", "mbuffer", comp.unwrap_or("true")])
+        .unwrap_or_default();
+    let has = |role: &str, p: &str| found.get(role).is_some_and(|s| s.contains(p));
+    let both_remote = s.source_host.is_remote() && s.target_host.is_remote();
+    let mut compress = comp.is_some();
+    if let Some(c) = comp {
+        for role in ["source", "target"] {
+            if !has(role, c) {
+                out.warn(&format!(
+                    "{c} not available on {role} - sync will continue without compression."
+                ));
+                compress = false;
+            }
+        }
+        if both_remote && !local.contains(c) {
+            out.warn(&format!(
+                "{c} not available on local machine - sync will continue without compression."
+            ));
+            compress = false;
+        }
+    }
+    let tools = Tools {
+        source_mbuffer: has("source", "mbuffer"),
+        target_mbuffer: has("target", "mbuffer"),
+        local_mbuffer: local.contains("mbuffer"),
+        local_pv: local.contains("pv"),
+        compress,
+    };
+    if !tools.source_mbuffer {
+        out.warn("mbuffer not available on source - sync will continue without source buffering.");
+    }
+    if !tools.target_mbuffer {
+        out.warn("mbuffer not available on target - sync will continue without target buffering.");
+    }
+    Ok(tools)
+}
+
+/// Datasets to replicate, parents and clone origins first.
+fn datasets(s: &Settings, inv: &Inventory) -> Vec<(String, Option<String>)> {
+    let root = s.source.dataset.as_str();
+    let mut list: Vec<(String, Option<String>)> = if s.args.recursive {
+        inv.datasets
+            .iter()
+            .filter(|d| !(s.args.skip_parent && d.name == root))
+            .filter(|d| !s.exclude_datasets.iter().any(|r| r.is_match(&d.name)))
+            .map(|d| (d.name.clone(), d.origin.clone()))
+            .collect()
+    } else {
+        vec![(root.to_string(), None)]
+    };
+    let names: BTreeSet<String> = list.iter().map(|(n, _)| n.clone()).collect();
+    for (_, origin) in list.iter_mut() {
+        let keep = !s.args.no_clone_handling
+            && origin
+                .as_ref()
+                .and_then(|o| o.split_once('@'))
+                .is_some_and(|(fs, _)| names.contains(fs));
+        if !keep {
+            *origin = None;
+        }
+    }
+    // Move each clone after its origin's dataset (parents already precede
+    // children in zfs list order).
+    let mut ordered: Vec<(String, Option<String>)> = Vec::new();
+    let mut pending = list;
+    while !pending.is_empty() {
+        let before = pending.len();
+        let mut rest = Vec::new();
+        for item in pending {
+            let dep = item
+                .1
+                .as_ref()
+                .and_then(|o| o.split_once('@'))
+                .map(|(fs, _)| fs.to_string());
+            let ready = dep.is_none_or(|d| ordered.iter().any(|(n, _)| *n == d));
+            if ready {
+                ordered.push(item);
+            } else {
+                rest.push(item);
+            }
+        }
+        if rest.len() == before {
+            // A cycle: replicate the rest as plain datasets.
+            ordered.extend(rest.into_iter().map(|(n, _)| (n, None)));
+            break;
+        }
+        pending = rest;
+    }
+    ordered
+}
+
+pub fn run(s: &Settings) -> Result<Summary, Fatal> {
+    let out = Out {
+        quiet: s.args.quiet,
+        debug: s.args.debug,
+    };
+    let tools = preflight(s, &out)?;
+    let src_root = s.source.dataset.as_str();
+    let dst_root = s.target.dataset.as_str();
+    let recursive = s.args.recursive;
+    let src_inv = gather::inventory(&s.source_host, s.source_sudo, src_root, recursive)
+        .map_err(|e| fatal(exit::FAILED, format!("cannot list the source: {e}")))?
+        .ok_or_else(|| {
+            fatal(
+                exit::FAILED,
+                format!("source dataset {} does not exist", s.source),
+            )
+        })?;
+    let dst_inv = gather::inventory(&s.target_host, s.target_sudo, dst_root, recursive)
+        .map_err(|e| fatal(exit::FAILED, format!("cannot list the target: {e}")))?;
+    let ctx = Ctx {
+        s,
+        out,
+        tools,
+        busy: gather::busy_targets(&s.target_host),
+    };
+    if s.args.dry_run {
+        out.plain("DRY RUN: these are the commands a real run would execute; nothing is changed.");
+    }
+    let mut summary = Summary::default();
+    let list = datasets(s, &src_inv);
+    if list.is_empty() {
+        out.critical("no datasets found");
+        summary.failed += 1;
+    }
+    for (src_fs, origin) in list {
+        let dst_fs = format!("{dst_root}{}", &src_fs[src_root.len()..]);
+        let src = view(Some(&src_inv), &src_fs);
+        let dst = view(dst_inv.as_ref(), &dst_fs);
+        match sync_dataset(&ctx, &src_fs, &dst_fs, origin, src, dst) {
+            Ok(Outcome::Replicated) => summary.replicated += 1,
+            Ok(Outcome::UpToDate) => summary.up_to_date += 1,
+            Ok(Outcome::Skipped) => summary.skipped += 1,
+            Ok(Outcome::Busy) => summary.busy += 1,
+            Err(e) => {
+                summary.failed += 1;
+                out.critical(&format!("{} -> {}: {e}", src_fs, dst_fs));
+            }
+        }
+    }
+    s.source_host.close();
+    s.target_host.close();
+    Ok(summary)
+}
+
+enum Outcome {
+    Replicated,
+    UpToDate,
+    Skipped,
+    Busy,
+}
+
+fn now_local() -> syncsnap::LocalTime {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let t = now as libc::time_t;
+    // SAFETY: localtime_r fills the tm we own from a valid time_t.
+    let offset = unsafe {
+        let mut tm: libc::tm = std::mem::zeroed();
+        libc::localtime_r(&t, &mut tm);
+        tm.tm_gmtoff as i32
+    };
+    syncsnap::local_time(now, offset)
+}
+
+fn sync_dataset(
+    ctx: &Ctx,
+    src_fs: &str,
+    dst_fs: &str,
+    origin: Option<String>,
+    mut src: View,
+    mut dst: View,
+) -> Result<Outcome, DsError> {
+    let out = &ctx.out;
+    match src.sync.as_deref() {
+        None | Some("true") | Some("-") | Some("") => {}
+        Some("false") => {
+            out.info(&format!(
+                "Skipping dataset (syncoid:sync=false): {src_fs}..."
+            ));
+            return Ok(Outcome::Skipped);
+        }
+        Some(hosts) => {
+            if !hosts.split(',').any(|h| h == ctx.s.hostname) {
+                out.info(&format!(
+                    "Skipping dataset (syncoid:sync doesn't include {}): {src_fs}...",
+                    ctx.s.hostname
+                ));
+                return Ok(Outcome::Skipped);
+            }
+        }
+    }
+    if ctx.busy.iter().any(|b| b == dst_fs) {
+        out.warn(&format!(
+            "Cannot sync now: {dst_fs} is already target of a zfs receive process."
+        ));
+        return Ok(Outcome::Busy);
+    }
+    let mut replicated = false;
+    for _round in 0..4 {
+        let input = plan_input(ctx, &src, &dst, dst_fs, origin.clone());
+        if ctx.s.args.dumpsnaps {
+            dump(out, src_fs, &input);
+        }
+        let opts = plan_options(ctx);
+        let plan = plan::plan(&input, &opts).map_err(DsError::Conflict)?;
+        let steps = match plan {
+            Plan::UpToDate { newest } => {
+                out.info(&format!("no snapshots on source newer than {newest} on target. Nothing to do, not syncing."));
+                return Ok(if replicated {
+                    Outcome::Replicated
+                } else {
+                    Outcome::UpToDate
+                });
+            }
+            Plan::Steps(steps) => steps,
+        };
+        if ctx.dry() {
+            out.plain(&format!("{src_fs} -> {dst_fs}:"));
+        }
+        let mut replan = false;
+        for step in &steps {
+            match run_step(ctx, src_fs, dst_fs, &src, step) {
+                Ok(()) => {}
+                Err(DsError::Cmd(errs))
+                    if matches!(step, Step::Resume { .. }) && source_gone(&errs) =>
+                {
+                    out.warn("the snapshot the interrupted receive was sending no longer exists on the source: discarding the target's partial receive state (zfs receive -A) and starting a normal sync");
+                    ctx.zfs_run(Side::Target, &["receive", "-A", dst_fs])?;
+                    replan = true;
+                    break;
+                }
+                Err(e) => return Err(e),
+            }
+            if matches!(step, Step::Resume { .. }) {
+                replan = true;
+            }
+            replicated |= step.is_transfer();
+        }
+        if !replan || ctx.dry() {
+            if ctx.s.args.delete_target_snapshots && !ctx.dry() {
+                delete_target_snapshots(ctx, src_fs, dst_fs)?;
+            }
+            return Ok(Outcome::Replicated);
+        }
+        src = refresh(ctx, Side::Source, src_fs)?;
+        dst = refresh(ctx, Side::Target, dst_fs)?;
+    }
+    Err(DsError::Other(
+        "gave up after repeated resume attempts".into(),
+    ))
+}
+
+fn source_gone(errs: &[CmdError]) -> bool {
+    errs.iter().any(|e| {
+        e.stderr
+            .contains("used in the initial send no longer exists")
+            || (e.stderr.contains("incremental source") && e.stderr.contains("no longer exists"))
+    })
+}
+
+fn refresh(ctx: &Ctx, side: Side, fs: &str) -> Result<View, DsError> {
+    let inv = gather::inventory(ctx.host(side), ctx.sudo(side), fs, false)?;
+    Ok(view(inv.as_ref(), fs))
+}
+
+fn plan_input(ctx: &Ctx, src: &View, dst: &View, dst_fs: &str, origin: Option<String>) -> Input {
+    let s = ctx.s;
+    let included = |n: &str| s.snap_included(n);
+    Input {
+        source: plan::filter_snaps(&src.snaps, &included),
+        source_marks: src.marks.clone(),
+        target: dst.exists.then(|| TargetState {
+            snaps: plan::filter_snaps(&dst.snaps, &included),
+            resume_token: dst.resume_token.clone(),
+            written: dst.written,
+            is_pool_root: !dst_fs.contains('/'),
+        }),
+        origin,
+        new_sync_snap: (!s.args.no_sync_snap)
+            .then(|| syncsnap::name(s.args.identifier.as_deref(), &s.hostname, &now_local()))
+            .filter(|n| s.snap_included(n)),
+    }
+}
+
+fn plan_options(ctx: &Ctx) -> plan::Options {
+    let a = &ctx.s.args;
+    plan::Options {
+        no_stream: a.no_stream,
+        force_delete: a.force_delete,
+        no_rollback: a.no_rollback,
+        resume: !a.no_resume,
+        keep_sync_snap: a.keep_sync_snap,
+        create_bookmark: a.create_bookmark,
+        use_hold: a.use_hold,
+        sync_prefix: ctx.s.sync_prefix(),
+    }
+}
+
+fn dump(out: &Out, fs: &str, input: &Input) {
+    let names = |v: &[Snap]| {
+        v.iter()
+            .map(|s| format!("{} (guid {}, txg {})", s.name, s.guid, s.createtxg))
+            .collect::<Vec<_>>()
+    };
+    out.plain(&format!(
+        "snapshots of {fs} (source): {:?}",
+        names(&input.source)
+    ));
+    if let Some(t) = &input.target {
+        out.plain(&format!("snapshots of the target: {:?}", names(&t.snaps)));
+    }
+}
+
+fn run_step(ctx: &Ctx, src_fs: &str, dst_fs: &str, src: &View, step: &Step) -> Result<(), DsError> {
+    let out = &ctx.out;
+    match step {
+        Step::AbortPartialReceive => {
+            out.warn(&format!(
+                "--no-resume: discarding the interrupted receive state on {dst_fs}"
+            ));
+            ctx.zfs_run(Side::Target, &["receive", "-A", dst_fs])?;
+        }
+        Step::CreateSyncSnap { name } => {
+            ctx.zfs_run(Side::Source, &["snapshot", &format!("{src_fs}@{name}")])?;
+        }
+        Step::DestroyTarget => destroy_target(ctx, dst_fs)?,
+        Step::Hold { side, snap } | Step::Release { side, snap } => {
+            let verb = if matches!(step, Step::Hold { .. }) {
+                "hold"
+            } else {
+                "release"
+            };
+            let fs = if *side == Side::Source {
+                src_fs
+            } else {
+                dst_fs
+            };
+            if let Err(e) = ctx.zfs_run(*side, &[verb, &ctx.s.hold_tag(), &format!("{fs}@{snap}")])
+            {
+                out.warn(&format!("zfs {verb} failed: {e}"));
+            }
+        }
+        Step::Bookmark { snap } => create_bookmark(ctx, src_fs, src, snap)?,
+        Step::Prune { side, snaps } => {
+            let fs = if *side == Side::Source {
+                src_fs
+            } else {
+                dst_fs
+            };
+            for chunk in snaps.chunks(50) {
+                let target = format!("{fs}@{}", chunk.join(","));
+                if let Err(e) = ctx.zfs_run(*side, &["destroy", &target]) {
+                    out.warn(&format!(
+                        "pruning old sync snapshots on the {side} failed: {e}"
+                    ));
+                }
+            }
+        }
+        transfer_step => send_step(ctx, src_fs, dst_fs, src, transfer_step)?,
+    }
+    Ok(())
+}
+
+fn destroy_target(ctx: &Ctx, dst_fs: &str) -> Result<(), DsError> {
+    if !dst_fs.contains('/') {
+        return Err(DsError::Other(format!(
+            "refusing to destroy pool root {dst_fs}"
+        )));
+    }
+    let argv = ctx.zfs(Side::Target, &["destroy", "-r", "-n", "-v", dst_fs]);
+    let listing = if ctx.dry() {
+        String::new()
+    } else {
+        ctx.host(Side::Target).run_ok(&argv)?
+    };
+    let doomed: Vec<&str> = listing
+        .lines()
+        .filter_map(|l| l.strip_prefix("would destroy "))
+        .collect();
+    ctx.out.warn(&format!(
+        "--force-delete: {dst_fs} shares no snapshot with the source; destroying it and everything in it: {}",
+        if doomed.is_empty() { dst_fs.to_string() } else { doomed.join(", ") }
+    ));
+    ctx.zfs_run(Side::Target, &["destroy", "-r", dst_fs])?;
+    Ok(())
+}
+
+fn create_bookmark(ctx: &Ctx, src_fs: &str, src: &View, snap: &str) -> Result<(), DsError> {
+    let first = ctx.zfs_run(
+        Side::Source,
+        &[
+            "bookmark",
+            &format!("{src_fs}@{snap}"),
+            &format!("{src_fs}#{snap}"),
+        ],
+    );
+    let Err(e) = first else { return Ok(()) };
+    let guid = src
+        .snaps
+        .iter()
+        .find(|s| s.name == snap)
+        .map(|s| s.guid)
+        .unwrap_or(0);
+    if src.marks.iter().any(|m| m.name == snap && m.guid == guid) {
+        ctx.out.info("bookmark already exists, skipping creation");
+        return Ok(());
+    }
+    let suffix: String = guid.to_string().chars().take(6).collect();
+    ctx.out.info(&format!(
+        "bookmark creation failed ({e}), retrying with guid based suffix ({suffix})..."
+    ));
+    ctx.zfs_run(
+        Side::Source,
+        &[
+            "bookmark",
+            &format!("{src_fs}@{snap}"),
+            &format!("{src_fs}#{snap}{suffix}"),
+        ],
+    )?;
+    Ok(())
+}
+
+fn describe_rollback(dst_fs: &str, r: &Rollback) -> String {
+    let mut parts = Vec::new();
+    if !r.destroys.is_empty() {
+        parts.push(format!(
+            "destroys target snapshots {}",
+            r.destroys
+                .iter()
+                .map(|s| format!("{dst_fs}@{s}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    if r.discards_changes {
+        parts.push(format!(
+            "rolls back changes made on {dst_fs} since its newest snapshot"
+        ));
+    }
+    format!(
+        "the forced receive (zfs receive -F) {}",
+        parts.join(" and ")
+    )
+}
+
+fn send_step(
+    ctx: &Ctx,
+    src_fs: &str,
+    dst_fs: &str,
+    src: &View,
+    step: &Step,
+) -> Result<(), DsError> {
+    let s = ctx.s;
+    let snap = |n: &str| format!("{src_fs}@{n}");
+    let (what, rollback, label) = match step {
+        Step::Full { snap: n } => (
+            SendWhat::Full { snap: snap(n) },
+            Rollback::default(),
+            format!(
+                "Sending oldest full snapshot {} to new target filesystem {}",
+                snap(n),
+                dst_fs
+            ),
+        ),
+        Step::Clone { origin, snap: n } => (
+            SendWhat::Incremental {
+                from: origin.clone(),
+                to: snap(n),
+                intermediates: false,
+            },
+            Rollback::default(),
+            format!("Clone is recreated on target {dst_fs} based on {origin}"),
+        ),
+        Step::Incremental {
+            from,
+            to,
+            intermediates,
+            rollback,
+        } => (
+            SendWhat::Incremental {
+                from: snap(from),
+                to: snap(to),
+                intermediates: *intermediates,
+            },
+            rollback.clone(),
+            format!("Sending incremental {} ... {to} to {dst_fs}", snap(from)),
+        ),
+        Step::FromBookmark { mark, to, rollback } => (
+            SendWhat::Incremental {
+                from: format!("{src_fs}#{mark}"),
+                to: snap(to),
+                intermediates: false,
+            },
+            rollback.clone(),
+            format!("Sending incremental {src_fs}#{mark} ... {to} to {dst_fs}"),
+        ),
+        Step::Resume { token } => (
+            SendWhat::Resume {
+                token: token.clone(),
+            },
+            Rollback::default(),
+            format!("Resuming interrupted zfs send/receive from {src_fs} to {dst_fs}"),
+        ),
+        other => {
+            return Err(DsError::Other(format!(
+                "internal: {other:?} is not a transfer"
+            )))
+        }
+    };
+    let force = !rollback.is_empty();
+    if force {
+        ctx.out.warn(&describe_rollback(dst_fs, &rollback));
+    }
+    let mut set_props = Vec::new();
+    if s.args.preserve_properties {
+        set_props = local_properties(ctx, src_fs)?;
+    } else if s.args.preserve_recordsize && !src.is_volume {
+        if let Some(rs) = &src.recordsize {
+            set_props.push(("recordsize".to_string(), rs.clone()));
+        }
+    }
+    let recv = Receive {
+        resumable: !s.args.no_resume,
+        force,
+        set_props,
+    };
+    let send_argv = argv::send(&what, &s.send_opts, s.source_sudo);
+    let recv_argv = argv::receive(dst_fs, &recv, &s.recv_opts, s.target_sudo);
+    let size = if ctx.dry() { 0 } else { estimate(ctx, &what) };
+    let hosts = Hosts {
+        source: &s.source_host,
+        target: &s.target_host,
+    };
+    let pipe = PipeOpts {
+        compress: s.compress,
+        mbuffer_size: s.args.mbuffer_size.clone(),
+        source_bwlimit: s.args.source_bwlimit.clone(),
+        target_bwlimit: s.args.target_bwlimit.clone(),
+        pv_options: (!s.args.quiet && ctx.out.stderr_is_terminal()).then(|| {
+            s.args
+                .pv_options
+                .split_whitespace()
+                .map(String::from)
+                .collect()
+        }),
+        source_remote: s.source_host.is_remote(),
+        target_remote: s.target_host.is_remote(),
+    };
+    let segments = argv::pipeline(send_argv, recv_argv, size, &pipe, &ctx.tools);
+    if ctx.dry() {
+        ctx.out
+            .plain(&format!("  {}", transfer::describe(&segments, &hosts)));
+        return Ok(());
+    }
+    let est = if size == 0 {
+        "UNKNOWN".to_string()
+    } else {
+        readable(size)
+    };
+    ctx.out.info(&format!("{label} (~ {est}):"));
+    ctx.out.debug(&transfer::describe(&segments, &hosts));
+    transfer::run(&segments, &hosts).map_err(DsError::Cmd)
+}
+
+fn estimate(ctx: &Ctx, what: &SendWhat) -> u64 {
+    let argv = argv::estimate(what, &ctx.s.send_opts, ctx.s.source_sudo);
+    match ctx.s.source_host.run(&argv) {
+        Ok(o) if o.status.success() => {
+            argv::parse_estimate(&String::from_utf8_lossy(&o.stdout)).unwrap_or(0)
+        }
+        _ => 0,
+    }
+}
+
+/// Locally set properties, less those zfs cannot set (syncoid's list).
+fn local_properties(ctx: &Ctx, fs: &str) -> Result<Vec<(String, String)>, DsError> {
+    const READONLY: &[&str] = &[
+        "available",
+        "compressratio",
+        "createtxg",
+        "creation",
+        "clones",
+        "defer_destroy",
+        "encryptionroot",
+        "filesystem_count",
+        "keystatus",
+        "guid",
+        "logicalreferenced",
+        "logicalused",
+        "mounted",
+        "objsetid",
+        "origin",
+        "receive_resume_token",
+        "redact_snaps",
+        "referenced",
+        "refcompressratio",
+        "snapshot_count",
+        "type",
+        "used",
+        "usedbychildren",
+        "usedbydataset",
+        "usedbyrefreservation",
+        "usedbysnapshots",
+        "userrefs",
+        "snapshots_changed",
+        "volblocksize",
+        "written",
+        "version",
+        "volsize",
+        "casesensitivity",
+        "normalization",
+        "utf8only",
+        "encryption",
+    ];
+    let argv = ctx.zfs(
+        Side::Source,
+        &[
+            "get",
+            "-s",
+            "local",
+            "-H",
+            "-p",
+            "-o",
+            "property,value",
+            "all",
+            fs,
+        ],
+    );
+    let listing = ctx.host(Side::Source).run_ok(&argv)?;
+    Ok(listing
+        .lines()
+        .filter_map(|l| l.split_once('\t'))
+        .filter(|(k, _)| !READONLY.contains(k))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect())
+}
+
+fn delete_target_snapshots(ctx: &Ctx, src_fs: &str, dst_fs: &str) -> Result<(), DsError> {
+    let src = refresh(ctx, Side::Source, src_fs)?;
+    let dst = refresh(ctx, Side::Target, dst_fs)?;
+    let included = |n: &str| ctx.s.snap_included(n);
+    let doomed = plan::target_only(
+        &plan::filter_snaps(&src.snaps, &included),
+        &plan::filter_snaps(&dst.snaps, &included),
+    );
+    for chunk in doomed.chunks(50) {
+        ctx.out.info(&format!(
+            "--delete-target-snapshots: destroying {dst_fs}@{}",
+            chunk.join(",")
+        ));
+        if let Err(e) = ctx.zfs_run(
+            Side::Target,
+            &["destroy", &format!("{dst_fs}@{}", chunk.join(","))],
+        ) {
+            ctx.out
+                .warn(&format!("destroying target snapshots failed: {e}"));
+        }
+    }
+    Ok(())
+}
