@@ -402,6 +402,9 @@ fn sync_dataset(
         let steps = match plan {
             Plan::UpToDate { newest } => {
                 out.info(&format!("no snapshots on source newer than {newest} on target. Nothing to do, not syncing."));
+                if ctx.s.args.delete_target_snapshots && !ctx.dry() {
+                    delete_target_snapshots(ctx, src_fs, dst_fs)?;
+                }
                 return Ok(if replicated {
                     Outcome::Replicated
                 } else {
@@ -473,8 +476,25 @@ fn plan_input(ctx: &Ctx, src: &View, dst: &View, dst_fs: &str, origin: Option<St
         }),
         origin,
         new_sync_snap: (!s.args.no_sync_snap)
-            .then(|| syncsnap::name(s.args.identifier.as_deref(), &s.hostname, &now_local()))
+            .then(|| fresh_sync_name(ctx, src))
             .filter(|n| s.snap_included(n)),
+    }
+}
+
+/// The sync snapshot name for now; if the source already has one with that
+/// name (a run within the same second), waits for the next second rather
+/// than fail on `dataset already exists` as syncoid does.
+fn fresh_sync_name(ctx: &Ctx, src: &View) -> String {
+    loop {
+        let name = syncsnap::name(
+            ctx.s.args.identifier.as_deref(),
+            &ctx.s.hostname,
+            &now_local(),
+        );
+        if !src.snaps.iter().any(|s| s.name == name) {
+            return name;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
     }
 }
 
@@ -489,6 +509,7 @@ fn plan_options(ctx: &Ctx) -> plan::Options {
         create_bookmark: a.create_bookmark,
         use_hold: a.use_hold,
         sync_prefix: ctx.s.sync_prefix(),
+        snaps_filtered: !ctx.s.include_snaps.is_empty() || !ctx.s.exclude_snaps.is_empty(),
     }
 }
 

@@ -172,6 +172,10 @@ pub struct Options {
     pub use_hold: bool,
     /// `syncoid_[id_]hostname`: the sync snapshots this run may prune.
     pub sync_prefix: String,
+    /// Snapshots are filtered (--include-snaps/--exclude-snaps): `-I` would
+    /// carry excluded ones, so a chain of `-i` through the included ones is
+    /// sent instead (syncoid's "simulating -I with filtered snaps").
+    pub snaps_filtered: bool,
 }
 
 /// The target as the planner needs it.
@@ -276,12 +280,7 @@ pub fn plan(input: &Input, opts: &Options) -> Result<Plan, Conflict> {
             }
             Some(m) => {
                 let rollback = check_rollback(&m.name, rollback_after(t, m.guid), opts)?;
-                steps.push(Step::Incremental {
-                    from: m.name.clone(),
-                    to: newest.clone(),
-                    intermediates: !opts.no_stream,
-                    rollback,
-                });
+                incremental(input, opts, &m.name, &newest, rollback, &mut steps);
                 base = Some(m.name.clone());
             }
             None => match bookmark_base(input, t) {
@@ -346,12 +345,51 @@ fn full_path(input: &Input, opts: &Options, newest: &str, steps: &mut Vec<Step>)
         }),
     }
     if first != newest {
+        incremental(input, opts, &first, newest, Rollback::default(), steps);
+    }
+}
+
+/// `-I from to`, or with filtered snapshots a chain of `-i` through the
+/// included snapshots in between; `--no-stream` is a single `-i`.
+fn incremental(
+    input: &Input,
+    opts: &Options,
+    from: &str,
+    to: &str,
+    rollback: Rollback,
+    steps: &mut Vec<Step>,
+) {
+    if opts.no_stream || !opts.snaps_filtered {
         steps.push(Step::Incremental {
-            from: first,
-            to: newest.to_string(),
-            intermediates: true,
-            rollback: Rollback::default(),
+            from: from.to_string(),
+            to: to.to_string(),
+            intermediates: !opts.no_stream,
+            rollback,
         });
+        return;
+    }
+    let start = input
+        .source
+        .iter()
+        .position(|s| s.name == from)
+        .map(|i| i + 1)
+        .unwrap_or(0);
+    let mut chain: Vec<&str> = input.source[start..]
+        .iter()
+        .map(|s| s.name.as_str())
+        .take_while(|n| *n != to)
+        .collect();
+    chain.push(to);
+    let mut prev = from.to_string();
+    let mut rollback = Some(rollback);
+    for next in chain {
+        steps.push(Step::Incremental {
+            from: prev,
+            to: next.to_string(),
+            intermediates: false,
+            rollback: rollback.take().unwrap_or_default(),
+        });
+        prev = next.to_string();
     }
 }
 
@@ -381,12 +419,7 @@ fn from_bookmark(
         rollback,
     });
     if to != newest {
-        steps.push(Step::Incremental {
-            from: to,
-            to: newest.to_string(),
-            intermediates: true,
-            rollback: Rollback::default(),
-        });
+        incremental(input, opts, &to, newest, Rollback::default(), steps);
     }
 }
 

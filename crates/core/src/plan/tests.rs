@@ -322,6 +322,24 @@ fn holds_move_from_base_to_newest() {
 }
 
 #[test]
+fn filtered_snapshots_are_sent_as_a_chain_of_single_incrementals() {
+    let o = Options {
+        snaps_filtered: true,
+        ..opts()
+    };
+    // "b" was filtered out of the list by the caller; the chain skips it.
+    let i = input(vec![s("a", 1, 5), s("c", 3, 7)], Some(vec![s("a", 1, 3)]));
+    let got = steps(plan(&i, &o));
+    let single = |f: &str, t: &str| Step::Incremental {
+        from: f.into(),
+        to: t.into(),
+        intermediates: false,
+        rollback: Rollback::default(),
+    };
+    assert_eq!(got[1..3], [single("a", "c"), single("c", SYNC)]);
+}
+
+#[test]
 fn target_only_snapshots_for_delete_target_snapshots() {
     let src = vec![s("a", 1, 1), s("c", 3, 3)];
     let dst = vec![s("a", 1, 1), s("b", 2, 2), s("c", 3, 3), s("d", 4, 4)];

@@ -1,0 +1,106 @@
+//! Helpers for end-to-end tests of the syncoid-rsync binary on the emulator.
+#![allow(dead_code)]
+
+use std::process::Command;
+use syncoid_rsync_testkit::{Host, Zfs};
+
+/// Serialises the tests of one binary: syncoid's busy check (`ps` for a
+/// `zfs receive` into the target) sees every test's processes, and tests
+/// share dataset names inside their private emulated hosts.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_syncoid-rsync")
+}
+
+/// Runs syncoid-rsync on `host` (its zfs, its PATH).
+pub fn run(host: &Host, args: &[&str]) -> Zfs {
+    let out = host
+        .command(bin())
+        .args(args)
+        .output()
+        .expect("run syncoid-rsync");
+    Zfs {
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        status: out.status.code().unwrap_or(-1),
+    }
+}
+
+/// Runs it and requires exit status `code`.
+pub fn run_expect(host: &Host, args: &[&str], code: i32) -> Zfs {
+    let r = run(host, args);
+    assert_eq!(
+        r.status, code,
+        "syncoid-rsync {args:?}\nstdout:\n{}\nstderr:\n{}",
+        r.stdout, r.stderr
+    );
+    r
+}
+
+pub fn ok(host: &Host, args: &[&str]) -> Zfs {
+    run_expect(host, args, 0)
+}
+
+/// A host with pools src and dst and src/data holding two snapshots.
+pub fn two_pools() -> Host {
+    let h = Host::new(&["src", "dst"]);
+    h.zfs(&["create", "src/data"]).ok();
+    h.write("src/data", "a.txt", b"alpha");
+    h.write(
+        "src/data",
+        "dir/b.bin",
+        &(0..50_000u32).map(|i| (i * 7) as u8).collect::<Vec<_>>(),
+    );
+    h.zfs(&["snapshot", "src/data@first"]).ok();
+    h.write("src/data", "c.txt", b"gamma");
+    h.zfs(&["snapshot", "src/data@second"]).ok();
+    h
+}
+
+pub fn sync_snaps(snaps: &[String]) -> Vec<String> {
+    snaps
+        .iter()
+        .filter(|s| s.starts_with("syncoid_"))
+        .cloned()
+        .collect()
+}
+
+/// The target's snapshots carry the source's guids.
+pub fn assert_same_guids(h: &Host, src: &str, dst: &str) {
+    let s = h.snapshot_guids(src);
+    for (name, guid) in h.snapshot_guids(dst) {
+        assert_eq!(
+            s.get(&name),
+            Some(&guid),
+            "{dst}@{name} does not match the source"
+        );
+    }
+}
+
+/// zfs subcommands that destroy or roll back, from the emulator's log.
+pub fn destructive_calls(h: &Host) -> Vec<String> {
+    h.log()
+        .iter()
+        .filter(|e| e["prog"] == "zfs")
+        .filter_map(|e| {
+            let argv: Vec<String> = e["argv"]
+                .as_array()?
+                .iter()
+                .filter_map(|a| a.as_str().map(String::from))
+                .collect();
+            let destructive = matches!(argv[0].as_str(), "destroy" | "rollback")
+                || (argv[0] == "receive" && argv.iter().any(|a| a == "-F"));
+            (destructive && !argv.contains(&"-n".to_string())).then(|| argv.join(" "))
+        })
+        .collect()
+}
+
+pub fn sh(cmd: &str) -> Command {
+    let mut c = Command::new("bash");
+    c.arg("-c").arg(cmd);
+    c
+}

@@ -1,0 +1,483 @@
+//! Standard mode end to end on one emulated host (local -> local).
+
+mod common;
+use common::*;
+use syncoid_rsync_testkit::Host;
+
+#[test]
+fn full_then_incremental_with_sync_snapshots() {
+    let _serial = serial();
+    let h = two_pools();
+    let r = ok(&h, &["src/data", "dst/data"]);
+    assert!(
+        r.stdout
+            .contains("Sending oldest full snapshot src/data@first"),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(h.files("dst/data"), h.files("src/data"));
+    let dst = h.snapshots("dst/data");
+    assert_eq!(dst[..2], ["first", "second"]);
+    let syncs = sync_snaps(&dst);
+    assert_eq!(syncs.len(), 1);
+    let re =
+        regex::Regex::new(r"^syncoid_.+_\d{4}-\d\d-\d\d_\d\d:\d\d:\d\d-GMT-?\d\d:\d\d$").unwrap();
+    assert!(re.is_match(&syncs[0]), "{}", syncs[0]);
+    assert_same_guids(&h, "src/data", "dst/data");
+
+    h.write("src/data", "later.txt", b"later");
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    ok(&h, &["src/data", "dst/data"]);
+    assert_eq!(h.read("dst/data", "later.txt").unwrap(), b"later");
+    let dst = h.snapshots("dst/data");
+    assert_eq!(
+        sync_snaps(&dst).len(),
+        1,
+        "the previous sync snapshot was pruned: {dst:?}"
+    );
+    assert_eq!(sync_snaps(&h.snapshots("src/data")), sync_snaps(&dst));
+    assert!(
+        destructive_calls(&h)
+            .iter()
+            .all(|c| c.starts_with("destroy") && c.contains("@syncoid_")),
+        "{:?}",
+        destructive_calls(&h)
+    );
+}
+
+#[test]
+fn no_sync_snap_sends_existing_snapshots_and_then_has_nothing_to_do() {
+    let _serial = serial();
+    let h = two_pools();
+    ok(&h, &["--no-sync-snap", "src/data", "dst/data"]);
+    assert_eq!(h.snapshots("dst/data"), ["first", "second"]);
+    assert!(sync_snaps(&h.snapshots("src/data")).is_empty());
+    let r = ok(&h, &["--no-sync-snap", "src/data", "dst/data"]);
+    assert!(r.stdout.contains("Nothing to do"), "{}", r.stdout);
+}
+
+#[test]
+fn no_stream_sends_only_the_newest() {
+    let _serial = serial();
+    let h = two_pools();
+    ok(
+        &h,
+        &["--no-stream", "--no-sync-snap", "src/data", "dst/data"],
+    );
+    assert_eq!(h.snapshots("dst/data"), ["second"]);
+    assert_eq!(h.files("dst/data"), h.files("src/data"));
+}
+
+#[test]
+fn identifiers_keep_their_own_sync_snapshots() {
+    let _serial = serial();
+    let h = two_pools();
+    ok(&h, &["--identifier=one", "src/data", "dst/one"]);
+    ok(&h, &["--identifier=two", "src/data", "dst/two"]);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    ok(&h, &["--identifier=one", "src/data", "dst/one"]);
+    let src = sync_snaps(&h.snapshots("src/data"));
+    assert_eq!(
+        src.iter().filter(|s| s.starts_with("syncoid_one_")).count(),
+        1,
+        "{src:?}"
+    );
+    assert_eq!(
+        src.iter().filter(|s| s.starts_with("syncoid_two_")).count(),
+        1,
+        "{src:?}"
+    );
+    ok(
+        &h,
+        &[
+            "--keep-sync-snap",
+            "--identifier=two",
+            "src/data",
+            "dst/two",
+        ],
+    );
+    let src = sync_snaps(&h.snapshots("src/data"));
+    assert_eq!(
+        src.iter().filter(|s| s.starts_with("syncoid_two_")).count(),
+        2,
+        "{src:?}"
+    );
+}
+
+#[test]
+fn recursive_with_children_clone_skip_parent_and_excludes() {
+    let _serial = serial();
+    let h = two_pools();
+    h.zfs(&["create", "src/data/child"]).ok();
+    h.write("src/data/child", "c", b"child data");
+    h.zfs(&["create", "src/data/skipme"]).ok();
+    h.zfs(&["clone", "src/data@first", "src/data/clone"]).ok();
+    h.write("src/data/clone", "only-in-clone", b"x");
+    ok(
+        &h,
+        &["-r", "--exclude-datasets=skipme", "src/data", "dst/data"],
+    );
+    assert_eq!(h.read("dst/data/child", "c").unwrap(), b"child data");
+    assert!(!h.exists("dst/data/skipme"));
+    assert!(
+        h.get("origin", "dst/data/clone")
+            .starts_with("dst/data@first"),
+        "clone recreated as a clone"
+    );
+    assert_eq!(h.files("dst/data/clone"), h.files("src/data/clone"));
+    h.zfs(&["create", "dst/other"]).ok();
+    ok(&h, &["-r", "--skip-parent", "src/data", "dst/other"]);
+    assert!(h.exists("dst/other/child") && h.exists("dst/other/skipme"));
+    assert!(
+        h.snapshots("dst/other").is_empty(),
+        "the parent itself was skipped"
+    );
+}
+
+#[test]
+fn bookmark_fallback_with_and_without_intermediates_and_zero_names() {
+    let _serial = serial();
+    for (intermediate, name) in [(true, "0"), (false, "base")] {
+        let h = Host::new(&["src", "dst"]);
+        h.zfs(&["create", "src/data"]).ok();
+        h.write("src/data", "f", b"1");
+        h.zfs(&["snapshot", &format!("src/data@{name}")]).ok();
+        ok(&h, &["--no-sync-snap", "src/data", "dst/data"]);
+        h.zfs(&[
+            "bookmark",
+            &format!("src/data@{name}"),
+            &format!("src/data#{name}"),
+        ])
+        .ok();
+        h.zfs(&["destroy", &format!("src/data@{name}")]).ok();
+        h.write("src/data", "f", b"2");
+        if intermediate {
+            h.zfs(&["snapshot", "src/data@mid"]).ok();
+            h.write("src/data", "f", b"3");
+        }
+        ok(&h, &["src/data", "dst/data"]);
+        assert_eq!(h.files("dst/data"), h.files("src/data"));
+        let want = if intermediate { 3 } else { 2 };
+        assert_eq!(
+            h.snapshots("dst/data").len(),
+            want,
+            "{:?}",
+            h.snapshots("dst/data")
+        );
+    }
+}
+
+#[test]
+fn unrelated_target_is_refused_without_force_delete_and_replaced_with_it() {
+    let _serial = serial();
+    let h = two_pools();
+    h.zfs(&["create", "dst/data"]).ok();
+    h.write("dst/data", "precious", b"keep me");
+    h.zfs(&["snapshot", "dst/data@mine"]).ok();
+    let r = run_expect(&h, &["src/data", "dst/data"], 2);
+    assert!(r.stderr.contains("no snapshot in common"), "{}", r.stderr);
+    assert!(r.stderr.contains("target snapshots: mine"), "{}", r.stderr);
+    assert!(r.stderr.contains("--force-delete"), "{}", r.stderr);
+    assert_eq!(h.read("dst/data", "precious").unwrap(), b"keep me");
+    assert!(
+        destructive_calls(&h).is_empty(),
+        "{:?}",
+        destructive_calls(&h)
+    );
+
+    let r = ok(&h, &["--force-delete", "src/data", "dst/data"]);
+    assert!(
+        r.stderr
+            .contains("destroying it and everything in it: dst/data@mine, dst/data"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(h.files("dst/data"), h.files("src/data"));
+}
+
+#[test]
+fn force_delete_never_destroys_a_pool_root() {
+    let _serial = serial();
+    let h = two_pools();
+    h.zfs(&["snapshot", "dst@unrelated"]).ok();
+    let r = run_expect(&h, &["--force-delete", "src/data", "dst"], 2);
+    assert!(r.stderr.contains("no snapshot in common"), "{}", r.stderr);
+    assert!(destructive_calls(&h).is_empty());
+}
+
+#[test]
+fn interrupted_receive_is_resumed_from_its_token() {
+    let _serial = serial();
+    let h = two_pools();
+    h.write("src/data", "big", &vec![3u8; 12 << 20]);
+    h.zfs(&["snapshot", "src/data@big"]).ok();
+    h.sh("zfs send src/data@first | head --bytes=8M | zfs receive -s dst/data");
+    h.sh("zfs send src/data@big | head --bytes=8M | zfs receive -s dst/big");
+    assert!(h.get("receive_resume_token", "dst/big").starts_with("1-"));
+    let r = ok(&h, &["--no-stream", "src/data", "dst/big"]);
+    assert!(
+        r.stdout.contains("Resuming interrupted zfs send/receive"),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(h.get("receive_resume_token", "dst/big"), "-");
+    assert_eq!(h.files("dst/big"), h.files("src/data"));
+    let resumed = h
+        .log()
+        .iter()
+        .any(|e| e["argv"][0] == "send" && e["argv"][1] == "-t");
+    assert!(resumed);
+}
+
+#[test]
+fn no_resume_discards_partial_state_and_starts_over() {
+    let _serial = serial();
+    let h = two_pools();
+    h.write("src/data", "big", &vec![5u8; 12 << 20]);
+    h.zfs(&["snapshot", "src/data@big"]).ok();
+    h.sh("zfs send src/data@first | zfs receive dst/data").ok();
+    h.sh("zfs send -i @first src/data@big | head --bytes=8M | zfs receive -s dst/data");
+    assert!(h.get("receive_resume_token", "dst/data").starts_with("1-"));
+    let r = ok(&h, &["--no-resume", "src/data", "dst/data"]);
+    assert!(
+        r.stderr.contains("discarding the interrupted receive"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(h.files("dst/data"), h.files("src/data"));
+    assert!(!h
+        .log()
+        .iter()
+        .any(|e| e["argv"][0] == "send" && e["argv"][1] == "-t"));
+}
+
+#[test]
+fn resume_whose_source_snapshot_is_gone_starts_a_normal_sync() {
+    let _serial = serial();
+    let h = two_pools();
+    h.write("src/data", "big", &vec![9u8; 12 << 20]);
+    h.zfs(&["snapshot", "src/data@big"]).ok();
+    h.sh("zfs send src/data@first | zfs receive dst/data").ok();
+    h.sh("zfs send -i @first src/data@big | head --bytes=8M | zfs receive -s dst/data");
+    h.zfs(&["destroy", "src/data@big"]).ok();
+    let r = ok(&h, &["src/data", "dst/data"]);
+    assert!(
+        r.stderr.contains("no longer exists on the source"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(h.get("receive_resume_token", "dst/data"), "-");
+    assert_eq!(h.files("dst/data"), h.files("src/data"));
+}
+
+#[test]
+fn preserve_recordsize_and_properties() {
+    let _serial = serial();
+    let h = two_pools();
+    h.zfs(&["set", "recordsize=1M", "src/data"]).ok();
+    h.zfs(&["set", "compression=lz4", "src/data"]).ok();
+    h.zfs(&["set", "acme:owner=ops", "src/data"]).ok();
+    ok(&h, &["--preserve-recordsize", "src/data", "dst/rs"]);
+    assert_eq!(
+        h.zfs(&["get", "-H", "-p", "-o", "value", "recordsize", "dst/rs"])
+            .ok()
+            .stdout
+            .trim(),
+        "1048576"
+    );
+    assert_eq!(h.get("compression", "dst/rs"), "off");
+    ok(&h, &["--preserve-properties", "src/data", "dst/props"]);
+    assert_eq!(h.get("compression", "dst/props"), "lz4");
+    assert_eq!(h.get("acme:owner", "dst/props"), "ops");
+}
+
+#[test]
+fn include_and_exclude_snaps() {
+    let _serial = serial();
+    let h = two_pools();
+    h.zfs(&["snapshot", "src/data@daily-1"]).ok();
+    h.zfs(&["snapshot", "src/data@hourly-1"]).ok();
+    ok(
+        &h,
+        &[
+            "--no-sync-snap",
+            "--exclude-snaps=hourly",
+            "src/data",
+            "dst/a",
+        ],
+    );
+    assert_eq!(h.snapshots("dst/a"), ["first", "second", "daily-1"]);
+    ok(
+        &h,
+        &[
+            "--no-sync-snap",
+            "--include-snaps=first|daily",
+            "src/data",
+            "dst/b",
+        ],
+    );
+    assert_eq!(h.snapshots("dst/b"), ["first", "daily-1"]);
+}
+
+#[test]
+fn holds_bookmarks_and_target_snapshot_deletion() {
+    let _serial = serial();
+    let h = two_pools();
+    ok(&h, &["--use-hold", "src/data", "dst/data"]);
+    let newest = sync_snaps(&h.snapshots("src/data")).pop().unwrap();
+    let holds = h
+        .zfs(&["holds", "-H", &format!("src/data@{newest}")])
+        .ok()
+        .stdout;
+    assert!(holds.contains("syncoid_"), "{holds}");
+    let holds = h
+        .zfs(&["holds", "-H", &format!("dst/data@{newest}")])
+        .ok()
+        .stdout;
+    assert!(holds.contains("syncoid_"), "{holds}");
+
+    ok(
+        &h,
+        &["--no-sync-snap", "--create-bookmark", "src/data", "dst/bm"],
+    );
+    assert!(
+        h.exists(&format!("src/data#{newest}")),
+        "bookmark of the newest snapshot"
+    );
+
+    h.zfs(&["destroy", "src/data@first"]).ok();
+    ok(
+        &h,
+        &[
+            "--no-sync-snap",
+            "--delete-target-snapshots",
+            "src/data",
+            "dst/bm",
+        ],
+    );
+    assert_eq!(h.snapshots("dst/bm"), ["second".to_string(), newest]);
+}
+
+#[test]
+fn dry_run_prints_every_command_and_changes_nothing() {
+    let _serial = serial();
+    let h = two_pools();
+    let setup_calls = h.log().len();
+    let r = ok(&h, &["--dry-run", "src/data", "dst/data"]);
+    assert!(
+        r.stdout.contains("zfs snapshot src/data@syncoid_"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains("zfs send src/data@first |"),
+        "{}",
+        r.stdout
+    );
+    assert!(r.stdout.contains("zfs receive -s dst/data"), "{}", r.stdout);
+    assert!(!h.exists("dst/data"));
+    let changed: Vec<String> = h.logged_subcommands()[setup_calls..]
+        .iter()
+        .filter(|c| !matches!(c.as_str(), "list" | "get"))
+        .cloned()
+        .collect();
+    assert!(changed.is_empty(), "dry run ran {changed:?}");
+}
+
+#[test]
+fn modified_target_is_rolled_back_with_a_warning_or_refused_with_no_rollback() {
+    let _serial = serial();
+    let h = two_pools();
+    ok(&h, &["src/data", "dst/data"]);
+    h.write("dst/data", "stray", b"written on the target");
+    let r = run_expect(&h, &["--no-rollback", "src/data", "dst/data"], 2);
+    assert!(
+        r.stderr.contains("--no-rollback forbids it"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(
+        h.read("dst/data", "stray").unwrap(),
+        b"written on the target"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let r = ok(&h, &["src/data", "dst/data"]);
+    assert!(
+        r.stderr.contains("rolls back changes made on dst/data"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(h.read("dst/data", "stray"), None);
+}
+
+#[test]
+fn hostile_and_missing_names_fail_clearly_without_side_effects() {
+    let _serial = serial();
+    let h = two_pools();
+    let setup_calls = h.log().len();
+    for bad in ["src/da'ta", "src/$(touch /tmp/pwned)", "src/a;b", "src/`x`"] {
+        let r = run_expect(&h, &[bad, "dst/x"], 64);
+        assert!(r.stderr.contains("invalid"), "{bad}: {}", r.stderr);
+    }
+    let r = run_expect(&h, &["src/nope", "dst/x"], 2);
+    assert!(
+        r.stderr.contains("source dataset src/nope does not exist"),
+        "{}",
+        r.stderr
+    );
+    let r = run_expect(&h, &["--compress=bogus", "src/data", "dst/x"], 64);
+    assert!(r.stderr.contains("--compress 'bogus'"), "{}", r.stderr);
+    let calls: Vec<String> = h.log()[setup_calls..]
+        .iter()
+        .map(|e| e["argv"][0].to_string())
+        .collect();
+    assert!(calls.iter().all(|c| c == "\"list\""), "{calls:?}");
+}
+
+#[test]
+fn names_with_spaces_work() {
+    let _serial = serial();
+    let h = Host::new(&["src", "dst"]);
+    h.zfs(&["create", "src/my data"]).ok();
+    h.write("src/my data", "f", b"spaced");
+    ok(&h, &["src/my data", "dst/my copy"]);
+    assert_eq!(h.read("dst/my copy", "f").unwrap(), b"spaced");
+}
+
+#[test]
+fn syncoid_sync_property_skips_datasets() {
+    let _serial = serial();
+    let h = two_pools();
+    h.zfs(&["create", "src/data/off"]).ok();
+    h.zfs(&["set", "syncoid:sync=false", "src/data/off"]).ok();
+    h.zfs(&["create", "src/data/elsewhere"]).ok();
+    h.zfs(&["set", "syncoid:sync=otherhost", "src/data/elsewhere"])
+        .ok();
+    let r = ok(&h, &["-r", "src/data", "dst/data"]);
+    assert!(
+        r.stdout
+            .contains("Skipping dataset (syncoid:sync=false): src/data/off"),
+        "{}",
+        r.stdout
+    );
+    assert!(!h.exists("dst/data/off") && !h.exists("dst/data/elsewhere"));
+}
+
+#[test]
+fn help_and_version() {
+    let _serial = serial();
+    let h = Host::new(&[]);
+    let r = ok(&h, &["--version"]);
+    assert!(r.stdout.starts_with("syncoid-rsync "), "{}", r.stdout);
+    let r = ok(&h, &["--help"]);
+    for opt in [
+        "--no-sync-snap",
+        "--force-delete",
+        "--sshkey",
+        "--dry-run",
+        "--insecure-direct-connection",
+    ] {
+        assert!(r.stdout.contains(opt), "--help lacks {opt}");
+    }
+    run_expect(&h, &["--bogus-flag", "a", "b"], 64);
+}
