@@ -119,6 +119,17 @@ impl Sshd {
         ]
     }
 
+    /// An ssh_config(5) block naming this server `alias`.
+    pub fn config_block(&self, alias: &str) -> String {
+        format!(
+            "Host {alias}\n  HostName 127.0.0.1\n  Port {}\n  User root\n  IdentityFile {}\n  IdentitiesOnly yes\n  \
+             StrictHostKeyChecking no\n  UserKnownHostsFile {}\n  BatchMode yes\n  LogLevel ERROR\n",
+            self.port,
+            self.key.display(),
+            self.dir.join("known_hosts").display()
+        )
+    }
+
     /// Runs a command on the server's host through ssh.
     pub fn ssh(&self, remote_cmd: &str) -> crate::Zfs {
         let out = Command::new("ssh")

@@ -1,0 +1,162 @@
+//! Standard mode through a real sshd: push, pull and remote -> remote
+//! (relayed through this machine), with the compressors and mbuffer, and
+//! dataset names that need quoting on the remote shell.
+
+mod common;
+use common::*;
+use syncoid_rsync_testkit::{Host, Sshd};
+
+struct Lab {
+    local: Host,
+    a: Host,
+    b: Host,
+    _sa: Sshd,
+    _sb: Sshd,
+    config: String,
+}
+
+/// This machine (pool `here`), and two ssh hosts `hosta` (pool `pa`) and
+/// `hostb` (pool `pb`), each with its own emulator state.
+fn lab() -> Lab {
+    let local = Host::new(&["here"]);
+    let a = Host::new(&["pa"]);
+    let b = Host::new(&["pb"]);
+    let sa = Sshd::start(&a);
+    let sb = Sshd::start(&b);
+    let config = local.dir().join("ssh_config");
+    std::fs::write(
+        &config,
+        format!("{}{}", sa.config_block("hosta"), sb.config_block("hostb")),
+    )
+    .unwrap();
+    Lab {
+        config: config.display().to_string(),
+        local,
+        a,
+        b,
+        _sa: sa,
+        _sb: sb,
+    }
+}
+
+fn seed(h: &Host, fs: &str) {
+    h.zfs(&["create", fs]).ok();
+    h.write(
+        fs,
+        "data.bin",
+        &(0..300_000u32).map(|i| (i % 13) as u8).collect::<Vec<_>>(),
+    );
+    h.write(fs, "sub/note", b"note");
+    h.zfs(&["snapshot", &format!("{fs}@s1")]).ok();
+    h.write(fs, "sub/later", b"later");
+    h.zfs(&["snapshot", &format!("{fs}@s2")]).ok();
+}
+
+#[test]
+fn push_pull_and_relay_with_each_compressor() {
+    let _serial = serial();
+    let l = lab();
+    let cfg = format!("--sshconfig={}", l.config);
+    seed(&l.local, "here/data");
+    for (i, comp) in ["lzo", "zstd-fast", "gzip", "lz4", "xz", "pigz-fast", "none"]
+        .iter()
+        .enumerate()
+    {
+        let c = format!("--compress={comp}");
+        let pushed = format!("pa/push{i}");
+        ok(
+            &l.local,
+            &[&cfg, &c, "here/data", &format!("root@hosta:{pushed}")],
+        );
+        assert_eq!(
+            l.a.files(&pushed),
+            l.local.files("here/data"),
+            "push with {comp}"
+        );
+        let pulled = format!("here/pull{i}");
+        ok(
+            &l.local,
+            &[&cfg, &c, &format!("root@hosta:{pushed}"), &pulled],
+        );
+        assert_eq!(
+            l.local.files(&pulled),
+            l.local.files("here/data"),
+            "pull with {comp}"
+        );
+        let relayed = format!("pb/relay{i}");
+        ok(
+            &l.local,
+            &[
+                &cfg,
+                &c,
+                &format!("root@hosta:{pushed}"),
+                &format!("root@hostb:{relayed}"),
+            ],
+        );
+        assert_eq!(
+            l.b.files(&relayed),
+            l.local.files("here/data"),
+            "relay with {comp}"
+        );
+        assert_eq!(l.b.snapshots(&relayed)[..2], ["s1", "s2"]);
+    }
+    // An incremental push after a change.
+    l.local.write("here/data", "sub/newer", b"newer");
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    ok(&l.local, &[&cfg, "here/data", "root@hosta:pa/push0"]);
+    assert_eq!(l.a.read("pa/push0", "sub/newer").unwrap(), b"newer");
+}
+
+#[test]
+fn names_needing_quotes_cross_ssh_intact() {
+    let _serial = serial();
+    let l = lab();
+    let cfg = format!("--sshconfig={}", l.config);
+    seed(&l.a, "pa/my data");
+    ok(
+        &l.local,
+        &[&cfg, "root@hosta:pa/my data", "root@hostb:pb/copy of data"],
+    );
+    assert_eq!(l.b.files("pb/copy of data"), l.a.files("pa/my data"));
+    let r = run_expect(&l.local, &[&cfg, "root@hosta:pa/x;rm -rf ~", "here/x"], 64);
+    assert!(r.stderr.contains("invalid"), "{}", r.stderr);
+}
+
+#[test]
+fn recursive_push_with_a_clone_through_ssh() {
+    let _serial = serial();
+    let l = lab();
+    let cfg = format!("--sshconfig={}", l.config);
+    seed(&l.local, "here/tree");
+    l.local.zfs(&["create", "here/tree/kid"]).ok();
+    l.local.write("here/tree/kid", "k", b"kid");
+    l.local.zfs(&["clone", "here/tree@s1", "here/tree/cl"]).ok();
+    ok(&l.local, &[&cfg, "-r", "here/tree", "root@hosta:pa/tree"]);
+    assert_eq!(l.a.read("pa/tree/kid", "k").unwrap(), b"kid");
+    assert!(l.a.get("origin", "pa/tree/cl").starts_with("pa/tree@s1"));
+}
+
+#[test]
+fn unreachable_host_fails_preflight_clearly() {
+    let _serial = serial();
+    let l = lab();
+    seed(&l.local, "here/data");
+    let r = run_expect(
+        &l.local,
+        &[
+            "--sshport=1",
+            "-o",
+            "ConnectTimeout=3",
+            "here/data",
+            "root@127.0.0.1:pa/x",
+        ],
+        69,
+    );
+    assert!(r.stderr.contains("pre-flight failed"), "{}", r.stderr);
+    assert!(r.stderr.contains("target (root@127.0.0.1)"), "{}", r.stderr);
+    assert_eq!(
+        sync_snaps(&l.local.snapshots("here/data")).len(),
+        0,
+        "nothing was snapshotted"
+    );
+}
