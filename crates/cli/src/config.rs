@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::args::Args;
 use crate::host::{Host, SshConfig};
-use syncoid_rsync_core::argv::{parse_zfs_opts, Compress, ZfsOpt};
+use syncoid_rsync_core::argv::{parse_direct, parse_zfs_opts, Compress, Direct, ZfsOpt};
 use syncoid_rsync_core::location::{self, Location};
 use syncoid_rsync_core::syncsnap;
 
@@ -22,6 +22,7 @@ pub struct Settings {
     pub source_host: Host,
     pub target_host: Host,
     pub compress: Compress,
+    pub direct: Option<Direct>,
     pub send_opts: Vec<ZfsOpt>,
     pub recv_opts: Vec<ZfsOpt>,
     pub exclude_datasets: Vec<Regex>,
@@ -161,12 +162,19 @@ pub fn settings(args: Args, local_pools: &dyn Fn() -> Vec<String>) -> Result<Set
             "--create-bookmark only works with --no-sync-snap".into(),
         ));
     }
-    if a.insecure_direct_connection.is_some() && source.remote.is_some() && target.remote.is_some()
-    {
-        return Err(UsageError(
-            "--insecure-direct-connection cannot relay between two remote hosts".into(),
-        ));
-    }
+    let direct = match &a.insecure_direct_connection {
+        None => None,
+        Some(d) => {
+            if source.remote.is_some() == target.remote.is_some() {
+                return Err(UsageError(
+                    "--insecure-direct-connection needs exactly one remote side (it cannot relay between two remote hosts, nor be used locally)".into(),
+                ));
+            }
+            Some(parse_direct(d).ok_or_else(|| {
+                UsageError(format!("--insecure-direct-connection '{d}' is not IP:PORT[,IP:PORT[,TIMEOUT[,mbuffer]]]"))
+            })?)
+        }
+    };
     let excl = if a.exclude_datasets.is_empty() {
         &a.exclude
     } else {
@@ -203,6 +211,7 @@ pub fn settings(args: Args, local_pools: &dyn Fn() -> Vec<String>) -> Result<Set
         source,
         target,
         compress,
+        direct,
         send_opts,
         recv_opts,
         exclude_datasets,

@@ -762,6 +762,7 @@ fn send_step(
         }),
         source_remote: s.source_host.is_remote(),
         target_remote: s.target_host.is_remote(),
+        direct: s.direct.clone(),
     };
     let segments = argv::pipeline(send_argv, recv_argv, size, &pipe, &ctx.tools);
     if ctx.dry() {

@@ -137,6 +137,50 @@ fn recursive_push_with_a_clone_through_ssh() {
 }
 
 #[test]
+fn insecure_direct_connection_carries_the_stream_over_plain_tcp() {
+    let _serial = serial();
+    let l = lab();
+    let cfg = format!("--sshconfig={}", l.config);
+    seed(&l.local, "here/data");
+    for variant in ["", ",mbuffer"] {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let direct =
+            format!("--insecure-direct-connection=127.0.0.1:{port},127.0.0.1:{port},10{variant}");
+        let target = format!("pa/direct{}", variant.len());
+        let r = ok(
+            &l.local,
+            &[
+                &cfg,
+                "--debug",
+                &direct,
+                "here/data",
+                &format!("root@hosta:{target}"),
+            ],
+        );
+        assert!(r.stdout.contains("socat - TCP:127.0.0.1:"), "{}", r.stdout);
+        assert_eq!(
+            l.a.files(&target),
+            l.local.files("here/data"),
+            "direct{variant}"
+        );
+    }
+    let r = run_expect(
+        &l.local,
+        &[
+            "--insecure-direct-connection=127.0.0.1:1",
+            "here/data",
+            "here/x",
+        ],
+        64,
+    );
+    assert!(r.stderr.contains("exactly one remote side"), "{}", r.stderr);
+}
+
+#[test]
 fn unreachable_host_fails_preflight_clearly() {
     let _serial = serial();
     let l = lab();

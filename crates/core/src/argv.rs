@@ -293,6 +293,40 @@ pub struct Tools {
     pub compress: bool,
 }
 
+/// `--insecure-direct-connection`: the stream leaves ssh and goes over a
+/// plain TCP connection from the source (socat) to a listener on the target
+/// (busybox nc, or mbuffer with the `mbuffer` variant).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Direct {
+    pub connect: String,
+    pub listen: String,
+    pub timeout: u32,
+    pub mbuffer: bool,
+}
+
+/// Parses `IP:PORT[,IP:PORT[,TIMEOUT[,mbuffer]]]` (connect, listen).
+pub fn parse_direct(s: &str) -> Option<Direct> {
+    let parts: Vec<&str> = s.split(',').collect();
+    if parts.is_empty() || parts.len() > 4 || parts.iter().take(2).any(|p| !p.contains(':')) {
+        return None;
+    }
+    let timeout = match parts.get(2) {
+        Some(t) => t.parse().ok()?,
+        None => 60,
+    };
+    let mbuffer = match parts.get(3) {
+        Some(&"mbuffer") => true,
+        Some(_) => return None,
+        None => false,
+    };
+    Some(Direct {
+        connect: parts[0].to_string(),
+        listen: parts.get(1).unwrap_or(&parts[0]).to_string(),
+        timeout,
+        mbuffer,
+    })
+}
+
 #[derive(Debug, Clone)]
 pub struct PipeOpts {
     pub compress: Compress,
@@ -303,6 +337,41 @@ pub struct PipeOpts {
     pub pv_options: Option<Vec<String>>,
     pub source_remote: bool,
     pub target_remote: bool,
+    pub direct: Option<Direct>,
+}
+
+fn socat(d: &Direct) -> Vec<String> {
+    vec![
+        "socat".into(),
+        "-".into(),
+        format!("TCP:{},retry={},interval=1", d.connect, d.timeout),
+    ]
+}
+
+/// The target side's listener for a direct connection.
+fn listener(d: &Direct, limit: Option<(&str, &str)>, size: &str) -> Vec<String> {
+    if d.mbuffer {
+        let mut v = mbuffer(limit, size);
+        v.splice(
+            1..1,
+            [
+                "-W".to_string(),
+                d.timeout.to_string(),
+                "-I".to_string(),
+                d.listen.clone(),
+            ],
+        );
+        v
+    } else {
+        vec![
+            "busybox".into(),
+            "nc".into(),
+            "-l".into(),
+            d.listen.clone(),
+            "-w".into(),
+            d.timeout.to_string(),
+        ]
+    }
 }
 
 fn mbuffer(limit: Option<(&str, &str)>, size: &str) -> Vec<String> {
@@ -350,6 +419,9 @@ pub fn pipeline(
     };
     let c = || comp.then(|| o.compress.compress_argv());
     let d = || comp.then(|| o.compress.decompress_argv());
+    if let Some(direct) = &o.direct {
+        return direct_pipeline(send, recv, o, t, direct, pv_stage);
+    }
     match (o.source_remote, o.target_remote) {
         (false, false) => {
             let limit = src_limit.or(dst_limit);
@@ -434,6 +506,49 @@ pub fn pipeline(
                 ],
             ),
         ],
+    }
+}
+
+/// syncoid's shapes with `--insecure-direct-connection` (one side remote).
+fn direct_pipeline(
+    send: Vec<String>,
+    recv: Vec<String>,
+    o: &PipeOpts,
+    t: &Tools,
+    direct: &Direct,
+    pv_stage: Option<Vec<String>>,
+) -> Vec<Segment> {
+    let comp = o.compress != Compress::None && t.compress;
+    let src_limit = o.source_bwlimit.as_deref().map(|r| ("-R", r));
+    let dst_limit = o.target_bwlimit.as_deref().map(|r| ("-r", r));
+    let c = comp.then(|| o.compress.compress_argv());
+    let d = comp.then(|| o.compress.decompress_argv());
+    let src_buf = t
+        .source_mbuffer
+        .then(|| mbuffer(src_limit, &o.mbuffer_size));
+    let dst_buf =
+        (t.target_mbuffer && !direct.mbuffer).then(|| mbuffer(dst_limit, &o.mbuffer_size));
+    let listen = Some(listener(direct, dst_limit, &o.mbuffer_size));
+    let seg = |at, stages: Vec<Option<Vec<String>>>| Segment {
+        at,
+        stages: stages.into_iter().flatten().collect(),
+    };
+    if o.source_remote {
+        vec![
+            seg(
+                Where::Source,
+                vec![Some(send), c, src_buf, Some(socat(direct))],
+            ),
+            seg(Where::Local, vec![listen, dst_buf, d, pv_stage, Some(recv)]),
+        ]
+    } else {
+        vec![
+            seg(
+                Where::Local,
+                vec![Some(send), pv_stage, c, src_buf, Some(socat(direct))],
+            ),
+            seg(Where::Target, vec![listen, dst_buf, d, Some(recv)]),
+        ]
     }
 }
 

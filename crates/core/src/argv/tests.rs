@@ -106,6 +106,7 @@ fn popts(src: bool, dst: bool) -> PipeOpts {
         pv_options: Some(v(&["-p", "-t", "-e", "-r", "-b"])),
         source_remote: src,
         target_remote: dst,
+        direct: None,
     }
 }
 
@@ -220,4 +221,56 @@ fn compressors_pair_with_decompressors() {
     assert_eq!(Compress::Gzip.decompress_argv(), v(&["zcat"]));
     assert_eq!(Compress::ZstdSlow.compress_argv(), v(&["zstd", "-19"]));
     assert_eq!(Compress::parse("bogus"), None);
+}
+
+#[test]
+fn direct_connection_shapes() {
+    assert_eq!(
+        parse_direct("10.0.0.2:5000"),
+        Some(Direct {
+            connect: "10.0.0.2:5000".into(),
+            listen: "10.0.0.2:5000".into(),
+            timeout: 60,
+            mbuffer: false
+        })
+    );
+    let d = parse_direct("10.0.0.2:5000,0.0.0.0:5000,30,mbuffer").unwrap();
+    assert!(d.mbuffer && d.timeout == 30 && d.listen == "0.0.0.0:5000");
+    assert_eq!(parse_direct("a:1,b:2,x"), None);
+    assert_eq!(parse_direct("a:1,b:2,3,4,5"), None);
+    let mut o = popts(false, true);
+    o.direct = parse_direct("127.0.0.1:9,127.0.0.1:9,5");
+    let segs = pipeline(
+        v(&["zfs", "send"]),
+        v(&["zfs", "receive"]),
+        1,
+        &o,
+        &all_tools(),
+    );
+    assert_eq!(
+        segs[0].stages.last().unwrap(),
+        &v(&["socat", "-", "TCP:127.0.0.1:9,retry=5,interval=1"])
+    );
+    assert_eq!(
+        segs[1].stages[0],
+        v(&["busybox", "nc", "-l", "127.0.0.1:9", "-w", "5"])
+    );
+    assert_eq!(segs[1].at, Where::Target);
+    o.direct = Some(d);
+    let segs = pipeline(
+        v(&["zfs", "send"]),
+        v(&["zfs", "receive"]),
+        1,
+        &o,
+        &all_tools(),
+    );
+    assert_eq!(
+        segs[1].stages[0][..5],
+        v(&["mbuffer", "-W", "30", "-I", "0.0.0.0:5000"])
+    );
+    assert_eq!(
+        segs[1].stages.len(),
+        3,
+        "no second mbuffer behind the mbuffer listener"
+    );
 }

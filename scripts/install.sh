@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Builds syncoid-rsync in release mode, installs it (and the fakezfs
+# emulator, under its own name) into $PREFIX/bin, and runs it. On a machine
+# without ZFS it then runs the demo on the emulator (scripts/demo.sh).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PREFIX=${PREFIX:-/usr/local}
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "cargo (Rust) is needed to build syncoid-rsync: install it from https://rustup.rs or your distribution" >&2
+  exit 1
+fi
+cargo build --release --workspace --quiet
+install -d "$PREFIX/bin"
+install -m 0755 target/release/syncoid-rsync "$PREFIX/bin/syncoid-rsync"
+install -m 0755 target/release/fakezfs "$PREFIX/bin/fakezfs"
+echo "installed: $("$PREFIX/bin/syncoid-rsync" --version) -> $PREFIX/bin/syncoid-rsync"
+if [ -e /dev/zfs ] && command -v zfs >/dev/null 2>&1; then
+  echo "ZFS is available here: see 'syncoid-rsync --help' to replicate for real."
+else
+  echo "No ZFS kernel module here: running the demo on the fakezfs emulator."
+  SYNCOID_RSYNC="$PREFIX/bin/syncoid-rsync" FAKEZFS="$PREFIX/bin/fakezfs" bash scripts/demo.sh
+fi
