@@ -477,7 +477,11 @@ fn commit(
         st.datasets.insert(t.fs.clone(), d);
     }
     let txg = st.next_txg();
-    let written = tree::changed_size(&Manifest::new(), &base);
+    let prev = match st.datasets.get(&t.fs).and_then(|d| d.latest()) {
+        Some(p) => tree::get_manifest(store, &p.manifest)?,
+        None => Manifest::new(),
+    };
+    let written = tree::changed_size(&prev, &base);
     let d: &mut Dataset = st.datasets.get_mut(&t.fs).expect("exists");
     if let Some(p) = d.partial.take() {
         let _ = std::fs::remove_file(store.partial_path(&p.ops_file));
