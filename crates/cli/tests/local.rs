@@ -481,3 +481,34 @@ fn help_and_version() {
     }
     run_expect(&h, &["--bogus-flag", "a", "b"], 64);
 }
+
+#[test]
+fn recursive_no_op_run_lists_each_side_once_whatever_the_dataset_count() {
+    let _serial = serial();
+    let h = Host::new(&["src", "dst"]);
+    h.zfs(&["create", "src/root"]).ok();
+    for i in 0..60 {
+        h.zfs(&["create", &format!("src/root/d{i:03}")]).ok();
+    }
+    for s in 0..8 {
+        h.zfs(&["snapshot", "-r", &format!("src/root@s{s}")]).ok();
+    }
+    h.sh("zfs send -R src/root@s7 | zfs receive dst/root").ok();
+    let before = h.log().len();
+    let r = ok(&h, &["-r", "--no-sync-snap", "src/root", "dst/root"]);
+    assert_eq!(
+        r.stdout.matches("Nothing to do").count(),
+        61,
+        "{}",
+        r.stdout
+    );
+    let calls: Vec<String> = h.log()[before..]
+        .iter()
+        .map(|e| e["argv"].to_string())
+        .collect();
+    assert_eq!(
+        calls.len(),
+        4,
+        "two listings per side, none per dataset: {calls:#?}"
+    );
+}

@@ -3,22 +3,8 @@
 //! through a real sshd, and the target ends up with the source's files and
 //! snapshots.
 
-use std::path::PathBuf;
 use std::process::Command;
-use syncoid_rsync_testkit::{Host, Sshd, Zfs};
-
-fn syncoid_bin() -> PathBuf {
-    let candidates = [
-        std::env::var("SYNCOID_BIN").unwrap_or_default(),
-        "/opt/sanoid/usr/sbin/syncoid".into(),
-        "/usr/sbin/syncoid".into(),
-    ];
-    candidates
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.is_file())
-        .expect("syncoid 2.1 not found: run scripts/install-test-deps.sh")
-}
+use syncoid_rsync_testkit::{syncoid_bin, Host, Sshd, Zfs};
 
 fn syncoid(local: &Host, args: &[&str]) -> Zfs {
     let out = Command::new(syncoid_bin())

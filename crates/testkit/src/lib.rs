@@ -12,3 +12,18 @@ mod sshd;
 
 pub use host::{fakezfs_bin, Host, Zfs};
 pub use sshd::Sshd;
+
+/// Debian's syncoid 2.1: `$SYNCOID_BIN`, the copy unpacked by
+/// scripts/install-test-deps.sh, or the sanoid package's.
+pub fn syncoid_bin() -> std::path::PathBuf {
+    let candidates = [
+        std::env::var("SYNCOID_BIN").unwrap_or_default(),
+        "/opt/sanoid/usr/sbin/syncoid".into(),
+        "/usr/sbin/syncoid".into(),
+    ];
+    candidates
+        .iter()
+        .map(std::path::PathBuf::from)
+        .find(|p| p.is_file())
+        .expect("syncoid 2.1 not found: run scripts/install-test-deps.sh")
+}
