@@ -17,6 +17,8 @@ tar -C "$golden" -cf "$work/in.tar" setup.sh cases
 set -u
 export LC_ALL=C TZ=UTC
 cd /root/golden
+# The cases list every pool: only the fixtures' own may exist.
+for p in $(zpool list -H -o name); do case "$p" in src|dst) ;; *) zpool destroy -f "$p";; esac; done
 bash setup.sh >/dev/null 2>&1
 for d in cases/*/; do
   bash -c "$(cat "$d/cmd")" >"$d/stdout" 2>"$d/stderr"; echo $? > "$d/status"

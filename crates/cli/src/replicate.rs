@@ -724,8 +724,15 @@ fn send_step(
             )))
         }
     };
-    let force = !rollback.is_empty();
-    if force {
+    // As syncoid: incremental receives are forced (-F) unless --no-rollback,
+    // because a mounted target is "modified" by atime updates that `written`
+    // does not show yet. What the rollback destroys is known and printed.
+    let force = !s.args.no_rollback
+        && matches!(
+            step,
+            Step::Incremental { .. } | Step::FromBookmark { .. } | Step::Resume { .. }
+        );
+    if !rollback.is_empty() {
         ctx.out.warn(&describe_rollback(dst_fs, &rollback));
     }
     let mut set_props = Vec::new();

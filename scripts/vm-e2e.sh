@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Runs the end-to-end suite on REAL OpenZFS 2.1 in the zfsvm lab VM:
+# builds the VM image if missing (cached in /var/cache/zfsvm), boots it,
+# copies the release binary in, runs tests/vm/suite.sh there (file-backed
+# pools), and with --golden also re-captures the emulator's golden fixtures
+# and runs the contract tests on them. Leaves the VM running unless
+# --stop is given.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+vm=${ZFSVM_DIR:-$here/../shared/zfsvm}
+golden=0; stop=0
+for a in "$@"; do case "$a" in --golden) golden=1;; --stop) stop=1;; *) echo "usage: $0 [--golden] [--stop]" >&2; exit 64;; esac; done
+t0=$(date +%s)
+"$vm/build-image.sh"
+t1=$(date +%s)
+"$vm/start.sh" >/dev/null
+t2=$(date +%s)
+(cd "$here" && cargo build --release --quiet -p syncoid-rsync)
+"$vm/ssh.sh" 'cat > /usr/local/bin/syncoid-rsync && chmod 0755 /usr/local/bin/syncoid-rsync' < "$here/target/release/syncoid-rsync"
+rc=0
+"$vm/ssh.sh" 'bash -s' < "$here/tests/vm/suite.sh" || rc=$?
+t3=$(date +%s)
+if [ "$golden" = 1 ] && [ "$rc" = 0 ]; then
+  "$here/scripts/capture-golden.sh"
+  (cd "$here" && cargo test -q -p fakezfs --test contract) || rc=$?
+fi
+t4=$(date +%s)
+echo "vm-e2e: image $((t1-t0))s, boot $((t2-t1))s, suite $((t3-t2))s, golden $((t4-t3))s, rc=$rc"
+[ "$stop" = 1 ] && "$vm/stop.sh" >/dev/null
+exit "$rc"

@@ -1,0 +1,128 @@
+#!/usr/bin/env bash
+# The end-to-end suite on REAL OpenZFS (runs inside the zfsvm guest, as
+# root, with syncoid-rsync at /usr/local/bin). File-backed pools vsrc and
+# vdst are created fresh. Every case checks the target's data (sha256 of
+# every file) and its snapshot list. Prints PASS/FAIL per case and
+# "N passed, N failed" at the end; exits non-zero if any case failed.
+set -u
+export LC_ALL=C
+SR=${SR:-/usr/local/bin/syncoid-rsync}
+pass=0; fail=0; failed=()
+log=/var/tmp/vm-suite.log; : > "$log"
+
+setup_pools() {
+  for p in vsrc vdst; do zpool destroy -f "$p" >/dev/null 2>&1 || true; done
+  rm -f /var/tmp/vsrc.img /var/tmp/vdst.img
+  truncate -s 1G /var/tmp/vsrc.img /var/tmp/vdst.img
+  zpool create -f -O mountpoint=/vsrc vsrc /var/tmp/vsrc.img
+  zpool create -f -O mountpoint=/vdst vdst /var/tmp/vdst.img
+}
+hashes() { (cd "$(zfs get -H -o value mountpoint "$1")" && find . -type f -print0 | sort -z | xargs -0 -r sha256sum); }
+snaps() { zfs list -H -t snapshot -o name -s createtxg -d 1 "$1" | sed 's/.*@//' | tr '\n' ' '; }
+guids() { zfs list -H -p -t snapshot -o name,guid -d 1 "$1" | sed 's/^[^@]*@//' | sort; }
+same_data() { [ "$(hashes "$1")" = "$(hashes "$2")" ] || { echo "data differs: $1 vs $2"; return 1; }; }
+same_guids() {  # every target snapshot has the source's guid
+  local s; s=$(guids "$1")
+  while read -r line; do grep -qxF "$line" <<<"$s" || { echo "guid mismatch: $line"; return 1; }; done < <(guids "$2")
+}
+sr() { echo "+ syncoid-rsync $*" >>"$log"; "$SR" "$@" >>"$log" 2>&1; }
+case_() {  # name, function; set -e holds in the subshell (not inside an `if`)
+  local rc
+  echo "=== $1" >>"$log"
+  ( set -e; "$2" ) >>"$log" 2>&1; rc=$?
+  if [ "$rc" = 0 ]; then pass=$((pass+1)); echo "PASS $1"
+  else fail=$((fail+1)); failed+=("$1"); echo "FAIL $1"; fi
+}
+rand() { head -c "$2" /dev/urandom > "$1"; }
+
+t_full_and_incremental() {
+  zfs create vsrc/data; rand /vsrc/data/a 3000000; mkdir /vsrc/data/d; echo hi > /vsrc/data/d/b
+  zfs snapshot vsrc/data@first
+  sr vsrc/data vdst/data
+  same_data vsrc/data vdst/data; same_guids vsrc/data vdst/data
+  [ "$(snaps vdst/data | wc -w)" = 2 ]
+  rand /vsrc/data/c 1000000; sleep 1
+  sr vsrc/data vdst/data
+  same_data vsrc/data vdst/data; same_guids vsrc/data vdst/data
+  [ "$(snaps vdst/data | grep -o 'syncoid_' | wc -l)" = 1 ]
+}
+t_recursive_with_clone() {
+  zfs create vsrc/tree; rand /vsrc/tree/t 200000; zfs create vsrc/tree/kid; rand /vsrc/tree/kid/k 100000
+  zfs snapshot -r vsrc/tree@r1
+  zfs clone vsrc/tree@r1 vsrc/tree/cl; echo clone > /vsrc/tree/cl/only
+  sr -r vsrc/tree vdst/tree
+  same_data vsrc/tree/kid vdst/tree/kid; same_data vsrc/tree/cl vdst/tree/cl
+  [ "$(zfs get -H -o value origin vdst/tree/cl)" = "vdst/tree@r1" ]
+}
+t_bookmark_fallback() {
+  zfs create vsrc/bm; rand /vsrc/bm/f 100000; zfs snapshot vsrc/bm@0
+  sr --no-sync-snap vsrc/bm vdst/bm
+  zfs bookmark vsrc/bm@0 vsrc/bm#0; zfs destroy vsrc/bm@0
+  rand /vsrc/bm/g 100000; zfs snapshot vsrc/bm@mid; rand /vsrc/bm/h 100000
+  sr vsrc/bm vdst/bm
+  same_data vsrc/bm vdst/bm
+  snaps vdst/bm | grep -q '^0 mid syncoid_'
+}
+t_create_bookmark_and_hold() {
+  zfs create vsrc/hb; rand /vsrc/hb/f 10000; zfs snapshot vsrc/hb@s1
+  sr --no-sync-snap --create-bookmark vsrc/hb vdst/hb
+  zfs list -H -t bookmark -o name vsrc/hb | grep -qx 'vsrc/hb#s1'
+  sr --use-hold vsrc/hb vdst/hb2
+  new=$(snaps vsrc/hb | tr ' ' '\n' | grep syncoid_ | tail -1)
+  zfs holds -H "vsrc/hb@$new" | grep -q syncoid_
+  zfs holds -H "vdst/hb2@$new" | grep -q syncoid_
+}
+t_resume_after_head() {
+  zfs create vsrc/res; rand /vsrc/res/big 30000000; zfs snapshot vsrc/res@s1
+  zfs send vsrc/res@s1 | head --bytes=8M | zfs receive -s vdst/res || true
+  zfs get -H -o value receive_resume_token vdst/res | grep -q '^1-'
+  sr --no-stream --no-sync-snap vsrc/res vdst/res
+  grep -q "Resuming interrupted" "$log"
+  [ "$(zfs get -H -o value receive_resume_token vdst/res)" = "-" ]
+  same_data vsrc/res vdst/res
+}
+t_raw_encrypted() {
+  echo secretsecret | zfs create -o encryption=on -o keyformat=passphrase -o keylocation=prompt vsrc/enc
+  rand /vsrc/enc/secret 200000; zfs snapshot vsrc/enc@e1
+  sr --sendoptions=w --no-sync-snap vsrc/enc vdst/enc
+  [ "$(zfs get -H -o value encryption vdst/enc)" = "aes-256-gcm" ]
+  [ "$(zfs get -H -o value keystatus vdst/enc)" = "unavailable" ]
+  echo secretsecret | zfs load-key vdst/enc; zfs mount vdst/enc
+  same_data vsrc/enc vdst/enc
+}
+t_force_delete_guardrails() {
+  zfs create vsrc/fd; rand /vsrc/fd/f 10000; zfs snapshot vsrc/fd@s1
+  zfs create vdst/fd; echo mine > /vdst/fd/precious; zfs snapshot vdst/fd@mine
+  if sr vsrc/fd vdst/fd; then echo "unrelated target accepted"; return 1; fi
+  [ "$(cat /vdst/fd/precious)" = mine ]
+  zfs snapshot vdst@rootsnap
+  if sr --force-delete vsrc/fd vdst; then echo "pool root replaced"; return 1; fi
+  zfs list vdst >/dev/null
+  sr --force-delete vsrc/fd vdst/fd
+  same_data vsrc/fd vdst/fd
+  [ ! -e /vdst/fd/precious ]
+}
+t_modified_target_rollback() {
+  zfs create vsrc/mod; rand /vsrc/mod/f 10000
+  sr vsrc/mod vdst/mod
+  echo stray > /vdst/mod/stray
+  if sr --no-rollback vsrc/mod vdst/mod; then echo "diverged target accepted"; return 1; fi
+  [ -e /vdst/mod/stray ]
+  sleep 1; sr vsrc/mod vdst/mod
+  [ ! -e /vdst/mod/stray ]; same_data vsrc/mod vdst/mod
+}
+
+setup_pools
+case_ full_and_incremental t_full_and_incremental
+case_ recursive_with_clone t_recursive_with_clone
+case_ bookmark_fallback t_bookmark_fallback
+case_ create_bookmark_and_hold t_create_bookmark_and_hold
+case_ resume_after_head t_resume_after_head
+case_ raw_encrypted t_raw_encrypted
+case_ force_delete_guardrails t_force_delete_guardrails
+case_ modified_target_rollback t_modified_target_rollback
+for p in vsrc vdst; do zpool destroy -f "$p" >/dev/null 2>&1 || true; done
+rm -f /var/tmp/vsrc.img /var/tmp/vdst.img
+[ "$fail" -eq 0 ] || { echo "failed: ${failed[*]}"; echo "--- log"; tail -80 "$log"; }
+echo "$pass passed, $fail failed"
+[ "$fail" -eq 0 ]
