@@ -541,6 +541,20 @@ fn run_step(ctx: &Ctx, src_fs: &str, dst_fs: &str, src: &View, step: &Step) -> R
             ctx.zfs_run(Side::Source, &["snapshot", &format!("{src_fs}@{name}")])?;
         }
         Step::DestroyTarget => destroy_target(ctx, dst_fs)?,
+        Step::DestroyClashing { snaps } => {
+            let list = snaps
+                .iter()
+                .map(|n| format!("{dst_fs}@{n}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            out.warn(&format!(
+                "--force-delete: destroying target snapshots whose names the source reuses for other snapshots: {list}"
+            ));
+            ctx.zfs_run(
+                Side::Target,
+                &["destroy", &format!("{dst_fs}@{}", snaps.join(","))],
+            )?;
+        }
         Step::Hold { side, snap } | Step::Release { side, snap } => {
             let verb = if matches!(step, Step::Hold { .. }) {
                 "hold"

@@ -512,3 +512,106 @@ fn recursive_no_op_run_lists_each_side_once_whatever_the_dataset_count() {
         "two listings per side, none per dataset: {calls:#?}"
     );
 }
+
+#[test]
+fn out_of_order_creation_times_are_ordered_by_createtxg() {
+    // syncoid test 011: the clock jumped back between snapshots.
+    let _serial = serial();
+    let h = Host::new(&["src", "dst"]);
+    h.zfs(&["create", "src/before"]).ok();
+    h.zfs(&[
+        "snapshot",
+        "src/before@this-snapshot-should-make-it-into-the-after-dataset",
+    ])
+    .ok();
+    h.sh("FAKEZFS_NOW=1155533696 zfs snapshot src/before@oldest-snapshot")
+        .ok();
+    h.zfs(&["snapshot", "src/before@another-snapshot-does-not-matter"])
+        .ok();
+    ok(&h, &["--sendoptions=Lec", "src/before", "dst/after"]);
+    let got = h.snapshots("dst/after");
+    assert_eq!(
+        got[..3],
+        [
+            "this-snapshot-should-make-it-into-the-after-dataset",
+            "oldest-snapshot",
+            "another-snapshot-does-not-matter"
+        ]
+    );
+}
+
+#[test]
+fn force_delete_replaces_a_conflicting_snapshot() {
+    // syncoid test 008: a snapshot re-created on the source under the same name.
+    let _serial = serial();
+    let h = Host::new(&["src", "dst"]);
+    h.zfs(&["create", "src/src"]).ok();
+    h.zfs(&["snapshot", "src/src@duplicate"]).ok();
+    ok(&h, &["-r", "--compress=none", "src/src", "dst/dst"]);
+    h.zfs(&["destroy", "src/src@duplicate"]).ok();
+    h.zfs(&["snapshot", "src/src@duplicate"]).ok();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let r = run_expect(&h, &["-r", "--compress=none", "src/src", "dst/dst"], 2);
+    assert!(r.stderr.contains("named duplicate"), "{}", r.stderr);
+    ok(
+        &h,
+        &[
+            "-r",
+            "--force-delete",
+            "--compress=none",
+            "src/src",
+            "dst/dst",
+        ],
+    );
+    let norm = |fs: &str| -> Vec<(String, String)> {
+        h.snapshot_guids(fs)
+            .into_iter()
+            .map(|(n, g)| {
+                (
+                    if n.starts_with("syncoid_") {
+                        "syncoid_".into()
+                    } else {
+                        n
+                    },
+                    g,
+                )
+            })
+            .collect()
+    };
+    assert_eq!(norm("src/src"), norm("dst/dst"));
+}
+
+#[test]
+fn output_options_debug_quiet_dumpsnaps_monitor_version_and_buffers() {
+    let _serial = serial();
+    let h = two_pools();
+    let r = ok(
+        &h,
+        &[
+            "--debug",
+            "--dumpsnaps",
+            "--mbuffer-size=4M",
+            "--source-bwlimit=50m",
+            "src/data",
+            "dst/a",
+        ],
+    );
+    assert!(
+        r.stdout.contains(
+            "DEBUG: zfs send src/data@first | mbuffer -R 50m -q -s 128k -m 4M | zfs receive"
+        ),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains("snapshots of src/data (source)"),
+        "{}",
+        r.stdout
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let r = ok(&h, &["--quiet", "src/data", "dst/a"]);
+    assert_eq!((r.stdout.as_str(), r.stderr.as_str()), ("", ""));
+    let r = ok(&h, &["--monitor-version"]);
+    assert!(r.stdout.starts_with("OK: syncoid-rsync "), "{}", r.stdout);
+    assert_eq!(h.files("dst/a"), h.files("src/data"));
+}

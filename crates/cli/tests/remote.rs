@@ -204,3 +204,31 @@ fn unreachable_host_fails_preflight_clearly() {
         "nothing was snapshotted"
     );
 }
+
+#[test]
+fn sshkey_sshport_and_sshoption_reach_the_host() {
+    let _serial = serial();
+    let local = Host::new(&["here"]);
+    let remote = Host::new(&["far"]);
+    let sshd = Sshd::start(&remote);
+    seed(&local, "here/data");
+    let port = format!("--sshport={}", sshd.port);
+    let key = format!("--sshkey={}", sshd.key.display());
+    let known = format!("UserKnownHostsFile={}/kh", remote.dir().display());
+    ok(
+        &local,
+        &[
+            &port,
+            &key,
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            &known,
+            "-c",
+            "aes128-gcm@openssh.com",
+            "here/data",
+            "root@127.0.0.1:far/data",
+        ],
+    );
+    assert_eq!(remote.files("far/data"), local.files("here/data"));
+}

@@ -91,6 +91,11 @@ pub enum Step {
     Bookmark {
         snap: String,
     },
+    /// `--force-delete`: destroy target snapshots whose names clash with
+    /// snapshots about to be received.
+    DestroyClashing {
+        snaps: Vec<String>,
+    },
     /// Destroy these (old sync) snapshots on one side.
     Prune {
         side: Side,
@@ -123,6 +128,8 @@ pub enum Conflict {
     },
     /// `--no-rollback`, but reaching the source needs a rollback of the target.
     TargetDiverged { base: String, rollback: Rollback },
+    /// Snapshots to send have the names of other (older) target snapshots.
+    NameClash { names: Vec<String> },
 }
 
 impl fmt::Display for Conflict {
@@ -157,6 +164,12 @@ impl fmt::Display for Conflict {
                 }
                 write!(f, " --no-rollback forbids it")
             }
+            Conflict::NameClash { names } => write!(
+                f,
+                "the target already has different snapshots (other guids) named {}: receiving would fail \
+                 (\"destination already exists\"). --force-delete destroys those target snapshots first.",
+                list(names)
+            ),
         }
     }
 }
@@ -301,8 +314,86 @@ pub fn plan(input: &Input, opts: &Options) -> Result<Plan, Conflict> {
             },
         },
     }
+    resolve_clashes(input, opts, &mut steps)?;
     after_transfer(input, opts, &newest, base, &mut steps);
     Ok(Plan::Steps(steps))
+}
+
+/// Names the incremental steps will create on the target.
+fn received_names(input: &Input, steps: &[Step]) -> Vec<String> {
+    let mut out = Vec::new();
+    for st in steps {
+        match st {
+            Step::Incremental {
+                from,
+                to,
+                intermediates: true,
+                ..
+            } => {
+                let start = input
+                    .source
+                    .iter()
+                    .position(|s| s.name == *from)
+                    .map(|i| i + 1)
+                    .unwrap_or(0);
+                out.extend(
+                    input.source[start..]
+                        .iter()
+                        .map(|s| s.name.clone())
+                        .take_while(|n| n != to),
+                );
+                out.push(to.clone());
+            }
+            Step::Incremental { to, .. } | Step::FromBookmark { to, .. } => out.push(to.clone()),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Target snapshots that share a name (not a guid) with one we will send,
+/// and that the forced receive's rollback does not remove anyway.
+fn resolve_clashes(input: &Input, opts: &Options, steps: &mut Vec<Step>) -> Result<(), Conflict> {
+    let Some(t) = &input.target else {
+        return Ok(());
+    };
+    if steps.contains(&Step::DestroyTarget) {
+        return Ok(());
+    }
+    let rolled_back: Vec<&String> = steps
+        .iter()
+        .flat_map(|s| match s {
+            Step::Incremental { rollback, .. } | Step::FromBookmark { rollback, .. } => {
+                rollback.destroys.iter().collect()
+            }
+            _ => Vec::new(),
+        })
+        .collect();
+    let names = received_names(input, steps);
+    let clashing: Vec<String> = t
+        .snaps
+        .iter()
+        .filter(|ts| names.contains(&ts.name) && !rolled_back.contains(&&ts.name))
+        .filter(|ts| {
+            input
+                .source
+                .iter()
+                .any(|s| s.name == ts.name && s.guid != ts.guid)
+        })
+        .map(|ts| ts.name.clone())
+        .collect();
+    if clashing.is_empty() {
+        return Ok(());
+    }
+    if !opts.force_delete {
+        return Err(Conflict::NameClash { names: clashing });
+    }
+    let at = steps
+        .iter()
+        .position(|s| s.is_transfer())
+        .unwrap_or(steps.len());
+    steps.insert(at, Step::DestroyClashing { snaps: clashing });
+    Ok(())
 }
 
 /// The newest source snapshot the target also has (same guid).

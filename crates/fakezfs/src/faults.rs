@@ -7,6 +7,7 @@
 //! | `FAKEZFS_SEND_CORRUPT_AT=N` | `zfs send` flips the bits of stream byte N |
 //! | `FAKEZFS_SEND_RATE=R` | `zfs send` writes at most R bytes/s (`10M` = 10 MiB/s) |
 //! | `FAKEZFS_RECV_FAIL_AFTER=N` | `zfs receive` reads N bytes, then the stream breaks |
+//! | `FAKEZFS_NOW=EPOCH` | the clock for creation times (out-of-order snapshots) |
 //!
 //! Sizes take the suffixes K, M, G. Everything else is the real behaviour.
 

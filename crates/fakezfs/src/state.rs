@@ -270,7 +270,15 @@ impl Store {
     }
 }
 
+/// The clock for creation times; `FAKEZFS_NOW=EPOCH` sets it (to test
+/// snapshots whose creation times are out of order, as after a clock jump).
 pub fn now() -> u64 {
+    if let Some(t) = std::env::var("FAKEZFS_NOW")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        return t;
+    }
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())

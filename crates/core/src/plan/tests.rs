@@ -340,6 +340,33 @@ fn filtered_snapshots_are_sent_as_a_chain_of_single_incrementals() {
 }
 
 #[test]
+fn recreated_snapshot_names_clash_unless_force_delete() {
+    // syncoid test 008: "dup" was destroyed and re-created on the source.
+    let i = input(
+        vec![s(OLD_SYNC, 1, 5), s("dup", 9, 6)],
+        Some(vec![s("dup", 2, 2), s(OLD_SYNC, 1, 3)]),
+    );
+    assert_eq!(
+        plan(&i, &opts()),
+        Err(Conflict::NameClash {
+            names: vec!["dup".into()]
+        })
+    );
+    let o = Options {
+        force_delete: true,
+        ..opts()
+    };
+    let got = steps(plan(&i, &o));
+    assert_eq!(
+        got[1],
+        Step::DestroyClashing {
+            snaps: vec!["dup".into()]
+        }
+    );
+    assert!(matches!(got[2], Step::Incremental { .. }));
+}
+
+#[test]
 fn target_only_snapshots_for_delete_target_snapshots() {
     let src = vec![s("a", 1, 1), s("c", 3, 3)];
     let dst = vec![s("a", 1, 1), s("b", 2, 2), s("c", 3, 3), s("d", 4, 4)];
@@ -384,7 +411,8 @@ proptest! {
         let Ok(Plan::Steps(steps)) = plan(&i, &o) else { return Ok(()) };
         for st in &steps {
             if !force_delete {
-                prop_assert!(*st != Step::DestroyTarget);
+                let destroys = matches!(st, Step::DestroyTarget | Step::DestroyClashing { .. });
+                prop_assert!(!destroys, "destroying step without --force-delete");
             }
             match st {
                 Step::Incremental { rollback, .. } | Step::FromBookmark { rollback, .. } if no_rollback => {

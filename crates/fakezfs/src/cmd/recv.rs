@@ -216,7 +216,7 @@ fn begin(
     }
     if d.snapshot(snap).is_some() {
         return fail(format!(
-            "cannot receive incremental stream: destination {fs}@{snap} exists"
+            "cannot restore to {fs}@{snap}: destination already exists"
         ));
     }
     if d.partial.is_some() {
