@@ -4,7 +4,8 @@
 //! `fakezfs zfs ...` / `fakezfs zpool ...`. State lives in `FAKEZFS_ROOT`.
 //! Every invocation is appended to `$FAKEZFS_ROOT/log.jsonl` with its argv,
 //! exit status and, for send/receive, the bytes it moved. `fakezfs link DIR`
-//! creates the `zfs` and `zpool` links in DIR.
+//! creates the `zfs` and `zpool` links in DIR; `fakezfs fixture ...` builds
+//! large test trees in one step (see cmd/fixture.rs).
 
 mod cmd;
 mod fail;
@@ -128,7 +129,7 @@ fn main() {
     let (prog, args) = match name.as_str() {
         "zfs" | "zpool" => (name.clone(), argv[1..].to_vec()),
         _ => match argv.get(1).map(String::as_str) {
-            Some(p @ ("zfs" | "zpool" | "link")) => (p.to_string(), argv[2..].to_vec()),
+            Some(p @ ("zfs" | "zpool" | "link" | "fixture")) => (p.to_string(), argv[2..].to_vec()),
             _ => {
                 eprintln!("usage: fakezfs zfs|zpool ARGS... | fakezfs link DIR (or call it through a link named zfs or zpool)");
                 std::process::exit(2);
@@ -139,6 +140,7 @@ fn main() {
     let result = match prog.as_str() {
         "zfs" => zfs(&args, &mut out),
         "zpool" => cmd::zpool::main(&args),
+        "fixture" => cmd::fixture::main(&args),
         _ => link(&args),
     };
     let code = match &result {

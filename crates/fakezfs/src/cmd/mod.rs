@@ -1,6 +1,7 @@
 //! One module per group of zfs subcommands.
 
 pub mod destroy;
+pub mod fixture;
 pub mod list;
 pub mod manage;
 pub mod recv;
