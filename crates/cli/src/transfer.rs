@@ -45,6 +45,17 @@ pub fn describe(segments: &[Segment], hosts: &Hosts) -> String {
         .join(" | ")
 }
 
+/// 1 MiB instead of 64 KiB between stages: 16 times fewer wake-ups per
+/// byte, which matters when every core is busy encrypting or compressing.
+fn widen_pipe(out: &std::process::ChildStdout) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: F_SETPIPE_SZ only changes the capacity of a pipe we own; a
+    // failure (limit, not a pipe) leaves it as it was.
+    unsafe {
+        libc::fcntl(out.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20);
+    }
+}
+
 /// Runs the pipeline to the end. On failure the error of the last failing
 /// process comes first (the receiver's refusal explains a sender's EPIPE).
 pub fn run(segments: &[Segment], hosts: &Hosts) -> Result<(), Vec<CmdError>> {
@@ -82,6 +93,9 @@ pub fn run(segments: &[Segment], hosts: &Hosts) -> Result<(), Vec<CmdError>> {
             }
         };
         prev = child.stdout.take();
+        if let Some(out) = &prev {
+            widen_pipe(out);
+        }
         let tail = match child.stderr.take() {
             Some(e) => StderrTail::drain(e, false),
             None => StderrTail::drain(std::io::empty(), false),

@@ -1,0 +1,242 @@
+//! The benchmark harness: throughput of raw `zfs send | ssh | zfs receive`,
+//! Debian's syncoid 2.1 and syncoid-rsync on the same synthetic dataset over
+//! a loopback sshd, in the same run, as ratios (medians of --reps runs);
+//! and the recursive no-op planning run (ours vs syncoid).
+//!
+//! cargo run --release -p syncoid-rsync-testkit --bin bench -- \
+//!     [--sizes 1G,4G] [--reps 3] [--ciphers default,aes128-gcm@openssh.com] [--tree 1000x50]
+//!
+//! Prints a markdown table. CPU is the machine-wide busy time from
+//! /proc/stat during the run (every process involved, both ends).
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Instant;
+use syncoid_rsync_testkit::{syncoid_bin, Host, Sshd};
+
+fn arg(name: &str, default: &str) -> String {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+        .unwrap_or_else(|| default.to_string())
+}
+
+fn busy_jiffies() -> u64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let cpu: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal
+    cpu.iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4)
+        .map(|(_, v)| v)
+        .sum()
+}
+
+struct Sample {
+    secs: f64,
+    cpu: f64,
+}
+
+fn measure(mut cmd: Command) -> Sample {
+    let j0 = busy_jiffies();
+    let t0 = Instant::now();
+    let out = cmd.output().expect("run benchmark command");
+    let secs = t0.elapsed().as_secs_f64();
+    let cpu = (busy_jiffies() - j0) as f64 / 100.0;
+    assert!(
+        out.status.success(),
+        "benchmark command failed: {:?}\n{}",
+        cmd,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Sample { secs, cpu }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn sibling(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().unwrap().join(name)
+}
+
+struct Row {
+    what: String,
+    secs: f64,
+    cpu: f64,
+    bytes: u64,
+}
+
+fn throughput(
+    sizes: &[String],
+    reps: usize,
+    ciphers: &[String],
+) -> Vec<(String, String, Vec<Row>)> {
+    let ours = sibling("syncoid-rsync");
+    let mut tables = Vec::new();
+    for size in sizes {
+        let local = Host::new(&["src", "dst"]);
+        let far = Host::new(&["far"]);
+        let sshd = Sshd::start(&far);
+        local
+            .zfs(&[
+                "create",
+                "-o",
+                &format!("fakezfs:synthetic={size}"),
+                "src/big",
+            ])
+            .ok();
+        local.zfs(&["snapshot", "src/big@s"]).ok();
+        let est = local.zfs(&["send", "-nvP", "src/big@s"]).ok().stdout;
+        let bytes: u64 = est
+            .lines()
+            .last()
+            .and_then(|l| l.split('\t').nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap();
+        for cipher in ciphers {
+            let mut ssh: Vec<String> = sshd.ssh_opts();
+            if cipher != "default" {
+                ssh.extend(["-c".into(), cipher.clone()]);
+            }
+            let ssh_line = ssh
+                .iter()
+                .map(|s| format!("'{s}'"))
+                .collect::<Vec<_>>()
+                .join(" ");
+            let mut tool_args = vec![
+                format!("--sshport={}", sshd.port),
+                format!("--sshkey={}", sshd.key.display()),
+                "--sshoption=StrictHostKeyChecking=no".into(),
+                format!("--sshoption=UserKnownHostsFile={}/kh", far.dir().display()),
+                "--no-sync-snap".into(),
+                "--compress=none".into(),
+                "--quiet".into(),
+            ];
+            if cipher != "default" {
+                tool_args.push(format!("--sshcipher={cipher}"));
+            }
+            let mut rows = Vec::new();
+            let kinds = [
+                "raw zfs send \\| zfs receive (local)",
+                "raw zfs send \\| ssh \\| zfs receive",
+                "syncoid 2.1",
+                "syncoid-rsync",
+            ];
+            for (k, kind) in kinds.iter().enumerate() {
+                let mut secs = Vec::new();
+                let mut cpu = Vec::new();
+                for r in 0..reps {
+                    let target = format!("t{k}r{r}");
+                    let cmd = match k {
+                        0 => {
+                            let mut c = local.command("bash");
+                            c.arg("-c")
+                                .arg(format!("zfs send src/big@s | zfs receive dst/{target}"));
+                            c
+                        }
+                        1 => {
+                            let mut c = local.command("bash");
+                            c.arg("-c").arg(format!("zfs send src/big@s | ssh {ssh_line} root@127.0.0.1 zfs receive far/{target}"));
+                            c
+                        }
+                        _ => {
+                            let bin = if k == 2 { syncoid_bin() } else { ours.clone() };
+                            let mut c = local.command(bin.to_str().unwrap());
+                            c.args(&tool_args)
+                                .arg("src/big")
+                                .arg(format!("root@127.0.0.1:far/{target}"));
+                            c
+                        }
+                    };
+                    let s = measure(cmd);
+                    secs.push(s.secs);
+                    cpu.push(s.cpu);
+                    if k == 0 {
+                        local.zfs(&["destroy", "-r", &format!("dst/{target}")]).ok();
+                    } else {
+                        far.zfs(&["destroy", "-r", &format!("far/{target}")]).ok();
+                    }
+                }
+                rows.push(Row {
+                    what: kind.to_string(),
+                    secs: median(secs),
+                    cpu: median(cpu),
+                    bytes,
+                });
+            }
+            tables.push((size.clone(), cipher.clone(), rows));
+        }
+    }
+    tables
+}
+
+fn tree_noop(spec: &str) -> Vec<(String, f64, usize)> {
+    let (n, s) = spec.split_once('x').expect("--tree NxM");
+    let h = Host::new(&["src", "dst"]);
+    let st = Command::new(syncoid_rsync_testkit::fakezfs_bin())
+        .args(["fixture", "mirror-tree", "src/root", "dst/root", n, s])
+        .envs(h.envs())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let mut out = Vec::new();
+    let ours = sibling("syncoid-rsync");
+    for (name, bin) in [("syncoid-rsync", ours), ("syncoid 2.1", syncoid_bin())] {
+        let before = h.log().len();
+        let mut c = h.command(bin.to_str().unwrap());
+        c.args(["-r", "--no-sync-snap", "--quiet", "src/root", "dst/root"]);
+        let sample = measure(c);
+        out.push((name.to_string(), sample.secs, h.log().len() - before));
+    }
+    out
+}
+
+fn main() {
+    let sizes: Vec<String> = arg("--sizes", "1G,4G")
+        .split(',')
+        .map(String::from)
+        .collect();
+    let ciphers: Vec<String> = arg("--ciphers", "default,aes128-gcm@openssh.com")
+        .split(',')
+        .map(String::from)
+        .collect();
+    let reps: usize = arg("--reps", "3").parse().expect("--reps N");
+    let tree = arg("--tree", "1000x50");
+    println!("### Throughput (median of {reps}; ratio = raw ssh pipe time / tool time)\n");
+    println!("| size | cipher | pipeline | wall s | MB/s | CPU s | ratio to raw ssh |");
+    println!("|---|---|---|---|---|---|---|");
+    if arg("--sizes", "") != "none" {
+        for (size, cipher, rows) in throughput(&sizes, reps, &ciphers) {
+            let raw = rows[1].secs;
+            for r in &rows {
+                println!(
+                    "| {size} | {cipher} | {} | {:.2} | {:.0} | {:.1} | {:.3} |",
+                    r.what,
+                    r.secs,
+                    r.bytes as f64 / r.secs / 1e6,
+                    r.cpu,
+                    raw / r.secs
+                );
+            }
+        }
+    }
+    if tree != "none" {
+        println!("\n### Recursive no-op run over {tree} (datasets x snapshots)\n");
+        println!("| tool | wall s | zfs/zpool calls |");
+        println!("|---|---|---|");
+        for (name, secs, calls) in tree_noop(&tree) {
+            println!("| {name} | {secs:.2} | {calls} |");
+        }
+    }
+}
