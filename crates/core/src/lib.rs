@@ -12,4 +12,6 @@ pub mod names;
 pub mod plan;
 pub mod shell;
 pub mod syncsnap;
+pub mod transport;
 pub mod units;
+pub mod wire;

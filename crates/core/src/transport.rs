@@ -1,0 +1,231 @@
+//! The pure parts of the `--rsync` transport: cutting a stream into
+//! chunks, the sender's bounded spool of unacknowledged chunks, and the
+//! receiver's rule for what may reach `zfs receive`.
+//!
+//! Invariants (tested by simulation over a link that drops, duplicates,
+//! reorders and corrupts):
+//! - the receiver feeds chunk `n` only after chunks `0..n`, only if its hash
+//!   verifies, and never twice: its `offset` only grows, by each fed chunk;
+//! - the sender keeps every chunk until the receiver acknowledged it, so a
+//!   reconnection can always resume from the receiver's `next_seq`;
+//! - the spool never holds more than its limit plus one chunk.
+
+use std::collections::VecDeque;
+
+use crate::wire::{Chunk, End};
+
+/// Cuts a byte stream into numbered, hashed chunks.
+pub struct Chunker {
+    size: usize,
+    buf: Vec<u8>,
+    seq: u64,
+    offset: u64,
+    hasher: blake3::Hasher,
+}
+
+impl Chunker {
+    pub fn new(size: usize) -> Chunker {
+        Chunker {
+            size: size.max(1),
+            buf: Vec::with_capacity(size),
+            seq: 0,
+            offset: 0,
+            hasher: blake3::Hasher::new(),
+        }
+    }
+
+    /// How many more bytes complete the current chunk.
+    pub fn room(&self) -> usize {
+        self.size - self.buf.len()
+    }
+
+    /// Adds bytes; returns the chunks they completed.
+    pub fn push(&mut self, mut data: &[u8]) -> Vec<Chunk> {
+        let mut out = Vec::new();
+        while !data.is_empty() {
+            let n = self.room().min(data.len());
+            self.buf.extend_from_slice(&data[..n]);
+            data = &data[n..];
+            if self.buf.len() == self.size {
+                out.push(self.cut());
+            }
+        }
+        out
+    }
+
+    fn cut(&mut self) -> Chunk {
+        let data = std::mem::replace(&mut self.buf, Vec::with_capacity(self.size));
+        self.hasher.update(&data);
+        let c = Chunk::new(self.seq, self.offset, data);
+        self.seq += 1;
+        self.offset += c.data.len() as u64;
+        c
+    }
+
+    /// The last, partial chunk (if any) and the end record.
+    pub fn finish(mut self, status: i32, stderr: String) -> (Option<Chunk>, End) {
+        let last = (!self.buf.is_empty()).then(|| self.cut());
+        let end = End {
+            chunks: self.seq,
+            total_len: self.offset,
+            stream_hash: *self.hasher.finalize().as_bytes(),
+            status,
+            stderr,
+        };
+        (last, end)
+    }
+}
+
+/// Chunks produced and not yet acknowledged by the receiver.
+pub struct Spool {
+    chunks: VecDeque<Chunk>,
+    bytes: usize,
+    limit: usize,
+    /// Every chunk below this was acknowledged (and dropped).
+    acked: u64,
+    /// The next sequence number the producer will push.
+    produced: u64,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Lookup<'a> {
+    Ready(&'a Chunk),
+    /// Not produced yet.
+    Pending,
+    /// Acknowledged and dropped: the receiver has it.
+    Gone,
+}
+
+impl Spool {
+    pub fn new(limit: usize) -> Spool {
+        Spool {
+            chunks: VecDeque::new(),
+            bytes: 0,
+            limit,
+            acked: 0,
+            produced: 0,
+        }
+    }
+
+    /// The producer may add a chunk (else it must stop reading zfs send).
+    pub fn has_room(&self) -> bool {
+        self.bytes < self.limit || self.chunks.is_empty()
+    }
+
+    pub fn push(&mut self, c: Chunk) {
+        debug_assert_eq!(c.seq, self.produced);
+        self.produced = c.seq + 1;
+        self.bytes += c.data.len();
+        self.chunks.push_back(c);
+    }
+
+    /// Drops every chunk below `seq`.
+    pub fn ack(&mut self, seq: u64) {
+        while self.chunks.front().is_some_and(|c| c.seq < seq) {
+            let c = self.chunks.pop_front().expect("front exists");
+            self.bytes -= c.data.len();
+        }
+        self.acked = self.acked.max(seq.min(self.produced));
+    }
+
+    pub fn get(&self, seq: u64) -> Lookup<'_> {
+        if seq < self.acked {
+            return Lookup::Gone;
+        }
+        match self.chunks.front() {
+            Some(first) if seq >= first.seq && seq < self.produced => {
+                Lookup::Ready(&self.chunks[(seq - first.seq) as usize])
+            }
+            _ if seq >= self.produced => Lookup::Pending,
+            _ => Lookup::Gone,
+        }
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+    pub fn produced(&self) -> u64 {
+        self.produced
+    }
+    pub fn acked(&self) -> u64 {
+        self.acked
+    }
+}
+
+/// What the receiver does with an arriving chunk.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// The next chunk, verified: feed it to zfs receive.
+    Feed,
+    /// Already fed: ignore (acknowledge again).
+    Duplicate,
+    /// Ahead of the next expected chunk: ignore, ask from `expected`.
+    Gap { expected: u64 },
+    /// Hash mismatch or wrong offset: ask again.
+    Corrupt,
+}
+
+/// The receiver's position in the stream.
+pub struct Receiver {
+    next_seq: u64,
+    offset: u64,
+    hasher: blake3::Hasher,
+}
+
+impl Default for Receiver {
+    fn default() -> Self {
+        Receiver {
+            next_seq: 0,
+            offset: 0,
+            hasher: blake3::Hasher::new(),
+        }
+    }
+}
+
+impl Receiver {
+    pub fn check(&self, c: &Chunk) -> Verdict {
+        if c.seq < self.next_seq {
+            Verdict::Duplicate
+        } else if c.seq > self.next_seq {
+            Verdict::Gap {
+                expected: self.next_seq,
+            }
+        } else if c.offset != self.offset || !c.verify() {
+            Verdict::Corrupt
+        } else {
+            Verdict::Feed
+        }
+    }
+
+    /// Records that `c` (which `check` said to feed) reached zfs receive.
+    pub fn fed(&mut self, c: &Chunk) {
+        assert_eq!(c.seq, self.next_seq, "fed out of order");
+        self.hasher.update(&c.data);
+        self.next_seq += 1;
+        self.offset += c.data.len() as u64;
+    }
+
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// Whether everything the sender produced arrived intact.
+    pub fn complete(&self, end: &End) -> Result<(), String> {
+        if self.next_seq != end.chunks || self.offset != end.total_len {
+            return Err(format!(
+                "stream incomplete: {} of {} chunks, {} of {} bytes",
+                self.next_seq, end.chunks, self.offset, end.total_len
+            ));
+        }
+        if *self.hasher.finalize().as_bytes() != end.stream_hash {
+            return Err("the whole-stream hash does not match".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

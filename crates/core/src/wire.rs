@@ -1,0 +1,389 @@
+//! The `--rsync` wire protocol: versioned, framed messages between the
+//! coordinator and the sender and receiver agents.
+//!
+//! A frame is `u32 length (big-endian) | u8 type | payload`, the length
+//! counting type and payload. Integers are big-endian; strings and byte
+//! strings are `u32 length | bytes`. Chunks carry their sequence number,
+//! their offset in the stream, a BLAKE3 hash and the data. The decoder is
+//! incremental (bytes in, messages out) and never panics on garbage: it
+//! returns an error, after which the connection is dropped.
+//!
+//! Nothing here does I/O.
+
+pub const VERSION: u16 = 1;
+/// The largest frame we accept: a 16 MiB chunk plus headers.
+pub const MAX_FRAME: usize = (16 << 20) + 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Coordinator = 0,
+    Sender = 1,
+    Receiver = 2,
+}
+
+impl Role {
+    fn from_u8(v: u8) -> Option<Role> {
+        Some(match v {
+            0 => Role::Coordinator,
+            1 => Role::Sender,
+            2 => Role::Receiver,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chunk {
+    pub seq: u64,
+    pub offset: u64,
+    pub hash: [u8; 32],
+    pub data: Vec<u8>,
+}
+
+impl Chunk {
+    pub fn new(seq: u64, offset: u64, data: Vec<u8>) -> Chunk {
+        Chunk {
+            seq,
+            offset,
+            hash: *blake3::hash(&data).as_bytes(),
+            data,
+        }
+    }
+    pub fn verify(&self) -> bool {
+        *blake3::hash(&self.data).as_bytes() == self.hash
+    }
+}
+
+/// How the stream ended on the sending side.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct End {
+    pub chunks: u64,
+    pub total_len: u64,
+    pub stream_hash: [u8; 32],
+    /// `zfs send`'s exit status (0 = complete stream).
+    pub status: i32,
+    pub stderr: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Msg {
+    /// First message on every connection, from the coordinator.
+    Hello {
+        version: u16,
+        role: Role,
+        session: String,
+    },
+    /// The agent's answer: where it stands.
+    Welcome {
+        version: u16,
+        role: Role,
+        next_seq: u64,
+        offset: u64,
+        produced: u64,
+    },
+    /// Coordinator -> sender: send chunks from `seq` on.
+    Want {
+        seq: u64,
+    },
+    Chunk(Chunk),
+    /// Receiver: every chunk below `seq` (`offset` bytes) was taken by zfs
+    /// receive. Coordinator -> sender: chunks below `seq` may be dropped.
+    Ack {
+        seq: u64,
+        offset: u64,
+    },
+    /// Receiver: chunk `seq` failed its hash; send it again.
+    Nak {
+        seq: u64,
+    },
+    End(End),
+    /// Receiver: zfs receive finished with `status`.
+    Done {
+        status: i32,
+        stderr: String,
+    },
+    Ping {
+        nonce: u64,
+    },
+    Pong {
+        nonce: u64,
+    },
+    Error {
+        msg: String,
+    },
+    /// Coordinator: the transfer is over; exit and clean up.
+    Bye,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    #[error("frame of {0} bytes exceeds the limit")]
+    TooLarge(usize),
+    #[error("unknown message type {0}")]
+    UnknownType(u8),
+    #[error("malformed {0} message")]
+    Malformed(&'static str),
+    #[error("unsupported protocol version {0} (this side speaks {VERSION})")]
+    Version(u16),
+}
+
+struct W(Vec<u8>);
+
+impl W {
+    fn u8(&mut self, v: u8) {
+        self.0.push(v);
+    }
+    fn u16(&mut self, v: u16) {
+        self.0.extend_from_slice(&v.to_be_bytes());
+    }
+    fn u64(&mut self, v: u64) {
+        self.0.extend_from_slice(&v.to_be_bytes());
+    }
+    fn i32(&mut self, v: i32) {
+        self.0.extend_from_slice(&v.to_be_bytes());
+    }
+    fn bytes(&mut self, b: &[u8]) {
+        self.0.extend_from_slice(&(b.len() as u32).to_be_bytes());
+        self.0.extend_from_slice(b);
+    }
+}
+
+/// Encodes one message as a frame.
+pub fn encode(m: &Msg) -> Vec<u8> {
+    let mut w = W(vec![0, 0, 0, 0]);
+    match m {
+        Msg::Hello {
+            version,
+            role,
+            session,
+        } => {
+            w.u8(1);
+            w.u16(*version);
+            w.u8(*role as u8);
+            w.bytes(session.as_bytes());
+        }
+        Msg::Welcome {
+            version,
+            role,
+            next_seq,
+            offset,
+            produced,
+        } => {
+            w.u8(2);
+            w.u16(*version);
+            w.u8(*role as u8);
+            w.u64(*next_seq);
+            w.u64(*offset);
+            w.u64(*produced);
+        }
+        Msg::Want { seq } => {
+            w.u8(3);
+            w.u64(*seq);
+        }
+        Msg::Chunk(c) => {
+            w.0.reserve(c.data.len() + 64);
+            w.u8(4);
+            w.u64(c.seq);
+            w.u64(c.offset);
+            w.0.extend_from_slice(&c.hash);
+            w.bytes(&c.data);
+        }
+        Msg::Ack { seq, offset } => {
+            w.u8(5);
+            w.u64(*seq);
+            w.u64(*offset);
+        }
+        Msg::Nak { seq } => {
+            w.u8(6);
+            w.u64(*seq);
+        }
+        Msg::End(e) => {
+            w.u8(7);
+            w.u64(e.chunks);
+            w.u64(e.total_len);
+            w.0.extend_from_slice(&e.stream_hash);
+            w.i32(e.status);
+            w.bytes(e.stderr.as_bytes());
+        }
+        Msg::Done { status, stderr } => {
+            w.u8(8);
+            w.i32(*status);
+            w.bytes(stderr.as_bytes());
+        }
+        Msg::Ping { nonce } => {
+            w.u8(9);
+            w.u64(*nonce);
+        }
+        Msg::Pong { nonce } => {
+            w.u8(10);
+            w.u64(*nonce);
+        }
+        Msg::Error { msg } => {
+            w.u8(11);
+            w.bytes(msg.as_bytes());
+        }
+        Msg::Bye => w.u8(12),
+    }
+    let len = (w.0.len() - 4) as u32;
+    w.0[..4].copy_from_slice(&len.to_be_bytes());
+    w.0
+}
+
+struct R<'a> {
+    b: &'a [u8],
+    what: &'static str,
+}
+
+impl<'a> R<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], WireError> {
+        if self.b.len() < n {
+            return Err(WireError::Malformed(self.what));
+        }
+        let (h, t) = self.b.split_at(n);
+        self.b = t;
+        Ok(h)
+    }
+    fn u8(&mut self) -> Result<u8, WireError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Result<u16, WireError> {
+        Ok(u16::from_be_bytes(
+            self.take(2)?.try_into().expect("2 bytes"),
+        ))
+    }
+    fn u64(&mut self) -> Result<u64, WireError> {
+        Ok(u64::from_be_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
+    }
+    fn i32(&mut self) -> Result<i32, WireError> {
+        Ok(i32::from_be_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
+    }
+    fn hash(&mut self) -> Result<[u8; 32], WireError> {
+        Ok(self.take(32)?.try_into().expect("32 bytes"))
+    }
+    fn bytes(&mut self) -> Result<&'a [u8], WireError> {
+        let n = u32::from_be_bytes(self.take(4)?.try_into().expect("4 bytes")) as usize;
+        self.take(n)
+    }
+    fn string(&mut self) -> Result<String, WireError> {
+        String::from_utf8(self.bytes()?.to_vec()).map_err(|_| WireError::Malformed(self.what))
+    }
+    fn role(&mut self) -> Result<Role, WireError> {
+        Role::from_u8(self.u8()?).ok_or(WireError::Malformed(self.what))
+    }
+    fn done(&self) -> Result<(), WireError> {
+        if self.b.is_empty() {
+            Ok(())
+        } else {
+            Err(WireError::Malformed(self.what))
+        }
+    }
+}
+
+fn decode_body(kind: u8, body: &[u8]) -> Result<Msg, WireError> {
+    let names = [
+        "", "hello", "welcome", "want", "chunk", "ack", "nak", "end", "done", "ping", "pong",
+        "error", "bye",
+    ];
+    let what = names.get(kind as usize).copied().unwrap_or("unknown");
+    let mut r = R { b: body, what };
+    let m = match kind {
+        1 => {
+            let version = r.u16()?;
+            Msg::Hello {
+                version,
+                role: r.role()?,
+                session: r.string()?,
+            }
+        }
+        2 => Msg::Welcome {
+            version: r.u16()?,
+            role: r.role()?,
+            next_seq: r.u64()?,
+            offset: r.u64()?,
+            produced: r.u64()?,
+        },
+        3 => Msg::Want { seq: r.u64()? },
+        4 => {
+            let seq = r.u64()?;
+            let offset = r.u64()?;
+            let hash = r.hash()?;
+            Msg::Chunk(Chunk {
+                seq,
+                offset,
+                hash,
+                data: r.bytes()?.to_vec(),
+            })
+        }
+        5 => Msg::Ack {
+            seq: r.u64()?,
+            offset: r.u64()?,
+        },
+        6 => Msg::Nak { seq: r.u64()? },
+        7 => Msg::End(End {
+            chunks: r.u64()?,
+            total_len: r.u64()?,
+            stream_hash: r.hash()?,
+            status: r.i32()?,
+            stderr: r.string()?,
+        }),
+        8 => Msg::Done {
+            status: r.i32()?,
+            stderr: r.string()?,
+        },
+        9 => Msg::Ping { nonce: r.u64()? },
+        10 => Msg::Pong { nonce: r.u64()? },
+        11 => Msg::Error { msg: r.string()? },
+        12 => Msg::Bye,
+        k => return Err(WireError::UnknownType(k)),
+    };
+    r.done()?;
+    if let Msg::Hello { version, .. } | Msg::Welcome { version, .. } = &m {
+        if *version != VERSION {
+            return Err(WireError::Version(*version));
+        }
+    }
+    Ok(m)
+}
+
+/// Incremental decoder: feed it bytes as they arrive, take messages out.
+#[derive(Default)]
+pub struct Decoder {
+    buf: Vec<u8>,
+}
+
+impl Decoder {
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// The next complete message, `Ok(None)` if more bytes are needed.
+    pub fn next(&mut self) -> Result<Option<Msg>, WireError> {
+        if self.buf.len() < 4 {
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes(self.buf[..4].try_into().expect("4 bytes")) as usize;
+        if len == 0 || len > MAX_FRAME {
+            return Err(WireError::TooLarge(len));
+        }
+        if self.buf.len() < 4 + len {
+            return Ok(None);
+        }
+        let m = decode_body(self.buf[4], &self.buf[5..4 + len]);
+        self.buf.drain(..4 + len);
+        m.map(Some)
+    }
+}
+
+/// Decodes one frame held whole in `bytes` (tests, and single reads).
+pub fn decode_frames(bytes: &[u8]) -> Result<Option<Msg>, WireError> {
+    let mut d = Decoder::default();
+    d.push(bytes);
+    d.next()
+}
+
+#[cfg(test)]
+mod tests;
