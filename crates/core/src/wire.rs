@@ -361,7 +361,7 @@ impl Decoder {
     }
 
     /// The next complete message, `Ok(None)` if more bytes are needed.
-    pub fn next(&mut self) -> Result<Option<Msg>, WireError> {
+    pub fn next_msg(&mut self) -> Result<Option<Msg>, WireError> {
         if self.buf.len() < 4 {
             return Ok(None);
         }
@@ -382,7 +382,7 @@ impl Decoder {
 pub fn decode_frames(bytes: &[u8]) -> Result<Option<Msg>, WireError> {
     let mut d = Decoder::default();
     d.push(bytes);
-    d.next()
+    d.next_msg()
 }
 
 #[cfg(test)]

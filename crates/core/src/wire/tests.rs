@@ -47,7 +47,7 @@ fn every_message_roundtrips_even_byte_by_byte() {
     let mut got = Vec::new();
     for b in all {
         d.push(&[b]);
-        while let Some(m) = d.next().unwrap() {
+        while let Some(m) = d.next_msg().unwrap() {
             got.push(m);
         }
     }
@@ -66,10 +66,10 @@ fn chunks_verify_their_hash() {
 fn bad_frames_are_errors() {
     let mut d = Decoder::default();
     d.push(&[0, 0, 0, 1, 99]);
-    assert_eq!(d.next(), Err(WireError::UnknownType(99)));
+    assert_eq!(d.next_msg(), Err(WireError::UnknownType(99)));
     let mut d = Decoder::default();
     d.push(&[0xff, 0xff, 0xff, 0xff]);
-    assert!(matches!(d.next(), Err(WireError::TooLarge(_))));
+    assert!(matches!(d.next_msg(), Err(WireError::TooLarge(_))));
     let mut d = Decoder::default();
     let mut hello = encode(&Msg::Hello {
         version: 99,
@@ -77,13 +77,13 @@ fn bad_frames_are_errors() {
         session: String::new(),
     });
     d.push(&hello);
-    assert_eq!(d.next(), Err(WireError::Version(99)));
+    assert_eq!(d.next_msg(), Err(WireError::Version(99)));
     hello = encode(&Msg::Ping { nonce: 1 });
     hello[3] += 1; // length one too long: trailing garbage inside the frame
     hello.push(0);
     let mut d = Decoder::default();
     d.push(&hello);
-    assert_eq!(d.next(), Err(WireError::Malformed("ping")));
+    assert_eq!(d.next_msg(), Err(WireError::Malformed("ping")));
 }
 
 proptest! {
@@ -92,7 +92,7 @@ proptest! {
         let mut d = Decoder::default();
         d.push(&bytes);
         for _ in 0..64 {
-            match d.next() {
+            match d.next_msg() {
                 Ok(Some(_)) => continue,
                 _ => break,
             }
@@ -104,6 +104,6 @@ proptest! {
         let m = Msg::Chunk(Chunk::new(seq, offset, data));
         let mut d = Decoder::default();
         d.push(&encode(&m));
-        prop_assert_eq!(d.next().unwrap(), Some(m));
+        prop_assert_eq!(d.next_msg().unwrap(), Some(m));
     }
 }
