@@ -135,6 +135,35 @@ pub struct Args {
     #[arg(long, value_name = "ADDR", help_heading = "Transport")]
     pub insecure_direct_connection: Option<String>,
 
+    // --- --rsync ---
+    /// Resumable, verified transport through agents on both hosts that survives outages
+    #[arg(long, help_heading = "--rsync mode")]
+    pub rsync: bool,
+    /// --rsync: chunk size (default 1M)
+    #[arg(
+        long,
+        value_name = "SIZE",
+        default_value = "1M",
+        help_heading = "--rsync mode"
+    )]
+    pub chunk_size: String,
+    /// --rsync: memory the sender keeps for unacknowledged chunks (default 32M)
+    #[arg(
+        long,
+        value_name = "SIZE",
+        default_value = "32M",
+        help_heading = "--rsync mode"
+    )]
+    pub spool_size: String,
+    /// --rsync: give up after this long without progress (default 1h; 90s, 30m, 2h)
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value = "1h",
+        help_heading = "--rsync mode"
+    )]
+    pub inactivity_timeout: String,
+
     // --- SSH ---
     /// ssh_config(5) file for ssh -F
     #[arg(long, value_name = "FILE", help_heading = "SSH")]

@@ -23,6 +23,9 @@ pub struct Settings {
     pub target_host: Host,
     pub compress: Compress,
     pub direct: Option<Direct>,
+    pub chunk_size: usize,
+    pub spool_size: usize,
+    pub inactivity: std::time::Duration,
     pub send_opts: Vec<ZfsOpt>,
     pub recv_opts: Vec<ZfsOpt>,
     pub exclude_datasets: Vec<Regex>,
@@ -150,6 +153,30 @@ pub fn settings(args: Args, local_pools: &dyn Fn() -> Vec<String>) -> Result<Set
             }),
         }
     };
+    let size = |v: &str, what: &str, max: u64| -> Result<usize, UsageError> {
+        syncoid_rsync_core::units::parse_size(v)
+            .filter(|n| *n >= 4096 && *n <= max)
+            .map(|n| n as usize)
+            .ok_or_else(|| {
+                UsageError(format!(
+                    "--{what} '{v}' must be a size from 4K to {}",
+                    syncoid_rsync_core::units::nicenum(max)
+                ))
+            })
+    };
+    let chunk_size = size(&a.chunk_size, "chunk-size", 16 << 20)?;
+    let spool_size = size(&a.spool_size, "spool-size", 1 << 40)?;
+    let inactivity = parse_duration(&a.inactivity_timeout).ok_or_else(|| {
+        UsageError(format!(
+            "--inactivity-timeout '{}' is not a duration (90s, 30m, 2h, or seconds)",
+            a.inactivity_timeout
+        ))
+    })?;
+    if a.rsync && a.insecure_direct_connection.is_some() {
+        return Err(UsageError(
+            "--rsync and --insecure-direct-connection cannot be combined".into(),
+        ));
+    }
     let send_opts = parse_opts(&a.sendoptions, "sendoptions")?;
     let recv_opts = parse_opts(&a.recvoptions, "recvoptions")?;
     if a.recursive && send_opts.iter().any(|o| o.letter == 'R') {
@@ -212,6 +239,9 @@ pub fn settings(args: Args, local_pools: &dyn Fn() -> Vec<String>) -> Result<Set
         target,
         compress,
         direct,
+        chunk_size,
+        spool_size,
+        inactivity,
         send_opts,
         recv_opts,
         exclude_datasets,
@@ -220,6 +250,20 @@ pub fn settings(args: Args, local_pools: &dyn Fn() -> Vec<String>) -> Result<Set
         hostname: hostname(),
         args,
     })
+}
+
+/// `90s`, `30m`, `2h`, `1d` or plain seconds.
+pub fn parse_duration(s: &str) -> Option<std::time::Duration> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last()? {
+        (i, 's') => (&s[..i], 1),
+        (i, 'm') => (&s[..i], 60),
+        (i, 'h') => (&s[..i], 3600),
+        (i, 'd') => (&s[..i], 86400),
+        _ => (s, 1),
+    };
+    let n: u64 = num.parse().ok()?;
+    (n > 0).then(|| std::time::Duration::from_secs(n * mult))
 }
 
 impl Settings {

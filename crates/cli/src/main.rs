@@ -6,12 +6,17 @@ mod gather;
 mod host;
 mod output;
 mod replicate;
+mod rsync;
 mod transfer;
 
 use clap::Parser;
 use output::exit;
 
 fn main() {
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("agent") {
+        std::process::exit(rsync::agent::main(&argv[2..]));
+    }
     let args = match args::Args::try_parse() {
         Ok(a) => a,
         Err(e) => {

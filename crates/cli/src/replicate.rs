@@ -9,6 +9,7 @@ use crate::config::Settings;
 use crate::gather;
 use crate::host::{CmdError, Host};
 use crate::output::{exit, readable, Out, Summary};
+use crate::rsync::coordinator::{self, Agent, AgentOpts};
 use crate::transfer::{self, Hosts};
 use syncoid_rsync_core::argv::{self, PipeOpts, Receive, SendWhat, Tools};
 use syncoid_rsync_core::inventory::{Inventory, Snap};
@@ -112,6 +113,16 @@ struct Ctx<'a> {
     out: Out,
     tools: Tools,
     busy: Vec<String>,
+    /// --rsync: the syncoid-rsync binary on (source, target), and the
+    /// directories we copied it into (removed at the end of the run).
+    exes: std::cell::RefCell<Option<Exes>>,
+}
+
+#[derive(Clone)]
+struct Exes {
+    source: String,
+    target: String,
+    copied: Vec<(Host, String)>,
 }
 
 impl Ctx<'_> {
@@ -306,6 +317,7 @@ pub fn run(s: &Settings) -> Result<Summary, Fatal> {
         out,
         tools,
         busy: gather::busy_targets(&s.target_host),
+        exes: std::cell::RefCell::new(None),
     };
     if s.args.dry_run {
         out.plain("DRY RUN: these are the commands a real run would execute; nothing is changed.");
@@ -329,6 +341,11 @@ pub fn run(s: &Settings) -> Result<Summary, Fatal> {
                 summary.failed += 1;
                 out.critical(&format!("{} -> {}: {e}", src_fs, dst_fs));
             }
+        }
+    }
+    if let Some(exes) = ctx.exes.borrow().as_ref() {
+        for (host, dir) in &exes.copied {
+            coordinator::unprovision(host, dir);
         }
     }
     s.source_host.close();
@@ -392,6 +409,11 @@ fn sync_dataset(
         return Ok(Outcome::Busy);
     }
     let mut replicated = false;
+    if ctx.s.args.rsync && !ctx.dry() && reattach(ctx, src_fs, dst_fs)? {
+        replicated = true;
+        src = refresh(ctx, Side::Source, src_fs)?;
+        dst = refresh(ctx, Side::Target, dst_fs)?;
+    }
     for _round in 0..4 {
         let input = plan_input(ctx, &src, &dst, dst_fs, origin.clone());
         if ctx.s.args.dumpsnaps {
@@ -758,7 +780,7 @@ fn send_step(
         }
     }
     let recv = Receive {
-        resumable: !s.args.no_resume,
+        resumable: !s.args.no_resume || s.args.rsync,
         force,
         set_props,
     };
@@ -797,6 +819,11 @@ fn send_step(
         readable(size)
     };
     ctx.out.info(&format!("{label} (~ {est}):"));
+    if s.args.rsync {
+        let send_argv = argv::send(&what, &s.send_opts, s.source_sudo);
+        let recv_argv = argv::receive(dst_fs, &recv, &s.recv_opts, s.target_sudo);
+        return rsync_transfer(ctx, src_fs, dst_fs, &send_argv, &recv_argv);
+    }
     ctx.out.debug(&transfer::describe(&segments, &hosts));
     transfer::run(&segments, &hosts).map_err(DsError::Cmd)
 }
@@ -896,4 +923,158 @@ fn delete_target_snapshots(ctx: &Ctx, src_fs: &str, dst_fs: &str) -> Result<(), 
         }
     }
     Ok(())
+}
+
+impl Ctx<'_> {
+    /// --rsync: our binary on both hosts (copied there when missing).
+    fn exes(&self) -> Result<Exes, DsError> {
+        if let Some(e) = self.exes.borrow().as_ref() {
+            return Ok(e.clone());
+        }
+        let mut copied = Vec::new();
+        let mut get = |host: &Host| -> Result<String, DsError> {
+            let (exe, dir) = coordinator::provision(host).map_err(DsError::Other)?;
+            if let Some(d) = dir {
+                self.out
+                    .debug(&format!("copied syncoid-rsync to {}:{d}", host.label()));
+                copied.push((host.clone(), d));
+            }
+            Ok(exe)
+        };
+        let source = get(&self.s.source_host)?;
+        let target = if self.s.target_host.label() == self.s.source_host.label() {
+            source.clone()
+        } else {
+            get(&self.s.target_host)?
+        };
+        let e = Exes {
+            source,
+            target,
+            copied,
+        };
+        *self.exes.borrow_mut() = Some(e.clone());
+        Ok(e)
+    }
+
+    fn transfer_key(&self, src_fs: &str, dst_fs: &str) -> String {
+        coordinator::key(
+            &format!("{}:{src_fs}", self.s.source_host.label()),
+            &format!("{}:{dst_fs}", self.s.target_host.label()),
+        )
+    }
+
+    fn agent_opts(&self) -> AgentOpts {
+        AgentOpts {
+            timeout: self.s.inactivity,
+            chunk_size: self.s.chunk_size,
+            spool_size: self.s.spool_size,
+        }
+    }
+}
+
+/// Moves one stream through agents on both hosts.
+fn rsync_transfer(
+    ctx: &Ctx,
+    src_fs: &str,
+    dst_fs: &str,
+    send_argv: &[String],
+    recv_argv: &[String],
+) -> Result<(), DsError> {
+    let exes = ctx.exes()?;
+    let key = ctx.transfer_key(src_fs, dst_fs);
+    let opts = ctx.agent_opts();
+    let (sh, th) = (&ctx.s.source_host, &ctx.s.target_host);
+    let rdir = coordinator::start_agent(th, &exes.target, "receive", &key, &opts, recv_argv)
+        .map_err(DsError::Other)?;
+    let sdir = match coordinator::start_agent(sh, &exes.source, "send", &key, &opts, send_argv) {
+        Ok(d) => d,
+        Err(e) => {
+            coordinator::stop_agent(th, &exes.target, &rdir);
+            return Err(DsError::Other(e));
+        }
+    };
+    ctx.out.debug(&format!(
+        "agents: sender {}:{sdir}, receiver {}:{rdir}",
+        sh.label(),
+        th.label()
+    ));
+    let sender = Agent {
+        host: sh.clone(),
+        exe: exes.source.clone(),
+        dir: sdir,
+    };
+    let receiver = Agent {
+        host: th.clone(),
+        exe: exes.target.clone(),
+        dir: rdir,
+    };
+    finish_transfer(ctx, &sender, &receiver)
+}
+
+fn finish_transfer(ctx: &Ctx, sender: &Agent, receiver: &Agent) -> Result<(), DsError> {
+    let outcome =
+        coordinator::run(sender, receiver, ctx.s.inactivity, &ctx.out).map_err(DsError::Other)?;
+    let st = &outcome.stats;
+    ctx.out.info(&format!(
+        "--rsync: {} received and verified, {} reconnects, {} chunks sent again",
+        readable(st.acked_bytes),
+        st.reconnects,
+        st.resent_chunks
+    ));
+    if outcome.status != 0 {
+        return Err(DsError::Other(format!(
+            "zfs receive on {} failed (exit status {}):\n    {}",
+            receiver.host.label(),
+            outcome.status,
+            outcome.stderr.trim_end().replace('\n', "\n    ")
+        )));
+    }
+    Ok(())
+}
+
+/// --rsync: finishes a transfer whose coordinator was interrupted, if both
+/// its agents are still alive; stops a lone survivor (the target's resume
+/// token then carries the transfer on). True when a transfer was finished.
+fn reattach(ctx: &Ctx, src_fs: &str, dst_fs: &str) -> Result<bool, DsError> {
+    let exes = ctx.exes()?;
+    let key = ctx.transfer_key(src_fs, dst_fs);
+    let (sh, th) = (&ctx.s.source_host, &ctx.s.target_host);
+    let find = |host: &Host, exe: &str, role: &str| {
+        coordinator::list_agents(host, exe)
+            .into_iter()
+            .find(|(_, r, k)| r == role && *k == key)
+            .map(|(d, _, _)| d)
+    };
+    let sdir = find(sh, &exes.source, "send");
+    let rdir = find(th, &exes.target, "receive");
+    match (sdir, rdir) {
+        (Some(sdir), Some(rdir)) => {
+            ctx.out.info(&format!(
+                "--rsync: re-attaching to the live agents of an interrupted transfer of {src_fs}"
+            ));
+            let sender = Agent {
+                host: sh.clone(),
+                exe: exes.source.clone(),
+                dir: sdir,
+            };
+            let receiver = Agent {
+                host: th.clone(),
+                exe: exes.target.clone(),
+                dir: rdir,
+            };
+            finish_transfer(ctx, &sender, &receiver)?;
+            Ok(true)
+        }
+        (Some(d), None) => {
+            ctx.out.warn(&format!("--rsync: the receiving agent of an earlier transfer is gone; stopping its sender ({d})"));
+            coordinator::stop_agent(sh, &exes.source, &d);
+            Ok(false)
+        }
+        (None, Some(d)) => {
+            ctx.out.warn(&format!("--rsync: the sending agent of an earlier transfer is gone; stopping its receiver ({d})"));
+            coordinator::stop_agent(th, &exes.target, &d);
+            Ok(false)
+        }
+        (None, None) => Ok(false),
+    }
 }

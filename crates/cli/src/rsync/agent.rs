@@ -1,0 +1,765 @@
+//! The `--rsync` agents (`syncoid-rsync agent ...`): a sender that owns
+//! `zfs send` and a receiver that owns `zfs receive -s`, each detached from
+//! any ssh connection and serving the coordinator over a unix socket in its
+//! session directory. `agent bridge DIR` joins stdin/stdout to that socket
+//! (what the coordinator runs through ssh); `agent list` and `agent stop`
+//! find and end agents. An agent that hears nothing from a coordinator for
+//! its inactivity timeout stops its zfs process and removes its directory.
+
+use std::io::{BufReader, Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use super::session::{self, Marker};
+use crate::host::StderrTail;
+use syncoid_rsync_core::transport::{Chunker, Lookup, Receiver, Spool, Verdict};
+use syncoid_rsync_core::wire::{self, Decoder, End, Msg, Role};
+
+pub struct StartOpts {
+    pub role: Role,
+    pub key: String,
+    pub timeout: Duration,
+    pub chunk_size: usize,
+    pub spool_size: usize,
+    pub argv: Vec<String>,
+}
+
+fn usage() -> ! {
+    eprintln!(
+        "usage: syncoid-rsync agent start send|receive --key KEY --timeout SECS [--chunk-size N] [--spool-size N] -- ZFS-ARGV...\n\
+         \x20      syncoid-rsync agent bridge DIR | list | stop DIR | sweep"
+    );
+    std::process::exit(64);
+}
+
+/// `syncoid-rsync agent ...`
+pub fn main(args: &[String]) -> i32 {
+    match args.first().map(String::as_str) {
+        Some("start") => match parse_start(&args[1..]) {
+            Some(o) => start(o),
+            None => usage(),
+        },
+        Some("bridge") if args.len() == 2 => bridge(&args[1]),
+        Some("list") => {
+            for (dir, m) in session::list() {
+                let line = serde_json::json!({
+                    "dir": dir, "role": m.role, "key": m.key, "pid": m.pid, "alive": session::alive(m.pid)
+                });
+                println!("{line}");
+            }
+            0
+        }
+        Some("stop") if args.len() == 2 => stop(&args[1]),
+        Some("sweep") => {
+            println!("{}", session::sweep());
+            0
+        }
+        _ => usage(),
+    }
+}
+
+fn parse_start(args: &[String]) -> Option<StartOpts> {
+    let role = match args.first()?.as_str() {
+        "send" => Role::Sender,
+        "receive" => Role::Receiver,
+        _ => return None,
+    };
+    let sep = args.iter().position(|a| a == "--")?;
+    let mut o = StartOpts {
+        role,
+        key: String::new(),
+        timeout: Duration::from_secs(3600),
+        chunk_size: 1 << 20,
+        spool_size: 32 << 20,
+        argv: args[sep + 1..].to_vec(),
+    };
+    let mut i = 1;
+    while i < sep {
+        let v = args.get(i + 1)?;
+        match args[i].as_str() {
+            "--key" => o.key = v.clone(),
+            "--timeout" => o.timeout = Duration::from_secs(v.parse().ok()?),
+            "--chunk-size" => o.chunk_size = v.parse().ok()?,
+            "--spool-size" => o.spool_size = v.parse().ok()?,
+            _ => return None,
+        }
+        i += 2;
+    }
+    (!o.argv.is_empty() && !o.key.is_empty()).then_some(o)
+}
+
+/// Creates the session, detaches, and prints the session directory once
+/// the agent listens.
+fn start(o: StartOpts) -> i32 {
+    session::sweep();
+    let dir = match session::create() {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("agent: {e}");
+            return 1;
+        }
+    };
+    let mut fds = [0i32; 2];
+    // SAFETY: pipe2 fills two close-on-exec descriptors (the agent's zfs
+    // child must not inherit the ready pipe, or the starter never sees EOF);
+    // we are single-threaded here, so
+    // fork is safe; the child only calls async-signal-safe functions
+    // before it becomes the agent process proper.
+    unsafe {
+        if libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) != 0 {
+            eprintln!("agent: pipe failed");
+            return 1;
+        }
+        match libc::fork() {
+            -1 => {
+                eprintln!("agent: fork failed");
+                return 1;
+            }
+            0 => {
+                libc::close(fds[0]);
+                libc::setsid();
+                match libc::fork() {
+                    -1 => libc::_exit(1),
+                    0 => {}
+                    _ => libc::_exit(0),
+                }
+                let code = daemon(o, &dir, fds[1]);
+                libc::_exit(code);
+            }
+            child => {
+                libc::close(fds[1]);
+                let mut status = 0;
+                libc::waitpid(child, &mut status, 0);
+            }
+        }
+    }
+    // SAFETY: fds[0] is the read end we own.
+    let mut ready = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fds[0]) };
+    let mut msg = String::new();
+    let _ = ready.read_to_string(&mut msg);
+    if msg.trim() == "ready" {
+        println!("{}", dir.display());
+        0
+    } else {
+        eprintln!("agent: failed to start: {}", msg.trim());
+        session::remove(&dir);
+        1
+    }
+}
+
+fn daemon(o: StartOpts, dir: &Path, ready_fd: i32) -> i32 {
+    // SAFETY: ready_fd is the write end of our pipe.
+    let mut ready = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(ready_fd) };
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("agent.log"));
+    if let Ok(log) = &log {
+        use std::os::fd::AsRawFd;
+        // SAFETY: redirecting our own stdio to files we opened.
+        unsafe {
+            let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
+            libc::dup2(null, 0);
+            libc::dup2(null, 1);
+            libc::dup2(log.as_raw_fd(), 2);
+            libc::close(null);
+        }
+    }
+    let fail = |ready: &mut std::fs::File, msg: String| {
+        let _ = writeln!(ready, "{msg}");
+        session::remove(dir);
+        1
+    };
+    let listener = match UnixListener::bind(dir.join("sock")) {
+        Ok(l) => l,
+        Err(e) => return fail(&mut ready, format!("bind: {e}")),
+    };
+    let marker = Marker {
+        pid: std::process::id(),
+        role: if o.role == Role::Sender {
+            "send"
+        } else {
+            "receive"
+        }
+        .into(),
+        key: o.key.clone(),
+        created: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+    };
+    if let Err(e) = session::write_marker(dir, &marker) {
+        return fail(&mut ready, e);
+    }
+    let child = Command::new(&o.argv[0])
+        .args(&o.argv[1..])
+        .stdin(if o.role == Role::Receiver {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(if o.role == Role::Sender {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stderr(Stdio::piped())
+        .spawn();
+    let child = match child {
+        Ok(c) => c,
+        Err(e) => return fail(&mut ready, format!("cannot start {}: {e}", o.argv[0])),
+    };
+    let _ = writeln!(ready, "ready");
+    drop(ready);
+    eprintln!(
+        "agent {} pid {} serving {}: {:?}",
+        marker.role,
+        marker.pid,
+        dir.display(),
+        o.argv
+    );
+    let code = match o.role {
+        Role::Sender => run_sender(&o, listener, child),
+        _ => run_receiver(&o, listener, child),
+    };
+    eprintln!("agent exiting with {code}");
+    session::remove(dir);
+    code
+}
+
+/// What the coordinator last did, for the inactivity timeout.
+struct Clock {
+    last_heard: Mutex<Instant>,
+}
+
+impl Clock {
+    fn touch(&self) {
+        *self.last_heard.lock().expect("clock") = Instant::now();
+    }
+    fn idle(&self) -> Duration {
+        self.last_heard.lock().expect("clock").elapsed()
+    }
+}
+
+/// Accepts coordinator connections until `done` says stop or the
+/// coordinator has been silent for the timeout. A new connection replaces
+/// the previous one.
+fn serve(
+    listener: &UnixListener,
+    clock: &Arc<Clock>,
+    timeout: Duration,
+    done: &dyn Fn() -> bool,
+    handle: &dyn Fn(UnixStream),
+) -> bool {
+    listener
+        .set_nonblocking(true)
+        .expect("nonblocking listener");
+    let mut current: Option<UnixStream> = None;
+    loop {
+        if done() {
+            return true;
+        }
+        if clock.idle() > timeout {
+            eprintln!("no coordinator for {}s: giving up", timeout.as_secs());
+            return false;
+        }
+        match listener.accept() {
+            Ok((s, _)) => {
+                let _ = s.set_nonblocking(false);
+                clock.touch();
+                // A new connection replaces the old one, even if the old
+                // one is a half-dead bridge that never sees its peer go.
+                if let Some(old) = current.take() {
+                    let _ = old.shutdown(std::net::Shutdown::Both);
+                }
+                current = s.try_clone().ok();
+                handle(s);
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+fn write_msg(w: &Mutex<UnixStream>, m: &Msg) -> bool {
+    w.lock()
+        .map(|mut s| s.write_all(&wire::encode(m)).is_ok())
+        .unwrap_or(false)
+}
+
+/// Reads messages from `s` until it closes or fails; calls `f` for each.
+fn read_loop(s: UnixStream, clock: &Clock, mut f: impl FnMut(Msg) -> bool) {
+    let mut r = BufReader::with_capacity(1 << 20, s);
+    let mut d = Decoder::default();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        loop {
+            match d.next_msg() {
+                Ok(Some(m)) => {
+                    clock.touch();
+                    if !f(m) {
+                        return;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    eprintln!("protocol error: {e}");
+                    return;
+                }
+            }
+        }
+        match r.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => d.push(&buf[..n]),
+        }
+    }
+}
+
+struct SendState {
+    spool: Spool,
+    end: Option<End>,
+    /// Connection generation and its cursor.
+    generation: u64,
+    cursor: u64,
+    /// The generation whose coordinator said where to start (Want).
+    wanted: u64,
+    bye: bool,
+}
+
+fn run_sender(o: &StartOpts, listener: UnixListener, mut child: Child) -> i32 {
+    let clock = Arc::new(Clock {
+        last_heard: Mutex::new(Instant::now()),
+    });
+    let shared = Arc::new((
+        Mutex::new(SendState {
+            spool: Spool::new(o.spool_size),
+            end: None,
+            generation: 0,
+            cursor: 0,
+            wanted: 0,
+            bye: false,
+        }),
+        Condvar::new(),
+    ));
+    let stdout = child.stdout.take().expect("piped stdout");
+    let tail = StderrTail::drain(child.stderr.take().expect("piped stderr"), false);
+    let producer = {
+        let shared = shared.clone();
+        let chunk_size = o.chunk_size;
+        std::thread::spawn(move || produce(stdout, child, tail, chunk_size, &shared))
+    };
+    let timeout = o.timeout;
+    let done = || shared.0.lock().expect("state").bye;
+    let ok = serve(&listener, &clock, timeout, &done, &|s| {
+        let generation = {
+            let mut st = shared.0.lock().expect("state");
+            st.generation += 1;
+            st.generation
+        };
+        shared.1.notify_all();
+        let writer = Arc::new(Mutex::new(s.try_clone().expect("clone socket")));
+        let (shared2, writer2, clock2) = (shared.clone(), writer.clone(), clock.clone());
+        std::thread::spawn(move || {
+            read_loop(s, &clock2, |m| {
+                sender_msg(m, generation, &shared2, &writer2)
+            });
+        });
+        let shared3 = shared.clone();
+        std::thread::spawn(move || push_chunks(generation, &shared3, &writer));
+    });
+    if !ok {
+        // Inactivity: stop zfs send gracefully; the producer then ends.
+        let mut st = shared.0.lock().expect("state");
+        st.bye = true;
+        shared.1.notify_all();
+        drop(st);
+        kill_group_child();
+        return 3;
+    }
+    let _ = producer.join();
+    0
+}
+
+/// zfs send's pid, so a timeout can end it.
+static CHILD_PID: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+fn kill_group_child() {
+    let pid = CHILD_PID.load(std::sync::atomic::Ordering::SeqCst);
+    if pid > 0 {
+        // SAFETY: signalling the zfs process this agent started.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+    }
+}
+
+fn produce(
+    mut out: impl Read,
+    mut child: Child,
+    tail: StderrTail,
+    chunk_size: usize,
+    shared: &(Mutex<SendState>, Condvar),
+) {
+    CHILD_PID.store(child.id() as i32, std::sync::atomic::Ordering::SeqCst);
+    let mut chunker = Chunker::new(chunk_size);
+    let mut buf = vec![0u8; chunk_size.clamp(1, 1 << 20)];
+    loop {
+        {
+            let mut st = shared.0.lock().expect("state");
+            while !st.spool.has_room() && !st.bye {
+                st = shared.1.wait(st).expect("state");
+            }
+            if st.bye {
+                return;
+            }
+        }
+        let want = chunker.room().min(buf.len());
+        match out.read(&mut buf[..want]) {
+            Ok(0) => break,
+            Ok(n) => {
+                let chunks = chunker.push(&buf[..n]);
+                if !chunks.is_empty() {
+                    let mut st = shared.0.lock().expect("state");
+                    for c in chunks {
+                        st.spool.push(c);
+                    }
+                    shared.1.notify_all();
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    let status = child.wait().ok().and_then(|s| s.code()).unwrap_or(-1);
+    let (last, end) = chunker.finish(status, tail.finish());
+    let mut st = shared.0.lock().expect("state");
+    if let Some(c) = last {
+        st.spool.push(c);
+    }
+    eprintln!(
+        "zfs send ended: status {status}, {} bytes in {} chunks",
+        end.total_len, end.chunks
+    );
+    st.end = Some(end);
+    shared.1.notify_all();
+}
+
+fn sender_msg(
+    m: Msg,
+    generation: u64,
+    shared: &(Mutex<SendState>, Condvar),
+    w: &Mutex<UnixStream>,
+) -> bool {
+    let mut st = shared.0.lock().expect("state");
+    if st.generation != generation {
+        return false;
+    }
+    match m {
+        Msg::Hello { .. } => {
+            let welcome = Msg::Welcome {
+                version: wire::VERSION,
+                role: Role::Sender,
+                next_seq: st.spool.acked(),
+                offset: 0,
+                produced: st.spool.produced(),
+            };
+            drop(st);
+            return write_msg(w, &welcome);
+        }
+        Msg::Want { seq } => {
+            if let Lookup::Gone = st.spool.get(seq) {
+                drop(st);
+                write_msg(
+                    w,
+                    &Msg::Error {
+                        msg: format!("chunk {seq} was already acknowledged and dropped"),
+                    },
+                );
+                return false;
+            }
+            st.cursor = seq;
+            st.wanted = generation;
+        }
+        Msg::Ack { seq, .. } => st.spool.ack(seq),
+        Msg::Ping { nonce } => {
+            drop(st);
+            return write_msg(w, &Msg::Pong { nonce });
+        }
+        Msg::Bye => st.bye = true,
+        _ => {}
+    }
+    shared.1.notify_all();
+    true
+}
+
+fn push_chunks(generation: u64, shared: &(Mutex<SendState>, Condvar), w: &Mutex<UnixStream>) {
+    let mut sent_end = false;
+    loop {
+        let msg = {
+            let mut st = shared.0.lock().expect("state");
+            loop {
+                if st.generation != generation || st.bye {
+                    return;
+                }
+                if st.wanted != generation {
+                    st = shared
+                        .1
+                        .wait_timeout(st, Duration::from_millis(500))
+                        .expect("state")
+                        .0;
+                    continue;
+                }
+                let cursor = st.cursor;
+                if let Lookup::Ready(c) = st.spool.get(cursor) {
+                    let m = Msg::Chunk(c.clone());
+                    st.cursor += 1;
+                    break m;
+                }
+                if let Some(e) = &st.end {
+                    if cursor >= e.chunks && !sent_end {
+                        sent_end = true;
+                        break Msg::End(e.clone());
+                    }
+                }
+                st = shared
+                    .1
+                    .wait_timeout(st, Duration::from_millis(500))
+                    .expect("state")
+                    .0;
+            }
+        };
+        if !write_msg(w, &msg) {
+            return;
+        }
+        if matches!(msg, Msg::End(_)) {
+            sent_end = true;
+        }
+    }
+}
+
+struct RecvState {
+    recv: Receiver,
+    done: Option<(i32, String)>,
+    bye: bool,
+}
+
+fn run_receiver(o: &StartOpts, listener: UnixListener, mut child: Child) -> i32 {
+    CHILD_PID.store(child.id() as i32, std::sync::atomic::Ordering::SeqCst);
+    let clock = Arc::new(Clock {
+        last_heard: Mutex::new(Instant::now()),
+    });
+    let stdin = Arc::new(Mutex::new(child.stdin.take()));
+    let tail = Arc::new(Mutex::new(Some(StderrTail::drain(
+        child.stderr.take().expect("piped stderr"),
+        false,
+    ))));
+    let child = Arc::new(Mutex::new(child));
+    let state = Arc::new(Mutex::new(RecvState {
+        recv: Receiver::default(),
+        done: None,
+        bye: false,
+    }));
+    let busy = Arc::new(Mutex::new(()));
+    let done = || state.lock().expect("state").bye;
+    let ok = serve(&listener, &clock, o.timeout, &done, &|s| {
+        let writer = Mutex::new(s.try_clone().expect("clone socket"));
+        let (state, stdin, child, tail, clock, busy) = (
+            state.clone(),
+            stdin.clone(),
+            child.clone(),
+            tail.clone(),
+            clock.clone(),
+            busy.clone(),
+        );
+        std::thread::spawn(move || {
+            // One connection feeds zfs receive at a time.
+            let _one = busy.lock().expect("busy");
+            read_loop(s, &clock, |m| {
+                receiver_msg(m, &state, &stdin, &child, &tail, &writer)
+            });
+        });
+    });
+    if !ok {
+        stdin.lock().expect("stdin").take();
+        kill_group_child();
+        let _ = child.lock().expect("child").wait();
+        return 3;
+    }
+    0
+}
+
+fn receiver_msg(
+    m: Msg,
+    state: &Mutex<RecvState>,
+    stdin: &Mutex<Option<std::process::ChildStdin>>,
+    child: &Mutex<Child>,
+    tail: &Mutex<Option<StderrTail>>,
+    w: &Mutex<UnixStream>,
+) -> bool {
+    let mut st = state.lock().expect("state");
+    let reply = match m {
+        Msg::Hello { .. } => Msg::Welcome {
+            version: wire::VERSION,
+            role: Role::Receiver,
+            next_seq: st.recv.next_seq(),
+            offset: st.recv.offset(),
+            produced: 0,
+        },
+        Msg::Chunk(c) => {
+            if let Some((status, stderr)) = &st.done {
+                Msg::Done {
+                    status: *status,
+                    stderr: stderr.clone(),
+                }
+            } else {
+                match st.recv.check(&c) {
+                    Verdict::Feed => {
+                        let wrote = stdin
+                            .lock()
+                            .expect("stdin")
+                            .as_mut()
+                            .map(|i| i.write_all(&c.data));
+                        match wrote {
+                            Some(Ok(())) => {
+                                st.recv.fed(&c);
+                                Msg::Ack {
+                                    seq: st.recv.next_seq(),
+                                    offset: st.recv.offset(),
+                                }
+                            }
+                            _ => {
+                                // zfs receive is gone: report how it ended.
+                                let (status, stderr) = finish(stdin, child, tail);
+                                st.done = Some((status, stderr.clone()));
+                                Msg::Done { status, stderr }
+                            }
+                        }
+                    }
+                    Verdict::Duplicate => Msg::Ack {
+                        seq: st.recv.next_seq(),
+                        offset: st.recv.offset(),
+                    },
+                    Verdict::Gap { expected } => Msg::Nak { seq: expected },
+                    Verdict::Corrupt => {
+                        eprintln!("chunk {} failed verification: asking for it again", c.seq);
+                        Msg::Nak {
+                            seq: st.recv.next_seq(),
+                        }
+                    }
+                }
+            }
+        }
+        Msg::End(e) => {
+            if st.done.is_none() {
+                if let Err(why) = st.recv.complete(&e) {
+                    drop(st);
+                    write_msg(w, &Msg::Error { msg: why });
+                    return false;
+                }
+                let (status, stderr) = finish(stdin, child, tail);
+                let stderr = if e.status != 0 {
+                    format!("zfs send failed ({}): {}\n{stderr}", e.status, e.stderr)
+                } else {
+                    stderr
+                };
+                st.done = Some((status, stderr));
+            }
+            let (status, stderr) = st.done.clone().expect("done");
+            Msg::Done { status, stderr }
+        }
+        Msg::Ping { nonce } => Msg::Pong { nonce },
+        Msg::Bye => {
+            st.bye = true;
+            return false;
+        }
+        _ => return true,
+    };
+    drop(st);
+    write_msg(w, &reply)
+}
+
+fn finish(
+    stdin: &Mutex<Option<std::process::ChildStdin>>,
+    child: &Mutex<Child>,
+    tail: &Mutex<Option<StderrTail>>,
+) -> (i32, String) {
+    stdin.lock().expect("stdin").take();
+    let status = child
+        .lock()
+        .expect("child")
+        .wait()
+        .ok()
+        .and_then(|s| s.code())
+        .unwrap_or(-1);
+    let stderr = tail
+        .lock()
+        .expect("tail")
+        .take()
+        .map(|t| t.finish())
+        .unwrap_or_default();
+    (status, stderr)
+}
+
+/// `agent bridge DIR`: stdin -> socket, socket -> stdout.
+fn bridge(dir: &str) -> i32 {
+    let dir = match session::open(dir) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("bridge: {e}");
+            return 64;
+        }
+    };
+    let sock = match UnixStream::connect(dir.join("sock")) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("bridge: no agent at {}: {e}", dir.display());
+            return 69;
+        }
+    };
+    let mut up = sock.try_clone().expect("clone socket");
+    let t = std::thread::spawn(move || {
+        let _ = std::io::copy(&mut std::io::stdin().lock(), &mut up);
+        let _ = up.shutdown(std::net::Shutdown::Write);
+    });
+    let mut down = sock;
+    let _ = std::io::copy(&mut down, &mut std::io::stdout().lock());
+    drop(t);
+    0
+}
+
+/// `agent stop DIR`: asks the agent to end (Bye), then makes sure.
+fn stop(dir: &str) -> i32 {
+    let dir: PathBuf = match session::open(dir) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("stop: {e}");
+            return 64;
+        }
+    };
+    if let Ok(mut s) = UnixStream::connect(dir.join("sock")) {
+        let _ = s.write_all(&wire::encode(&Msg::Hello {
+            version: wire::VERSION,
+            role: Role::Coordinator,
+            session: String::new(),
+        }));
+        let _ = s.write_all(&wire::encode(&Msg::Bye));
+    }
+    for _ in 0..50 {
+        match session::read_marker(&dir) {
+            Some(m) if session::alive(m.pid) => std::thread::sleep(Duration::from_millis(100)),
+            _ => break,
+        }
+    }
+    if let Some(m) = session::read_marker(&dir) {
+        if session::alive(m.pid) {
+            // SAFETY: the marker in a directory we own names our agent.
+            unsafe {
+                libc::kill(m.pid as i32, libc::SIGTERM);
+            }
+        }
+    }
+    session::remove(&dir);
+    0
+}

@@ -1,0 +1,460 @@
+//! The coordinator's side of an `--rsync` transfer: connects to both
+//! agents (a unix socket locally, `ssh HOST syncoid-rsync agent bridge DIR`
+//! remotely), moves chunks from sender to receiver and acknowledgements
+//! back, sends heartbeats, and when a connection dies or stalls opens a new
+//! one and resumes from the receiver's position. It gives up only after the
+//! inactivity timeout passes without progress.
+
+use crossbeam_channel::{bounded, Receiver as Rx, Sender as Tx};
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::host::Host;
+use crate::output::Out;
+use syncoid_rsync_core::shell;
+use syncoid_rsync_core::wire::{self, Decoder, Msg, Role};
+
+/// Where an agent lives.
+#[derive(Clone)]
+pub struct Agent {
+    pub host: Host,
+    /// The syncoid-rsync binary on that host.
+    pub exe: String,
+    pub dir: String,
+}
+
+/// How long a silent link is tolerated before it is declared dead.
+pub const STALL: Duration = Duration::from_secs(30);
+const HEARTBEAT: Duration = Duration::from_secs(5);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// One live connection to an agent.
+struct Conn {
+    tx: Tx<Vec<u8>>,
+    rx: Rx<Result<Msg, String>>,
+    child: Option<Child>,
+    last_heard: Instant,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.child {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn connect(a: &Agent, queue: usize) -> Result<Conn, String> {
+    let (reader, writer, child): (Box<dyn Read + Send>, Box<dyn Write + Send>, Option<Child>) =
+        match &a.host {
+            Host::Local => {
+                let s = UnixStream::connect(format!("{}/sock", a.dir))
+                    .map_err(|e| format!("connect {}: {e}", a.dir))?;
+                (
+                    Box::new(s.try_clone().map_err(|e| e.to_string())?),
+                    Box::new(s),
+                    None,
+                )
+            }
+            remote => {
+                let argv = vec![
+                    a.exe.clone(),
+                    "agent".into(),
+                    "bridge".into(),
+                    a.dir.clone(),
+                ];
+                let mut c = remote
+                    .command(&[argv])
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .map_err(|e| format!("ssh: {e}"))?;
+                let r = c.stdout.take().expect("piped");
+                let w = c.stdin.take().expect("piped");
+                (Box::new(r), Box::new(w), Some(c))
+            }
+        };
+    let (tx, wrx) = bounded::<Vec<u8>>(queue);
+    let (rtx, rx) = bounded::<Result<Msg, String>>(queue);
+    std::thread::spawn(move || {
+        let mut w = writer;
+        for frame in wrx {
+            if w.write_all(&frame).and_then(|_| w.flush()).is_err() {
+                return;
+            }
+        }
+    });
+    std::thread::spawn(move || read_frames(reader, rtx));
+    Ok(Conn {
+        tx,
+        rx,
+        child,
+        last_heard: Instant::now(),
+    })
+}
+
+fn read_frames(mut r: Box<dyn Read + Send>, tx: Tx<Result<Msg, String>>) {
+    let mut d = Decoder::default();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        loop {
+            match d.next_msg() {
+                Ok(Some(m)) => {
+                    if tx.send(Ok(m)).is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    let _ = tx.send(Err(format!("protocol error: {e}")));
+                    return;
+                }
+            }
+        }
+        match r.read(&mut buf) {
+            Ok(0) => {
+                let _ = tx.send(Err("connection closed".into()));
+                return;
+            }
+            Ok(n) => d.push(&buf[..n]),
+            Err(e) => {
+                let _ = tx.send(Err(format!("read: {e}")));
+                return;
+            }
+        }
+    }
+}
+
+/// Counters the transfer knows exactly.
+#[derive(Debug, Default, Clone)]
+pub struct Stats {
+    pub acked_bytes: u64,
+    pub resent_chunks: u64,
+    pub reconnects: u64,
+}
+
+pub struct Outcome {
+    pub status: i32,
+    pub stderr: String,
+    pub stats: Stats,
+}
+
+enum Step {
+    Finished(Outcome),
+    /// The link failed; try again.
+    Retry(String),
+    Fatal(String),
+}
+
+fn hello(c: &Conn, role: Role) -> Result<Msg, String> {
+    c.tx.send(wire::encode(&Msg::Hello {
+        version: wire::VERSION,
+        role,
+        session: String::new(),
+    }))
+    .map_err(|_| "connection closed".to_string())?;
+    match c.rx.recv_timeout(STALL) {
+        Ok(Ok(m @ Msg::Welcome { .. })) => Ok(m),
+        Ok(Ok(Msg::Error { msg })) => Err(msg),
+        Ok(Ok(other)) => Err(format!("unexpected {} before the welcome", kind(&other))),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err("no answer".into()),
+    }
+}
+
+/// Runs a transfer between two started agents to its end.
+pub fn run(
+    sender: &Agent,
+    receiver: &Agent,
+    inactivity: Duration,
+    out: &Out,
+) -> Result<Outcome, String> {
+    let mut stats = Stats::default();
+    let mut last_progress = Instant::now();
+    let mut backoff = Duration::from_millis(250);
+    let mut first = true;
+    loop {
+        if !first {
+            stats.reconnects += 1;
+        }
+        first = false;
+        match attempt(sender, receiver, &mut stats, &mut last_progress, out) {
+            Step::Finished(o) => return Ok(o),
+            Step::Fatal(e) => return Err(e),
+            Step::Retry(why) => {
+                if last_progress.elapsed() > inactivity {
+                    return Err(format!(
+                        "no progress for {}s (inactivity timeout); last error: {why}. The agents keep their state until their own timeout: run the same command again to resume",
+                        inactivity.as_secs()
+                    ));
+                }
+                out.warn(&format!(
+                    "link to the agents lost ({why}); reconnecting in {:.1}s",
+                    backoff.as_secs_f64()
+                ));
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}
+
+fn attempt(
+    sender: &Agent,
+    receiver: &Agent,
+    stats: &mut Stats,
+    last_progress: &mut Instant,
+    out: &Out,
+) -> Step {
+    let s = match connect(sender, 16) {
+        Ok(c) => c,
+        Err(e) => return Step::Retry(format!("sender: {e}")),
+    };
+    let r = match connect(receiver, 16) {
+        Ok(c) => c,
+        Err(e) => return Step::Retry(format!("receiver: {e}")),
+    };
+    let (mut s, mut r) = (s, r);
+    if let Err(e) = hello(&s, Role::Sender) {
+        return Step::Retry(format!("sender: {e}"));
+    }
+    let next = match hello(&r, Role::Receiver) {
+        Ok(Msg::Welcome {
+            next_seq, offset, ..
+        }) => {
+            stats.acked_bytes = offset;
+            next_seq
+        }
+        Ok(_) => unreachable!("hello returns Welcome"),
+        Err(e) => return Step::Retry(format!("receiver: {e}")),
+    };
+    out.debug(&format!("agents connected; resuming at chunk {next}"));
+    if s.tx.send(wire::encode(&Msg::Want { seq: next })).is_err() {
+        return Step::Retry("sender closed".into());
+    }
+    let mut last_ping = Instant::now();
+    let mut nonce = 0u64;
+    loop {
+        crossbeam_channel::select! {
+            recv(s.rx) -> m => {
+                let Ok(m) = m else { return Step::Retry("sender reader ended".into()) };
+                s.last_heard = Instant::now();
+                match m {
+                    Ok(Msg::Chunk(c)) => {
+                        if r.tx.send(wire::encode(&Msg::Chunk(c))).is_err() {
+                            return Step::Retry("receiver closed".into());
+                        }
+                    }
+                    Ok(m @ Msg::End(_)) => {
+                        if r.tx.send(wire::encode(&m)).is_err() {
+                            return Step::Retry("receiver closed".into());
+                        }
+                    }
+                    Ok(Msg::Error { msg }) => return Step::Fatal(format!("sender agent: {msg}")),
+                    Ok(_) => {}
+                    Err(e) => return Step::Retry(format!("sender: {e}")),
+                }
+            }
+            recv(r.rx) -> m => {
+                let Ok(m) = m else { return Step::Retry("receiver reader ended".into()) };
+                r.last_heard = Instant::now();
+                match m {
+                    Ok(Msg::Ack { seq, offset }) => {
+                        if offset > stats.acked_bytes {
+                            stats.acked_bytes = offset;
+                            *last_progress = Instant::now();
+                        }
+                        let _ = s.tx.try_send(wire::encode(&Msg::Ack { seq, offset }));
+                    }
+                    Ok(Msg::Nak { seq }) => {
+                        stats.resent_chunks += 1;
+                        return_if_closed(&s, &Msg::Want { seq });
+                    }
+                    Ok(Msg::Done { status, stderr }) => {
+                        let _ = s.tx.send(wire::encode(&Msg::Bye));
+                        let _ = r.tx.send(wire::encode(&Msg::Bye));
+                        std::thread::sleep(Duration::from_millis(100));
+                        return Step::Finished(Outcome { status, stderr, stats: stats.clone() });
+                    }
+                    Ok(Msg::Error { msg }) => return Step::Fatal(format!("receiver agent: {msg}")),
+                    Ok(_) => {}
+                    Err(e) => return Step::Retry(format!("receiver: {e}")),
+                }
+            }
+            default(Duration::from_millis(500)) => {}
+        }
+        if last_ping.elapsed() > HEARTBEAT {
+            nonce += 1;
+            last_ping = Instant::now();
+            let _ = s.tx.try_send(wire::encode(&Msg::Ping { nonce }));
+            let _ = r.tx.try_send(wire::encode(&Msg::Ping { nonce }));
+        }
+        for (name, c) in [("sender", &s), ("receiver", &r)] {
+            if c.last_heard.elapsed() > STALL {
+                return Step::Retry(format!("{name} silent for {}s", STALL.as_secs()));
+            }
+        }
+    }
+}
+
+fn return_if_closed(c: &Conn, m: &Msg) {
+    let _ = c.tx.send(wire::encode(m));
+}
+
+/// Starts an agent; returns its session directory.
+pub fn start_agent(
+    host: &Host,
+    exe: &str,
+    role: &str,
+    key: &str,
+    opts: &AgentOpts,
+    zfs_argv: &[String],
+) -> Result<String, String> {
+    let mut argv = vec![
+        exe.to_string(),
+        "agent".into(),
+        "start".into(),
+        role.into(),
+        "--key".into(),
+        key.into(),
+        "--timeout".into(),
+        opts.timeout.as_secs().to_string(),
+        "--chunk-size".into(),
+        opts.chunk_size.to_string(),
+        "--spool-size".into(),
+        opts.spool_size.to_string(),
+        "--".into(),
+    ];
+    argv.extend(zfs_argv.iter().cloned());
+    let out = host.run(&argv).map_err(|e| e.to_string())?;
+    let dir = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if !out.status.success() || dir.is_empty() {
+        return Err(format!(
+            "starting the {role} agent on {} failed: {}",
+            host.label(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(dir)
+}
+
+#[derive(Clone, Copy)]
+pub struct AgentOpts {
+    pub timeout: Duration,
+    pub chunk_size: usize,
+    pub spool_size: usize,
+}
+
+/// Live agents on `host`: (dir, role, key).
+pub fn list_agents(host: &Host, exe: &str) -> Vec<(String, String, String)> {
+    let argv = vec![exe.to_string(), "agent".into(), "list".into()];
+    let Ok(out) = host.run_ok(&argv) else {
+        return Vec::new();
+    };
+    out.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["alive"] == true)
+        .filter_map(|v| {
+            Some((
+                v["dir"].as_str()?.to_string(),
+                v["role"].as_str()?.to_string(),
+                v["key"].as_str()?.to_string(),
+            ))
+        })
+        .collect()
+}
+
+pub fn stop_agent(host: &Host, exe: &str, dir: &str) {
+    let _ = host.run(&[
+        exe.to_string(),
+        "agent".into(),
+        "stop".into(),
+        dir.to_string(),
+    ]);
+}
+
+/// The transfer key: which agents belong to replicating `src` to `dst`.
+pub fn key(src: &str, dst: &str) -> String {
+    let h = blake3::hash(format!("{src}\0{dst}").as_bytes());
+    h.to_hex()[..24].to_string()
+}
+
+/// Makes sure `host` can run our binary: the installed one when its version
+/// matches ours, else a copy of this very binary in a fresh private
+/// directory (after checking the architecture). Returns (exe, dir to remove).
+pub fn provision(host: &Host) -> Result<(String, Option<String>), String> {
+    if !host.is_remote() {
+        let me = std::env::current_exe().map_err(|e| e.to_string())?;
+        return Ok((me.display().to_string(), None));
+    }
+    let want = format!("syncoid-rsync {}", env!("CARGO_PKG_VERSION"));
+    let probe = vec![
+        "sh".into(),
+        "-c".into(),
+        "syncoid-rsync --version 2>/dev/null; uname -m".to_string(),
+    ];
+    let out = host.run_ok(&probe).map_err(|e| e.to_string())?;
+    let lines: Vec<&str> = out.lines().collect();
+    if lines.first() == Some(&want.as_str()) {
+        return Ok(("syncoid-rsync".into(), None));
+    }
+    let arch = lines.last().copied().unwrap_or("").trim();
+    if arch != std::env::consts::ARCH {
+        return Err(format!(
+            "{} runs {arch}, this binary is {}: install syncoid-rsync {} there",
+            host.label(),
+            std::env::consts::ARCH,
+            env!("CARGO_PKG_VERSION")
+        ));
+    }
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    let script = "umask 077; d=$(mktemp -d /tmp/syncoid-rsync-bin.XXXXXXXX) && cat > \"$d/syncoid-rsync\" && chmod 700 \"$d/syncoid-rsync\" && echo \"$d\"";
+    let mut cmd = host.command(&[vec!["sh".into(), "-c".into(), script.into()]]);
+    let file = std::fs::File::open(&me).map_err(|e| e.to_string())?;
+    let out = cmd
+        .stdin(Stdio::from(file))
+        .output()
+        .map_err(|e| format!("copying syncoid-rsync to {}: {e}", host.label()))?;
+    let dir = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if !out.status.success() || !dir.starts_with("/tmp/syncoid-rsync-bin.") {
+        return Err(format!(
+            "copying syncoid-rsync to {} failed: {}",
+            host.label(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok((format!("{dir}/syncoid-rsync"), Some(dir)))
+}
+
+/// Removes a directory `provision` created.
+pub fn unprovision(host: &Host, dir: &str) {
+    if dir.starts_with("/tmp/syncoid-rsync-bin.") && !dir.contains("..") {
+        let line = format!(
+            "rm -f {}/syncoid-rsync && rmdir {}",
+            shell::quote(dir),
+            shell::quote(dir)
+        );
+        let _ = host.run(&["sh".into(), "-c".into(), line]);
+    }
+}
+
+fn kind(m: &Msg) -> &'static str {
+    match m {
+        Msg::Hello { .. } => "hello",
+        Msg::Welcome { .. } => "welcome",
+        Msg::Want { .. } => "want",
+        Msg::Chunk(_) => "chunk",
+        Msg::Ack { .. } => "ack",
+        Msg::Nak { .. } => "nak",
+        Msg::End(_) => "end",
+        Msg::Done { .. } => "done",
+        Msg::Ping { .. } => "ping",
+        Msg::Pong { .. } => "pong",
+        Msg::Error { .. } => "error",
+        Msg::Bye => "bye",
+    }
+}

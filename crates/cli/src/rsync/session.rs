@@ -1,0 +1,196 @@
+//! Session directories of `--rsync` agents: `/tmp/syncoid-rsync-<id>/`,
+//! created atomically (mkdir, mode 0700), checked to be a real directory
+//! owned by us (never followed through a symlink), marked with a
+//! `.syncoid-rsync-session` file naming the agent's pid, role and transfer.
+//! Sweeping removes only directories that carry our marker, belong to us
+//! and whose agent is no longer alive.
+
+use serde::{Deserialize, Serialize};
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+pub const PREFIX: &str = "syncoid-rsync-";
+pub const MARKER: &str = ".syncoid-rsync-session";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Marker {
+    pub pid: u32,
+    pub role: String,
+    /// Identifies the transfer (source and target dataset) for re-attaching.
+    pub key: String,
+    pub created: u64,
+}
+
+fn base() -> PathBuf {
+    PathBuf::from(std::env::var_os("SYNCOID_RSYNC_TMP").unwrap_or_else(|| "/tmp".into()))
+}
+
+fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() }
+}
+
+/// A valid session id: 16 lowercase hex digits.
+pub fn valid_id(id: &str) -> bool {
+    id.len() == 16
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+fn random_id() -> String {
+    let mut buf = [0u8; 8];
+    if let Ok(mut f) = fs::File::open("/dev/urandom") {
+        use std::io::Read;
+        let _ = f.read_exact(&mut buf);
+    }
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Checks that `dir` is a directory (not a link to one) owned by us, 0700.
+pub fn verify(dir: &Path) -> Result<(), String> {
+    let meta = fs::symlink_metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    if meta.file_type().is_symlink() || !meta.is_dir() {
+        return Err(format!(
+            "{} is not a directory (a symlink?): refusing it",
+            dir.display()
+        ));
+    }
+    if meta.uid() != euid() {
+        return Err(format!(
+            "{} belongs to uid {}, not to us: refusing it",
+            dir.display(),
+            meta.uid()
+        ));
+    }
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(format!(
+            "{} is accessible to others: refusing it",
+            dir.display()
+        ));
+    }
+    Ok(())
+}
+
+/// Creates a fresh private session directory.
+pub fn create() -> Result<PathBuf, String> {
+    for _ in 0..8 {
+        let dir = base().join(format!("{PREFIX}{}", random_id()));
+        match fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => {
+                verify(&dir)?;
+                return Ok(dir);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(format!("cannot create {}: {e}", dir.display())),
+        }
+    }
+    Err("cannot create a unique session directory".into())
+}
+
+/// Resolves a session directory argument, refusing anything that is not
+/// exactly `<base>/syncoid-rsync-<16 hex>` and ours.
+pub fn open(arg: &str) -> Result<PathBuf, String> {
+    let p = Path::new(arg);
+    let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    let id = name.strip_prefix(PREFIX).unwrap_or("");
+    if p.parent() != Some(base().as_path()) || !valid_id(id) {
+        return Err(format!("'{arg}' is not a syncoid-rsync session directory"));
+    }
+    verify(p)?;
+    Ok(p.to_path_buf())
+}
+
+pub fn write_marker(dir: &Path, m: &Marker) -> Result<(), String> {
+    let tmp = dir.join(".marker.tmp");
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .map_err(|e| format!("marker: {e}"))?;
+    f.write_all(
+        serde_json::to_string(m)
+            .expect("marker serialises")
+            .as_bytes(),
+    )
+    .map_err(|e| format!("marker: {e}"))?;
+    fs::rename(&tmp, dir.join(MARKER)).map_err(|e| format!("marker: {e}"))
+}
+
+pub fn read_marker(dir: &Path) -> Option<Marker> {
+    let meta = fs::symlink_metadata(dir.join(MARKER)).ok()?;
+    if !meta.is_file() {
+        return None;
+    }
+    serde_json::from_slice(&fs::read(dir.join(MARKER)).ok()?).ok()
+}
+
+pub fn alive(pid: u32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    pid > 0 && unsafe { libc::kill(pid as i32, 0) } == 0
+}
+
+/// Removes a session directory we own (its files only; no recursion into
+/// anything that is not a plain file).
+pub fn remove(dir: &Path) {
+    if verify(dir).is_err() {
+        return;
+    }
+    if let Ok(rd) = fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if fs::symlink_metadata(&p)
+                .map(|m| !m.is_dir())
+                .unwrap_or(false)
+            {
+                let _ = fs::remove_file(&p);
+            }
+        }
+    }
+    let _ = fs::remove_dir(dir);
+}
+
+/// Our session directories with their markers (live or not).
+pub fn list() -> Vec<(PathBuf, Marker)> {
+    let Ok(rd) = fs::read_dir(base()) else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .filter_map(|e| {
+            let p = e.path();
+            let name = p.file_name()?.to_str()?.to_string();
+            valid_id(name.strip_prefix(PREFIX)?).then_some(())?;
+            verify(&p).ok()?;
+            Some((p.clone(), read_marker(&p)?))
+        })
+        .collect()
+}
+
+/// Removes stale session directories: ours, marked, agent dead.
+pub fn sweep() -> usize {
+    let mut n = 0;
+    for (dir, m) in list() {
+        if !alive(m.pid) {
+            remove(&dir);
+            n += 1;
+        }
+    }
+    n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_and_paths_are_checked() {
+        assert!(valid_id("0123456789abcdef"));
+        assert!(!valid_id("0123456789abcdeF"));
+        assert!(!valid_id("../../etc"));
+        assert!(open("/etc").is_err());
+        assert!(open("/tmp/syncoid-rsync-../x").is_err());
+        assert!(open("/tmp/other-0123456789abcdef").is_err());
+    }
+}
