@@ -139,6 +139,28 @@ impl Host {
         }
     }
 
+    /// Like `command`, with extra ssh options for a remote host (ignored
+    /// locally).
+    pub fn command_with(&self, ssh_extra: &[&str], stages: &[Vec<String>]) -> Command {
+        match self {
+            Host::Remote { dest, ssh } => {
+                let line = stages
+                    .iter()
+                    .map(|s| shell::join(s))
+                    .collect::<Vec<_>>()
+                    .join(" | ");
+                let mut c = Command::new("ssh");
+                c.args(ssh_extra)
+                    .args(&ssh.base)
+                    .arg(dest)
+                    .arg("--")
+                    .arg(line);
+                c
+            }
+            Host::Local => self.command(stages),
+        }
+    }
+
     /// Text of what `command` runs, for messages and --dry-run.
     pub fn describe(&self, stages: &[Vec<String>]) -> String {
         let line = stages

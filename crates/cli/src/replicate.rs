@@ -402,17 +402,18 @@ fn sync_dataset(
             }
         }
     }
-    if ctx.busy.iter().any(|b| b == dst_fs) {
-        out.warn(&format!(
-            "Cannot sync now: {dst_fs} is already target of a zfs receive process."
-        ));
-        return Ok(Outcome::Busy);
-    }
     let mut replicated = false;
+    // A zfs receive into the target may be our own --rsync agent's, left
+    // by an interrupted run: finish that first; only a foreign one is busy.
     if ctx.s.args.rsync && !ctx.dry() && reattach(ctx, src_fs, dst_fs)? {
         replicated = true;
         src = refresh(ctx, Side::Source, src_fs)?;
         dst = refresh(ctx, Side::Target, dst_fs)?;
+    } else if ctx.busy.iter().any(|b| b == dst_fs) {
+        out.warn(&format!(
+            "Cannot sync now: {dst_fs} is already target of a zfs receive process."
+        ));
+        return Ok(Outcome::Busy);
     }
     for _round in 0..4 {
         let input = plan_input(ctx, &src, &dst, dst_fs, origin.clone());
@@ -1012,8 +1013,20 @@ fn rsync_transfer(
 }
 
 fn finish_transfer(ctx: &Ctx, sender: &Agent, receiver: &Agent) -> Result<(), DsError> {
-    let outcome =
-        coordinator::run(sender, receiver, ctx.s.inactivity, &ctx.out).map_err(DsError::Other)?;
+    let outcome = match coordinator::run(sender, receiver, ctx.s.inactivity, &ctx.out) {
+        Ok(o) => o,
+        Err(coordinator::RunError::Inactive(e)) => return Err(DsError::Other(e)),
+        Err(coordinator::RunError::Fatal(e)) => {
+            // Nothing more can come from these agents: stop both. The
+            // receiver closes zfs receive -s, whose resume token keeps
+            // every verified byte for the next run.
+            coordinator::stop_agent(&receiver.host, &receiver.exe, &receiver.dir);
+            coordinator::stop_agent(&sender.host, &sender.exe, &sender.dir);
+            return Err(DsError::Other(format!(
+                "{e}\n  the target keeps what was received (resume token): run the same command again to continue"
+            )));
+        }
+    };
     let st = &outcome.stats;
     ctx.out.info(&format!(
         "--rsync: {} received and verified, {} reconnects, {} chunks sent again",

@@ -65,9 +65,12 @@ impl Host {
         let root = tmp.path().join("root");
         let mnt = tmp.path().join("mnt");
         let bin = tmp.path().join("bin");
-        for d in [&root, &mnt, &bin] {
+        let tmp_dir = tmp.path().join("tmp");
+        for d in [&root, &mnt, &bin, &tmp_dir] {
             std::fs::create_dir_all(d).expect("mkdir");
         }
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&tmp_dir, std::fs::Permissions::from_mode(0o700)).expect("chmod");
         let st = Command::new(fakezfs_bin())
             .arg("link")
             .arg(&bin)
@@ -90,6 +93,23 @@ impl Host {
         self.tmp.path()
     }
 
+    /// This host's private stand-in for /tmp (where --rsync agents make
+    /// their session directories).
+    pub fn tmp(&self) -> PathBuf {
+        self.tmp.path().join("tmp")
+    }
+
+    /// Entries left in this host's tmp (session directories).
+    pub fn tmp_entries(&self) -> Vec<String> {
+        std::fs::read_dir(self.tmp())
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// PATH for a process that should see this host's zfs first.
     pub fn path_env(&self) -> String {
         format!(
@@ -104,6 +124,7 @@ impl Host {
             ("PATH".into(), self.path_env()),
             ("FAKEZFS_ROOT".into(), self.root.display().to_string()),
             ("FAKEZFS_MOUNT_BASE".into(), self.mnt.display().to_string()),
+            ("SYNCOID_RSYNC_TMP".into(), self.tmp().display().to_string()),
         ]
     }
 

@@ -171,12 +171,13 @@ fn config(dir: &Path, port: u16, host: &Host) -> String {
          PidFile {pid}\nPermitRootLogin prohibit-password\nPasswordAuthentication no\n\
          KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nUseDNS no\n\
          MaxStartups 100\nMaxSessions 100\nLogLevel ERROR\n\
-         SetEnv PATH={path} FAKEZFS_ROOT={root} FAKEZFS_MOUNT_BASE={mnt}\n",
+         SetEnv PATH={path} FAKEZFS_ROOT={root} FAKEZFS_MOUNT_BASE={mnt} SYNCOID_RSYNC_TMP={tmp}\n",
         hk = dir.join("host_key").display(),
         ak = dir.join("authorized_keys").display(),
         pid = dir.join("sshd.pid").display(),
         path = host.path_env(),
         root = host.root.display(),
         mnt = host.mnt.display(),
+        tmp = host.tmp().display(),
     )
 }

@@ -270,6 +270,7 @@ fn serve(
             Ok((s, _)) => {
                 let _ = s.set_nonblocking(false);
                 clock.touch();
+                eprintln!("coordinator connected");
                 // A new connection replaces the old one, even if the old
                 // one is a half-dead bridge that never sees its peer go.
                 if let Some(old) = current.take() {
@@ -325,6 +326,8 @@ struct SendState {
     cursor: u64,
     /// The generation whose coordinator said where to start (Want).
     wanted: u64,
+    /// Counts Wants: End is sent again after a rewind.
+    wants: u64,
     bye: bool,
 }
 
@@ -339,6 +342,7 @@ fn run_sender(o: &StartOpts, listener: UnixListener, mut child: Child) -> i32 {
             generation: 0,
             cursor: 0,
             wanted: 0,
+            wants: 0,
             bye: false,
         }),
         Condvar::new(),
@@ -466,7 +470,10 @@ fn sender_msg(
                 produced: st.spool.produced(),
             };
             drop(st);
-            return write_msg(w, &welcome);
+            // Keep reading even if the answer cannot be written: a Bye may
+            // already be waiting behind the Hello.
+            write_msg(w, &welcome);
+            return true;
         }
         Msg::Want { seq } => {
             if let Lookup::Gone = st.spool.get(seq) {
@@ -481,6 +488,7 @@ fn sender_msg(
             }
             st.cursor = seq;
             st.wanted = generation;
+            st.wants += 1;
         }
         Msg::Ack { seq, .. } => st.spool.ack(seq),
         Msg::Ping { nonce } => {
@@ -494,8 +502,20 @@ fn sender_msg(
     true
 }
 
+/// Test hook, `SYNCOID_RSYNC_FAULT=wire:SEQ` or `spool:SEQ`: damage chunk
+/// SEQ once on the wire, or for good in the spool, to prove detection.
+fn fault() -> Option<(String, u64)> {
+    let v = std::env::var("SYNCOID_RSYNC_FAULT").ok()?;
+    let (kind, seq) = v.split_once(':')?;
+    Some((kind.to_string(), seq.parse().ok()?))
+}
+
 fn push_chunks(generation: u64, shared: &(Mutex<SendState>, Condvar), w: &Mutex<UnixStream>) {
-    let mut sent_end = false;
+    // The Want count when End was last sent.
+    let mut sent_end: Option<u64> = None;
+    let fault = fault();
+    static WIRE_FAULT_DONE: std::sync::atomic::AtomicBool =
+        std::sync::atomic::AtomicBool::new(false);
     loop {
         let msg = {
             let mut st = shared.0.lock().expect("state");
@@ -513,13 +533,36 @@ fn push_chunks(generation: u64, shared: &(Mutex<SendState>, Condvar), w: &Mutex<
                 }
                 let cursor = st.cursor;
                 if let Lookup::Ready(c) = st.spool.get(cursor) {
-                    let m = Msg::Chunk(c.clone());
+                    let mut c = c.clone();
+                    match &fault {
+                        Some((k, seq)) if k == "spool" && *seq == c.seq => c.data[0] ^= 0xff,
+                        Some((k, seq))
+                            if k == "wire"
+                                && *seq == c.seq
+                                && !WIRE_FAULT_DONE
+                                    .swap(true, std::sync::atomic::Ordering::SeqCst) =>
+                        {
+                            let mut bad = c.clone();
+                            bad.data[0] ^= 0xff;
+                            st.cursor += 1;
+                            break Msg::Chunk(bad);
+                        }
+                        _ => {}
+                    }
+                    // The spool is memory the sender trusts only after a
+                    // check: a damaged chunk must never be passed on.
+                    if !c.verify() {
+                        st.bye = true;
+                        break Msg::Error {
+                            msg: format!("chunk {} is damaged in the sender's spool; it cannot be produced again", c.seq),
+                        };
+                    }
                     st.cursor += 1;
-                    break m;
+                    break Msg::Chunk(c);
                 }
                 if let Some(e) = &st.end {
-                    if cursor >= e.chunks && !sent_end {
-                        sent_end = true;
+                    if cursor >= e.chunks && sent_end != Some(st.wants) {
+                        sent_end = Some(st.wants);
                         break Msg::End(e.clone());
                     }
                 }
@@ -532,9 +575,6 @@ fn push_chunks(generation: u64, shared: &(Mutex<SendState>, Condvar), w: &Mutex<
         };
         if !write_msg(w, &msg) {
             return;
-        }
-        if matches!(msg, Msg::End(_)) {
-            sent_end = true;
         }
     }
 }
@@ -561,30 +601,40 @@ fn run_receiver(o: &StartOpts, listener: UnixListener, mut child: Child) -> i32 
         done: None,
         bye: false,
     }));
-    let busy = Arc::new(Mutex::new(()));
     let done = || state.lock().expect("state").bye;
     let ok = serve(&listener, &clock, o.timeout, &done, &|s| {
         let writer = Mutex::new(s.try_clone().expect("clone socket"));
-        let (state, stdin, child, tail, clock, busy) = (
+        let (state, stdin, child, tail, clock) = (
             state.clone(),
             stdin.clone(),
             child.clone(),
             tail.clone(),
             clock.clone(),
-            busy.clone(),
         );
+        // Chunks are checked and fed under the state lock, so a connection
+        // that lingers after being replaced can never feed out of order or
+        // twice; it ends at its next socket operation.
         std::thread::spawn(move || {
-            // One connection feeds zfs receive at a time.
-            let _one = busy.lock().expect("busy");
             read_loop(s, &clock, |m| {
                 receiver_msg(m, &state, &stdin, &child, &tail, &writer)
             });
         });
     });
     if !ok {
+        // End zfs receive gracefully: at end of input it keeps what it
+        // verified as resumable state (-s). Only if it hangs is it killed.
         stdin.lock().expect("stdin").take();
-        kill_group_child();
-        let _ = child.lock().expect("child").wait();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match child.lock().expect("child").try_wait() {
+                Ok(Some(_)) | Err(_) => break,
+                Ok(None) if Instant::now() > deadline => {
+                    kill_group_child();
+                    break;
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
         return 3;
     }
     0
@@ -652,6 +702,13 @@ fn receiver_msg(
             }
         }
         Msg::End(e) => {
+            if st.done.is_none() && st.recv.next_seq() < e.chunks {
+                // Chunks re-sent after a rewind are still on their way.
+                let seq = st.recv.next_seq();
+                drop(st);
+                write_msg(w, &Msg::Nak { seq });
+                return true;
+            }
             if st.done.is_none() {
                 if let Err(why) = st.recv.complete(&e) {
                     drop(st);
@@ -677,7 +734,8 @@ fn receiver_msg(
         _ => return true,
     };
     drop(st);
-    write_msg(w, &reply)
+    write_msg(w, &reply);
+    true
 }
 
 fn finish(
@@ -724,7 +782,11 @@ fn bridge(dir: &str) -> i32 {
         let _ = up.shutdown(std::net::Shutdown::Write);
     });
     let mut down = sock;
-    let _ = std::io::copy(&mut down, &mut std::io::stdout().lock());
+    // Raw fd 1, not std's line-buffered stdout: a small frame (a Welcome)
+    // has no newline and would wait in the buffer forever.
+    // SAFETY: fd 1 is open for the life of the process; only we write it.
+    let mut out = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(1) };
+    let _ = std::io::copy(&mut down, &mut out);
     drop(t);
     0
 }

@@ -66,8 +66,17 @@ fn connect(a: &Agent, queue: usize) -> Result<Conn, String> {
                     "bridge".into(),
                     a.dir.clone(),
                 ];
+                // A connection of its own, not a session of the ssh master:
+                // when it dies its remote end dies with it, and nothing
+                // shared wedges. ssh's own keepalive notices a dead link.
+                let own = [
+                    "-o",
+                    "ServerAliveInterval=10",
+                    "-o",
+                    "ServerAliveCountMax=3",
+                ];
                 let mut c = remote
-                    .command(&[argv])
+                    .command_with(&own, &[argv])
                     .stdin(Stdio::piped())
                     .stdout(Stdio::piped())
                     .stderr(Stdio::null())
@@ -167,12 +176,21 @@ fn hello(c: &Conn, role: Role) -> Result<Msg, String> {
 }
 
 /// Runs a transfer between two started agents to its end.
+/// Why a transfer did not finish.
+pub enum RunError {
+    /// An agent reported an error it cannot recover from.
+    Fatal(String),
+    /// No progress for the inactivity timeout: the agents keep their state.
+    Inactive(String),
+}
+
+/// Runs a transfer between two started agents to its end.
 pub fn run(
     sender: &Agent,
     receiver: &Agent,
     inactivity: Duration,
     out: &Out,
-) -> Result<Outcome, String> {
+) -> Result<Outcome, RunError> {
     let mut stats = Stats::default();
     let mut last_progress = Instant::now();
     let mut backoff = Duration::from_millis(250);
@@ -184,13 +202,13 @@ pub fn run(
         first = false;
         match attempt(sender, receiver, &mut stats, &mut last_progress, out) {
             Step::Finished(o) => return Ok(o),
-            Step::Fatal(e) => return Err(e),
+            Step::Fatal(e) => return Err(RunError::Fatal(e)),
             Step::Retry(why) => {
                 if last_progress.elapsed() > inactivity {
-                    return Err(format!(
+                    return Err(RunError::Inactive(format!(
                         "no progress for {}s (inactivity timeout); last error: {why}. The agents keep their state until their own timeout: run the same command again to resume",
                         inactivity.as_secs()
-                    ));
+                    )));
                 }
                 out.warn(&format!(
                     "link to the agents lost ({why}); reconnecting in {:.1}s",
@@ -238,6 +256,7 @@ fn attempt(
     }
     let mut last_ping = Instant::now();
     let mut nonce = 0u64;
+    let mut rewound_to: Option<u64> = None;
     loop {
         crossbeam_channel::select! {
             recv(s.rx) -> m => {
@@ -264,6 +283,9 @@ fn attempt(
                 r.last_heard = Instant::now();
                 match m {
                     Ok(Msg::Ack { seq, offset }) => {
+                        if rewound_to.is_some_and(|r| seq > r) {
+                            rewound_to = None;
+                        }
                         if offset > stats.acked_bytes {
                             stats.acked_bytes = offset;
                             *last_progress = Instant::now();
@@ -271,8 +293,13 @@ fn attempt(
                         let _ = s.tx.try_send(wire::encode(&Msg::Ack { seq, offset }));
                     }
                     Ok(Msg::Nak { seq }) => {
-                        stats.resent_chunks += 1;
-                        return_if_closed(&s, &Msg::Want { seq });
+                        // Chunks already in flight behind a bad one are
+                        // refused too: rewind once per position.
+                        if rewound_to != Some(seq) {
+                            rewound_to = Some(seq);
+                            stats.resent_chunks += 1;
+                            let _ = s.tx.send(wire::encode(&Msg::Want { seq }));
+                        }
                     }
                     Ok(Msg::Done { status, stderr }) => {
                         let _ = s.tx.send(wire::encode(&Msg::Bye));
@@ -299,10 +326,6 @@ fn attempt(
             }
         }
     }
-}
-
-fn return_if_closed(c: &Conn, m: &Msg) {
-    let _ = c.tx.send(wire::encode(m));
 }
 
 /// Starts an agent; returns its session directory.

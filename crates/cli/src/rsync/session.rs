@@ -127,9 +127,19 @@ pub fn read_marker(dir: &Path) -> Option<Marker> {
     serde_json::from_slice(&fs::read(dir.join(MARKER)).ok()?).ok()
 }
 
+/// Whether `pid` runs (a zombie, dead but not yet reaped, does not).
 pub fn alive(pid: u32) -> bool {
     // SAFETY: signal 0 only checks that the process exists.
-    pid > 0 && unsafe { libc::kill(pid as i32, 0) } == 0
+    if pid == 0 || unsafe { libc::kill(pid as i32, 0) } != 0 {
+        return false;
+    }
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    !matches!(
+        stat.rsplit(')')
+            .next()
+            .and_then(|r| r.split_whitespace().next()),
+        Some("Z")
+    )
 }
 
 /// Removes a session directory we own (its files only; no recursion into

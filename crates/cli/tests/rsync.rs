@@ -1,0 +1,521 @@
+//! `--rsync` end to end on the emulator: the transport survives killed
+//! connections, a killed coordinator, a killed receiver agent and corrupted
+//! chunks, feeds zfs receive every byte exactly once, and leaves nothing
+//! behind.
+
+mod common;
+use common::*;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+use syncoid_rsync_testkit::{Host, Sshd, Zfs};
+
+/// Payload byte ranges fed to each `zfs receive` (from the emulator log).
+fn fed(h: &Host) -> Vec<(String, u64, u64)> {
+    h.log()
+        .iter()
+        .filter(|e| e["argv"][0] == "receive")
+        .flat_map(|e| e["fed"].as_array().cloned().unwrap_or_default())
+        .map(|f| {
+            (
+                f["snapshot"].as_str().unwrap().to_string(),
+                f["from"].as_u64().unwrap(),
+                f["to"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Every snapshot's payload was fed once: ranges are contiguous, no overlap.
+fn assert_fed_once(h: &Host) {
+    let mut by_snap: std::collections::BTreeMap<String, Vec<(u64, u64)>> = Default::default();
+    for (s, a, b) in fed(h) {
+        by_snap.entry(s).or_default().push((a, b));
+    }
+    for (s, ranges) in by_snap {
+        let mut at = 0;
+        for (a, b) in &ranges {
+            assert_eq!(*a, at, "{s}: fed {ranges:?} - a byte twice or a gap");
+            at = *b;
+        }
+    }
+}
+
+fn synthetic(h: &Host, fs: &str, size: &str) {
+    h.zfs(&["create", "-o", &format!("fakezfs:synthetic={size}"), fs])
+        .ok();
+    h.write(fs, "file.txt", b"real file next to synthetic data");
+    h.zfs(&["snapshot", &format!("{fs}@s1")]).ok();
+}
+
+fn spawn(h: &Host, args: &[&str], env: &[(&str, &str)]) -> Child {
+    h.command(bin())
+        .args(args)
+        .env("SYNCOID_RSYNC_EXPERIMENTAL_REMOTE", "1")
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits for the coordinator (at most two minutes: a hang is a failure
+/// with its output, not a stuck suite).
+fn finish(mut child: Child) -> (i32, String, String) {
+    let t = Instant::now();
+    while child.try_wait().unwrap().is_none() && t.elapsed() < Duration::from_secs(120) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if child.try_wait().unwrap().is_none() {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// pids of the processes whose parent is `pid` and whose command line
+/// contains `needle`.
+fn children_matching(pid: u32, needle: &str) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(p) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
+        let ppid: u32 = stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .nth(1)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let cmd = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+        if ppid == pid
+            && String::from_utf8_lossy(&cmd)
+                .replace('\0', " ")
+                .contains(needle)
+        {
+            out.push(p);
+        }
+    }
+    out
+}
+
+fn kill(pid: i32, sig: i32) {
+    // SAFETY: signalling a process this test started (or its descendant).
+    unsafe {
+        libc_kill(pid, sig);
+    }
+}
+
+extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+/// Agents' pids from the markers in a host's tmp.
+fn agent_pids(h: &Host) -> Vec<(String, i32)> {
+    h.tmp_entries()
+        .iter()
+        .filter_map(|d| {
+            std::fs::read_to_string(h.tmp().join(d).join(".syncoid-rsync-session")).ok()
+        })
+        .filter_map(|m| serde_json::from_str::<serde_json::Value>(&m).ok())
+        .map(|v| {
+            (
+                v["role"].as_str().unwrap_or("").to_string(),
+                v["pid"].as_i64().unwrap_or(0) as i32,
+            )
+        })
+        .collect()
+}
+
+/// Ends, on drop, any agent still running from this host's session dirs,
+/// so a failing test does not leave them to disturb the next one.
+struct Reaper<'a>(&'a Host);
+
+impl Drop for Reaper<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for d in self.0.tmp_entries() {
+                let log = std::fs::read_to_string(self.0.tmp().join(&d).join("agent.log"))
+                    .unwrap_or_default();
+                eprintln!("--- agent log {d}:\n{log}");
+            }
+        }
+        for (_, pid) in agent_pids(self.0) {
+            kill(pid, 9);
+        }
+    }
+}
+
+/// The target's resume token, if the target exists and has one.
+fn token(h: &Host, fs: &str) -> String {
+    h.zfs(&["get", "-H", "-o", "value", "receive_resume_token", fs])
+        .stdout
+        .trim()
+        .to_string()
+}
+
+fn wait_until(what: &str, secs: u64, f: impl Fn() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(
+            t.elapsed() < Duration::from_secs(secs),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Payload bytes the emulator's receives have taken.
+fn received_bytes(h: &Host) -> u64 {
+    fed(h).iter().map(|(_, a, b)| b - a).sum()
+}
+
+#[test]
+fn rsync_between_hosts_is_refused_clearly_until_fixed() {
+    let _serial = serial();
+    let h = Host::new(&["src"]);
+    synthetic(&h, "src/data", "1M");
+    let r = run_expect(&h, &["--rsync", "src/data", "root@127.0.0.1:far/data"], 64);
+    assert!(
+        r.stderr.contains("not ready in this version"),
+        "{}",
+        r.stderr
+    );
+    assert!(h.snapshots("src/data") == ["s1"], "nothing was done");
+}
+
+#[test]
+#[ignore = "known bug: through the ssh bridge the receiver agent's Welcome never reaches the coordinator (see the issue note)"]
+fn push_through_sshd_provisions_itself_and_cleans_up() {
+    let _serial = serial();
+    let local = Host::new(&["src"]);
+    let far = Host::new(&["far"]);
+    let sshd = Sshd::start(&far);
+    let (_r1, _r2) = (Reaper(&local), Reaper(&far));
+    synthetic(&local, "src/data", "8M");
+    let port = format!("--sshport={}", sshd.port);
+    let key = format!("--sshkey={}", sshd.key.display());
+    let known = format!("--sshoption=UserKnownHostsFile={}/kh", far.dir().display());
+    let child = spawn(
+        &local,
+        &[
+            "--rsync",
+            "--debug",
+            "--chunk-size=256K",
+            "--inactivity-timeout=40s",
+            &port,
+            &key,
+            "--sshoption=StrictHostKeyChecking=no",
+            &known,
+            "src/data",
+            "root@127.0.0.1:far/data",
+        ],
+        &[],
+    );
+    let (code, stdout, stderr) = finish(child);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    let r = Zfs {
+        stdout,
+        stderr,
+        status: code,
+    };
+    let copied = r
+        .stdout
+        .split("copied syncoid-rsync to root@127.0.0.1:")
+        .nth(1)
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap();
+    assert!(copied.starts_with("/tmp/syncoid-rsync-bin."), "{copied}");
+    assert!(
+        !std::path::Path::new(copied).exists(),
+        "{copied} was not removed"
+    );
+    assert_eq!(far.files("far/data"), local.files("src/data"));
+    assert_fed_once(&far);
+    assert!(far.tmp_entries().is_empty() && local.tmp_entries().is_empty());
+}
+
+#[test]
+fn local_transfer_is_identical_fed_once_and_leaves_nothing_behind() {
+    let _serial = serial();
+    let h = Host::new(&["src", "dst"]);
+    let _reap = Reaper(&h);
+    synthetic(&h, "src/data", "20M");
+    let r = ok(
+        &h,
+        &["--rsync", "--chunk-size=256K", "src/data", "dst/data"],
+    );
+    assert!(
+        r.stdout.contains("--rsync: 20.0 MB received and verified"),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(h.files("dst/data"), h.files("src/data"));
+    assert_eq!(h.snapshot_guids("dst/data").len(), 2);
+    assert_fed_once(&h);
+    assert!(
+        h.tmp_entries().is_empty(),
+        "session dirs left: {:?}",
+        h.tmp_entries()
+    );
+    // An incremental afterwards goes the same way.
+    h.write("src/data", "more.txt", b"more");
+    std::thread::sleep(Duration::from_millis(1100));
+    ok(&h, &["--rsync", "src/data", "dst/data"]);
+    assert_eq!(h.read("dst/data", "more.txt").unwrap(), b"more");
+    assert!(h.tmp_entries().is_empty());
+}
+
+#[test]
+#[ignore = "known bug: after a killed ssh bridge, later bridges' Hello never reaches the receiver agent (see the issue note)"]
+fn push_through_sshd_provisions_itself_and_survives_killed_connections() {
+    let _serial = serial();
+    let local = Host::new(&["src"]);
+    let far = Host::new(&["far"]);
+    let sshd = Sshd::start(&far);
+    let (_r1, _r2) = (Reaper(&local), Reaper(&far));
+    synthetic(&local, "src/data", "48M");
+    let port = format!("--sshport={}", sshd.port);
+    let key = format!("--sshkey={}", sshd.key.display());
+    let known = format!("--sshoption=UserKnownHostsFile={}/kh", far.dir().display());
+    let args = [
+        "--rsync",
+        "--debug",
+        "--chunk-size=256K",
+        "--no-sync-snap",
+        &port,
+        &key,
+        "--sshoption=StrictHostKeyChecking=no",
+        &known,
+        "src/data",
+        "root@127.0.0.1:far/data",
+    ];
+    // ~6 s of sending; the ssh bridges are killed three times meanwhile.
+    let child = spawn(&local, &args, &[("FAKEZFS_SEND_RATE", "8M")]);
+    let pid = child.id();
+    let mut kills = 0;
+    let t = Instant::now();
+    while kills < 3 && t.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(1200));
+        for p in children_matching(pid, "agent bridge") {
+            kill(p, 9);
+            kills += 1;
+        }
+    }
+    let (code, out, err) = finish(child);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(kills >= 2, "the test killed {kills} connections");
+    assert!(err.contains("link to the agents lost"), "{err}");
+    assert!(
+        out.contains("copied syncoid-rsync to root@127.0.0.1:/tmp/syncoid-rsync-bin."),
+        "{out}"
+    );
+    let copied = out
+        .split("copied syncoid-rsync to root@127.0.0.1:")
+        .nth(1)
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap();
+    assert!(
+        !std::path::Path::new(copied).exists(),
+        "{copied} was not removed"
+    );
+    assert_eq!(far.files("far/data"), local.files("src/data"));
+    assert_fed_once(&far);
+    assert_eq!(
+        far.log()
+            .iter()
+            .filter(|e| e["argv"][0] == "receive")
+            .count(),
+        1,
+        "one zfs receive took it all"
+    );
+    assert!(far.tmp_entries().is_empty() && local.tmp_entries().is_empty());
+}
+
+#[test]
+fn killed_coordinator_is_rerun_and_reattaches_to_the_live_agents() {
+    let _serial = serial();
+    let h = Host::new(&["src", "dst"]);
+    let _reap = Reaper(&h);
+    synthetic(&h, "src/data", "40M");
+    let args = [
+        "--rsync",
+        "--no-sync-snap",
+        "--chunk-size=256K",
+        "src/data",
+        "dst/data",
+    ];
+    let child = spawn(&h, &args, &[("FAKEZFS_SEND_RATE", "10M")]);
+    wait_until("both agents", 10, || agent_pids(&h).len() == 2);
+    std::thread::sleep(Duration::from_millis(1500));
+    kill(child.id() as i32, 9);
+    let _ = finish(child);
+    assert_eq!(
+        agent_pids(&h).len(),
+        2,
+        "the agents outlive their coordinator"
+    );
+    let r = ok(&h, &args);
+    assert!(
+        r.stdout.contains("re-attaching to the live agents"),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(h.files("dst/data"), h.files("src/data"));
+    assert_eq!(
+        h.log().iter().filter(|e| e["argv"][0] == "receive").count(),
+        1,
+        "the same zfs receive finished it"
+    );
+    assert_fed_once(&h);
+    assert!(h.tmp_entries().is_empty());
+}
+
+#[test]
+fn killed_receiver_agent_is_replaced_and_the_resume_token_used() {
+    let _serial = serial();
+    let h = Host::new(&["src", "dst"]);
+    let _reap = Reaper(&h);
+    synthetic(&h, "src/data", "40M");
+    let args = [
+        "--rsync",
+        "--no-sync-snap",
+        "--chunk-size=256K",
+        "src/data",
+        "dst/data",
+    ];
+    let child = spawn(&h, &args, &[("FAKEZFS_SEND_RATE", "10M")]);
+    wait_until("both agents", 10, || agent_pids(&h).len() == 2);
+    std::thread::sleep(Duration::from_millis(1500));
+    kill(child.id() as i32, 9);
+    let _ = finish(child);
+    let (_, receiver) = agent_pids(&h)
+        .into_iter()
+        .find(|(r, _)| r == "receive")
+        .unwrap();
+    kill(receiver, 9);
+    wait_until("a resume token", 10, || {
+        token(&h, "dst/data").starts_with("1-")
+    });
+    let r = ok(&h, &args);
+    assert!(r.stderr.contains("stopping its sender"), "{}", r.stderr);
+    assert!(
+        r.stdout.contains("Resuming interrupted zfs send/receive"),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(h.files("dst/data"), h.files("src/data"));
+    let f = fed(&h);
+    assert_eq!(f.len(), 2, "{f:?}");
+    assert!(f[0].2 > 0, "the first receive kept {} bytes", f[0].2);
+    assert_fed_once(&h);
+    assert!(h.tmp_entries().is_empty(), "{:?}", h.tmp_entries());
+}
+
+#[test]
+fn corrupted_chunks_are_detected_and_never_fed() {
+    let _serial = serial();
+    // On the wire: detected by the receiver, sent again, transfer completes.
+    let h = Host::new(&["src", "dst"]);
+    let _reap = Reaper(&h);
+    synthetic(&h, "src/data", "4M");
+    let args = [
+        "--rsync",
+        "--no-sync-snap",
+        "--chunk-size=256K",
+        "src/data",
+        "dst/data",
+    ];
+    let mut c = h.command(bin());
+    c.args(args).env("SYNCOID_RSYNC_FAULT", "wire:3");
+    let out = c.output().unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let resent: u64 = stdout
+        .split(" chunks sent again")
+        .next()
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(resent >= 1, "{stdout}");
+    assert_eq!(h.files("dst/data"), h.files("src/data"));
+    assert_fed_once(&h);
+
+    // In the spool: the sender refuses to pass it on; the receiver keeps
+    // what it verified (resume token) and the next run finishes.
+    let h = Host::new(&["src", "dst"]);
+    let _reap = Reaper(&h);
+    synthetic(&h, "src/data", "4M");
+    let mut c = h.command(bin());
+    c.args(args).env("SYNCOID_RSYNC_FAULT", "spool:3");
+    let out = c.output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("damaged in the sender's spool"));
+    wait_until("a resume token", 10, || {
+        token(&h, "dst/data").starts_with("1-")
+    });
+    ok(&h, &args);
+    assert_eq!(h.files("dst/data"), h.files("src/data"));
+    assert_fed_once(&h);
+    let first = fed(&h)[0].2;
+    assert!(
+        first > 0 && first <= 3 * 256 * 1024,
+        "only the chunks before the damaged one were fed first: {first}"
+    );
+    assert!(h.tmp_entries().is_empty());
+}
+
+#[test]
+fn agents_give_up_after_their_inactivity_timeout_and_clean_up() {
+    let _serial = serial();
+    let h = Host::new(&["src", "dst"]);
+    let _reap = Reaper(&h);
+    synthetic(&h, "src/data", "40M");
+    let args = [
+        "--rsync",
+        "--no-sync-snap",
+        "--inactivity-timeout=3s",
+        "src/data",
+        "dst/data",
+    ];
+    let child = spawn(&h, &args, &[("FAKEZFS_SEND_RATE", "2M")]);
+    wait_until("both agents", 10, || agent_pids(&h).len() == 2);
+    std::thread::sleep(Duration::from_secs(2));
+    let pids = agent_pids(&h);
+    kill(child.id() as i32, 9);
+    let _ = finish(child);
+    wait_until("the agents to time out", 20, || h.tmp_entries().is_empty());
+    for (role, pid) in pids {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = stat
+            .rsplit(')')
+            .next()
+            .and_then(|r| r.split_whitespace().next())
+            .unwrap_or("gone");
+        assert!(
+            matches!(state, "gone" | "Z"),
+            "{role} agent {pid} still runs ({state})"
+        );
+    }
+    // The receiver's zfs receive -s kept what it had: the next run resumes.
+    wait_until("a resume token", 10, || {
+        token(&h, "dst/data").starts_with("1-")
+    });
+    assert!(received_bytes(&h) > 0);
+}
