@@ -172,16 +172,6 @@ pub fn settings(args: Args, local_pools: &dyn Fn() -> Vec<String>) -> Result<Set
             a.inactivity_timeout
         ))
     })?;
-    if a.rsync
-        && (source.remote.is_some() || target.remote.is_some())
-        && std::env::var_os("SYNCOID_RSYNC_EXPERIMENTAL_REMOTE").is_none()
-    {
-        return Err(UsageError(
-            "--rsync between hosts is not ready in this version: its ssh bridge to the agents has a known bug (transfers stall). \
-             Use --rsync for local transfers, or the standard mode between hosts."
-                .into(),
-        ));
-    }
     if a.rsync && a.insecure_direct_connection.is_some() {
         return Err(UsageError(
             "--rsync and --insecure-direct-connection cannot be combined".into(),

@@ -50,7 +50,6 @@ fn synthetic(h: &Host, fs: &str, size: &str) {
 fn spawn(h: &Host, args: &[&str], env: &[(&str, &str)]) -> Child {
     h.command(bin())
         .args(args)
-        .env("SYNCOID_RSYNC_EXPERIMENTAL_REMOTE", "1")
         .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -180,21 +179,7 @@ fn received_bytes(h: &Host) -> u64 {
 }
 
 #[test]
-fn rsync_between_hosts_is_refused_clearly_until_fixed() {
-    let _serial = serial();
-    let h = Host::new(&["src"]);
-    synthetic(&h, "src/data", "1M");
-    let r = run_expect(&h, &["--rsync", "src/data", "root@127.0.0.1:far/data"], 64);
-    assert!(
-        r.stderr.contains("not ready in this version"),
-        "{}",
-        r.stderr
-    );
-    assert!(h.snapshots("src/data") == ["s1"], "nothing was done");
-}
 
-#[test]
-#[ignore = "known bug: through the ssh bridge the receiver agent's Welcome never reaches the coordinator (see the issue note)"]
 fn push_through_sshd_provisions_itself_and_cleans_up() {
     let _serial = serial();
     let local = Host::new(&["src"]);
@@ -278,7 +263,7 @@ fn local_transfer_is_identical_fed_once_and_leaves_nothing_behind() {
 }
 
 #[test]
-#[ignore = "known bug: after a killed ssh bridge, later bridges' Hello never reaches the receiver agent (see the issue note)"]
+
 fn push_through_sshd_provisions_itself_and_survives_killed_connections() {
     let _serial = serial();
     let local = Host::new(&["src"]);

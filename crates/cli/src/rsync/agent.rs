@@ -777,18 +777,38 @@ fn bridge(dir: &str) -> i32 {
         }
     };
     let mut up = sock.try_clone().expect("clone socket");
+    // SAFETY: fds 0 and 1 are open for the life of the process; only we use them.
+    let (mut input, mut output) = unsafe {
+        use std::os::fd::FromRawFd;
+        (std::fs::File::from_raw_fd(0), std::fs::File::from_raw_fd(1))
+    };
     let t = std::thread::spawn(move || {
-        let _ = std::io::copy(&mut std::io::stdin().lock(), &mut up);
+        pump(&mut input, &mut up);
         let _ = up.shutdown(std::net::Shutdown::Write);
     });
     let mut down = sock;
-    // Raw fd 1, not std's line-buffered stdout: a small frame (a Welcome)
-    // has no newline and would wait in the buffer forever.
-    // SAFETY: fd 1 is open for the life of the process; only we write it.
-    let mut out = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(1) };
-    let _ = std::io::copy(&mut down, &mut out);
+    pump(&mut down, &mut output);
     drop(t);
     0
+}
+
+/// Copies until end of input, passing on every read at once. Not
+/// `io::copy`: between sockets and sshd's pipes it may splice, which can
+/// hold a small frame (a Welcome) until more data or the end arrives.
+fn pump(from: &mut impl Read, to: &mut impl Write) {
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        match from.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => {
+                if to.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return,
+        }
+    }
 }
 
 /// `agent stop DIR`: asks the agent to end (Bye), then makes sure.
