@@ -112,6 +112,17 @@ t_modified_target_rollback() {
   [ ! -e /vdst/mod/stray ]; same_data vsrc/mod vdst/mod
 }
 
+t_rsync_local() {
+  zfs create vsrc/rs; rand /vsrc/rs/big 20000000; rand /vsrc/rs/small 1000; zfs snapshot vsrc/rs@s1
+  sr --rsync --chunk-size=1M vsrc/rs vdst/rs
+  same_data vsrc/rs vdst/rs; same_guids vsrc/rs vdst/rs
+  grep -q -- "--rsync: .* received and verified" "$log"
+  [ -z "$(ls -d /tmp/syncoid-rsync-[0-9a-f]* 2>/dev/null)" ]
+  rand /vsrc/rs/more 500000; sleep 1
+  sr --rsync vsrc/rs vdst/rs
+  same_data vsrc/rs vdst/rs
+}
+
 setup_pools
 case_ full_and_incremental t_full_and_incremental
 case_ recursive_with_clone t_recursive_with_clone
@@ -121,6 +132,7 @@ case_ resume_after_head t_resume_after_head
 case_ raw_encrypted t_raw_encrypted
 case_ force_delete_guardrails t_force_delete_guardrails
 case_ modified_target_rollback t_modified_target_rollback
+case_ rsync_local t_rsync_local
 for p in vsrc vdst; do zpool destroy -f "$p" >/dev/null 2>&1 || true; done
 rm -f /var/tmp/vsrc.img /var/tmp/vdst.img
 [ "$fail" -eq 0 ] || { echo "failed: ${failed[*]}"; echo "--- log"; tail -80 "$log"; }
