@@ -353,7 +353,7 @@ pub fn human_date(epoch: u64) -> String {
     ];
     let days = (epoch / 86400) as i64;
     let secs = epoch % 86400;
-    let (y, m, d) = civil_from_days(days);
+    let (y, m, d) = syncoid_rsync_core::syncsnap::civil_from_days(days);
     format!(
         "{} {} {:>2} {:02}:{:02} {}",
         DAYS[(days % 7) as usize],
@@ -363,20 +363,6 @@ pub fn human_date(epoch: u64) -> String {
         secs % 3600 / 60,
         y
     )
-}
-
-/// Howard Hinnant's days-to-civil algorithm.
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719468;
-    let era = z.div_euclid(146097);
-    let doe = z - era * 146097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
 }
 
 const FS_OVERHEAD: u64 = 98304;
