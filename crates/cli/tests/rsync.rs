@@ -504,3 +504,62 @@ fn agents_give_up_after_their_inactivity_timeout_and_clean_up() {
     });
     assert!(received_bytes(&h) > 0);
 }
+
+#[test]
+fn sweeping_removes_only_our_dead_sessions_and_never_follows_symlinks() {
+    use std::os::unix::fs::{symlink, PermissionsExt};
+    let _serial = serial();
+    let h = Host::new(&[]);
+    let tmp = h.tmp();
+    let mk = |name: &str, mode: u32, marker: bool| {
+        let d = tmp.join(name);
+        std::fs::create_dir(&d).unwrap();
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(mode)).unwrap();
+        if marker {
+            let m = r#"{"pid":999999999,"role":"send","key":"k","created":0}"#;
+            std::fs::write(d.join(".syncoid-rsync-session"), m).unwrap();
+        }
+        d
+    };
+    let stale = mk("syncoid-rsync-00000000000000aa", 0o700, true);
+    let unmarked = mk("syncoid-rsync-00000000000000bb", 0o700, false);
+    let shared = mk("syncoid-rsync-00000000000000cc", 0o755, true);
+    let foreign_name = mk("syncoid-rsync-notours", 0o700, true);
+    let victim = h.dir().join("victim");
+    std::fs::create_dir(&victim).unwrap();
+    std::fs::write(
+        victim.join(".syncoid-rsync-session"),
+        r#"{"pid":999999999,"role":"send","key":"k","created":0}"#,
+    )
+    .unwrap();
+    std::fs::write(victim.join("precious"), b"keep").unwrap();
+    let link = tmp.join("syncoid-rsync-00000000000000dd");
+    symlink(&victim, &link).unwrap();
+
+    let r = ok(&h, &["agent", "sweep"]);
+    assert_eq!(
+        r.stdout.trim(),
+        "1",
+        "only the stale, marked, private session is ours to remove"
+    );
+    assert!(!stale.exists());
+    for kept in [&unmarked, &shared, &foreign_name] {
+        assert!(kept.exists(), "{} was removed", kept.display());
+    }
+    assert!(
+        victim.join("precious").exists(),
+        "a symlinked entry was followed"
+    );
+
+    let r = run_expect(&h, &["agent", "stop", link.to_str().unwrap()], 64);
+    assert!(r.stderr.contains("symlink"), "{}", r.stderr);
+    let r = run_expect(&h, &["agent", "stop", "/etc"], 64);
+    assert!(
+        r.stderr.contains("not a syncoid-rsync session directory"),
+        "{}",
+        r.stderr
+    );
+    let r = run_expect(&h, &["agent", "bridge", shared.to_str().unwrap()], 64);
+    assert!(r.stderr.contains("accessible to others"), "{}", r.stderr);
+    assert!(victim.join("precious").exists() && link.exists());
+}
