@@ -10,7 +10,8 @@ demo=$(mktemp -d -t syncoid-rsync-demo.XXXXXX)
 trap 'rm -rf "$demo"' EXIT
 mkdir "$demo/bin"
 "$FZ" link "$demo/bin"
-export PATH="$demo/bin:$PATH" FAKEZFS_ROOT="$demo/state" FAKEZFS_MOUNT_BASE="$demo/mnt"
+mkdir -m 0700 "$demo/tmp"
+export PATH="$demo/bin:$PATH" FAKEZFS_ROOT="$demo/state" FAKEZFS_MOUNT_BASE="$demo/mnt" SYNCOID_RSYNC_TMP="$demo/tmp"
 say() { printf '\n\033[1m== DEMO (fakezfs emulator): %s\033[0m\n' "$*"; }
 say "two emulated pools, 'tank' and 'backup'"
 zpool create tank; zpool create backup
@@ -29,3 +30,10 @@ say "the target's files equal the source's"
 diff -r "$mnt" "$(zfs get -H -o value mountpoint backup/photos)" && echo "identical: $(ls "$mnt" | tr '\n' ' ')"
 say "--dry-run shows the plan and changes nothing"
 "$SR" --dry-run tank/photos backup/photos
+say "--rsync: a 64 MiB transfer whose command is killed half-way, then run again"
+zfs create -o fakezfs:synthetic=64M tank/big; zfs snapshot tank/big@s1
+FAKEZFS_SEND_RATE=16M "$SR" --rsync --no-sync-snap tank/big backup/big & pid=$!
+sleep 2; kill -9 "$pid"; wait "$pid" 2>/dev/null || true
+echo "(killed syncoid-rsync; its agents keep zfs send and zfs receive open)"
+"$SR" --rsync --no-sync-snap tank/big backup/big
+zfs list -r -t all backup/big
