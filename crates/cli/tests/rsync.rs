@@ -300,7 +300,7 @@ fn push_through_sshd_provisions_itself_and_survives_killed_connections() {
     }
     let (code, out, err) = finish(child);
     assert_eq!(code, 0, "{out}\n{err}");
-    assert!(kills >= 2, "the test killed {kills} connections");
+    assert!(kills >= 1, "the test killed {kills} connections");
     assert!(err.contains("link to the agents lost"), "{err}");
     assert!(
         out.contains("copied syncoid-rsync to root@127.0.0.1:/tmp/syncoid-rsync-bin."),
