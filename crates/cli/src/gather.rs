@@ -6,7 +6,8 @@ use std::collections::BTreeSet;
 use crate::host::{CmdError, Host};
 use syncoid_rsync_core::inventory::{self, Inventory, DATASET_COLUMNS, SNAPSHOT_COLUMNS};
 
-fn zfs(sudo: bool, args: &[&str]) -> Vec<String> {
+/// `[sudo] zfs ARGS...`
+pub fn zfs(sudo: bool, args: &[&str]) -> Vec<String> {
     let mut v: Vec<String> = Vec::new();
     if sudo {
         v.push("sudo".into());
@@ -14,10 +15,6 @@ fn zfs(sudo: bool, args: &[&str]) -> Vec<String> {
     v.push("zfs".into());
     v.extend(args.iter().map(|s| s.to_string()));
     v
-}
-
-pub fn zfs_argv(sudo: bool, args: &[&str]) -> Vec<String> {
-    zfs(sudo, args)
 }
 
 /// `None` when `root` does not exist on `host`.

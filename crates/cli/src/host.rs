@@ -99,6 +99,15 @@ impl StderrTail {
     }
 }
 
+/// `a b | c d`: stages as one shell line, each word quoted as needed.
+fn pipeline_line(stages: &[Vec<String>]) -> String {
+    stages
+        .iter()
+        .map(|s| shell::join(s))
+        .collect::<Vec<_>>()
+        .join(" | ")
+}
+
 impl Host {
     pub fn is_remote(&self) -> bool {
         matches!(self, Host::Remote { .. })
@@ -115,11 +124,12 @@ impl Host {
     /// pipelines of more than one stage go through `sh -c`, remote ones
     /// through the remote shell; every word is quoted by `shell::join`.
     pub fn command(&self, stages: &[Vec<String>]) -> Command {
-        let line = stages
-            .iter()
-            .map(|s| shell::join(s))
-            .collect::<Vec<_>>()
-            .join(" | ");
+        self.command_with(&[], stages)
+    }
+
+    /// Like `command`, with extra ssh options for a remote host (ignored
+    /// locally).
+    pub fn command_with(&self, ssh_extra: &[&str], stages: &[Vec<String>]) -> Command {
         match self {
             Host::Local if stages.len() == 1 => {
                 let mut c = Command::new(&stages[0][0]);
@@ -128,46 +138,24 @@ impl Host {
             }
             Host::Local => {
                 let mut c = Command::new("sh");
-                c.arg("-c").arg(line);
+                c.arg("-c").arg(pipeline_line(stages));
                 c
             }
             Host::Remote { dest, ssh } => {
-                let mut c = Command::new("ssh");
-                c.args(&ssh.base).arg(dest).arg("--").arg(line);
-                c
-            }
-        }
-    }
-
-    /// Like `command`, with extra ssh options for a remote host (ignored
-    /// locally).
-    pub fn command_with(&self, ssh_extra: &[&str], stages: &[Vec<String>]) -> Command {
-        match self {
-            Host::Remote { dest, ssh } => {
-                let line = stages
-                    .iter()
-                    .map(|s| shell::join(s))
-                    .collect::<Vec<_>>()
-                    .join(" | ");
                 let mut c = Command::new("ssh");
                 c.args(ssh_extra)
                     .args(&ssh.base)
                     .arg(dest)
                     .arg("--")
-                    .arg(line);
+                    .arg(pipeline_line(stages));
                 c
             }
-            Host::Local => self.command(stages),
         }
     }
 
     /// Text of what `command` runs, for messages and --dry-run.
     pub fn describe(&self, stages: &[Vec<String>]) -> String {
-        let line = stages
-            .iter()
-            .map(|s| shell::join(s))
-            .collect::<Vec<_>>()
-            .join(" | ");
+        let line = pipeline_line(stages);
         match self {
             Host::Local => line,
             Host::Remote { dest, .. } => format!("ssh {dest} {}", shell::quote(&line)),
@@ -204,11 +192,7 @@ impl Host {
     pub fn error(&self, stages: &[Vec<String>], status: Option<i32>, stderr: String) -> CmdError {
         CmdError {
             host: self.label(),
-            command: stages
-                .iter()
-                .map(|s| shell::join(s))
-                .collect::<Vec<_>>()
-                .join(" | "),
+            command: pipeline_line(stages),
             status,
             stderr,
         }

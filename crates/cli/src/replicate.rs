@@ -127,11 +127,7 @@ struct Exes {
 
 impl Ctx<'_> {
     fn zfs(&self, side: Side, args: &[&str]) -> Vec<String> {
-        let sudo = match side {
-            Side::Source => self.s.source_sudo,
-            Side::Target => self.s.target_sudo,
-        };
-        gather::zfs_argv(sudo, args)
+        gather::zfs(self.sudo(side), args)
     }
     fn host(&self, side: Side) -> &Host {
         match side {
@@ -964,6 +960,21 @@ impl Ctx<'_> {
         )
     }
 
+    /// The sender and receiver agents living in these session dirs.
+    fn agents(&self, exes: &Exes, sdir: String, rdir: String) -> (Agent, Agent) {
+        let sender = Agent {
+            host: self.s.source_host.clone(),
+            exe: exes.source.clone(),
+            dir: sdir,
+        };
+        let receiver = Agent {
+            host: self.s.target_host.clone(),
+            exe: exes.target.clone(),
+            dir: rdir,
+        };
+        (sender, receiver)
+    }
+
     fn agent_opts(&self) -> AgentOpts {
         AgentOpts {
             timeout: self.s.inactivity,
@@ -999,16 +1010,7 @@ fn rsync_transfer(
         sh.label(),
         th.label()
     ));
-    let sender = Agent {
-        host: sh.clone(),
-        exe: exes.source.clone(),
-        dir: sdir,
-    };
-    let receiver = Agent {
-        host: th.clone(),
-        exe: exes.target.clone(),
-        dir: rdir,
-    };
+    let (sender, receiver) = ctx.agents(&exes, sdir, rdir);
     finish_transfer(ctx, &sender, &receiver)
 }
 
@@ -1065,16 +1067,7 @@ fn reattach(ctx: &Ctx, src_fs: &str, dst_fs: &str) -> Result<bool, DsError> {
             ctx.out.info(&format!(
                 "--rsync: re-attaching to the live agents of an interrupted transfer of {src_fs}"
             ));
-            let sender = Agent {
-                host: sh.clone(),
-                exe: exes.source.clone(),
-                dir: sdir,
-            };
-            let receiver = Agent {
-                host: th.clone(),
-                exe: exes.target.clone(),
-                dir: rdir,
-            };
+            let (sender, receiver) = ctx.agents(&exes, sdir, rdir);
             finish_transfer(ctx, &sender, &receiver)?;
             Ok(true)
         }
