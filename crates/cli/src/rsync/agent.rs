@@ -6,7 +6,7 @@
 //! find and end agents. An agent that hears nothing from a coordinator for
 //! its inactivity timeout stops its zfs process and removes its directory.
 
-use std::io::{BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use super::session::{self, Marker};
 use crate::host::StderrTail;
 use syncoid_rsync_core::transport::{Chunker, Lookup, Receiver, Spool, Verdict};
-use syncoid_rsync_core::wire::{self, Decoder, End, Msg, Role};
+use syncoid_rsync_core::wire::{self, End, Msg, Role};
 
 pub struct StartOpts {
     pub role: Role,
@@ -291,30 +291,13 @@ fn write_msg(w: &Mutex<UnixStream>, m: &Msg) -> bool {
 }
 
 /// Reads messages from `s` until it closes or fails; calls `f` for each.
-fn read_loop(s: UnixStream, clock: &Clock, mut f: impl FnMut(Msg) -> bool) {
-    let mut r = BufReader::with_capacity(1 << 20, s);
-    let mut d = Decoder::default();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        loop {
-            match d.next_msg() {
-                Ok(Some(m)) => {
-                    clock.touch();
-                    if !f(m) {
-                        return;
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    eprintln!("protocol error: {e}");
-                    return;
-                }
-            }
-        }
-        match r.read(&mut buf) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => d.push(&buf[..n]),
-        }
+fn read_loop(mut s: UnixStream, clock: &Clock, mut f: impl FnMut(Msg) -> bool) {
+    let stop = super::read_msgs(&mut s, |m| {
+        clock.touch();
+        f(m)
+    });
+    if let super::Stop::Failed(e) = stop {
+        eprintln!("{e}");
     }
 }
 

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use crate::host::Host;
 use crate::output::Out;
 use syncoid_rsync_core::shell;
-use syncoid_rsync_core::wire::{self, Decoder, Msg, Role};
+use syncoid_rsync_core::wire::{self, Msg, Role};
 
 /// Where an agent lives.
 #[derive(Clone)]
@@ -107,35 +107,12 @@ fn connect(a: &Agent, queue: usize) -> Result<Conn, String> {
 }
 
 fn read_frames(mut r: Box<dyn Read + Send>, tx: Tx<Result<Msg, String>>) {
-    let mut d = Decoder::default();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        loop {
-            match d.next_msg() {
-                Ok(Some(m)) => {
-                    if tx.send(Ok(m)).is_err() {
-                        return;
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    let _ = tx.send(Err(format!("protocol error: {e}")));
-                    return;
-                }
-            }
-        }
-        match r.read(&mut buf) {
-            Ok(0) => {
-                let _ = tx.send(Err("connection closed".into()));
-                return;
-            }
-            Ok(n) => d.push(&buf[..n]),
-            Err(e) => {
-                let _ = tx.send(Err(format!("read: {e}")));
-                return;
-            }
-        }
-    }
+    let why = match super::read_msgs(&mut r, |m| tx.send(Ok(m)).is_ok()) {
+        super::Stop::Handler => return,
+        super::Stop::Closed => "connection closed".to_string(),
+        super::Stop::Failed(e) => e,
+    };
+    let _ = tx.send(Err(why));
 }
 
 /// Counters the transfer knows exactly.

@@ -4,3 +4,42 @@
 pub mod agent;
 pub mod coordinator;
 pub mod session;
+
+use std::io::Read;
+use syncoid_rsync_core::wire::{Decoder, Msg};
+
+/// Why `read_msgs` stopped.
+pub enum Stop {
+    /// The handler asked to stop.
+    Handler,
+    /// The peer closed the connection.
+    Closed,
+    /// A read failed or a frame was malformed.
+    Failed(String),
+}
+
+/// Reads frames from `r` and hands each message to `f` until `f` returns
+/// false, the input ends or a frame is malformed.
+pub fn read_msgs(r: &mut impl Read, mut f: impl FnMut(Msg) -> bool) -> Stop {
+    let mut d = Decoder::default();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        loop {
+            match d.next_msg() {
+                Ok(Some(m)) => {
+                    if !f(m) {
+                        return Stop::Handler;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => return Stop::Failed(format!("protocol error: {e}")),
+            }
+        }
+        match r.read(&mut buf) {
+            Ok(0) => return Stop::Closed,
+            Ok(n) => d.push(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Stop::Failed(format!("read: {e}")),
+        }
+    }
+}
