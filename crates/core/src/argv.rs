@@ -396,6 +396,27 @@ fn pv(opts: &[String], size: u64) -> Vec<String> {
     v
 }
 
+/// The optional stages pipelines are made of, each `None` where the tool
+/// is missing or not wanted.
+struct Parts {
+    compress: Option<Vec<String>>,
+    decompress: Option<Vec<String>>,
+    /// mbuffer on the sending side, with --source-bwlimit.
+    src_buf: Option<Vec<String>>,
+    /// mbuffer on the receiving side, with --target-bwlimit.
+    dst_buf: Option<Vec<String>>,
+    /// mbuffer on this machine when relaying between two remote hosts.
+    relay_buf: Option<Vec<String>>,
+    pv: Option<Vec<String>>,
+}
+
+fn seg(at: Where, stages: Vec<Option<Vec<String>>>) -> Segment {
+    Segment {
+        at,
+        stages: stages.into_iter().flatten().collect(),
+    }
+}
+
 /// The sync pipeline for one send, segment by segment (syncoid's
 /// `buildsynccmd`). The first stage is `send`, the last `recv`.
 pub fn pipeline(
@@ -408,103 +429,53 @@ pub fn pipeline(
     let comp = o.compress != Compress::None && t.compress;
     let src_limit = o.source_bwlimit.as_deref().map(|r| ("-R", r));
     let dst_limit = o.target_bwlimit.as_deref().map(|r| ("-r", r));
-    let pv_stage = o
-        .pv_options
-        .as_ref()
-        .filter(|_| t.local_pv)
-        .map(|p| pv(p, size));
-    let seg = |at, stages: Vec<Option<Vec<String>>>| Segment {
-        at,
-        stages: stages.into_iter().flatten().collect(),
+    let p = Parts {
+        compress: comp.then(|| o.compress.compress_argv()),
+        decompress: comp.then(|| o.compress.decompress_argv()),
+        src_buf: t
+            .source_mbuffer
+            .then(|| mbuffer(src_limit, &o.mbuffer_size)),
+        dst_buf: t
+            .target_mbuffer
+            .then(|| mbuffer(dst_limit, &o.mbuffer_size)),
+        relay_buf: t.local_mbuffer.then(|| mbuffer(None, &o.mbuffer_size)),
+        pv: o
+            .pv_options
+            .as_ref()
+            .filter(|_| t.local_pv)
+            .map(|opts| pv(opts, size)),
     };
-    let c = || comp.then(|| o.compress.compress_argv());
-    let d = || comp.then(|| o.compress.decompress_argv());
     if let Some(direct) = &o.direct {
-        return direct_pipeline(send, recv, o, t, direct, pv_stage);
+        return direct_pipeline(send, recv, o, direct, dst_limit, p);
     }
     match (o.source_remote, o.target_remote) {
         (false, false) => {
+            // Both local: one mbuffer, either limit.
             let limit = src_limit.or(dst_limit);
-            vec![seg(
-                Where::Local,
-                vec![
-                    Some(send),
-                    t.source_mbuffer.then(|| mbuffer(limit, &o.mbuffer_size)),
-                    pv_stage,
-                    Some(recv),
-                ],
-            )]
+            let buf = t.source_mbuffer.then(|| mbuffer(limit, &o.mbuffer_size));
+            vec![seg(Where::Local, vec![Some(send), buf, p.pv, Some(recv)])]
         }
         (false, true) => vec![
-            seg(
-                Where::Local,
-                vec![
-                    Some(send),
-                    pv_stage,
-                    c(),
-                    t.source_mbuffer
-                        .then(|| mbuffer(src_limit, &o.mbuffer_size)),
-                ],
-            ),
-            seg(
-                Where::Target,
-                vec![
-                    t.target_mbuffer
-                        .then(|| mbuffer(dst_limit, &o.mbuffer_size)),
-                    d(),
-                    Some(recv),
-                ],
-            ),
+            seg(Where::Local, vec![Some(send), p.pv, p.compress, p.src_buf]),
+            seg(Where::Target, vec![p.dst_buf, p.decompress, Some(recv)]),
         ],
         (true, false) => vec![
-            seg(
-                Where::Source,
-                vec![
-                    Some(send),
-                    c(),
-                    t.source_mbuffer
-                        .then(|| mbuffer(src_limit, &o.mbuffer_size)),
-                ],
-            ),
+            seg(Where::Source, vec![Some(send), p.compress, p.src_buf]),
             seg(
                 Where::Local,
-                vec![
-                    t.target_mbuffer
-                        .then(|| mbuffer(dst_limit, &o.mbuffer_size)),
-                    d(),
-                    pv_stage,
-                    Some(recv),
-                ],
+                vec![p.dst_buf, p.decompress, p.pv, Some(recv)],
             ),
         ],
         (true, true) => vec![
             seg(
                 Where::Source,
-                vec![
-                    Some(send),
-                    c(),
-                    t.source_mbuffer
-                        .then(|| mbuffer(src_limit, &o.mbuffer_size)),
-                ],
+                vec![Some(send), p.compress.clone(), p.src_buf],
             ),
             seg(
                 Where::Local,
-                vec![
-                    d(),
-                    pv_stage,
-                    c(),
-                    t.local_mbuffer.then(|| mbuffer(None, &o.mbuffer_size)),
-                ],
+                vec![p.decompress.clone(), p.pv, p.compress, p.relay_buf],
             ),
-            seg(
-                Where::Target,
-                vec![
-                    t.target_mbuffer
-                        .then(|| mbuffer(dst_limit, &o.mbuffer_size)),
-                    d(),
-                    Some(recv),
-                ],
-            ),
+            seg(Where::Target, vec![p.dst_buf, p.decompress, Some(recv)]),
         ],
     }
 }
@@ -514,40 +485,34 @@ fn direct_pipeline(
     send: Vec<String>,
     recv: Vec<String>,
     o: &PipeOpts,
-    t: &Tools,
     direct: &Direct,
-    pv_stage: Option<Vec<String>>,
+    dst_limit: Option<(&str, &str)>,
+    p: Parts,
 ) -> Vec<Segment> {
-    let comp = o.compress != Compress::None && t.compress;
-    let src_limit = o.source_bwlimit.as_deref().map(|r| ("-R", r));
-    let dst_limit = o.target_bwlimit.as_deref().map(|r| ("-r", r));
-    let c = comp.then(|| o.compress.compress_argv());
-    let d = comp.then(|| o.compress.decompress_argv());
-    let src_buf = t
-        .source_mbuffer
-        .then(|| mbuffer(src_limit, &o.mbuffer_size));
-    let dst_buf =
-        (t.target_mbuffer && !direct.mbuffer).then(|| mbuffer(dst_limit, &o.mbuffer_size));
+    // An mbuffer listener is the target's buffer already.
+    let dst_buf = p.dst_buf.filter(|_| !direct.mbuffer);
     let listen = Some(listener(direct, dst_limit, &o.mbuffer_size));
-    let seg = |at, stages: Vec<Option<Vec<String>>>| Segment {
-        at,
-        stages: stages.into_iter().flatten().collect(),
-    };
     if o.source_remote {
         vec![
             seg(
                 Where::Source,
-                vec![Some(send), c, src_buf, Some(socat(direct))],
+                vec![Some(send), p.compress, p.src_buf, Some(socat(direct))],
             ),
-            seg(Where::Local, vec![listen, dst_buf, d, pv_stage, Some(recv)]),
+            seg(
+                Where::Local,
+                vec![listen, dst_buf, p.decompress, p.pv, Some(recv)],
+            ),
         ]
     } else {
         vec![
             seg(
                 Where::Local,
-                vec![Some(send), pv_stage, c, src_buf, Some(socat(direct))],
+                vec![Some(send), p.pv, p.compress, p.src_buf, Some(socat(direct))],
             ),
-            seg(Where::Target, vec![listen, dst_buf, d, Some(recv)]),
+            seg(
+                Where::Target,
+                vec![listen, dst_buf, p.decompress, Some(recv)],
+            ),
         ]
     }
 }
