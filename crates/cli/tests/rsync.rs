@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
-use syncoid_rsync_testkit::{Host, Sshd, Zfs};
+use syncoid_rsync_testkit::{Host, Sshd};
 
 /// Payload byte ranges fed to each `zfs receive` (from the emulator log).
 fn fed(h: &Host) -> Vec<(String, u64, u64)> {
@@ -154,6 +154,33 @@ impl Drop for Reaper<'_> {
     }
 }
 
+/// ssh options that reach `sshd` (serving `far`) without touching ~/.ssh.
+fn ssh_args(sshd: &Sshd, far: &Host) -> Vec<String> {
+    vec![
+        format!("--sshport={}", sshd.port),
+        format!("--sshkey={}", sshd.key.display()),
+        "--sshoption=StrictHostKeyChecking=no".into(),
+        format!("--sshoption=UserKnownHostsFile={}/kh", far.dir().display()),
+    ]
+}
+
+/// The binary was copied to a fresh private dir on the remote host, and
+/// that dir was removed at the end.
+fn assert_copy_removed(stdout: &str) {
+    let copied = stdout
+        .split("copied syncoid-rsync to root@127.0.0.1:")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no copy reported:\n{stdout}"))
+        .lines()
+        .next()
+        .unwrap();
+    assert!(copied.starts_with("/tmp/syncoid-rsync-bin."), "{copied}");
+    assert!(
+        !std::path::Path::new(copied).exists(),
+        "{copied} was not removed"
+    );
+}
+
 /// The target's resume token, if the target exists and has one.
 fn token(h: &Host, fs: &str) -> String {
     h.zfs(&["get", "-H", "-o", "value", "receive_resume_token", fs])
@@ -187,45 +214,18 @@ fn push_through_sshd_provisions_itself_and_cleans_up() {
     let sshd = Sshd::start(&far);
     let (_r1, _r2) = (Reaper(&local), Reaper(&far));
     synthetic(&local, "src/data", "8M");
-    let port = format!("--sshport={}", sshd.port);
-    let key = format!("--sshkey={}", sshd.key.display());
-    let known = format!("--sshoption=UserKnownHostsFile={}/kh", far.dir().display());
-    let child = spawn(
-        &local,
-        &[
-            "--rsync",
-            "--debug",
-            "--chunk-size=256K",
-            "--inactivity-timeout=40s",
-            &port,
-            &key,
-            "--sshoption=StrictHostKeyChecking=no",
-            &known,
-            "src/data",
-            "root@127.0.0.1:far/data",
-        ],
-        &[],
-    );
-    let (code, stdout, stderr) = finish(child);
+    let ssh = ssh_args(&sshd, &far);
+    let mut args: Vec<&str> = vec![
+        "--rsync",
+        "--debug",
+        "--chunk-size=256K",
+        "--inactivity-timeout=40s",
+    ];
+    args.extend(ssh.iter().map(String::as_str));
+    args.extend(["src/data", "root@127.0.0.1:far/data"]);
+    let (code, stdout, stderr) = finish(spawn(&local, &args, &[]));
     assert_eq!(code, 0, "{stdout}\n{stderr}");
-    let r = Zfs {
-        stdout,
-        stderr,
-        status: code,
-    };
-    let copied = r
-        .stdout
-        .split("copied syncoid-rsync to root@127.0.0.1:")
-        .nth(1)
-        .unwrap()
-        .lines()
-        .next()
-        .unwrap();
-    assert!(copied.starts_with("/tmp/syncoid-rsync-bin."), "{copied}");
-    assert!(
-        !std::path::Path::new(copied).exists(),
-        "{copied} was not removed"
-    );
+    assert_copy_removed(&stdout);
     assert_eq!(far.files("far/data"), local.files("src/data"));
     assert_fed_once(&far);
     assert!(far.tmp_entries().is_empty() && local.tmp_entries().is_empty());
@@ -271,21 +271,10 @@ fn push_through_sshd_provisions_itself_and_survives_killed_connections() {
     let sshd = Sshd::start(&far);
     let (_r1, _r2) = (Reaper(&local), Reaper(&far));
     synthetic(&local, "src/data", "48M");
-    let port = format!("--sshport={}", sshd.port);
-    let key = format!("--sshkey={}", sshd.key.display());
-    let known = format!("--sshoption=UserKnownHostsFile={}/kh", far.dir().display());
-    let args = [
-        "--rsync",
-        "--debug",
-        "--chunk-size=256K",
-        "--no-sync-snap",
-        &port,
-        &key,
-        "--sshoption=StrictHostKeyChecking=no",
-        &known,
-        "src/data",
-        "root@127.0.0.1:far/data",
-    ];
+    let ssh = ssh_args(&sshd, &far);
+    let mut args: Vec<&str> = vec!["--rsync", "--debug", "--chunk-size=256K", "--no-sync-snap"];
+    args.extend(ssh.iter().map(String::as_str));
+    args.extend(["src/data", "root@127.0.0.1:far/data"]);
     // ~6 s of sending; the ssh bridges are killed three times meanwhile.
     let child = spawn(&local, &args, &[("FAKEZFS_SEND_RATE", "8M")]);
     let pid = child.id();
@@ -302,21 +291,7 @@ fn push_through_sshd_provisions_itself_and_survives_killed_connections() {
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(kills >= 1, "the test killed {kills} connections");
     assert!(err.contains("link to the agents lost"), "{err}");
-    assert!(
-        out.contains("copied syncoid-rsync to root@127.0.0.1:/tmp/syncoid-rsync-bin."),
-        "{out}"
-    );
-    let copied = out
-        .split("copied syncoid-rsync to root@127.0.0.1:")
-        .nth(1)
-        .unwrap()
-        .lines()
-        .next()
-        .unwrap();
-    assert!(
-        !std::path::Path::new(copied).exists(),
-        "{copied} was not removed"
-    );
+    assert_copy_removed(&out);
     assert_eq!(far.files("far/data"), local.files("src/data"));
     assert_fed_once(&far);
     assert_eq!(
