@@ -111,4 +111,32 @@ fn syncoid_push_and_pull_through_real_sshd() {
     args.extend(["root@127.0.0.1:backup/data", "dst/pulled"]);
     syncoid(&src, &args);
     assert_eq!(src.files("dst/pulled"), remote.files("backup/data"));
+
+    // Resume through ssh: an interrupted push leaves a token on the remote,
+    // and syncoid finishes it with zfs send -t.
+    let ssh_line = sshd
+        .ssh_opts()
+        .iter()
+        .map(|o| format!("'{o}'"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    src.sh(&format!(
+        "zfs send src/data@first | head --bytes=8M | ssh {ssh_line} root@127.0.0.1 zfs receive -s backup/resumed"
+    ));
+    assert!(remote
+        .get("receive_resume_token", "backup/resumed")
+        .starts_with("1-"));
+    let mut args: Vec<&str> = ssh.to_vec();
+    args.extend([
+        "--compress=none",
+        "src/data",
+        "root@127.0.0.1:backup/resumed",
+    ]);
+    syncoid(&src, &args);
+    assert_eq!(remote.get("receive_resume_token", "backup/resumed"), "-");
+    assert_eq!(remote.files("backup/resumed"), src.files("src/data"));
+    assert!(src
+        .log()
+        .iter()
+        .any(|e| e["argv"][0] == "send" && e["argv"][1] == "-t"));
 }
