@@ -26,6 +26,11 @@ pub struct Settings {
     pub chunk_size: usize,
     pub spool_size: usize,
     pub inactivity: std::time::Duration,
+    /// --rsync: zstd level of chunks (0: raw) and bandwidth limits in
+    /// bytes per second (0: none).
+    pub rsync_level: i32,
+    pub source_rate: u64,
+    pub target_rate: u64,
     pub send_opts: Vec<ZfsOpt>,
     pub recv_opts: Vec<ZfsOpt>,
     pub exclude_datasets: Vec<Regex>,
@@ -172,6 +177,25 @@ pub fn settings(args: Args, local_pools: &dyn Fn() -> Vec<String>) -> Result<Set
             a.inactivity_timeout
         ))
     })?;
+    let rate = |v: &Option<String>, what: &str| -> Result<u64, UsageError> {
+        match v {
+            Some(r) if a.rsync => syncoid_rsync_core::units::parse_size(r)
+                .filter(|n| *n >= 1024)
+                .ok_or_else(|| {
+                    UsageError(format!(
+                        "--{what} '{r}' is not a rate of at least 1K bytes per second (for example 500K, 10M)"
+                    ))
+                }),
+            _ => Ok(0),
+        }
+    };
+    let source_rate = rate(&a.source_bwlimit, "source-bwlimit")?;
+    let target_rate = rate(&a.target_bwlimit, "target-bwlimit")?;
+    let rsync_level = if a.compress.is_none() {
+        1
+    } else {
+        compress.zstd_level()
+    };
     if a.rsync && a.insecure_direct_connection.is_some() {
         return Err(UsageError(
             "--rsync and --insecure-direct-connection cannot be combined".into(),
@@ -242,6 +266,9 @@ pub fn settings(args: Args, local_pools: &dyn Fn() -> Vec<String>) -> Result<Set
         chunk_size,
         spool_size,
         inactivity,
+        rsync_level,
+        source_rate,
+        target_rate,
         send_opts,
         recv_opts,
         exclude_datasets,

@@ -189,7 +189,9 @@ fn preflight(s: &Settings, out: &Out) -> Result<Tools, Fatal> {
             format!("pre-flight failed:\n  {}", problems.join("\n  ")),
         ));
     }
-    if s.args.no_command_checks {
+    // --rsync moves data in process (compression and rate limits too):
+    // mbuffer, pv and compressors play no part.
+    if s.args.no_command_checks || s.args.rsync {
         return Ok(Tools {
             source_mbuffer: true,
             target_mbuffer: true,
@@ -975,11 +977,13 @@ impl Ctx<'_> {
         (sender, receiver)
     }
 
-    fn agent_opts(&self) -> AgentOpts {
+    fn agent_opts(&self, bwlimit: u64) -> AgentOpts {
         AgentOpts {
             timeout: self.s.inactivity,
             chunk_size: self.s.chunk_size,
             spool_size: self.s.spool_size,
+            compress_level: self.s.rsync_level,
+            bwlimit,
         }
     }
 }
@@ -994,11 +998,12 @@ fn rsync_transfer(
 ) -> Result<(), DsError> {
     let exes = ctx.exes()?;
     let key = ctx.transfer_key(src_fs, dst_fs);
-    let opts = ctx.agent_opts();
     let (sh, th) = (&ctx.s.source_host, &ctx.s.target_host);
-    let rdir = coordinator::start_agent(th, &exes.target, "receive", &key, &opts, recv_argv)
+    let ropts = ctx.agent_opts(ctx.s.target_rate);
+    let rdir = coordinator::start_agent(th, &exes.target, "receive", &key, &ropts, recv_argv)
         .map_err(DsError::Other)?;
-    let sdir = match coordinator::start_agent(sh, &exes.source, "send", &key, &opts, send_argv) {
+    let sopts = ctx.agent_opts(ctx.s.source_rate);
+    let sdir = match coordinator::start_agent(sh, &exes.source, "send", &key, &sopts, send_argv) {
         Ok(d) => d,
         Err(e) => {
             coordinator::stop_agent(th, &exes.target, &rdir);
@@ -1031,8 +1036,9 @@ fn finish_transfer(ctx: &Ctx, sender: &Agent, receiver: &Agent) -> Result<(), Ds
     };
     let st = &outcome.stats;
     ctx.out.info(&format!(
-        "--rsync: {} received and verified, {} reconnects, {} chunks sent again",
+        "--rsync: {} received and verified ({} on the wire), {} reconnects, {} chunks sent again",
         readable(st.acked_bytes),
+        readable(st.wire_bytes),
         st.reconnects,
         st.resent_chunks
     ));

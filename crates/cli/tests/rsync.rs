@@ -305,6 +305,135 @@ fn push_through_sshd_provisions_itself_and_survives_killed_connections() {
     assert!(far.tmp_entries().is_empty() && local.tmp_entries().is_empty());
 }
 
+/// The size (in MiB) before `what` in `--rsync: 20.0 MB received and
+/// verified (92 KB on the wire), ...`.
+fn reported_mb(stdout: &str, what: &str) -> f64 {
+    let line = stdout
+        .lines()
+        .find(|l| l.contains("--rsync:"))
+        .unwrap_or_else(|| panic!("no --rsync summary in {stdout}"));
+    let at = line
+        .find(what)
+        .unwrap_or_else(|| panic!("{what} not in {line}"));
+    let words: Vec<&str> = line[..at].split_whitespace().collect();
+    let (num, unit) = (
+        words[words.len() - 2].trim_start_matches('('),
+        words[words.len() - 1],
+    );
+    let scale = match unit {
+        "B" => 1.0 / 1048576.0,
+        "KB" => 1.0 / 1024.0,
+        "MB" => 1.0,
+        "GB" => 1024.0,
+        _ => panic!("unit {unit} in {line}"),
+    };
+    num.parse::<f64>()
+        .unwrap_or_else(|_| panic!("{num} in {line}"))
+        * scale
+}
+
+#[test]
+fn chunks_are_compressed_in_process_and_arrive_identical() {
+    let _serial = serial();
+    let h = Host::new(&["src", "dst"]);
+    let _reap = Reaper(&h);
+    h.zfs(&["create", "src/text"]).ok();
+    let text: Vec<u8> = (0..200_000u32)
+        .flat_map(|i| format!("line {i}: the quick brown fox\n").into_bytes())
+        .collect();
+    h.write("src/text", "log.txt", &text);
+    h.zfs(&["snapshot", "src/text@s1"]).ok();
+    // Default in --rsync mode: zstd; the wire carries far less than the stream.
+    let r = ok(&h, &["--rsync", "--no-sync-snap", "src/text", "dst/text"]);
+    let (stream, wire) = (
+        reported_mb(&r.stdout, "received"),
+        reported_mb(&r.stdout, "on the wire"),
+    );
+    assert!(stream > 5.0 && wire < stream / 4.0, "{}", r.stdout);
+    assert_eq!(h.files("dst/text"), h.files("src/text"));
+    assert_fed_once(&h);
+    // --compress=none sends the stream as it is.
+    let r = ok(
+        &h,
+        &[
+            "--rsync",
+            "--compress=none",
+            "--no-sync-snap",
+            "src/text",
+            "dst/raw",
+        ],
+    );
+    let (stream, wire) = (
+        reported_mb(&r.stdout, "received"),
+        reported_mb(&r.stdout, "on the wire"),
+    );
+    assert!((wire - stream).abs() < 0.05, "{}", r.stdout);
+    assert_eq!(h.files("dst/raw"), h.files("src/text"));
+    // Incompressible data is sent raw, not inflated.
+    synthetic(&h, "src/noise", "6M");
+    let r = ok(&h, &["--rsync", "--no-sync-snap", "src/noise", "dst/noise"]);
+    let (stream, wire) = (
+        reported_mb(&r.stdout, "received"),
+        reported_mb(&r.stdout, "on the wire"),
+    );
+    assert!(wire <= stream, "{}", r.stdout);
+    assert_eq!(h.files("dst/noise"), h.files("src/noise"));
+    assert!(h.tmp_entries().is_empty());
+}
+
+#[test]
+fn bandwidth_limits_hold_without_mbuffer_or_pv() {
+    let _serial = serial();
+    let h = Host::new(&["src", "dst"]);
+    let _reap = Reaper(&h);
+    synthetic(&h, "src/data", "6M");
+    for flag in ["--source-bwlimit=2M", "--target-bwlimit=2M"] {
+        let dst = if flag.starts_with("--source") {
+            "dst/a"
+        } else {
+            "dst/b"
+        };
+        let t = Instant::now();
+        let r = ok(
+            &h,
+            &[
+                "--rsync",
+                "--debug",
+                "--compress=none",
+                "--no-sync-snap",
+                flag,
+                "src/data",
+                dst,
+            ],
+        );
+        // 6 MiB at 2 MiB/s cannot take less than ~3 s (less one burst).
+        assert!(
+            t.elapsed() >= Duration::from_millis(2500),
+            "{flag}: {:?}\n{}",
+            t.elapsed(),
+            r.stderr
+        );
+        // The limit is in process: no mbuffer or pv ran.
+        let said = format!("{}{}", r.stdout, r.stderr);
+        assert!(
+            !said.contains("mbuffer") && !said.contains(" pv "),
+            "{said}"
+        );
+        assert_eq!(h.files(dst), h.files("src/data"));
+    }
+    let r = run(
+        &h,
+        &["--rsync", "--source-bwlimit=fast", "src/data", "dst/c"],
+    );
+    assert_eq!(r.status, 64, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("--source-bwlimit 'fast' is not a rate"),
+        "{}",
+        r.stderr
+    );
+    assert!(h.zfs(&["list", "dst/c"]).status != 0, "nothing was created");
+}
+
 #[test]
 fn killed_coordinator_is_rerun_and_reattaches_to_the_live_agents() {
     let _serial = serial();

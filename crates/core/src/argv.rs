@@ -67,6 +67,20 @@ impl Compress {
         })
     }
 
+    /// The zstd level `--rsync` compresses chunks with in process (0: none).
+    /// The fast compressors map to level 1 (3 for zstd-fast, as in
+    /// syncoid's `zstd -3`), the slow ones to 9 (pigz-slow) or 19
+    /// (zstd-slow, xz). With no --compress at all, `--rsync` uses level 1.
+    pub fn zstd_level(self) -> i32 {
+        match self {
+            Compress::None => 0,
+            Compress::ZstdFast | Compress::ZstdmtFast => 3,
+            Compress::PigzSlow => 9,
+            Compress::ZstdSlow | Compress::ZstdmtSlow | Compress::Xz => 19,
+            Compress::Gzip | Compress::PigzFast | Compress::Lzo | Compress::Lz4 => 1,
+        }
+    }
+
     /// The program that must exist on both ends.
     pub fn program(self) -> Option<&'static str> {
         match self {

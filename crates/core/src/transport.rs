@@ -154,9 +154,9 @@ impl Spool {
 
 /// What the receiver does with an arriving chunk.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Verdict {
-    /// The next chunk, verified: feed it to zfs receive.
-    Feed,
+pub enum Verdict<'a> {
+    /// The next chunk, verified: feed these stream bytes to zfs receive.
+    Feed(std::borrow::Cow<'a, [u8]>),
     /// Already fed: ignore (acknowledge again).
     Duplicate,
     /// Ahead of the next expected chunk: ignore, ask from `expected`.
@@ -183,26 +183,31 @@ impl Default for Receiver {
 }
 
 impl Receiver {
-    pub fn check(&self, c: &Chunk) -> Verdict {
+    pub fn check<'a>(&self, c: &'a Chunk) -> Verdict<'a> {
         if c.seq < self.next_seq {
-            Verdict::Duplicate
-        } else if c.seq > self.next_seq {
-            Verdict::Gap {
+            return Verdict::Duplicate;
+        }
+        if c.seq > self.next_seq {
+            return Verdict::Gap {
                 expected: self.next_seq,
-            }
-        } else if c.offset != self.offset || !c.verify() {
-            Verdict::Corrupt
-        } else {
-            Verdict::Feed
+            };
+        }
+        if c.offset != self.offset {
+            return Verdict::Corrupt;
+        }
+        match c.open() {
+            Some(bytes) => Verdict::Feed(bytes),
+            None => Verdict::Corrupt,
         }
     }
 
-    /// Records that `c` (which `check` said to feed) reached zfs receive.
-    pub fn fed(&mut self, c: &Chunk) {
-        assert_eq!(c.seq, self.next_seq, "fed out of order");
-        self.hasher.update(&c.data);
+    /// Records that chunk `seq`'s stream bytes (which `check` said to feed)
+    /// reached zfs receive.
+    pub fn fed(&mut self, seq: u64, bytes: &[u8]) {
+        assert_eq!(seq, self.next_seq, "fed out of order");
+        self.hasher.update(bytes);
         self.next_seq += 1;
-        self.offset += c.data.len() as u64;
+        self.offset += bytes.len() as u64;
     }
 
     pub fn next_seq(&self) -> u64 {
@@ -224,6 +229,50 @@ impl Receiver {
             return Err("the whole-stream hash does not match".into());
         }
         Ok(())
+    }
+}
+
+/// A token bucket for smooth bandwidth limits (`--source-bwlimit`,
+/// `--target-bwlimit` in `--rsync` mode): bytes go out in small pieces,
+/// each after the wait `take` returns, so the rate holds over any second,
+/// not just on average. Time is passed in.
+pub struct Pacer {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Option<std::time::Duration>,
+}
+
+impl Pacer {
+    /// The piece size callers should send at a time.
+    pub const PIECE: usize = 64 << 10;
+
+    /// `rate` in bytes per second (at least 1).
+    pub fn new(rate: u64) -> Pacer {
+        let rate = rate.max(1) as f64;
+        let burst = (rate / 20.0).max(Self::PIECE as f64);
+        Pacer {
+            rate,
+            burst,
+            tokens: burst,
+            last: None,
+        }
+    }
+
+    /// Accounts for `n` bytes about to be sent at `now`; returns how long
+    /// to wait before sending them.
+    pub fn take(&mut self, now: std::time::Duration, n: usize) -> std::time::Duration {
+        if let Some(last) = self.last {
+            let dt = now.saturating_sub(last).as_secs_f64();
+            self.tokens = (self.tokens + dt * self.rate).min(self.burst);
+        }
+        self.last = Some(now);
+        self.tokens -= n as f64;
+        if self.tokens >= 0.0 {
+            std::time::Duration::ZERO
+        } else {
+            std::time::Duration::from_secs_f64(-self.tokens / self.rate)
+        }
     }
 }
 

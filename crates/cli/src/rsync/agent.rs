@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use super::session::{self, Marker};
 use crate::host::StderrTail;
-use syncoid_rsync_core::transport::{Chunker, Lookup, Receiver, Spool, Verdict};
+use syncoid_rsync_core::transport::{Chunker, Lookup, Pacer, Receiver, Spool, Verdict};
 use syncoid_rsync_core::wire::{self, End, Msg, Role};
 
 pub struct StartOpts {
@@ -24,12 +24,17 @@ pub struct StartOpts {
     pub timeout: Duration,
     pub chunk_size: usize,
     pub spool_size: usize,
+    /// zstd level for chunks (0: raw).
+    pub compress_level: i32,
+    /// Bytes per second (0: unlimited): the sender's socket writes, the
+    /// receiver's feeding of zfs receive.
+    pub bwlimit: u64,
     pub argv: Vec<String>,
 }
 
 fn usage() -> ! {
     eprintln!(
-        "usage: syncoid-rsync agent start send|receive --key KEY --timeout SECS [--chunk-size N] [--spool-size N] -- ZFS-ARGV...\n\
+        "usage: syncoid-rsync agent start send|receive --key KEY --timeout SECS [--chunk-size N] [--spool-size N] [--compress-level N] [--bwlimit BYTES/S] -- ZFS-ARGV...\n\
          \x20      syncoid-rsync agent bridge DIR | list | stop DIR | sweep"
     );
     std::process::exit(64);
@@ -74,6 +79,8 @@ fn parse_start(args: &[String]) -> Option<StartOpts> {
         timeout: Duration::from_secs(3600),
         chunk_size: 1 << 20,
         spool_size: 32 << 20,
+        compress_level: 0,
+        bwlimit: 0,
         argv: args[sep + 1..].to_vec(),
     };
     let mut i = 1;
@@ -84,6 +91,8 @@ fn parse_start(args: &[String]) -> Option<StartOpts> {
             "--timeout" => o.timeout = Duration::from_secs(v.parse().ok()?),
             "--chunk-size" => o.chunk_size = v.parse().ok()?,
             "--spool-size" => o.spool_size = v.parse().ok()?,
+            "--compress-level" => o.compress_level = v.parse().ok()?,
+            "--bwlimit" => o.bwlimit = v.parse().ok()?,
             _ => return None,
         }
         i += 2;
@@ -284,6 +293,36 @@ fn serve(
     }
 }
 
+/// A bandwidth limit shared by an agent's connections.
+pub struct Paced {
+    pacer: Option<Mutex<(Pacer, Instant)>>,
+}
+
+impl Paced {
+    fn new(bwlimit: u64) -> Paced {
+        Paced {
+            pacer: (bwlimit > 0).then(|| Mutex::new((Pacer::new(bwlimit), Instant::now()))),
+        }
+    }
+
+    /// Writes `bytes` whole, in pieces no faster than the limit.
+    fn write(&self, w: &mut impl Write, bytes: &[u8]) -> std::io::Result<()> {
+        let Some(p) = &self.pacer else {
+            return w.write_all(bytes);
+        };
+        for piece in bytes.chunks(Pacer::PIECE) {
+            let wait = {
+                let mut g = p.lock().expect("pacer");
+                let now = g.1.elapsed();
+                g.0.take(now, piece.len())
+            };
+            std::thread::sleep(wait);
+            w.write_all(piece)?;
+        }
+        Ok(())
+    }
+}
+
 fn write_msg(w: &Mutex<UnixStream>, m: &Msg) -> bool {
     w.lock()
         .map(|mut s| s.write_all(&wire::encode(m)).is_ok())
@@ -332,10 +371,11 @@ fn run_sender(o: &StartOpts, listener: UnixListener, mut child: Child) -> i32 {
     ));
     let stdout = child.stdout.take().expect("piped stdout");
     let tail = StderrTail::drain(child.stderr.take().expect("piped stderr"), false);
+    let paced = Arc::new(Paced::new(o.bwlimit));
     let producer = {
         let shared = shared.clone();
-        let chunk_size = o.chunk_size;
-        std::thread::spawn(move || produce(stdout, child, tail, chunk_size, &shared))
+        let (chunk_size, level) = (o.chunk_size, o.compress_level);
+        std::thread::spawn(move || produce(stdout, child, tail, chunk_size, level, &shared))
     };
     let timeout = o.timeout;
     let done = || shared.0.lock().expect("state").bye;
@@ -354,7 +394,8 @@ fn run_sender(o: &StartOpts, listener: UnixListener, mut child: Child) -> i32 {
             });
         });
         let shared3 = shared.clone();
-        std::thread::spawn(move || push_chunks(generation, &shared3, &writer));
+        let paced = paced.clone();
+        std::thread::spawn(move || push_chunks(generation, &shared3, &writer, &paced));
     });
     if !ok {
         // Inactivity: stop zfs send gracefully; the producer then ends.
@@ -387,10 +428,22 @@ fn produce(
     mut child: Child,
     tail: StderrTail,
     chunk_size: usize,
+    level: i32,
     shared: &(Mutex<SendState>, Condvar),
 ) {
     CHILD_PID.store(child.id() as i32, std::sync::atomic::Ordering::SeqCst);
     let mut chunker = Chunker::new(chunk_size);
+    // Chunks that do not shrink (already compressed or encrypted data)
+    // make the next few skip zstd, which then tries again.
+    let mut skip = 0u32;
+    let mut compress = |c: &mut syncoid_rsync_core::wire::Chunk| {
+        if level == 0 {
+        } else if skip > 0 {
+            skip -= 1;
+        } else if !c.compress(level) {
+            skip = 16;
+        }
+    };
     let mut buf = vec![0u8; chunk_size.clamp(1, 1 << 20)];
     loop {
         {
@@ -406,8 +459,9 @@ fn produce(
         match out.read(&mut buf[..want]) {
             Ok(0) => break,
             Ok(n) => {
-                let chunks = chunker.push(&buf[..n]);
+                let mut chunks = chunker.push(&buf[..n]);
                 if !chunks.is_empty() {
+                    chunks.iter_mut().for_each(&mut compress);
                     let mut st = shared.0.lock().expect("state");
                     for c in chunks {
                         st.spool.push(c);
@@ -422,7 +476,8 @@ fn produce(
     let status = child.wait().ok().and_then(|s| s.code()).unwrap_or(-1);
     let (last, end) = chunker.finish(status, tail.finish());
     let mut st = shared.0.lock().expect("state");
-    if let Some(c) = last {
+    if let Some(mut c) = last {
+        compress(&mut c);
         st.spool.push(c);
     }
     eprintln!(
@@ -493,7 +548,12 @@ fn fault() -> Option<(String, u64)> {
     Some((kind.to_string(), seq.parse().ok()?))
 }
 
-fn push_chunks(generation: u64, shared: &(Mutex<SendState>, Condvar), w: &Mutex<UnixStream>) {
+fn push_chunks(
+    generation: u64,
+    shared: &(Mutex<SendState>, Condvar),
+    w: &Mutex<UnixStream>,
+    paced: &Paced,
+) {
     // The Want count when End was last sent.
     let mut sent_end: Option<u64> = None;
     let fault = fault();
@@ -556,7 +616,12 @@ fn push_chunks(generation: u64, shared: &(Mutex<SendState>, Condvar), w: &Mutex<
                     .0;
             }
         };
-        if !write_msg(w, &msg) {
+        let frame = wire::encode(&msg);
+        let wrote = w
+            .lock()
+            .map(|mut s| paced.write(&mut *s, &frame).is_ok())
+            .unwrap_or(false);
+        if !wrote {
             return;
         }
     }
@@ -564,6 +629,7 @@ fn push_chunks(generation: u64, shared: &(Mutex<SendState>, Condvar), w: &Mutex<
 
 struct RecvState {
     recv: Receiver,
+    paced: Paced,
     done: Option<(i32, String)>,
     bye: bool,
 }
@@ -581,6 +647,7 @@ fn run_receiver(o: &StartOpts, listener: UnixListener, mut child: Child) -> i32 
     let child = Arc::new(Mutex::new(child));
     let state = Arc::new(Mutex::new(RecvState {
         recv: Receiver::default(),
+        paced: Paced::new(o.bwlimit),
         done: None,
         bye: false,
     }));
@@ -648,15 +715,15 @@ fn receiver_msg(
                 }
             } else {
                 match st.recv.check(&c) {
-                    Verdict::Feed => {
+                    Verdict::Feed(bytes) => {
                         let wrote = stdin
                             .lock()
                             .expect("stdin")
                             .as_mut()
-                            .map(|i| i.write_all(&c.data));
+                            .map(|i| st.paced.write(i, &bytes));
                         match wrote {
                             Some(Ok(())) => {
-                                st.recv.fed(&c);
+                                st.recv.fed(c.seq, &bytes);
                                 Msg::Ack {
                                     seq: st.recv.next_seq(),
                                     offset: st.recv.offset(),

@@ -119,6 +119,9 @@ fn read_frames(mut r: Box<dyn Read + Send>, tx: Tx<Result<Msg, String>>) {
 #[derive(Debug, Default, Clone)]
 pub struct Stats {
     pub acked_bytes: u64,
+    /// Chunk payload bytes moved from sender to receiver (compressed size,
+    /// re-sent chunks included).
+    pub wire_bytes: u64,
     pub resent_chunks: u64,
     pub reconnects: u64,
 }
@@ -241,6 +244,7 @@ fn attempt(
                 s.last_heard = Instant::now();
                 match m {
                     Ok(Msg::Chunk(c)) => {
+                        stats.wire_bytes += c.data.len() as u64;
                         if r.tx.send(wire::encode(&Msg::Chunk(c))).is_err() {
                             return Step::Retry("receiver closed".into());
                         }
@@ -327,6 +331,10 @@ pub fn start_agent(
         opts.chunk_size.to_string(),
         "--spool-size".into(),
         opts.spool_size.to_string(),
+        "--compress-level".into(),
+        opts.compress_level.to_string(),
+        "--bwlimit".into(),
+        opts.bwlimit.to_string(),
         "--".into(),
     ];
     argv.extend(zfs_argv.iter().cloned());
@@ -347,6 +355,9 @@ pub struct AgentOpts {
     pub timeout: Duration,
     pub chunk_size: usize,
     pub spool_size: usize,
+    pub compress_level: i32,
+    /// Bytes per second for this agent (0: none).
+    pub bwlimit: u64,
 }
 
 /// Live agents on `host`: (dir, role, key).

@@ -63,8 +63,11 @@ fn receiver_feeds_only_the_next_verified_chunk() {
     let mut bad = chunks[0].clone();
     bad.data[0] ^= 1;
     assert_eq!(r.check(&bad), Verdict::Corrupt);
-    assert_eq!(r.check(&chunks[0]), Verdict::Feed);
-    r.fed(&chunks[0]);
+    assert_eq!(
+        r.check(&chunks[0]),
+        Verdict::Feed((&chunks[0].data[..]).into())
+    );
+    r.fed(0, &chunks[0].data);
     assert_eq!(r.check(&chunks[0]), Verdict::Duplicate);
     let mut shifted = chunks[1].clone();
     shifted.offset += 1;
@@ -80,8 +83,16 @@ fn receiver_feeds_only_the_next_verified_chunk() {
 /// reorders and corrupts frames, and a coordinator that recovers the way
 /// the real one does: on silence, a gap or a Nak it rewinds to the
 /// receiver's next_seq. Everything is deterministic per seed.
+/// Odd seeds compress their chunks (zstd where it shrinks): the stream has
+/// runs of zeros, so some chunks travel compressed and some raw.
 fn simulate(seed: u64, len: usize, chunk: usize, spool_limit: usize) -> (Vec<u8>, Vec<u8>, usize) {
-    let data = stream(len, seed);
+    let mut data = stream(len, seed);
+    for (i, b) in data.iter_mut().enumerate() {
+        if (i / 700) % 3 == 0 {
+            *b = 0;
+        }
+    }
+    let compress = seed % 2 == 1;
     let mut rng = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
     let mut roll = |n: u64| {
         rng ^= rng << 13;
@@ -106,7 +117,10 @@ fn simulate(seed: u64, len: usize, chunk: usize, spool_limit: usize) -> (Vec<u8>
         while spool.has_room() && chunker.is_some() {
             let take = pending_input.len().min(chunk.max(1));
             let ck = chunker.as_mut().unwrap();
-            for c in ck.push(&pending_input[..take]) {
+            for mut c in ck.push(&pending_input[..take]) {
+                if compress {
+                    c.compress(1);
+                }
                 spool.push(c);
             }
             pending_input = &pending_input[take..];
@@ -148,11 +162,11 @@ fn simulate(seed: u64, len: usize, chunk: usize, spool_limit: usize) -> (Vec<u8>
             let frame = in_flight.remove(0);
             match decode_frames(&frame) {
                 Ok(Some(Msg::Chunk(c))) => match recv.check(&c) {
-                    Verdict::Feed => {
+                    Verdict::Feed(bytes) => {
                         let before = recv.offset();
-                        fed.extend_from_slice(&c.data);
-                        recv.fed(&c);
-                        assert_eq!(recv.offset(), before + c.data.len() as u64);
+                        fed.extend_from_slice(&bytes);
+                        recv.fed(c.seq, &bytes);
+                        assert_eq!(recv.offset(), before + u64::from(c.len));
                         spool.ack(recv.next_seq());
                     }
                     Verdict::Duplicate => spool.ack(recv.next_seq()),
@@ -202,4 +216,49 @@ proptest! {
         prop_assert_eq!(fed, data);
         prop_assert!(peak <= spool_chunks * chunk + chunk, "spool grew to {}", peak);
     }
+}
+
+#[test]
+fn pacer_holds_the_rate_over_every_second_not_just_on_average() {
+    use std::time::Duration;
+    let rate = 1_000_000u64;
+    let mut p = Pacer::new(rate);
+    let mut now = Duration::ZERO;
+    let mut sends = Vec::new(); // (time, bytes)
+                                // A sender that always has data: 20 s of pieces, each sent after its wait.
+    while now < Duration::from_secs(20) {
+        now += p.take(now, Pacer::PIECE);
+        sends.push((now, Pacer::PIECE as u64));
+    }
+    let total: u64 = sends.iter().map(|s| s.1).sum();
+    let mean = total as f64 / now.as_secs_f64();
+    assert!(
+        (mean - rate as f64).abs() < rate as f64 * 0.05,
+        "mean {mean}"
+    );
+    // Any one-second window carries at most the rate plus the burst.
+    let burst = (rate / 20).max(Pacer::PIECE as u64);
+    for (i, (t0, _)) in sends.iter().enumerate() {
+        let window: u64 = sends[i..]
+            .iter()
+            .take_while(|(t, _)| *t < *t0 + Duration::from_secs(1))
+            .map(|s| s.1)
+            .sum();
+        assert!(
+            window <= rate + burst + Pacer::PIECE as u64,
+            "burst of {window} bytes at {t0:?}"
+        );
+    }
+    // After idling, the credit is capped: no catch-up burst.
+    let idle = now + Duration::from_secs(60);
+    let mut at = idle;
+    let mut sent = 0u64;
+    while at < idle + Duration::from_secs(1) {
+        at += p.take(at, Pacer::PIECE);
+        sent += Pacer::PIECE as u64;
+    }
+    assert!(
+        sent <= rate + burst + 2 * Pacer::PIECE as u64,
+        "{sent} bytes in the first second after idling"
+    );
 }

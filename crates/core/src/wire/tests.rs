@@ -63,6 +63,34 @@ fn chunks_verify_their_hash() {
 }
 
 #[test]
+fn compressed_chunks_open_to_the_stream_bytes_and_refuse_damage() {
+    let raw = [vec![7u8; 5000], b"tail".to_vec()].concat();
+    let mut c = Chunk::new(3, 100, raw.clone());
+    assert!(c.compress(1), "a run of sevens shrinks");
+    assert_eq!(c.codec, Codec::Zstd);
+    assert!(c.data.len() < 100);
+    assert_eq!(c.len as usize, raw.len());
+    let back = decode_frames(&encode(&Msg::Chunk(c.clone())))
+        .unwrap()
+        .unwrap();
+    assert_eq!(back, Msg::Chunk(c.clone()));
+    assert_eq!(c.open().as_deref(), Some(&raw[..]));
+    let mut bad = c.clone();
+    let last = bad.data.len() - 1;
+    bad.data[last] ^= 0x40;
+    assert_eq!(bad.open(), None, "damaged payload");
+    let mut short = c.clone();
+    short.len -= 1;
+    assert_eq!(short.open(), None, "length must match");
+    let mut incompressible = Chunk::new(0, 0, (0..=255u8).collect());
+    assert!(
+        !incompressible.compress(1),
+        "kept raw when zstd does not shrink it"
+    );
+    assert_eq!(incompressible.codec, Codec::Raw);
+}
+
+#[test]
 fn bad_frames_are_errors() {
     let mut d = Decoder::default();
     d.push(&[0, 0, 0, 1, 99]);
