@@ -123,6 +123,63 @@ t_rsync_local() {
   same_data vsrc/rs vdst/rs
 }
 
+# --rsync fault cases: 40 MB at --source-bwlimit=4M (10 s) leaves time to
+# break things mid-transfer.
+agents() { "$SR" agent list | grep -c '"alive":true' || true; }
+agent_pid() { "$SR" agent list | grep "\"role\":\"$1\"" | sed -n 's/.*"pid":\([0-9]*\).*/\1/p' | head -1; }
+wait_for() {  # seconds, condition
+  local i; for i in $(seq 1 "$1"); do eval "$2" && return 0; sleep 1; done
+  echo "timed out waiting for: $2"; return 1
+}
+no_sessions() { [ -z "$(ls -d /tmp/syncoid-rsync-[0-9a-f]* 2>/dev/null)" ] || { ls -la /tmp; return 1; }; }
+t_rsync_ssh_killed() {
+  mkdir -p /root/.ssh; chmod 700 /root/.ssh
+  [ -f /root/.ssh/id_vm ] || ssh-keygen -q -t ed25519 -N '' -f /root/.ssh/id_vm
+  grep -qF "$(cat /root/.ssh/id_vm.pub)" /root/.ssh/authorized_keys 2>/dev/null || cat /root/.ssh/id_vm.pub >> /root/.ssh/authorized_keys
+  zfs create vsrc/rk; rand /vsrc/rk/big 40000000; zfs snapshot vsrc/rk@s1
+  echo "+ syncoid-rsync --rsync ... root@localhost:vdst/rk (bridges killed)"
+  "$SR" --rsync --compress=none --source-bwlimit=4M --no-sync-snap --sshkey /root/.ssh/id_vm \
+    --sshoption StrictHostKeyChecking=accept-new vsrc/rk root@localhost:vdst/rk &
+  local pid=$! kills=0 i p
+  for i in 1 2 3 4; do
+    sleep 2
+    for p in $(pgrep -P "$pid" -f 'agent bridge'); do kill -9 "$p"; kills=$((kills+1)); done
+  done
+  wait "$pid"
+  echo "killed $kills ssh connections"; [ "$kills" -ge 2 ]
+  grep -q "link to the agents lost" "$log"
+  same_data vsrc/rk vdst/rk; same_guids vsrc/rk vdst/rk
+  wait_for 10 '[ "$(agents)" = 0 ]'; no_sessions
+}
+t_rsync_coordinator_killed() {
+  zfs create vsrc/rc; rand /vsrc/rc/big 40000000; zfs snapshot vsrc/rc@s1
+  local args=(--rsync --compress=none --source-bwlimit=4M --no-sync-snap vsrc/rc vdst/rc)
+  "$SR" "${args[@]}" & local pid=$!
+  wait_for 20 '[ "$(agents)" = 2 ]'; sleep 3
+  kill -9 "$pid"; wait "$pid" || true
+  [ "$(agents)" = 2 ] || { echo "the agents did not outlive their coordinator"; return 1; }
+  sr "${args[@]}"
+  grep -q "re-attaching to the live agents" "$log"
+  ! grep -q "Resuming interrupted" "$log"
+  same_data vsrc/rc vdst/rc; same_guids vsrc/rc vdst/rc
+  wait_for 10 '[ "$(agents)" = 0 ]'; no_sessions
+}
+t_rsync_receiver_killed() {
+  zfs create vsrc/rr; rand /vsrc/rr/big 40000000; zfs snapshot vsrc/rr@s1
+  local args=(--rsync --compress=none --source-bwlimit=4M --no-sync-snap vsrc/rr vdst/rr)
+  "$SR" "${args[@]}" & local pid=$!
+  wait_for 20 '[ "$(agents)" = 2 ]'; sleep 4
+  kill -9 "$pid"; wait "$pid" || true
+  kill -9 "$(agent_pid receive)"
+  wait_for 20 'zfs get -H -o value receive_resume_token vdst/rr | grep -q "^1-"'
+  sr "${args[@]}"
+  grep -q "stopping its sender" "$log"
+  grep -q "Resuming interrupted zfs send/receive" "$log"
+  [ "$(zfs get -H -o value receive_resume_token vdst/rr)" = "-" ]
+  same_data vsrc/rr vdst/rr; same_guids vsrc/rr vdst/rr
+  wait_for 10 '[ "$(agents)" = 0 ]'; no_sessions
+}
+
 setup_pools
 case_ full_and_incremental t_full_and_incremental
 case_ recursive_with_clone t_recursive_with_clone
@@ -133,6 +190,9 @@ case_ raw_encrypted t_raw_encrypted
 case_ force_delete_guardrails t_force_delete_guardrails
 case_ modified_target_rollback t_modified_target_rollback
 case_ rsync_local t_rsync_local
+case_ rsync_ssh_killed t_rsync_ssh_killed
+case_ rsync_coordinator_killed t_rsync_coordinator_killed
+case_ rsync_receiver_killed t_rsync_receiver_killed
 for p in vsrc vdst; do zpool destroy -f "$p" >/dev/null 2>&1 || true; done
 rm -f /var/tmp/vsrc.img /var/tmp/vdst.img
 [ "$fail" -eq 0 ] || { echo "failed: ${failed[*]}"; echo "--- log"; tail -80 "$log"; }

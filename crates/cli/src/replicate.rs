@@ -1036,11 +1036,12 @@ fn finish_transfer(ctx: &Ctx, sender: &Agent, receiver: &Agent) -> Result<(), Ds
     };
     let st = &outcome.stats;
     ctx.out.info(&format!(
-        "--rsync: {} received and verified ({} on the wire), {} reconnects, {} chunks sent again",
+        "--rsync: {} received and verified ({} on the wire), {} reconnects, {} chunks ({}) sent again",
         readable(st.acked_bytes),
         readable(st.wire_bytes),
         st.reconnects,
-        st.resent_chunks
+        st.resent_chunks,
+        readable(st.resent_bytes)
     ));
     if outcome.status != 0 {
         return Err(DsError::Other(format!(

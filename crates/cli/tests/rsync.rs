@@ -537,7 +537,7 @@ fn corrupted_chunks_are_detected_and_never_fed() {
     );
     assert!(out.status.success(), "{stdout}\n{stderr}");
     let resent: u64 = stdout
-        .split(" chunks sent again")
+        .split(" chunks (")
         .next()
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|n| n.parse().ok())

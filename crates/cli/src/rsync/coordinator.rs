@@ -122,8 +122,13 @@ pub struct Stats {
     /// Chunk payload bytes moved from sender to receiver (compressed size,
     /// re-sent chunks included).
     pub wire_bytes: u64,
+    /// Chunks (and their payload bytes) the sender had to send again:
+    /// lost in flight at a reconnect, or refused by the receiver.
     pub resent_chunks: u64,
+    pub resent_bytes: u64,
     pub reconnects: u64,
+    /// The highest chunk forwarded so far (to count re-sends).
+    forwarded: Option<u64>,
 }
 
 pub struct Outcome {
@@ -180,7 +185,13 @@ pub fn run(
             stats.reconnects += 1;
         }
         first = false;
-        match attempt(sender, receiver, &mut stats, &mut last_progress, out) {
+        let before = stats.acked_bytes;
+        let step = attempt(sender, receiver, &mut stats, &mut last_progress, out);
+        if stats.acked_bytes > before {
+            // The link worked: the next failure is a new outage.
+            backoff = Duration::from_millis(250);
+        }
+        match step {
             Step::Finished(o) => return Ok(o),
             Step::Fatal(e) => return Err(RunError::Fatal(e)),
             Step::Retry(why) => {
@@ -245,6 +256,11 @@ fn attempt(
                 match m {
                     Ok(Msg::Chunk(c)) => {
                         stats.wire_bytes += c.data.len() as u64;
+                        if stats.forwarded.is_some_and(|f| c.seq <= f) {
+                            stats.resent_chunks += 1;
+                            stats.resent_bytes += c.data.len() as u64;
+                        }
+                        stats.forwarded = stats.forwarded.max(Some(c.seq));
                         if r.tx.send(wire::encode(&Msg::Chunk(c))).is_err() {
                             return Step::Retry("receiver closed".into());
                         }
@@ -278,7 +294,6 @@ fn attempt(
                         // refused too: rewind once per position.
                         if rewound_to != Some(seq) {
                             rewound_to = Some(seq);
-                            stats.resent_chunks += 1;
                             let _ = s.tx.send(wire::encode(&Msg::Want { seq }));
                         }
                     }
