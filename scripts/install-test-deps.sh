@@ -3,11 +3,13 @@
 # OpenSSH server and client, the pipeline tools syncoid uses, and Debian's
 # syncoid 2.1 *without* its zfs dependency (the sanoid package pulls in
 # zfs-fuse, an ancient real ZFS whose zfs would shadow the emulator), which
-# is unpacked to /opt/sanoid. Idempotent.
+# is unpacked to /opt/sanoid; iproute2 and nftables for ../shared/netlab
+# (installed here so parallel labs never race for apt). Idempotent.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 pkgs=(openssh-server openssh-client mbuffer pv lzop zstd lz4 pigz xz-utils gzip
-      libcapture-tiny-perl libconfig-inifiles-perl procps tmux socat busybox)
+      libcapture-tiny-perl libconfig-inifiles-perl procps tmux socat busybox
+      iproute2 nftables netcat-openbsd)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

@@ -5,10 +5,11 @@
 //! one and resumes from the receiver's position. It gives up only after the
 //! inactivity timeout passes without progress.
 
-use crossbeam_channel::{bounded, Receiver as Rx, Sender as Tx};
+use crossbeam_channel::{bounded, Receiver as Rx, SendTimeoutError, Sender as Tx};
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::host::Host;
@@ -28,14 +29,47 @@ pub struct Agent {
 /// How long a silent link is tolerated before it is declared dead.
 pub const STALL: Duration = Duration::from_secs(30);
 const HEARTBEAT: Duration = Duration::from_secs(5);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Between connection attempts at most this long: with ssh's
+/// ConnectTimeout of 5 s (SYNs at 0, 1 and 3 s), a healed link sees a new
+/// SYN within about 4 s.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// One live connection to an agent.
 struct Conn {
     tx: Tx<Vec<u8>>,
     rx: Rx<Result<Msg, String>>,
     child: Option<Child>,
-    last_heard: Instant,
+    /// When the link last moved: a frame read from the agent, or a piece
+    /// of a frame written towards it. Set by the reader and writer threads,
+    /// so a slow link whose chunks take longer than STALL to pass is alive,
+    /// while a dead one (writes blocked, nothing read) is noticed even when
+    /// the main loop waits on it.
+    heard: Arc<Mutex<Instant>>,
+}
+
+impl Conn {
+    fn silent_for(&self) -> Duration {
+        self.heard.lock().expect("heard").elapsed()
+    }
+
+    /// Queues a frame for the agent; fails when the connection is closed
+    /// or the agent has been silent for STALL (a dead link whose writes
+    /// block).
+    fn send(&self, frame: Vec<u8>) -> Result<(), String> {
+        let mut frame = frame;
+        loop {
+            match self.tx.send_timeout(frame, Duration::from_millis(500)) {
+                Ok(()) => return Ok(()),
+                Err(SendTimeoutError::Disconnected(_)) => return Err("closed".into()),
+                Err(SendTimeoutError::Timeout(f)) => {
+                    if self.silent_for() > STALL {
+                        return Err(format!("link idle for {}s", STALL.as_secs()));
+                    }
+                    frame = f;
+                }
+            }
+        }
+    }
 }
 
 impl Drop for Conn {
@@ -69,11 +103,19 @@ fn connect(a: &Agent, queue: usize) -> Result<Conn, String> {
                 // A connection of its own, not a session of the ssh master:
                 // when it dies its remote end dies with it, and nothing
                 // shared wedges. ssh's own keepalive notices a dead link.
+                // (ssh takes the first value of an option: these come
+                // before the user's and the master's.)
                 let own = [
+                    "-o",
+                    "ControlMaster=no",
+                    "-o",
+                    "ControlPath=none",
                     "-o",
                     "ServerAliveInterval=10",
                     "-o",
                     "ServerAliveCountMax=3",
+                    "-o",
+                    "ConnectTimeout=5",
                 ];
                 let mut c = remote
                     .command_with(&own, &[argv])
@@ -89,25 +131,37 @@ fn connect(a: &Agent, queue: usize) -> Result<Conn, String> {
         };
     let (tx, wrx) = bounded::<Vec<u8>>(queue);
     let (rtx, rx) = bounded::<Result<Msg, String>>(queue);
+    let heard = Arc::new(Mutex::new(Instant::now()));
+    let moved = heard.clone();
     std::thread::spawn(move || {
         let mut w = writer;
         for frame in wrx {
-            if w.write_all(&frame).and_then(|_| w.flush()).is_err() {
+            for piece in frame.chunks(64 << 10) {
+                if w.write_all(piece).is_err() {
+                    return;
+                }
+                *moved.lock().expect("heard") = Instant::now();
+            }
+            if w.flush().is_err() {
                 return;
             }
         }
     });
-    std::thread::spawn(move || read_frames(reader, rtx));
+    let touched = heard.clone();
+    std::thread::spawn(move || read_frames(reader, rtx, &touched));
     Ok(Conn {
         tx,
         rx,
         child,
-        last_heard: Instant::now(),
+        heard,
     })
 }
 
-fn read_frames(mut r: Box<dyn Read + Send>, tx: Tx<Result<Msg, String>>) {
-    let why = match super::read_msgs(&mut r, |m| tx.send(Ok(m)).is_ok()) {
+fn read_frames(mut r: Box<dyn Read + Send>, tx: Tx<Result<Msg, String>>, heard: &Mutex<Instant>) {
+    let why = match super::read_msgs(&mut r, |m| {
+        *heard.lock().expect("heard") = Instant::now();
+        tx.send(Ok(m)).is_ok()
+    }) {
         super::Stop::Handler => return,
         super::Stop::Closed => "connection closed".to_string(),
         super::Stop::Failed(e) => e,
@@ -227,7 +281,7 @@ fn attempt(
         Ok(c) => c,
         Err(e) => return Step::Retry(format!("receiver: {e}")),
     };
-    let (mut s, mut r) = (s, r);
+    let (s, r) = (s, r);
     if let Err(e) = hello(&s, Role::Sender) {
         return Step::Retry(format!("sender: {e}"));
     }
@@ -242,8 +296,8 @@ fn attempt(
         Err(e) => return Step::Retry(format!("receiver: {e}")),
     };
     out.debug(&format!("agents connected; resuming at chunk {next}"));
-    if s.tx.send(wire::encode(&Msg::Want { seq: next })).is_err() {
-        return Step::Retry("sender closed".into());
+    if let Err(e) = s.send(wire::encode(&Msg::Want { seq: next })) {
+        return Step::Retry(format!("sender {e}"));
     }
     let mut last_ping = Instant::now();
     let mut nonce = 0u64;
@@ -252,7 +306,6 @@ fn attempt(
         crossbeam_channel::select! {
             recv(s.rx) -> m => {
                 let Ok(m) = m else { return Step::Retry("sender reader ended".into()) };
-                s.last_heard = Instant::now();
                 match m {
                     Ok(Msg::Chunk(c)) => {
                         stats.wire_bytes += c.data.len() as u64;
@@ -261,13 +314,13 @@ fn attempt(
                             stats.resent_bytes += c.data.len() as u64;
                         }
                         stats.forwarded = stats.forwarded.max(Some(c.seq));
-                        if r.tx.send(wire::encode(&Msg::Chunk(c))).is_err() {
-                            return Step::Retry("receiver closed".into());
+                        if let Err(e) = r.send(wire::encode(&Msg::Chunk(c))) {
+                            return Step::Retry(format!("receiver {e}"));
                         }
                     }
                     Ok(m @ Msg::End(_)) => {
-                        if r.tx.send(wire::encode(&m)).is_err() {
-                            return Step::Retry("receiver closed".into());
+                        if let Err(e) = r.send(wire::encode(&m)) {
+                            return Step::Retry(format!("receiver {e}"));
                         }
                     }
                     Ok(Msg::Error { msg }) => return Step::Fatal(format!("sender agent: {msg}")),
@@ -277,7 +330,6 @@ fn attempt(
             }
             recv(r.rx) -> m => {
                 let Ok(m) = m else { return Step::Retry("receiver reader ended".into()) };
-                r.last_heard = Instant::now();
                 match m {
                     Ok(Msg::Ack { seq, offset }) => {
                         if rewound_to.is_some_and(|r| seq > r) {
@@ -294,7 +346,9 @@ fn attempt(
                         // refused too: rewind once per position.
                         if rewound_to != Some(seq) {
                             rewound_to = Some(seq);
-                            let _ = s.tx.send(wire::encode(&Msg::Want { seq }));
+                            if let Err(e) = s.send(wire::encode(&Msg::Want { seq })) {
+                                return Step::Retry(format!("sender {e}"));
+                            }
                         }
                     }
                     Ok(Msg::Done { status, stderr }) => {
@@ -317,8 +371,8 @@ fn attempt(
             let _ = r.tx.try_send(wire::encode(&Msg::Ping { nonce }));
         }
         for (name, c) in [("sender", &s), ("receiver", &r)] {
-            if c.last_heard.elapsed() > STALL {
-                return Step::Retry(format!("{name} silent for {}s", STALL.as_secs()));
+            if c.silent_for() > STALL {
+                return Step::Retry(format!("{name} link idle for {}s", STALL.as_secs()));
             }
         }
     }

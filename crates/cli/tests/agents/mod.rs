@@ -1,0 +1,204 @@
+//! Helpers for tests of `--rsync` agents on emulated hosts: what the
+//! emulator's receives were fed, agent processes, spawning and waiting.
+#![allow(dead_code)]
+
+use super::common::bin;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+use syncoid_rsync_testkit::{Host, Sshd};
+
+/// Payload byte ranges fed to each `zfs receive` (from the emulator log).
+pub fn fed(h: &Host) -> Vec<(String, u64, u64)> {
+    h.log()
+        .iter()
+        .filter(|e| e["argv"][0] == "receive")
+        .flat_map(|e| e["fed"].as_array().cloned().unwrap_or_default())
+        .map(|f| {
+            (
+                f["snapshot"].as_str().unwrap().to_string(),
+                f["from"].as_u64().unwrap(),
+                f["to"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Every snapshot's payload was fed once: ranges are contiguous, no overlap.
+pub fn assert_fed_once(h: &Host) {
+    let mut by_snap: std::collections::BTreeMap<String, Vec<(u64, u64)>> = Default::default();
+    for (s, a, b) in fed(h) {
+        by_snap.entry(s).or_default().push((a, b));
+    }
+    for (s, ranges) in by_snap {
+        let mut at = 0;
+        for (a, b) in &ranges {
+            assert_eq!(*a, at, "{s}: fed {ranges:?} - a byte twice or a gap");
+            at = *b;
+        }
+    }
+}
+
+pub fn synthetic(h: &Host, fs: &str, size: &str) {
+    h.zfs(&["create", "-o", &format!("fakezfs:synthetic={size}"), fs])
+        .ok();
+    h.write(fs, "file.txt", b"real file next to synthetic data");
+    h.zfs(&["snapshot", &format!("{fs}@s1")]).ok();
+}
+
+pub fn spawn(h: &Host, args: &[&str], env: &[(&str, &str)]) -> Child {
+    h.command(bin())
+        .args(args)
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits for the coordinator (at most two minutes: a hang is a failure
+/// with its output, not a stuck suite).
+pub fn finish(mut child: Child) -> (i32, String, String) {
+    let t = Instant::now();
+    while child.try_wait().unwrap().is_none() && t.elapsed() < Duration::from_secs(120) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if child.try_wait().unwrap().is_none() {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// pids of the processes whose parent is `pid` and whose command line
+/// contains `needle`.
+pub fn children_matching(pid: u32, needle: &str) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(p) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
+        let ppid: u32 = stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .nth(1)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let cmd = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+        if ppid == pid
+            && String::from_utf8_lossy(&cmd)
+                .replace('\0', " ")
+                .contains(needle)
+        {
+            out.push(p);
+        }
+    }
+    out
+}
+
+pub fn kill(pid: i32, sig: i32) {
+    // SAFETY: signalling a process this test started (or its descendant).
+    unsafe {
+        libc_kill(pid, sig);
+    }
+}
+
+extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+/// Agents' pids from the markers in a host's tmp.
+pub fn agent_pids(h: &Host) -> Vec<(String, i32)> {
+    h.tmp_entries()
+        .iter()
+        .filter_map(|d| {
+            std::fs::read_to_string(h.tmp().join(d).join(".syncoid-rsync-session")).ok()
+        })
+        .filter_map(|m| serde_json::from_str::<serde_json::Value>(&m).ok())
+        .map(|v| {
+            (
+                v["role"].as_str().unwrap_or("").to_string(),
+                v["pid"].as_i64().unwrap_or(0) as i32,
+            )
+        })
+        .collect()
+}
+
+/// Ends, on drop, any agent still running from this host's session dirs,
+/// so a failing test does not leave them to disturb the next one.
+pub struct Reaper<'a>(pub &'a Host);
+
+impl Drop for Reaper<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for d in self.0.tmp_entries() {
+                let log = std::fs::read_to_string(self.0.tmp().join(&d).join("agent.log"))
+                    .unwrap_or_default();
+                eprintln!("--- agent log {d}:\n{log}");
+            }
+        }
+        for (_, pid) in agent_pids(self.0) {
+            kill(pid, 9);
+        }
+    }
+}
+
+/// ssh options that reach `sshd` (serving `far`) without touching ~/.ssh.
+pub fn ssh_args(sshd: &Sshd, far: &Host) -> Vec<String> {
+    vec![
+        format!("--sshport={}", sshd.port),
+        format!("--sshkey={}", sshd.key.display()),
+        "--sshoption=StrictHostKeyChecking=no".into(),
+        format!("--sshoption=UserKnownHostsFile={}/kh", far.dir().display()),
+    ]
+}
+
+/// The binary was copied to a fresh private dir on the remote host, and
+/// that dir was removed at the end.
+pub fn assert_copy_removed(stdout: &str) {
+    let copied = stdout
+        .split("copied syncoid-rsync to root@127.0.0.1:")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no copy reported:\n{stdout}"))
+        .lines()
+        .next()
+        .unwrap();
+    assert!(copied.starts_with("/tmp/syncoid-rsync-bin."), "{copied}");
+    assert!(
+        !std::path::Path::new(copied).exists(),
+        "{copied} was not removed"
+    );
+}
+
+/// The target's resume token, if the target exists and has one.
+pub fn token(h: &Host, fs: &str) -> String {
+    h.zfs(&["get", "-H", "-o", "value", "receive_resume_token", fs])
+        .stdout
+        .trim()
+        .to_string()
+}
+
+pub fn wait_until(what: &str, secs: u64, f: impl Fn() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(
+            t.elapsed() < Duration::from_secs(secs),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Payload bytes the emulator's receives have taken.
+pub fn received_bytes(h: &Host) -> u64 {
+    fed(h).iter().map(|(_, a, b)| b - a).sum()
+}
