@@ -13,7 +13,15 @@ cargo build --release --workspace --quiet
 install -d "$PREFIX/bin"
 install -m 0755 target/release/syncoid-rsync "$PREFIX/bin/syncoid-rsync"
 install -m 0755 target/release/fakezfs "$PREFIX/bin/fakezfs"
-echo "installed: $("$PREFIX/bin/syncoid-rsync" --version) -> $PREFIX/bin/syncoid-rsync"
+# Man page and shell completions, generated from the same definitions as --help.
+sr=target/release/syncoid-rsync
+install -d "$PREFIX/share/man/man1" "$PREFIX/share/bash-completion/completions" \
+  "$PREFIX/share/zsh/site-functions" "$PREFIX/share/fish/vendor_completions.d"
+"$sr" --generate man > "$PREFIX/share/man/man1/syncoid-rsync.1"
+"$sr" --generate bash > "$PREFIX/share/bash-completion/completions/syncoid-rsync"
+"$sr" --generate zsh > "$PREFIX/share/zsh/site-functions/_syncoid-rsync"
+"$sr" --generate fish > "$PREFIX/share/fish/vendor_completions.d/syncoid-rsync.fish"
+echo "installed: $("$PREFIX/bin/syncoid-rsync" --version) -> $PREFIX/bin/syncoid-rsync (man page: man syncoid-rsync; bash/zsh/fish completions)"
 if [ -e /dev/zfs ] && command -v zfs >/dev/null 2>&1; then
   echo "ZFS is available here: see 'syncoid-rsync --help' to replicate for real."
 else

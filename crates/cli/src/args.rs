@@ -14,10 +14,10 @@ use clap::Parser;
 )]
 pub struct Args {
     /// Source dataset: pool/fs or [user@]host:pool/fs
-    #[arg(required_unless_present = "monitor_version")]
+    #[arg(required_unless_present_any = ["monitor_version", "generate"])]
     pub source: Option<String>,
     /// Target dataset: pool/fs or [user@]host:pool/fs
-    #[arg(required_unless_present = "monitor_version")]
+    #[arg(required_unless_present_any = ["monitor_version", "generate"])]
     pub target: Option<String>,
 
     // --- What to replicate ---
@@ -200,4 +200,23 @@ pub struct Args {
     /// Print the version in a monitoring-friendly form and exit
     #[arg(long, help_heading = "Output")]
     pub monitor_version: bool,
+    /// Print the man page (man) or a shell completion script and exit
+    #[arg(long, value_name = "WHAT", help_heading = "Output",
+          value_parser = ["man", "bash", "zsh", "fish"])]
+    pub generate: Option<String>,
+}
+
+/// `--generate man|bash|zsh|fish`: the man page or a completion script,
+/// from the same definitions as `--help`.
+pub fn generate(what: &str, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+    use clap::CommandFactory;
+    let mut cmd = Args::command();
+    let shell = match what {
+        "man" => return clap_mangen::Man::new(cmd).render(out),
+        "bash" => clap_complete::Shell::Bash,
+        "zsh" => clap_complete::Shell::Zsh,
+        _ => clap_complete::Shell::Fish,
+    };
+    clap_complete::generate(shell, &mut cmd, "syncoid-rsync", out);
+    Ok(())
 }

@@ -12,6 +12,33 @@ mod transfer;
 use clap::Parser;
 use output::exit;
 
+/// Diagnostics for benchmarks: with `SYNCOID_RSYNC_RUSAGE_LOG=FILE`, each
+/// process (coordinator, agents) appends `ROLE PID MAX_RSS_KIB` at exit.
+pub fn log_rusage(role: &str) {
+    let Ok(path) = std::env::var("SYNCOID_RSYNC_RUSAGE_LOG") else {
+        return;
+    };
+    // SAFETY: getrusage fills the struct we pass.
+    let kib = unsafe {
+        let mut ru: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut ru);
+        ru.ru_maxrss
+    };
+    use std::io::Write;
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        let _ = writeln!(f, "{role} {} {kib}", std::process::id());
+    }
+}
+
+fn exit_with(code: i32) -> ! {
+    log_rusage("coordinator");
+    std::process::exit(code)
+}
+
 fn main() {
     let argv: Vec<String> = std::env::args().collect();
     if argv.get(1).map(String::as_str) == Some("agent") {
@@ -30,6 +57,16 @@ fn main() {
             std::process::exit(code);
         }
     };
+    if let Some(what) = &args.generate {
+        let code = match args::generate(what, &mut std::io::stdout()) {
+            Ok(()) => exit::OK,
+            Err(e) => {
+                eprintln!("syncoid-rsync: --generate {what}: {e}");
+                1
+            }
+        };
+        std::process::exit(code);
+    }
     if args.monitor_version {
         println!("OK: syncoid-rsync {}", env!("CARGO_PKG_VERSION"));
         std::process::exit(exit::OK);
@@ -51,11 +88,11 @@ fn main() {
             if summary.failed > 0 || summary.busy > 0 || settings.args.debug {
                 eprintln!("syncoid-rsync: {}", summary.line());
             }
-            std::process::exit(summary.exit_code());
+            exit_with(summary.exit_code());
         }
         Err(f) => {
             out.critical(&f.msg);
-            std::process::exit(f.code);
+            exit_with(f.code);
         }
     }
 }

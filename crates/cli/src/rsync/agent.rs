@@ -236,6 +236,7 @@ fn daemon(o: StartOpts, dir: &Path, ready_fd: i32) -> i32 {
     };
     eprintln!("agent exiting with {code}");
     session::remove(dir);
+    crate::log_rusage(&marker.role);
     code
 }
 

@@ -5,6 +5,7 @@
 //!
 //! cargo run --release -p syncoid-rsync-testkit --bin bench -- \
 //!     [--sizes 1G,4G] [--reps 3] [--ciphers default,aes128-gcm@openssh.com] [--tree 1000x50]
+//!     [--memory 1G,8G]
 //!
 //! Prints a markdown table. CPU is the machine-wide busy time from
 //! /proc/stat during the run (every process involved, both ends).
@@ -132,6 +133,8 @@ fn throughput(
                 "raw zfs send \\| ssh \\| zfs receive",
                 "syncoid 2.1",
                 "syncoid-rsync",
+                "syncoid-rsync --rsync --compress=none",
+                "syncoid-rsync --rsync (zstd default)",
             ];
             for (k, kind) in kinds.iter().enumerate() {
                 let mut secs = Vec::new();
@@ -153,9 +156,16 @@ fn throughput(
                         _ => {
                             let bin = if k == 2 { syncoid_bin() } else { ours.clone() };
                             let mut c = local.command(bin.to_str().unwrap());
-                            c.args(&tool_args)
-                                .arg("src/big")
-                                .arg(format!("root@127.0.0.1:far/{target}"));
+                            // Kind 5 leaves --compress out: --rsync's default (zstd).
+                            c.args(
+                                tool_args
+                                    .iter()
+                                    .filter(|a| k != 5 || *a != "--compress=none"),
+                            );
+                            if k >= 4 {
+                                c.arg("--rsync");
+                            }
+                            c.arg("src/big").arg(format!("root@127.0.0.1:far/{target}"));
                             c
                         }
                     };
@@ -202,6 +212,33 @@ fn tree_noop(spec: &str) -> Vec<(String, f64, usize)> {
     out
 }
 
+/// Peak RSS (KiB) of each part of a local `--rsync` transfer of `size`.
+fn memory(size: &str) -> Vec<(String, u64)> {
+    let h = Host::new(&["src", "dst"]);
+    h.zfs(&[
+        "create",
+        "-o",
+        &format!("fakezfs:synthetic={size}"),
+        "src/big",
+    ])
+    .ok();
+    h.zfs(&["snapshot", "src/big@s"]).ok();
+    let log = h.dir().join("rusage.log");
+    let mut c = h.command(sibling("syncoid-rsync").to_str().unwrap());
+    c.args(["--rsync", "--no-sync-snap", "--quiet", "src/big", "dst/big"])
+        .env("SYNCOID_RSYNC_RUSAGE_LOG", &log);
+    measure(c);
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let v: Vec<&str> = l.split_whitespace().collect();
+            Some((v.first()?.to_string(), v.get(2)?.parse().ok()?))
+        })
+        .collect()
+}
+
 fn main() {
     let sizes: Vec<String> = arg("--sizes", "1G,4G")
         .split(',')
@@ -229,6 +266,30 @@ fn main() {
                     raw / r.secs
                 );
             }
+        }
+    }
+    let mem = arg("--memory", "1G,8G");
+    if mem != "none" {
+        println!(
+            "\n### Peak RSS of each part, local --rsync (defaults: 1 MiB chunks, 32 MiB spool)\n"
+        );
+        println!("| stream | coordinator MiB | sender agent MiB | receiver agent MiB |");
+        println!("|---|---|---|---|");
+        for size in mem.split(',') {
+            let parts = memory(size);
+            let get = |role: &str| {
+                parts
+                    .iter()
+                    .find(|(r, _)| r == role)
+                    .map(|(_, k)| format!("{:.1}", *k as f64 / 1024.0))
+                    .unwrap_or_else(|| "?".into())
+            };
+            println!(
+                "| {size} | {} | {} | {} |",
+                get("coordinator"),
+                get("send"),
+                get("receive")
+            );
         }
     }
     if tree != "none" {
