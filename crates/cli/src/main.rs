@@ -40,6 +40,7 @@ fn exit_with(code: i32) -> ! {
 }
 
 fn main() {
+    output::mark_start();
     let argv: Vec<String> = std::env::args().collect();
     if argv.get(1).map(String::as_str) == Some("agent") {
         std::process::exit(rsync::agent::main(&argv[2..]));

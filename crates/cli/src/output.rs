@@ -3,6 +3,13 @@
 
 use std::io::IsTerminal;
 
+static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
+/// Marks the start of the run for debug timestamps.
+pub fn mark_start() {
+    START.get_or_init(std::time::Instant::now);
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct Out {
     pub quiet: bool,
@@ -23,9 +30,11 @@ impl Out {
     pub fn critical(&self, msg: &str) {
         eprintln!("CRITICAL ERROR: {msg}");
     }
+    /// Debug lines carry the time since the start, to show where it goes.
     pub fn debug(&self, msg: &str) {
         if self.debug {
-            println!("DEBUG: {msg}");
+            let t = START.get_or_init(std::time::Instant::now).elapsed();
+            println!("DEBUG: [+{:.3}s] {msg}", t.as_secs_f64());
         }
     }
     /// Always printed (dry-run plans, dumps the user asked for).

@@ -604,9 +604,9 @@ fn output_options_debug_quiet_dumpsnaps_monitor_version_and_buffers() {
         ],
     );
     assert!(
-        r.stdout.contains(
-            "DEBUG: zfs send src/data@first | mbuffer -R 50m -q -s 128k -m 4M | zfs receive"
-        ),
+        r.stdout
+            .contains("s] zfs send src/data@first | mbuffer -R 50m -q -s 128k -m 4M | zfs receive")
+            && r.stdout.contains("DEBUG: [+"),
         "{}",
         r.stdout
     );

@@ -194,8 +194,38 @@ impl W {
     }
 }
 
+/// Encodes a chunk as a frame (the payload copied once).
+pub fn encode_chunk(c: &Chunk) -> Vec<u8> {
+    let mut w = W(Vec::with_capacity(c.data.len() + 64));
+    w.0.extend_from_slice(&[0, 0, 0, 0]);
+    w.u8(4);
+    w.u64(c.seq);
+    w.u64(c.offset);
+    w.0.extend_from_slice(&c.len.to_be_bytes());
+    w.u8(c.codec as u8);
+    w.0.extend_from_slice(&c.hash);
+    w.bytes(&c.data);
+    let len = (w.0.len() - 4) as u32;
+    w.0[..4].copy_from_slice(&len.to_be_bytes());
+    w.0
+}
+
+/// The sequence number and payload size of a chunk frame (as
+/// `Decoder::next_frame` returns it), without copying it; `None` for any
+/// other frame.
+pub fn chunk_header(frame: &[u8]) -> Option<(u64, usize)> {
+    if frame.len() < 4 + 1 + 8 + 8 + 4 + 1 + 32 + 4 || frame[4] != 4 {
+        return None;
+    }
+    let seq = u64::from_be_bytes(frame[5..13].try_into().ok()?);
+    Some((seq, frame.len() - (4 + 1 + 8 + 8 + 4 + 1 + 32 + 4)))
+}
+
 /// Encodes one message as a frame.
 pub fn encode(m: &Msg) -> Vec<u8> {
+    if let Msg::Chunk(c) = m {
+        return encode_chunk(c);
+    }
     let mut w = W(vec![0, 0, 0, 0]);
     match m {
         Msg::Hello {
@@ -226,16 +256,7 @@ pub fn encode(m: &Msg) -> Vec<u8> {
             w.u8(3);
             w.u64(*seq);
         }
-        Msg::Chunk(c) => {
-            w.0.reserve(c.data.len() + 64);
-            w.u8(4);
-            w.u64(c.seq);
-            w.u64(c.offset);
-            w.0.extend_from_slice(&c.len.to_be_bytes());
-            w.u8(c.codec as u8);
-            w.0.extend_from_slice(&c.hash);
-            w.bytes(&c.data);
-        }
+        Msg::Chunk(_) => unreachable!("encoded by encode_chunk"),
         Msg::Ack { seq, offset } => {
             w.u8(5);
             w.u64(*seq);
@@ -419,8 +440,11 @@ impl Decoder {
         self.buf.extend_from_slice(bytes);
     }
 
-    /// The next complete message, `Ok(None)` if more bytes are needed.
-    pub fn next_msg(&mut self) -> Result<Option<Msg>, WireError> {
+    /// The next complete frame (length prefix included), `Ok(None)` if
+    /// more bytes are needed. The frame keeps the decoder's buffer and
+    /// only the bytes after it are copied, so a large chunk is never
+    /// copied here.
+    pub fn next_frame(&mut self) -> Result<Option<Vec<u8>>, WireError> {
         if self.buf.len() < 4 {
             return Ok(None);
         }
@@ -431,10 +455,26 @@ impl Decoder {
         if self.buf.len() < 4 + len {
             return Ok(None);
         }
-        let m = decode_body(self.buf[4], &self.buf[5..4 + len]);
-        self.buf.drain(..4 + len);
-        m.map(Some)
+        // The rest starts a buffer sized for a frame like this one, so it
+        // does not grow (and copy) its way up again.
+        let mut rest = Vec::with_capacity((4 + len).max(self.buf.len() - 4 - len));
+        rest.extend_from_slice(&self.buf[4 + len..]);
+        self.buf.truncate(4 + len);
+        Ok(Some(std::mem::replace(&mut self.buf, rest)))
     }
+
+    /// The next complete message, `Ok(None)` if more bytes are needed.
+    pub fn next_msg(&mut self) -> Result<Option<Msg>, WireError> {
+        match self.next_frame()? {
+            Some(f) => decode_frame(&f).map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
+/// Decodes a whole frame as `next_frame` returns it.
+pub fn decode_frame(frame: &[u8]) -> Result<Msg, WireError> {
+    decode_body(frame[4], &frame[5..])
 }
 
 /// Decodes one frame held whole in `bytes` (tests, and single reads).

@@ -351,6 +351,8 @@ struct SendState {
     wanted: u64,
     /// Counts Wants: End is sent again after a rewind.
     wants: u64,
+    /// The highest chunk sent so far: a chunk sent again is verified first.
+    sent_max: Option<u64>,
     bye: bool,
 }
 
@@ -366,6 +368,7 @@ fn run_sender(o: &StartOpts, listener: UnixListener, mut child: Child) -> i32 {
             cursor: 0,
             wanted: 0,
             wants: 0,
+            sent_max: None,
             bye: false,
         }),
         Condvar::new(),
@@ -561,7 +564,7 @@ fn push_chunks(
     static WIRE_FAULT_DONE: std::sync::atomic::AtomicBool =
         std::sync::atomic::AtomicBool::new(false);
     loop {
-        let msg = {
+        let frame = {
             let mut st = shared.0.lock().expect("state");
             loop {
                 if st.generation != generation || st.bye {
@@ -576,10 +579,16 @@ fn push_chunks(
                     continue;
                 }
                 let cursor = st.cursor;
+                let resend = st.sent_max.is_some_and(|m| cursor <= m);
                 if let Lookup::Ready(c) = st.spool.get(cursor) {
-                    let mut c = c.clone();
-                    match &fault {
-                        Some((k, seq)) if k == "spool" && *seq == c.seq => c.data[0] ^= 0xff,
+                    let damaged;
+                    let c = match &fault {
+                        Some((k, seq)) if k == "spool" && *seq == c.seq => {
+                            let mut d = c.clone();
+                            d.data[0] ^= 0xff;
+                            damaged = d;
+                            &damaged
+                        }
                         Some((k, seq))
                             if k == "wire"
                                 && *seq == c.seq
@@ -588,26 +597,31 @@ fn push_chunks(
                         {
                             let mut bad = c.clone();
                             bad.data[0] ^= 0xff;
+                            st.sent_max = st.sent_max.max(Some(cursor));
                             st.cursor += 1;
-                            break Msg::Chunk(bad);
+                            break wire::encode_chunk(&bad);
                         }
-                        _ => {}
-                    }
-                    // The spool is memory the sender trusts only after a
-                    // check: a damaged chunk must never be passed on.
-                    if !c.verify() {
+                        _ => c,
+                    };
+                    // A chunk goes out the first time as it was hashed
+                    // (the receiver verifies it). One asked for again is
+                    // checked here first: if the sender's own copy is
+                    // damaged it can never be produced again, and saying so
+                    // beats resending it forever.
+                    if resend && !c.verify() {
+                        let msg = format!("chunk {} is damaged in the sender's spool; it cannot be produced again", c.seq);
                         st.bye = true;
-                        break Msg::Error {
-                            msg: format!("chunk {} is damaged in the sender's spool; it cannot be produced again", c.seq),
-                        };
+                        break wire::encode(&Msg::Error { msg });
                     }
+                    let frame = wire::encode_chunk(c);
+                    st.sent_max = st.sent_max.max(Some(cursor));
                     st.cursor += 1;
-                    break Msg::Chunk(c);
+                    break frame;
                 }
                 if let Some(e) = &st.end {
                     if cursor >= e.chunks && sent_end != Some(st.wants) {
                         sent_end = Some(st.wants);
-                        break Msg::End(e.clone());
+                        break wire::encode(&Msg::End(e.clone()));
                     }
                 }
                 st = shared
@@ -617,7 +631,6 @@ fn push_chunks(
                     .0;
             }
         };
-        let frame = wire::encode(&msg);
         let wrote = w
             .lock()
             .map(|mut s| paced.write(&mut *s, &frame).is_ok())
@@ -847,7 +860,7 @@ fn bridge(dir: &str) -> i32 {
 /// `io::copy`: between sockets and sshd's pipes it may splice, which can
 /// hold a small frame (a Welcome) until more data or the end arrives.
 fn pump(from: &mut impl Read, to: &mut impl Write) {
-    let mut buf = vec![0u8; 1 << 16];
+    let mut buf = vec![0u8; 256 << 10];
     loop {
         match from.read(&mut buf) {
             Ok(0) => return,

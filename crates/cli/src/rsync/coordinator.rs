@@ -26,6 +26,11 @@ pub struct Agent {
     pub dir: String,
 }
 
+/// Frames queued per direction and connection in the coordinator. The
+/// sender's spool is what covers the link's round trip; these only smooth
+/// the hand-over between threads, and each holds up to a chunk.
+const QUEUE: usize = 4;
+
 /// How long a silent link is tolerated before it is declared dead.
 pub const STALL: Duration = Duration::from_secs(30);
 const HEARTBEAT: Duration = Duration::from_secs(5);
@@ -37,7 +42,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// One live connection to an agent.
 struct Conn {
     tx: Tx<Vec<u8>>,
-    rx: Rx<Result<Msg, String>>,
+    rx: Rx<Result<In, String>>,
     child: Option<Child>,
     /// When the link last moved: a frame read from the agent, or a piece
     /// of a frame written towards it. Set by the reader and writer threads,
@@ -130,7 +135,7 @@ fn connect(a: &Agent, queue: usize) -> Result<Conn, String> {
             }
         };
     let (tx, wrx) = bounded::<Vec<u8>>(queue);
-    let (rtx, rx) = bounded::<Result<Msg, String>>(queue);
+    let (rtx, rx) = bounded::<Result<In, String>>(queue);
     let heard = Arc::new(Mutex::new(Instant::now()));
     let moved = heard.clone();
     std::thread::spawn(move || {
@@ -157,10 +162,31 @@ fn connect(a: &Agent, queue: usize) -> Result<Conn, String> {
     })
 }
 
-fn read_frames(mut r: Box<dyn Read + Send>, tx: Tx<Result<Msg, String>>, heard: &Mutex<Instant>) {
-    let why = match super::read_msgs(&mut r, |m| {
+/// What a connection's reader passes on: chunk frames stay encoded (they
+/// are forwarded as they came), everything else is decoded.
+enum In {
+    Chunk {
+        seq: u64,
+        payload: usize,
+        frame: Vec<u8>,
+    },
+    Msg(Msg),
+}
+
+fn read_frames(mut r: Box<dyn Read + Send>, tx: Tx<Result<In, String>>, heard: &Mutex<Instant>) {
+    let why = match super::read_frames(&mut r, |frame| {
         *heard.lock().expect("heard") = Instant::now();
-        tx.send(Ok(m)).is_ok()
+        let item = match wire::chunk_header(&frame) {
+            Some((seq, payload)) => In::Chunk {
+                seq,
+                payload,
+                frame,
+            },
+            None => {
+                In::Msg(wire::decode_frame(&frame).map_err(|e| format!("protocol error: {e}"))?)
+            }
+        };
+        Ok(tx.send(Ok(item)).is_ok())
     }) {
         super::Stop::Handler => return,
         super::Stop::Closed => "connection closed".to_string(),
@@ -206,9 +232,10 @@ fn hello(c: &Conn, role: Role) -> Result<Msg, String> {
     }))
     .map_err(|_| "connection closed".to_string())?;
     match c.rx.recv_timeout(STALL) {
-        Ok(Ok(m @ Msg::Welcome { .. })) => Ok(m),
-        Ok(Ok(Msg::Error { msg })) => Err(msg),
-        Ok(Ok(other)) => Err(format!("unexpected {} before the welcome", kind(&other))),
+        Ok(Ok(In::Msg(m @ Msg::Welcome { .. }))) => Ok(m),
+        Ok(Ok(In::Msg(Msg::Error { msg }))) => Err(msg),
+        Ok(Ok(In::Msg(other))) => Err(format!("unexpected {} before the welcome", kind(&other))),
+        Ok(Ok(In::Chunk { .. })) => Err("unexpected chunk before the welcome".into()),
         Ok(Err(e)) => Err(e),
         Err(_) => Err("no answer".into()),
     }
@@ -273,11 +300,11 @@ fn attempt(
     last_progress: &mut Instant,
     out: &Out,
 ) -> Step {
-    let s = match connect(sender, 16) {
+    let s = match connect(sender, QUEUE) {
         Ok(c) => c,
         Err(e) => return Step::Retry(format!("sender: {e}")),
     };
-    let r = match connect(receiver, 16) {
+    let r = match connect(receiver, QUEUE) {
         Ok(c) => c,
         Err(e) => return Step::Retry(format!("receiver: {e}")),
     };
@@ -307,23 +334,23 @@ fn attempt(
             recv(s.rx) -> m => {
                 let Ok(m) = m else { return Step::Retry("sender reader ended".into()) };
                 match m {
-                    Ok(Msg::Chunk(c)) => {
-                        stats.wire_bytes += c.data.len() as u64;
-                        if stats.forwarded.is_some_and(|f| c.seq <= f) {
+                    Ok(In::Chunk { seq, payload, frame }) => {
+                        stats.wire_bytes += payload as u64;
+                        if stats.forwarded.is_some_and(|f| seq <= f) {
                             stats.resent_chunks += 1;
-                            stats.resent_bytes += c.data.len() as u64;
+                            stats.resent_bytes += payload as u64;
                         }
-                        stats.forwarded = stats.forwarded.max(Some(c.seq));
-                        if let Err(e) = r.send(wire::encode(&Msg::Chunk(c))) {
+                        stats.forwarded = stats.forwarded.max(Some(seq));
+                        if let Err(e) = r.send(frame) {
                             return Step::Retry(format!("receiver {e}"));
                         }
                     }
-                    Ok(m @ Msg::End(_)) => {
+                    Ok(In::Msg(m @ Msg::End(_))) => {
                         if let Err(e) = r.send(wire::encode(&m)) {
                             return Step::Retry(format!("receiver {e}"));
                         }
                     }
-                    Ok(Msg::Error { msg }) => return Step::Fatal(format!("sender agent: {msg}")),
+                    Ok(In::Msg(Msg::Error { msg })) => return Step::Fatal(format!("sender agent: {msg}")),
                     Ok(_) => {}
                     Err(e) => return Step::Retry(format!("sender: {e}")),
                 }
@@ -331,7 +358,7 @@ fn attempt(
             recv(r.rx) -> m => {
                 let Ok(m) = m else { return Step::Retry("receiver reader ended".into()) };
                 match m {
-                    Ok(Msg::Ack { seq, offset }) => {
+                    Ok(In::Msg(Msg::Ack { seq, offset })) => {
                         if rewound_to.is_some_and(|r| seq > r) {
                             rewound_to = None;
                         }
@@ -341,7 +368,7 @@ fn attempt(
                         }
                         let _ = s.tx.try_send(wire::encode(&Msg::Ack { seq, offset }));
                     }
-                    Ok(Msg::Nak { seq }) => {
+                    Ok(In::Msg(Msg::Nak { seq })) => {
                         // Chunks already in flight behind a bad one are
                         // refused too: rewind once per position.
                         if rewound_to != Some(seq) {
@@ -351,13 +378,13 @@ fn attempt(
                             }
                         }
                     }
-                    Ok(Msg::Done { status, stderr }) => {
+                    Ok(In::Msg(Msg::Done { status, stderr })) => {
                         let _ = s.tx.send(wire::encode(&Msg::Bye));
                         let _ = r.tx.send(wire::encode(&Msg::Bye));
                         std::thread::sleep(Duration::from_millis(100));
                         return Step::Finished(Outcome { status, stderr, stats: stats.clone() });
                     }
-                    Ok(Msg::Error { msg }) => return Step::Fatal(format!("receiver agent: {msg}")),
+                    Ok(In::Msg(Msg::Error { msg })) => return Step::Fatal(format!("receiver agent: {msg}")),
                     Ok(_) => {}
                     Err(e) => return Step::Retry(format!("receiver: {e}")),
                 }

@@ -6,7 +6,7 @@ pub mod coordinator;
 pub mod session;
 
 use std::io::Read;
-use syncoid_rsync_core::wire::{Decoder, Msg};
+use syncoid_rsync_core::wire::{self, Decoder, Msg};
 
 /// Why `read_msgs` stopped.
 pub enum Stop {
@@ -21,16 +21,26 @@ pub enum Stop {
 /// Reads frames from `r` and hands each message to `f` until `f` returns
 /// false, the input ends or a frame is malformed.
 pub fn read_msgs(r: &mut impl Read, mut f: impl FnMut(Msg) -> bool) -> Stop {
+    read_frames(r, |frame| match wire::decode_frame(&frame) {
+        Ok(m) => Ok(f(m)),
+        Err(e) => Err(format!("protocol error: {e}")),
+    })
+}
+
+/// Reads whole frames (length prefix included, undecoded) from `r` and
+/// hands each to `f` until `f` returns false or an error, the input ends,
+/// or a frame is malformed.
+pub fn read_frames(r: &mut impl Read, mut f: impl FnMut(Vec<u8>) -> Result<bool, String>) -> Stop {
     let mut d = Decoder::default();
-    let mut buf = vec![0u8; 1 << 16];
+    let mut buf = vec![0u8; 256 << 10];
     loop {
         loop {
-            match d.next_msg() {
-                Ok(Some(m)) => {
-                    if !f(m) {
-                        return Stop::Handler;
-                    }
-                }
+            match d.next_frame() {
+                Ok(Some(frame)) => match f(frame) {
+                    Ok(true) => {}
+                    Ok(false) => return Stop::Handler,
+                    Err(e) => return Stop::Failed(e),
+                },
                 Ok(None) => break,
                 Err(e) => return Stop::Failed(format!("protocol error: {e}")),
             }

@@ -239,7 +239,51 @@ fn memory(size: &str) -> Vec<(String, u64)> {
         .collect()
 }
 
+/// `--profile SIZE`: one --rsync push through the loopback sshd with
+/// --debug (timestamped lines show where the time goes).
+fn profile(size: &str) {
+    let local = Host::new(&["src"]);
+    let far = Host::new(&["far"]);
+    let sshd = Sshd::start(&far);
+    local
+        .zfs(&[
+            "create",
+            "-o",
+            &format!("fakezfs:synthetic={size}"),
+            "src/big",
+        ])
+        .ok();
+    local.zfs(&["snapshot", "src/big@s"]).ok();
+    let extra: Vec<String> = std::env::var("PROFILE_ARGS")
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(String::from)
+        .collect();
+    let mut c = local.command(sibling("syncoid-rsync").to_str().unwrap());
+    c.args([
+        format!("--sshport={}", sshd.port),
+        format!("--sshkey={}", sshd.key.display()),
+        "--sshoption=StrictHostKeyChecking=no".into(),
+        format!("--sshoption=UserKnownHostsFile={}/kh", far.dir().display()),
+        "--no-sync-snap".into(),
+        "--debug".into(),
+    ])
+    .args(extra)
+    .arg("src/big")
+    .arg("root@127.0.0.1:far/big");
+    let t = Instant::now();
+    let out = c.output().unwrap();
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+    eprint!("{}", String::from_utf8_lossy(&out.stderr));
+    println!("wall {:.2}s", t.elapsed().as_secs_f64());
+}
+
 fn main() {
+    let p = arg("--profile", "");
+    if !p.is_empty() {
+        profile(&p);
+        return;
+    }
     let sizes: Vec<String> = arg("--sizes", "1G,4G")
         .split(',')
         .map(String::from)
