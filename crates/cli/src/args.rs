@@ -194,6 +194,11 @@ pub struct Args {
     /// Print both sides' snapshot lists
     #[arg(long, help_heading = "Output")]
     pub dumpsnaps: bool,
+    /// Print one JSON object per event on stdout instead of text (plan,
+    /// dataset start and done, progress, link lost, retry, reconnect,
+    /// summary; see docs/json-events.md). Warnings and errors stay on stderr
+    #[arg(long, help_heading = "Output")]
+    pub json: bool,
     /// Do not check for mbuffer, pv and the compressor before starting
     #[arg(long, help_heading = "Output")]
     pub no_command_checks: bool,

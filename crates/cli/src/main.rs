@@ -5,6 +5,7 @@ mod config;
 mod gather;
 mod host;
 mod output;
+mod progress;
 mod replicate;
 mod rsync;
 mod transfer;
@@ -83,10 +84,13 @@ fn main() {
     let out = output::Out {
         quiet: settings.args.quiet,
         debug: settings.args.debug,
+        json: settings.args.json,
     };
     match replicate::run(&settings) {
         Ok(summary) => {
-            if summary.failed > 0 || summary.busy > 0 || settings.args.debug {
+            if !settings.args.json
+                && (summary.failed > 0 || summary.busy > 0 || settings.args.debug)
+            {
                 eprintln!("syncoid-rsync: {}", summary.line());
             }
             exit_with(summary.exit_code());

@@ -14,11 +14,14 @@ pub fn mark_start() {
 pub struct Out {
     pub quiet: bool,
     pub debug: bool,
+    /// --json: stdout carries JSON events only; text goes nowhere but
+    /// warnings and errors (stderr).
+    pub json: bool,
 }
 
 impl Out {
     pub fn info(&self, msg: &str) {
-        if !self.quiet {
+        if !self.quiet && !self.json {
             println!("INFO: {msg}");
         }
     }
@@ -32,14 +35,16 @@ impl Out {
     }
     /// Debug lines carry the time since the start, to show where it goes.
     pub fn debug(&self, msg: &str) {
-        if self.debug {
+        if self.debug && !self.json {
             let t = START.get_or_init(std::time::Instant::now).elapsed();
             println!("DEBUG: [+{:.3}s] {msg}", t.as_secs_f64());
         }
     }
     /// Always printed (dry-run plans, dumps the user asked for).
     pub fn plain(&self, msg: &str) {
-        println!("{msg}");
+        if !self.json {
+            println!("{msg}");
+        }
     }
     pub fn stderr_is_terminal(&self) -> bool {
         std::io::stderr().is_terminal()

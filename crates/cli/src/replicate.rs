@@ -9,6 +9,7 @@ use crate::config::Settings;
 use crate::gather;
 use crate::host::{CmdError, Host};
 use crate::output::{exit, readable, Out, Summary};
+use crate::progress::{Face, Progress};
 use crate::rsync::coordinator::{self, Agent, AgentOpts};
 use crate::transfer::{self, Hosts};
 use syncoid_rsync_core::argv::{self, PipeOpts, Receive, SendWhat, Tools};
@@ -111,6 +112,10 @@ fn view(inv: Option<&Inventory>, fs: &str) -> View {
 struct Ctx<'a> {
     s: &'a Settings,
     out: Out,
+    progress: Progress,
+    /// Bytes received and reconnects over the run (for the summary).
+    bytes: std::cell::Cell<u64>,
+    reconnects: std::cell::Cell<u64>,
     tools: Tools,
     busy: Vec<String>,
     /// --rsync: the syncoid-rsync binary on (source, target), and the
@@ -295,7 +300,9 @@ pub fn run(s: &Settings) -> Result<Summary, Fatal> {
     let out = Out {
         quiet: s.args.quiet,
         debug: s.args.debug,
+        json: s.args.json,
     };
+    let started = std::time::Instant::now();
     let tools = preflight(s, &out)?;
     let src_root = s.source.dataset.as_str();
     let dst_root = s.target.dataset.as_str();
@@ -310,9 +317,21 @@ pub fn run(s: &Settings) -> Result<Summary, Fatal> {
         })?;
     let dst_inv = gather::inventory(&s.target_host, s.target_sudo, dst_root, recursive)
         .map_err(|e| fatal(exit::FAILED, format!("cannot list the target: {e}")))?;
+    let face = if s.args.json {
+        Face::Json
+    } else if s.args.quiet {
+        Face::Quiet
+    } else if out.stderr_is_terminal() {
+        Face::Bar
+    } else {
+        Face::Log
+    };
     let ctx = Ctx {
         s,
         out,
+        progress: Progress::new(face),
+        bytes: std::cell::Cell::new(0),
+        reconnects: std::cell::Cell::new(0),
         tools,
         busy: gather::busy_targets(&s.target_host),
         exes: std::cell::RefCell::new(None),
@@ -326,21 +345,71 @@ pub fn run(s: &Settings) -> Result<Summary, Fatal> {
         out.critical("no datasets found");
         summary.failed += 1;
     }
-    for (src_fs, origin) in list {
-        let dst_fs = format!("{dst_root}{}", &src_fs[src_root.len()..]);
+    let pairs: Vec<(String, Option<String>, String)> = list
+        .into_iter()
+        .map(|(src_fs, origin)| {
+            let dst_fs = format!("{dst_root}{}", &src_fs[src_root.len()..]);
+            (src_fs, origin, dst_fs)
+        })
+        .collect();
+    ctx.progress.json(
+        "plan",
+        serde_json::json!({
+            "mode": if s.args.rsync { "rsync" } else { "standard" },
+            "source": s.source.to_string(), "target": s.target.to_string(),
+            "dry_run": s.args.dry_run,
+            "datasets": pairs.iter().map(|(a, _, b)| serde_json::json!({"source": a, "target": b})).collect::<Vec<_>>(),
+        }),
+    );
+    for (src_fs, origin, dst_fs) in pairs {
         let src = view(Some(&src_inv), &src_fs);
         let dst = view(dst_inv.as_ref(), &dst_fs);
-        match sync_dataset(&ctx, &src_fs, &dst_fs, origin, src, dst) {
-            Ok(Outcome::Replicated) => summary.replicated += 1,
-            Ok(Outcome::UpToDate) => summary.up_to_date += 1,
-            Ok(Outcome::Skipped) => summary.skipped += 1,
-            Ok(Outcome::Busy) => summary.busy += 1,
+        let t = std::time::Instant::now();
+        let before = ctx.bytes.get();
+        let (status, error) = match sync_dataset(&ctx, &src_fs, &dst_fs, origin, src, dst) {
+            Ok(Outcome::Replicated) => {
+                summary.replicated += 1;
+                ("replicated", None)
+            }
+            Ok(Outcome::UpToDate) => {
+                summary.up_to_date += 1;
+                ("up_to_date", None)
+            }
+            Ok(Outcome::Skipped) => {
+                summary.skipped += 1;
+                ("skipped", None)
+            }
+            Ok(Outcome::Busy) => {
+                summary.busy += 1;
+                ("busy", None)
+            }
             Err(e) => {
                 summary.failed += 1;
                 out.critical(&format!("{} -> {}: {e}", src_fs, dst_fs));
+                ("failed", Some(e.to_string()))
             }
-        }
+        };
+        ctx.progress.json(
+            "dataset_done",
+            serde_json::json!({
+                "source": src_fs, "target": dst_fs, "status": status, "error": error,
+                "bytes": ctx.bytes.get() - before,
+                "seconds": (t.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
+            }),
+        );
     }
+    let secs = started.elapsed().as_secs_f64();
+    ctx.progress.json(
+        "summary",
+        serde_json::json!({
+            "replicated": summary.replicated, "up_to_date": summary.up_to_date,
+            "skipped": summary.skipped, "busy": summary.busy, "failed": summary.failed,
+            "bytes": ctx.bytes.get(), "reconnects": ctx.reconnects.get(),
+            "seconds": (secs * 1000.0).round() / 1000.0,
+            "mean_rate_bps": if secs > 0.0 { (ctx.bytes.get() as f64 / secs).round() } else { 0.0 },
+            "exit_code": summary.exit_code(),
+        }),
+    );
     if let Some(exes) = ctx.exes.borrow().as_ref() {
         for (host, dir) in &exes.copied {
             coordinator::unprovision(host, dir);
@@ -818,10 +887,22 @@ fn send_step(
         readable(size)
     };
     ctx.out.info(&format!("{label} (~ {est}):"));
+    let kind = match what {
+        SendWhat::Full { .. } => "full",
+        SendWhat::Incremental { .. } => "incremental",
+        SendWhat::Resume { .. } => "resume",
+    };
+    ctx.progress.json(
+        "dataset_start",
+        serde_json::json!({
+            "source": src_fs, "target": dst_fs, "kind": kind,
+            "estimate_bytes": (size > 0).then_some(size),
+        }),
+    );
     if s.args.rsync {
         let send_argv = argv::send(&what, &s.send_opts, s.source_sudo);
         let recv_argv = argv::receive(dst_fs, &recv, &s.recv_opts, s.target_sudo);
-        return rsync_transfer(ctx, src_fs, dst_fs, &send_argv, &recv_argv);
+        return rsync_transfer(ctx, src_fs, dst_fs, &send_argv, &recv_argv, size);
     }
     ctx.out.debug(&transfer::describe(&segments, &hosts));
     transfer::run(&segments, &hosts).map_err(DsError::Cmd)
@@ -995,6 +1076,7 @@ fn rsync_transfer(
     dst_fs: &str,
     send_argv: &[String],
     recv_argv: &[String],
+    estimate: u64,
 ) -> Result<(), DsError> {
     let exes = ctx.exes()?;
     let key = ctx.transfer_key(src_fs, dst_fs);
@@ -1016,11 +1098,21 @@ fn rsync_transfer(
         th.label()
     ));
     let (sender, receiver) = ctx.agents(&exes, sdir, rdir);
-    finish_transfer(ctx, &sender, &receiver)
+    finish_transfer(ctx, &sender, &receiver, src_fs, dst_fs, estimate)
 }
 
-fn finish_transfer(ctx: &Ctx, sender: &Agent, receiver: &Agent) -> Result<(), DsError> {
-    let outcome = match coordinator::run(sender, receiver, ctx.s.inactivity, &ctx.out) {
+fn finish_transfer(
+    ctx: &Ctx,
+    sender: &Agent,
+    receiver: &Agent,
+    src_fs: &str,
+    dst_fs: &str,
+    estimate: u64,
+) -> Result<(), DsError> {
+    ctx.progress.start_stream(src_fs, dst_fs, estimate);
+    let result = coordinator::run(sender, receiver, ctx.s.inactivity, &ctx.out, &ctx.progress);
+    ctx.progress.end_stream();
+    let outcome = match result {
         Ok(o) => o,
         Err(coordinator::RunError::Inactive(e)) => return Err(DsError::Other(e)),
         Err(coordinator::RunError::Fatal(e)) => {
@@ -1035,6 +1127,8 @@ fn finish_transfer(ctx: &Ctx, sender: &Agent, receiver: &Agent) -> Result<(), Ds
         }
     };
     let st = &outcome.stats;
+    ctx.bytes.set(ctx.bytes.get() + st.acked_bytes);
+    ctx.reconnects.set(ctx.reconnects.get() + st.reconnects);
     ctx.out.info(&format!(
         "--rsync: {} received and verified ({} on the wire), {} reconnects, {} chunks ({}) sent again",
         readable(st.acked_bytes),
@@ -1075,7 +1169,7 @@ fn reattach(ctx: &Ctx, src_fs: &str, dst_fs: &str) -> Result<bool, DsError> {
                 "--rsync: re-attaching to the live agents of an interrupted transfer of {src_fs}"
             ));
             let (sender, receiver) = ctx.agents(&exes, sdir, rdir);
-            finish_transfer(ctx, &sender, &receiver)?;
+            finish_transfer(ctx, &sender, &receiver, src_fs, dst_fs, 0)?;
             Ok(true)
         }
         (Some(d), None) => {

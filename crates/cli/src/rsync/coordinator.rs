@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use crate::host::Host;
 use crate::output::Out;
+use crate::progress::{Face, Progress};
 use syncoid_rsync_core::shell;
 use syncoid_rsync_core::wire::{self, Msg, Role};
 
@@ -256,6 +257,7 @@ pub fn run(
     receiver: &Agent,
     inactivity: Duration,
     out: &Out,
+    progress: &Progress,
 ) -> Result<Outcome, RunError> {
     let mut stats = Stats::default();
     let mut last_progress = Instant::now();
@@ -267,7 +269,14 @@ pub fn run(
         }
         first = false;
         let before = stats.acked_bytes;
-        let step = attempt(sender, receiver, &mut stats, &mut last_progress, out);
+        let step = attempt(
+            sender,
+            receiver,
+            &mut stats,
+            &mut last_progress,
+            out,
+            progress,
+        );
         if stats.acked_bytes > before {
             // The link worked: the next failure is a new outage.
             backoff = Duration::from_millis(250);
@@ -282,10 +291,14 @@ pub fn run(
                         inactivity.as_secs()
                     )));
                 }
-                out.warn(&format!(
-                    "link to the agents lost ({why}); reconnecting in {:.1}s",
-                    backoff.as_secs_f64()
-                ));
+                progress.link_lost(&why);
+                // The bar shows the outage in place; elsewhere it is a line.
+                if progress.face() != Face::Bar {
+                    out.warn(&format!(
+                        "link to the agents lost ({why}); reconnecting in {:.1}s",
+                        backoff.as_secs_f64()
+                    ));
+                }
                 std::thread::sleep(backoff);
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
@@ -299,6 +312,7 @@ fn attempt(
     stats: &mut Stats,
     last_progress: &mut Instant,
     out: &Out,
+    progress: &Progress,
 ) -> Step {
     let s = match connect(sender, QUEUE) {
         Ok(c) => c,
@@ -323,6 +337,7 @@ fn attempt(
         Err(e) => return Step::Retry(format!("receiver: {e}")),
     };
     out.debug(&format!("agents connected; resuming at chunk {next}"));
+    progress.link_ok();
     if let Err(e) = s.send(wire::encode(&Msg::Want { seq: next })) {
         return Step::Retry(format!("sender {e}"));
     }
@@ -391,6 +406,7 @@ fn attempt(
             }
             default(Duration::from_millis(500)) => {}
         }
+        progress.tick(stats.acked_bytes, stats.wire_bytes, stats.resent_bytes);
         if last_ping.elapsed() > HEARTBEAT {
             nonce += 1;
             last_ping = Instant::now();

@@ -1,0 +1,271 @@
+//! What the user sees: `--json` events checked against docs/json-events.md,
+//! log lines when stderr is not a terminal, and the bar in a real terminal
+//! (a pty from script(1)) moving and ending at 100%.
+
+mod agents;
+mod common;
+use agents::*;
+use common::*;
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+use syncoid_rsync_testkit::{Host, Sshd};
+
+/// Event name -> documented keys, read from the tables in
+/// docs/json-events.md (so the document and the program cannot drift).
+fn documented() -> BTreeMap<String, BTreeSet<String>> {
+    let doc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/json-events.md"
+    ))
+    .unwrap();
+    let key = regex::Regex::new(r"`([a-z_]+)`").unwrap();
+    let mut out = BTreeMap::new();
+    for line in doc.lines().filter(|l| l.starts_with("| `")) {
+        let cols: Vec<&str> = line.split('|').map(str::trim).collect();
+        let name = cols[1].trim_matches('`').to_string();
+        if ["event", "elapsed", "time"].contains(&name.as_str()) {
+            continue;
+        }
+        let mut keys: BTreeSet<String> = key
+            .captures_iter(cols[2])
+            .map(|c| c[1].to_string())
+            .collect();
+        keys.extend(["event", "elapsed", "time"].map(String::from));
+        out.insert(name, keys);
+    }
+    out
+}
+
+/// Checks one event against the documented keys and the types its name
+/// implies; returns the event name.
+fn check_event(e: &Value, doc: &BTreeMap<String, BTreeSet<String>>) -> String {
+    let name = e["event"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no event in {e}"));
+    let want = doc
+        .get(name)
+        .unwrap_or_else(|| panic!("undocumented event {name}: {e}"));
+    let have: BTreeSet<String> = e.as_object().unwrap().keys().cloned().collect();
+    assert_eq!(&have, want, "keys of {name}");
+    for (k, v) in e.as_object().unwrap() {
+        let ok = match k.as_str() {
+            "event" | "source" | "target" | "reason" | "kind" | "status" | "mode" => v.is_string(),
+            "error" => v.is_string() || v.is_null(),
+            "estimate_bytes" | "eta_seconds" => v.is_u64() || v.is_null(),
+            "dry_run" | "estimate_known" | "link_down" => v.is_boolean(),
+            "datasets" => v.is_array(),
+            "elapsed" | "time" | "seconds" | "rate_bps" | "mean_rate_bps" | "outage_seconds" => {
+                v.is_number()
+            }
+            _ => v.is_u64(),
+        };
+        assert!(ok, "{name}.{k} has the wrong type: {v}");
+    }
+    name.to_string()
+}
+
+fn events(stdout: &str) -> Vec<Value> {
+    stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
+#[test]
+fn json_events_follow_the_documented_schema_through_an_outage() {
+    let _serial = serial();
+    let doc = documented();
+    assert!(doc.len() >= 8, "{doc:?}");
+    let local = Host::new(&["src"]);
+    let far = Host::new(&["far"]);
+    let sshd = Sshd::start(&far);
+    let (_r1, _r2) = (Reaper(&local), Reaper(&far));
+    synthetic(&local, "src/data", "24M");
+    let ssh = ssh_args(&sshd, &far);
+    let mut args: Vec<&str> = vec!["--rsync", "--json", "--chunk-size=256K", "--no-sync-snap"];
+    args.extend(ssh.iter().map(String::as_str));
+    args.extend(["src/data", "root@127.0.0.1:far/data"]);
+    // ~3 s of sending; one ssh bridge killed after about a second.
+    let child = spawn(&local, &args, &[("FAKEZFS_SEND_RATE", "8M")]);
+    let pid = child.id();
+    let t = Instant::now();
+    let mut killed = 0;
+    while killed == 0 && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(300));
+        if t.elapsed() > Duration::from_millis(1200) {
+            for p in children_matching(pid, "agent bridge") {
+                kill(p, 9);
+                killed += 1;
+            }
+        }
+    }
+    let (code, out, err) = finish(child);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(killed >= 1);
+    let evs = events(&out);
+    let names: Vec<String> = evs.iter().map(|e| check_event(e, &doc)).collect();
+    assert_eq!(names.first().map(String::as_str), Some("plan"), "{names:?}");
+    assert_eq!(
+        names.last().map(String::as_str),
+        Some("summary"),
+        "{names:?}"
+    );
+    for must in [
+        "dataset_start",
+        "progress",
+        "link_lost",
+        "retry",
+        "reconnect",
+        "dataset_done",
+    ] {
+        assert!(names.iter().any(|n| n == must), "no {must} in {names:?}");
+    }
+    let summary = evs.last().unwrap();
+    assert_eq!(summary["exit_code"], 0);
+    assert_eq!(summary["replicated"], 1);
+    assert!(summary["reconnects"].as_u64().unwrap() >= 1);
+    // Stream bytes (records and headers) received: at least the payload
+    // the emulator's receive took, and what the dataset reported.
+    let total = received_bytes(&far);
+    let bytes = summary["bytes"].as_u64().unwrap();
+    assert!(bytes >= total, "{bytes} < {total}");
+    let done = evs.iter().find(|e| e["event"] == "dataset_done").unwrap();
+    assert_eq!(done["bytes"].as_u64().unwrap(), bytes);
+    assert_eq!(done["status"], "replicated");
+    let start = evs.iter().find(|e| e["event"] == "dataset_start").unwrap();
+    assert_eq!(start["kind"], "full");
+    assert!(start["estimate_bytes"].as_u64().unwrap() > 24_000_000);
+    let mut last = 0;
+    for p in evs.iter().filter(|e| e["event"] == "progress") {
+        let (got, of) = (
+            p["bytes_received"].as_u64().unwrap(),
+            p["total_bytes"].as_u64().unwrap(),
+        );
+        assert!(got <= of, "{p}");
+        assert!(got >= last, "progress went backwards: {p}");
+        last = got;
+    }
+    let lost = evs.iter().find(|e| e["event"] == "link_lost").unwrap();
+    assert!(lost["bytes_safe"].as_u64().unwrap() <= bytes);
+    assert!(!err.contains("link to the agents lost") || err.contains("WARNING"));
+    assert_eq!(far.files("far/data"), local.files("src/data"));
+}
+
+#[test]
+fn json_in_standard_mode_has_plan_datasets_and_summary_and_nothing_else() {
+    let _serial = serial();
+    let doc = documented();
+    let h = two_pools();
+    let r = ok(&h, &["--json", "src/data", "dst/data"]);
+    let evs = events(&r.stdout);
+    let names: Vec<String> = evs.iter().map(|e| check_event(e, &doc)).collect();
+    // Two streams (the oldest snapshot in full, then an incremental to the
+    // sync snapshot), one dataset.
+    assert_eq!(
+        names,
+        [
+            "plan",
+            "dataset_start",
+            "dataset_start",
+            "dataset_done",
+            "summary"
+        ],
+        "{}",
+        r.stdout
+    );
+    assert_eq!(evs[1]["kind"], "full");
+    assert_eq!(evs[2]["kind"], "incremental");
+    assert_eq!(evs[4]["exit_code"], 0);
+    // Nothing to do the second time: the dataset is up to date.
+    let r = ok(&h, &["--json", "--no-sync-snap", "src/data", "dst/data"]);
+    let evs = events(&r.stdout);
+    assert_eq!(evs[1]["status"], "up_to_date", "{}", r.stdout);
+    // A failure: exit code and summary agree.
+    h.zfs(&["create", "dst/other"]).ok();
+    h.write("dst/other", "mine", b"precious");
+    h.zfs(&["snapshot", "dst/other@x"]).ok();
+    let r = run(&h, &["--json", "src/data", "dst/other"]);
+    let evs = events(&r.stdout);
+    let last = evs.last().unwrap();
+    assert_eq!(last["event"], "summary");
+    assert_eq!(last["failed"], 1);
+    assert_eq!(last["exit_code"].as_i64().unwrap(), i64::from(r.status));
+    let done = evs.iter().find(|e| e["event"] == "dataset_done").unwrap();
+    assert!(done["error"].as_str().unwrap().len() > 10, "{done}");
+}
+
+#[test]
+fn without_a_terminal_progress_is_plain_log_lines() {
+    let _serial = serial();
+    let h = Host::new(&["src", "dst"]);
+    let _reap = Reaper(&h);
+    synthetic(&h, "src/data", "16M");
+    let child = spawn(
+        &h,
+        &["--rsync", "--no-sync-snap", "src/data", "dst/data"],
+        &[
+            ("FAKEZFS_SEND_RATE", "6M"),
+            ("SYNCOID_RSYNC_LOG_INTERVAL", "0.5"),
+        ],
+    );
+    let (code, out, err) = finish(child);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let lines: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with("progress src/data: "))
+        .collect();
+    assert!(lines.len() >= 3, "{err}");
+    assert!(lines.last().unwrap().contains("(100%)"), "{err}");
+    assert!(!err.contains('\r'), "no terminal control in logs");
+}
+
+#[test]
+fn in_a_terminal_the_bar_moves_and_ends_at_100_percent() {
+    let _serial = serial();
+    let h = Host::new(&["src", "dst"]);
+    let _reap = Reaper(&h);
+    synthetic(&h, "src/data", "16M");
+    // script(1) gives the command a pty as stdout and stderr.
+    let cmd = format!("{} --rsync --no-sync-snap src/data dst/data", bin());
+    let out = h
+        .command("script")
+        .args(["-qfec", &cmd, "/dev/null"])
+        .env("FAKEZFS_SEND_RATE", "6M")
+        .env("COLUMNS", "150")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    let frames: Vec<&str> = text
+        .split('\r')
+        .filter(|f| f.starts_with("src/data ["))
+        .collect();
+    assert!(frames.len() >= 3, "the bar was redrawn in place: {text:?}");
+    let pct = |f: &str| -> u32 {
+        f.split('%')
+            .next()
+            .unwrap()
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let seen: Vec<u32> = frames.iter().map(|f| pct(f)).collect();
+    assert!(seen.windows(2).all(|w| w[0] <= w[1]), "{seen:?}");
+    assert!(
+        seen.iter().any(|p| *p > 0 && *p < 100),
+        "it moved: {seen:?}"
+    );
+    assert_eq!(*seen.last().unwrap(), 100, "{seen:?}");
+    assert!(
+        frames
+            .last()
+            .unwrap()
+            .contains("[####################] 100%"),
+        "{text:?}"
+    );
+    assert_eq!(h.files("dst/data"), h.files("src/data"));
+}
