@@ -5,6 +5,7 @@ mod config;
 mod gather;
 mod host;
 mod output;
+mod preflight;
 mod progress;
 mod replicate;
 mod rsync;

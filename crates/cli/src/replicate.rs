@@ -3,7 +3,7 @@
 //! A failure in one dataset is reported and the others go on; the summary
 //! decides the exit status.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
 use crate::config::Settings;
 use crate::gather;
@@ -24,7 +24,7 @@ pub struct Fatal {
     pub msg: String,
 }
 
-fn fatal(code: i32, msg: impl Into<String>) -> Fatal {
+pub fn fatal(code: i32, msg: impl Into<String>) -> Fatal {
     Fatal {
         code,
         msg: msg.into(),
@@ -163,85 +163,6 @@ impl Ctx<'_> {
     }
 }
 
-/// Checks every host for zfs and the optional tools, in one call per host.
-fn preflight(s: &Settings, out: &Out) -> Result<Tools, Fatal> {
-    let comp = s.compress.program();
-    let mut wanted = vec!["zfs", "mbuffer"];
-    wanted.extend(comp);
-    let mut problems = Vec::new();
-    let mut found: HashMap<&str, BTreeSet<String>> = HashMap::new();
-    let hosts: Vec<(&str, &Host)> = vec![("source", &s.source_host), ("target", &s.target_host)];
-    for (role, host) in &hosts {
-        match gather::available(host, &wanted) {
-            Ok(set) => {
-                if !set.contains("zfs") {
-                    problems.push(format!(
-                        "{role} ({}): zfs not found in PATH: install OpenZFS (zfsutils-linux)",
-                        host.label()
-                    ));
-                }
-                found.insert(role, set);
-            }
-            Err(e) => problems.push(format!(
-                "{role} ({}): cannot run commands there: {e}",
-                host.label()
-            )),
-        }
-    }
-    if !problems.is_empty() {
-        return Err(fatal(
-            exit::UNAVAILABLE,
-            format!("pre-flight failed:\n  {}", problems.join("\n  ")),
-        ));
-    }
-    // --rsync moves data in process (compression and rate limits too):
-    // mbuffer, pv and compressors play no part.
-    if s.args.no_command_checks || s.args.rsync {
-        return Ok(Tools {
-            source_mbuffer: true,
-            target_mbuffer: true,
-            local_mbuffer: true,
-            local_pv: true,
-            compress: true,
-        });
-    }
-    let local = gather::available(&Host::Local, &["pv", "mbuffer", comp.unwrap_or("true")])
-        .unwrap_or_default();
-    let has = |role: &str, p: &str| found.get(role).is_some_and(|s| s.contains(p));
-    let both_remote = s.source_host.is_remote() && s.target_host.is_remote();
-    let mut compress = comp.is_some();
-    if let Some(c) = comp {
-        for role in ["source", "target"] {
-            if !has(role, c) {
-                out.warn(&format!(
-                    "{c} not available on {role} - sync will continue without compression."
-                ));
-                compress = false;
-            }
-        }
-        if both_remote && !local.contains(c) {
-            out.warn(&format!(
-                "{c} not available on local machine - sync will continue without compression."
-            ));
-            compress = false;
-        }
-    }
-    let tools = Tools {
-        source_mbuffer: has("source", "mbuffer"),
-        target_mbuffer: has("target", "mbuffer"),
-        local_mbuffer: local.contains("mbuffer"),
-        local_pv: local.contains("pv"),
-        compress,
-    };
-    if !tools.source_mbuffer {
-        out.warn("mbuffer not available on source - sync will continue without source buffering.");
-    }
-    if !tools.target_mbuffer {
-        out.warn("mbuffer not available on target - sync will continue without target buffering.");
-    }
-    Ok(tools)
-}
-
 /// Datasets to replicate, parents and clone origins first.
 fn datasets(s: &Settings, inv: &Inventory) -> Vec<(String, Option<String>)> {
     let root = s.source.dataset.as_str();
@@ -303,7 +224,7 @@ pub fn run(s: &Settings) -> Result<Summary, Fatal> {
         json: s.args.json,
     };
     let started = std::time::Instant::now();
-    let tools = preflight(s, &out)?;
+    let tools = crate::preflight::run(s, &out)?;
     let src_root = s.source.dataset.as_str();
     let dst_root = s.target.dataset.as_str();
     let recursive = s.args.recursive;

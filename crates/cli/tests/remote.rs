@@ -232,3 +232,120 @@ fn sshkey_sshport_and_sshoption_reach_the_host() {
     );
     assert_eq!(remote.files("far/data"), local.files("here/data"));
 }
+
+/// A directory of symlinks to only the given system tools: a PATH without
+/// mbuffer, the compressors (and, if left out, zfs).
+fn restricted_path(h: &Host, with_zfs: bool) -> String {
+    let dir = h.dir().join("restricted-bin");
+    std::fs::create_dir_all(&dir).unwrap();
+    for tool in ["sh", "bash", "ps", "uname", "awk", "cat", "true"] {
+        for base in ["/usr/bin", "/bin"] {
+            let from = std::path::Path::new(base).join(tool);
+            if from.exists() && !dir.join(tool).exists() {
+                std::os::unix::fs::symlink(&from, dir.join(tool)).unwrap();
+            }
+        }
+    }
+    if with_zfs {
+        format!("{}:{}", h.bin.display(), dir.display())
+    } else {
+        dir.display().to_string()
+    }
+}
+
+/// Options that reach `sshd` (serving `far`) without touching ~/.ssh.
+fn reach(sshd: &Sshd, far: &Host) -> Vec<String> {
+    vec![
+        format!("--sshport={}", sshd.port),
+        format!("--sshkey={}", sshd.key.display()),
+        "-oStrictHostKeyChecking=no".into(),
+        format!("-oUserKnownHostsFile={}/kh", far.dir().display()),
+    ]
+}
+
+#[test]
+fn preflight_names_every_missing_optional_tool_with_what_to_install() {
+    let _serial = serial();
+    let local = Host::new(&["here"]);
+    let far = Host::new(&["far"]);
+    let path = restricted_path(&far, true);
+    let sshd = Sshd::start_with_env(&far, &[("PATH", &path)]);
+    seed(&local, "here/data");
+    let reach = reach(&sshd, &far);
+    let base: Vec<&str> = reach.iter().map(String::as_str).collect();
+    let mut args = base.clone();
+    args.extend(["here/data", "root@127.0.0.1:far/data"]);
+    // lzop (the default --compress) and mbuffer are missing on the target:
+    // both are named, with the package to install, and the run goes on.
+    let r = ok(&local, &args);
+    for line in [
+        "lzop not available on target - sync will continue without compression.",
+        "mbuffer not available on target - sync will continue without target buffering.",
+        "root@127.0.0.1: apt install lzop",
+        "root@127.0.0.1: apt install mbuffer",
+    ] {
+        assert!(
+            r.stderr.contains(line),
+            "missing {line:?} in:\n{}",
+            r.stderr
+        );
+    }
+    assert_eq!(far.files("far/data"), local.files("here/data"));
+    // --no-command-checks skips the optional part, as in syncoid: the
+    // tools are then assumed, and their absence fails the transfer with a
+    // hint instead of a pre-flight report.
+    local.write("here/data", "new.txt", b"new");
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let mut unchecked = base.clone();
+    unchecked.extend([
+        "--no-command-checks",
+        "here/data",
+        "root@127.0.0.1:far/data",
+    ]);
+    let r = run_expect(&local, &unchecked, 2);
+    assert!(!r.stderr.contains("apt install"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("a program is missing on that host"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn preflight_reports_every_blocking_problem_at_once_and_changes_nothing() {
+    let _serial = serial();
+    let local = Host::new(&["here"]);
+    let far = Host::new(&["far"]);
+    let path = restricted_path(&far, false);
+    let sshd = Sshd::start_with_env(
+        &far,
+        &[("PATH", &path), ("SYNCOID_RSYNC_TMP", "/nonexistent/tmp")],
+    );
+    seed(&local, "here/data");
+    let mut args = vec!["--rsync".to_string()];
+    args.extend(reach(&sshd, &far));
+    args.extend(["here/data".into(), "root@127.0.0.1:far/data".into()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let r = run_expect(&local, &args, 69);
+    assert!(r.stderr.contains("pre-flight failed"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("target (root@127.0.0.1): zfs not found in PATH: install OpenZFS (Debian: apt install zfsutils-linux)"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("target (root@127.0.0.1): the agents' directory (/tmp, or $SYNCOID_RSYNC_TMP) is not writable"),
+        "both problems at once: {}",
+        r.stderr
+    );
+    assert!(
+        !r.stderr.contains("source (local"),
+        "the source is fine: {}",
+        r.stderr
+    );
+    assert_eq!(
+        sync_snaps(&local.snapshots("here/data")).len(),
+        0,
+        "nothing was snapshotted"
+    );
+}

@@ -47,6 +47,12 @@ fn free_port() -> u16 {
 impl Sshd {
     /// Starts an sshd whose sessions run on `host`.
     pub fn start(host: &Host) -> Sshd {
+        Sshd::start_with_env(host, &[])
+    }
+
+    /// Like `start`, with some of the sessions' variables (PATH, say)
+    /// replaced.
+    pub fn start_with_env(host: &Host, overrides: &[(&str, &str)]) -> Sshd {
         let dir = host.dir().join("sshd");
         std::fs::create_dir_all(&dir).unwrap();
         let _ = std::fs::create_dir_all("/run/sshd");
@@ -59,7 +65,7 @@ impl Sshd {
         for _ in 0..5 {
             let port = free_port();
             let cfg = dir.join("sshd_config");
-            std::fs::write(&cfg, config(&dir, port, host)).unwrap();
+            std::fs::write(&cfg, config(&dir, port, host, overrides)).unwrap();
             let log = std::fs::File::create(dir.join("sshd.log")).unwrap();
             let child = Command::new(sshd_bin())
                 .args(["-D", "-e", "-f"])
@@ -165,19 +171,27 @@ impl Drop for Sshd {
     }
 }
 
-fn config(dir: &Path, port: u16, host: &Host) -> String {
+fn config(dir: &Path, port: u16, host: &Host, overrides: &[(&str, &str)]) -> String {
+    let env = host
+        .envs()
+        .into_iter()
+        .map(|(k, v)| {
+            let v = overrides
+                .iter()
+                .find(|(o, _)| *o == k)
+                .map_or(v, |(_, o)| o.to_string());
+            format!("{k}={v}")
+        })
+        .collect::<Vec<_>>()
+        .join(" ");
     format!(
         "Port {port}\nListenAddress 127.0.0.1\nHostKey {hk}\nAuthorizedKeysFile {ak}\n\
          PidFile {pid}\nPermitRootLogin prohibit-password\nPasswordAuthentication no\n\
          KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nUseDNS no\n\
          MaxStartups 100\nMaxSessions 100\nLogLevel ERROR\n\
-         SetEnv PATH={path} FAKEZFS_ROOT={root} FAKEZFS_MOUNT_BASE={mnt} SYNCOID_RSYNC_TMP={tmp}\n",
+         SetEnv {env}\n",
         hk = dir.join("host_key").display(),
         ak = dir.join("authorized_keys").display(),
         pid = dir.join("sshd.pid").display(),
-        path = host.path_env(),
-        root = host.root.display(),
-        mnt = host.mnt.display(),
-        tmp = host.tmp().display(),
     )
 }

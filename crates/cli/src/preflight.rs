@@ -1,0 +1,255 @@
+//! Pre-flight: before any snapshot is taken or byte moved, every host
+//! involved is probed in one shell call each (reachable over ssh; zfs
+//! present and working, through sudo where it is needed; the optional
+//! tools the chosen options use; for `--rsync` a usable agent binary, a
+//! writable directory for its session and memory for its spool). Every
+//! problem is reported at once, per host, with what to install or change.
+//! Blocking problems end the run with exit status 69; missing optional
+//! tools are warnings (the run goes on without them, as syncoid does), and
+//! `--no-command-checks` skips that part.
+
+use std::collections::BTreeSet;
+
+use crate::config::Settings;
+use crate::host::Host;
+use crate::output::{exit, Out};
+use crate::replicate::{fatal, Fatal};
+use syncoid_rsync_core::argv::Tools;
+
+/// What one host has, from one shell call.
+#[derive(Debug, Default)]
+struct Probe {
+    found: BTreeSet<String>,
+    arch: String,
+    ours: Option<String>,
+    tmp_writable: bool,
+    sudo_ok: bool,
+    zfs_error: Option<String>,
+    mem_kib: Option<u64>,
+}
+
+fn probe(host: &Host, programs: &[&str], sudo: bool) -> Result<Probe, String> {
+    let mut script = String::new();
+    for p in programs {
+        script.push_str(&format!(
+            "command -v {p} >/dev/null 2>&1 && echo have {p}; "
+        ));
+    }
+    let zfs = if sudo { "sudo -n zfs" } else { "zfs" };
+    script.push_str(&format!(
+        "echo arch $(uname -m); \
+         v=$(syncoid-rsync --version 2>/dev/null) && echo ours $v; \
+         t=${{SYNCOID_RSYNC_TMP:-/tmp}}; [ -d \"$t\" ] && [ -w \"$t\" ] && echo tmp ok; \
+         {sudo_check} \
+         if command -v zfs >/dev/null 2>&1; then e=$({zfs} list -H -o name -d 0 2>&1 >/dev/null) && echo zfs ok || echo zfs error $e; fi; \
+         awk '/^MemAvailable:/ {{print \"mem \" $2}}' /proc/meminfo 2>/dev/null; true",
+        sudo_check = if sudo {
+            "sudo -n true 2>/dev/null && echo sudo ok;"
+        } else {
+            ""
+        },
+    ));
+    let argv = vec!["sh".to_string(), "-c".to_string(), script];
+    let out = host.run_ok(&argv).map_err(|e| e.to_string())?;
+    let mut p = Probe::default();
+    for line in out.lines() {
+        let (tag, rest) = line.split_once(' ').unwrap_or((line, ""));
+        match tag {
+            "have" => {
+                p.found.insert(rest.to_string());
+            }
+            "arch" => p.arch = rest.trim().to_string(),
+            "ours" => p.ours = Some(rest.trim().to_string()),
+            "tmp" => p.tmp_writable = true,
+            "sudo" => p.sudo_ok = true,
+            "zfs" if rest == "ok" => {}
+            "zfs" => p.zfs_error = Some(rest.trim_start_matches("error").trim().to_string()),
+            "mem" => p.mem_kib = rest.trim().parse().ok(),
+            _ => {}
+        }
+    }
+    Ok(p)
+}
+
+/// The Debian package that provides `program`.
+fn package(program: &str) -> &str {
+    match program {
+        "lzop" => "lzop",
+        "xz" => "xz-utils",
+        "zstd" | "zstdmt" => "zstd",
+        "zfs" => "zfsutils-linux",
+        other => other,
+    }
+}
+
+/// Checks every host; returns the optional tools found.
+pub fn run(s: &Settings, out: &Out) -> Result<Tools, Fatal> {
+    let comp = if s.args.rsync {
+        None
+    } else {
+        s.compress.program()
+    };
+    let optional = !s.args.no_command_checks && !s.args.rsync;
+    let mut wanted = vec!["zfs"];
+    if optional {
+        wanted.push("mbuffer");
+        wanted.extend(comp);
+    }
+    let same_host = s.source_host.label() == s.target_host.label();
+    let hosts: Vec<(&str, &Host, bool)> = if same_host {
+        vec![(
+            "source and target",
+            &s.source_host,
+            s.source_sudo || s.target_sudo,
+        )]
+    } else {
+        vec![
+            ("source", &s.source_host, s.source_sudo),
+            ("target", &s.target_host, s.target_sudo),
+        ]
+    };
+    let mut problems = Vec::new();
+    let mut probes = Vec::new();
+    for (role, host, sudo) in &hosts {
+        let who = format!("{role} ({})", host.label());
+        let p = match probe(host, &wanted, *sudo) {
+            Ok(p) => p,
+            Err(e) => {
+                problems.push(format!(
+                    "{who}: cannot run commands there: {}\n      check the host name, user, port and key (try: ssh {} true)",
+                    e.trim_end().replace('\n', "\n      "),
+                    host.label()
+                ));
+                continue;
+            }
+        };
+        if !p.found.contains("zfs") {
+            problems.push(format!(
+                "{who}: zfs not found in PATH: install OpenZFS (Debian: apt install zfsutils-linux)"
+            ));
+        } else if *sudo && !p.sudo_ok {
+            problems.push(format!(
+                "{who}: zfs needs root there and sudo asks for a password: allow passwordless sudo for zfs, connect as root, or delegate with `zfs allow` and use --no-privilege-elevation"
+            ));
+        } else if let Some(e) = &p.zfs_error {
+            problems.push(format!(
+                "{who}: zfs does not work: {e}\n      is the zfs kernel module loaded (modprobe zfs), and may this user use it?"
+            ));
+        }
+        if s.args.rsync {
+            let want = format!("syncoid-rsync {}", env!("CARGO_PKG_VERSION"));
+            if !p.tmp_writable {
+                problems.push(format!(
+                    "{who}: the agents' directory (/tmp, or $SYNCOID_RSYNC_TMP) is not writable"
+                ));
+            }
+            if host.is_remote()
+                && p.ours.as_deref() != Some(want.as_str())
+                && !p.arch.is_empty()
+                && p.arch != std::env::consts::ARCH
+            {
+                problems.push(format!(
+                    "{who}: runs {}, this syncoid-rsync is built for {}: install syncoid-rsync {} there",
+                    p.arch,
+                    std::env::consts::ARCH,
+                    env!("CARGO_PKG_VERSION")
+                ));
+            }
+            let need = (s.spool_size + 2 * s.chunk_size) as u64 + (32 << 20);
+            if let Some(kib) = p.mem_kib {
+                if kib * 1024 < need {
+                    problems.push(format!(
+                        "{who}: {} MiB of memory available, the --rsync agents need about {} MiB: lower --spool-size",
+                        kib / 1024,
+                        need >> 20
+                    ));
+                }
+            }
+        }
+        probes.push((role.to_string(), host.label(), p));
+    }
+    if !problems.is_empty() {
+        return Err(fatal(
+            exit::UNAVAILABLE,
+            format!("pre-flight failed:\n  {}", problems.join("\n  ")),
+        ));
+    }
+    if !optional {
+        return Ok(Tools {
+            source_mbuffer: true,
+            target_mbuffer: true,
+            local_mbuffer: true,
+            local_pv: true,
+            compress: true,
+        });
+    }
+    let has = |role: &str, prog: &str| {
+        probes
+            .iter()
+            .any(|(r, _, p)| r.contains(role) && p.found.contains(prog))
+    };
+    let local = crate::gather::available(&Host::Local, &["pv", "mbuffer", comp.unwrap_or("true")])
+        .unwrap_or_default();
+    let both_remote = s.source_host.is_remote() && s.target_host.is_remote();
+    let mut compress = comp.is_some();
+    let mut hints = Vec::new();
+    if let Some(c) = comp {
+        for role in ["source", "target"] {
+            if !has(role, c) {
+                out.warn(&format!(
+                    "{c} not available on {role} - sync will continue without compression."
+                ));
+                hints.push((role, c));
+                compress = false;
+            }
+        }
+        if both_remote && !local.contains(c) {
+            out.warn(&format!(
+                "{c} not available on local machine - sync will continue without compression."
+            ));
+            hints.push(("local machine", c));
+            compress = false;
+        }
+    }
+    let tools = Tools {
+        source_mbuffer: has("source", "mbuffer"),
+        target_mbuffer: has("target", "mbuffer"),
+        local_mbuffer: local.contains("mbuffer"),
+        local_pv: local.contains("pv"),
+        compress,
+    };
+    if !tools.source_mbuffer {
+        out.warn("mbuffer not available on source - sync will continue without source buffering.");
+        hints.push(("source", "mbuffer"));
+    }
+    if !tools.target_mbuffer {
+        out.warn("mbuffer not available on target - sync will continue without target buffering.");
+        hints.push(("target", "mbuffer"));
+    }
+    if !hints.is_empty() {
+        let host_of = |role: &str| {
+            probes
+                .iter()
+                .find(|(r, _, _)| r.contains(role))
+                .map(|(_, l, _)| l.clone())
+                .unwrap_or_else(|| role.to_string())
+        };
+        let mut lines: Vec<String> = hints
+            .iter()
+            .map(|(role, prog)| {
+                let host = if *role == "local machine" {
+                    Host::Local.label()
+                } else {
+                    host_of(role)
+                };
+                format!("{host}: apt install {}", package(prog))
+            })
+            .collect();
+        lines.dedup();
+        out.warn(&format!(
+            "pre-flight: optional tools missing (--no-command-checks skips this check); to install them:\n    {}",
+            lines.join("\n    ")
+        ));
+    }
+    Ok(tools)
+}
