@@ -62,18 +62,51 @@ impl std::fmt::Display for DsError {
     }
 }
 
-/// What the user can do about zfs errors we recognise.
+/// What the user can do about zfs errors we recognise (the texts are
+/// OpenZFS 2.1's, from ../shared/zfs-reference and the VM).
 fn hint(stderr: &str) -> Option<&'static str> {
-    if stderr.contains("has been modified") {
-        Some("the target changed since its last snapshot; without --no-rollback the next run rolls it back (zfs receive -F)")
-    } else if stderr.contains("does not match incremental source") {
-        Some("the target's newest snapshot is not the common base; run again without --no-rollback to roll it back")
-    } else if stderr.contains("Permission denied") || stderr.contains("permission denied") {
-        Some("check the ssh key and user, or use sudo/zfs allow (see --no-privilege-elevation)")
-    } else if stderr.contains("command not found") || stderr.contains("not found") {
-        Some("a program is missing on that host: install it or choose --compress=none")
+    let has = |t: &str| stderr.contains(t);
+    Some(if has("has been modified") {
+        "the target changed since its last snapshot; without --no-rollback the next run rolls it back (zfs receive -F), losing those changes"
+    } else if has("does not match incremental source") || has("most recent snapshot of") {
+        "the target's newest snapshot is not the common base; run again without --no-rollback to roll it back, or --force-delete to replace it"
+    } else if has("new filesystem stream: destination") && has("exists") {
+        "the target exists but shares no snapshot with the source: choose another target, or --force-delete to destroy and replace it"
+    } else if has("checksum mismatch or incomplete stream") || has("incomplete stream") {
+        "the stream was cut or damaged on its way; the target keeps what it verified (resume token): run the same command again (--rsync survives this)"
+    } else if has("out of space") || has("No space left") || has("quota exceeded") {
+        "the target pool or dataset is full: free space or raise its quota"
+    } else if has("no such pool") {
+        "the pool does not exist on that host: check the name (zpool list)"
+    } else if has("dataset is busy") {
+        "another process holds the dataset: wait, or find it with `zfs holds` / `lsof`"
+    } else if has("Permission denied") || has("permission denied") {
+        "check the ssh key and user, or use sudo/zfs allow (see --no-privilege-elevation)"
+    } else if has("command not found") || has("not found") {
+        "a program is missing on that host: install it or choose --compress=none"
     } else {
-        None
+        return None;
+    })
+}
+
+#[cfg(test)]
+mod hint_tests {
+    use super::hint;
+
+    #[test]
+    fn real_zfs_errors_get_a_hint() {
+        for (msg, want) in [
+            ("cannot receive incremental stream: destination dst/data has been modified", "--no-rollback"),
+            ("cannot receive incremental stream: most recent snapshot of dst/other does not\nmatch incremental source", "--force-delete"),
+            ("cannot receive new filesystem stream: destination 'dst/data' exists", "--force-delete"),
+            ("cannot receive new filesystem stream: checksum mismatch or incomplete stream.", "run the same command again"),
+            ("cannot open 'nopool': no such pool", "zpool list"),
+            ("cannot destroy snapshot src/data@a: dataset is busy", "zfs holds"),
+        ] {
+            let h = hint(msg).unwrap_or_else(|| panic!("no hint for {msg}"));
+            assert!(h.contains(want), "{msg} -> {h}");
+        }
+        assert_eq!(hint("something else entirely"), None);
     }
 }
 
