@@ -6,6 +6,7 @@
 //! this crate has no I/O dependencies, so it cannot.
 
 pub mod argv;
+pub mod fuzz;
 pub mod inventory;
 pub mod location;
 pub mod names;
