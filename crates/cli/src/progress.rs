@@ -209,6 +209,8 @@ pub struct Progress {
 
 struct State {
     current: Option<(String, String, Meter)>,
+    /// Which dataset of the plan (1-based) and how many there are.
+    position: (usize, usize),
     last_draw: Option<Duration>,
     drawn: bool,
 }
@@ -226,6 +228,7 @@ impl Progress {
             log_every,
             state: Mutex::new(State {
                 current: None,
+                position: (0, 0),
                 last_draw: None,
                 drawn: false,
             }),
@@ -263,6 +266,11 @@ impl Progress {
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "{}", serde_json::Value::Object(obj));
         let _ = out.flush();
+    }
+
+    /// The plan's dataset `index` (1-based) of `count` is next.
+    pub fn dataset(&self, index: usize, count: usize) {
+        self.state.lock().expect("progress").position = (index, count);
     }
 
     /// A stream starts: `estimate` from zfs send -nvP (0: unknown).
@@ -366,20 +374,28 @@ impl Progress {
         let Some((src, dst, m)) = st.current.as_ref() else {
             return;
         };
+        let (index, count) = st.position;
+        // Recursive runs show where in the plan they are.
+        let name = if count > 1 {
+            format!("[{index}/{count}] {src}")
+        } else {
+            src.clone()
+        };
         match self.face {
             Face::Bar => {
                 let width = terminal_width();
-                eprint!("\r{}\x1b[K", bar_line(src, m, now, width));
+                eprint!("\r{}\x1b[K", bar_line(&name, m, now, width));
                 let _ = std::io::stderr().flush();
                 st.drawn = true;
             }
-            Face::Log => eprintln!("{}", log_line(src, m, now)),
+            Face::Log => eprintln!("{}", log_line(&name, m, now)),
             Face::Json => {
                 let eta = m.eta(now).map(|d| d.as_secs());
                 self.json(
                     "progress",
                     serde_json::json!({
                         "source": src, "target": dst,
+                        "dataset": index, "datasets": count,
                         "bytes_received": m.done, "total_bytes": m.total(),
                         "estimate_known": m.estimate_known(),
                         "wire_bytes": m.wire, "resent_bytes": m.resent,

@@ -315,7 +315,9 @@ pub fn run(s: &Settings) -> Result<Summary, Fatal> {
             "datasets": pairs.iter().map(|(a, _, b)| serde_json::json!({"source": a, "target": b})).collect::<Vec<_>>(),
         }),
     );
-    for (src_fs, origin, dst_fs) in pairs {
+    let count = pairs.len();
+    for (index, (src_fs, origin, dst_fs)) in pairs.into_iter().enumerate() {
+        ctx.progress.dataset(index + 1, count);
         let src = view(Some(&src_inv), &src_fs);
         let dst = view(dst_inv.as_ref(), &dst_fs);
         let t = std::time::Instant::now();

@@ -54,7 +54,7 @@ fn check_event(e: &Value, doc: &BTreeMap<String, BTreeSet<String>>) -> String {
             "error" => v.is_string() || v.is_null(),
             "estimate_bytes" | "eta_seconds" => v.is_u64() || v.is_null(),
             "dry_run" | "estimate_known" | "link_down" => v.is_boolean(),
-            "datasets" => v.is_array(),
+            "datasets" => v.is_array() || v.is_u64(),
             "elapsed" | "time" | "seconds" | "rate_bps" | "mean_rate_bps" | "outage_seconds" => {
                 v.is_number()
             }
@@ -201,9 +201,10 @@ fn without_a_terminal_progress_is_plain_log_lines() {
     let h = Host::new(&["src", "dst"]);
     let _reap = Reaper(&h);
     synthetic(&h, "src/data", "16M");
+    synthetic(&h, "src/data/kid", "3M");
     let child = spawn(
         &h,
-        &["--rsync", "--no-sync-snap", "src/data", "dst/data"],
+        &["--rsync", "-r", "--no-sync-snap", "src/data", "dst/data"],
         &[
             ("FAKEZFS_SEND_RATE", "6M"),
             ("SYNCOID_RSYNC_LOG_INTERVAL", "0.5"),
@@ -211,13 +212,21 @@ fn without_a_terminal_progress_is_plain_log_lines() {
     );
     let (code, out, err) = finish(child);
     assert_eq!(code, 0, "{out}\n{err}");
-    let lines: Vec<&str> = err
+    // Recursive: each line says which dataset of the plan it is.
+    let first: Vec<&str> = err
         .lines()
-        .filter(|l| l.starts_with("progress src/data: "))
+        .filter(|l| l.starts_with("progress [1/2] src/data: "))
         .collect();
-    assert!(lines.len() >= 3, "{err}");
-    assert!(lines.last().unwrap().contains("(100%)"), "{err}");
+    assert!(first.len() >= 3, "{err}");
+    assert!(first.last().unwrap().contains("(100%)"), "{err}");
+    let second = err
+        .lines()
+        .filter(|l| l.starts_with("progress [2/2] src/data/kid: "))
+        .last()
+        .unwrap_or_else(|| panic!("no line for the child: {err}"));
+    assert!(second.contains("(100%)"), "{second}");
     assert!(!err.contains('\r'), "no terminal control in logs");
+    assert_eq!(h.files("dst/data/kid"), h.files("src/data/kid"));
 }
 
 #[test]
