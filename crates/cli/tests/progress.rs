@@ -221,8 +221,7 @@ fn without_a_terminal_progress_is_plain_log_lines() {
     assert!(first.last().unwrap().contains("(100%)"), "{err}");
     let second = err
         .lines()
-        .filter(|l| l.starts_with("progress [2/2] src/data/kid: "))
-        .last()
+        .rfind(|l| l.starts_with("progress [2/2] src/data/kid: "))
         .unwrap_or_else(|| panic!("no line for the child: {err}"));
     assert!(second.contains("(100%)"), "{second}");
     assert!(!err.contains('\r'), "no terminal control in logs");
