@@ -253,7 +253,7 @@ fn killed_coordinator_is_rerun_and_reattaches_to_the_live_agents() {
         "dst/data",
     ];
     let child = spawn(&h, &args, &[("FAKEZFS_SEND_RATE", "10M")]);
-    wait_until("both agents", 10, || agent_pids(&h).len() == 2);
+    wait_until("both agents", 40, || agent_pids(&h).len() == 2);
     std::thread::sleep(Duration::from_millis(1500));
     kill(child.id() as i32, 9);
     let _ = finish(child);
@@ -292,7 +292,7 @@ fn killed_receiver_agent_is_replaced_and_the_resume_token_used() {
         "dst/data",
     ];
     let child = spawn(&h, &args, &[("FAKEZFS_SEND_RATE", "10M")]);
-    wait_until("both agents", 10, || agent_pids(&h).len() == 2);
+    wait_until("both agents", 40, || agent_pids(&h).len() == 2);
     std::thread::sleep(Duration::from_millis(1500));
     kill(child.id() as i32, 9);
     let _ = finish(child);
@@ -389,7 +389,7 @@ fn agents_give_up_after_their_inactivity_timeout_and_clean_up() {
         "dst/data",
     ];
     let child = spawn(&h, &args, &[("FAKEZFS_SEND_RATE", "2M")]);
-    wait_until("both agents", 10, || agent_pids(&h).len() == 2);
+    wait_until("both agents", 40, || agent_pids(&h).len() == 2);
     std::thread::sleep(Duration::from_secs(2));
     let pids = agent_pids(&h);
     kill(child.id() as i32, 9);

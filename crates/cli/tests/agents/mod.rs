@@ -45,19 +45,45 @@ pub fn synthetic(h: &Host, fs: &str, size: &str) {
     h.zfs(&["snapshot", &format!("{fs}@s1")]).ok();
 }
 
-pub fn spawn(h: &Host, args: &[&str], env: &[(&str, &str)]) -> Child {
-    h.command(bin())
-        .args(args)
-        .envs(env.iter().copied())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
+/// A coordinator started by a test; killed (by its pid) if the test
+/// fails before `finish`, so it cannot start agents or receives that
+/// disturb the next test.
+pub struct Spawned(Option<Child>);
+
+impl Spawned {
+    pub fn id(&self) -> u32 {
+        self.0.as_ref().expect("running").id()
+    }
+    pub fn try_wait(&mut self) -> std::io::Result<Option<std::process::ExitStatus>> {
+        self.0.as_mut().expect("running").try_wait()
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub fn spawn(h: &Host, args: &[&str], env: &[(&str, &str)]) -> Spawned {
+    Spawned(Some(
+        h.command(bin())
+            .args(args)
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    ))
 }
 
 /// Waits for the coordinator (at most two minutes: a hang is a failure
 /// with its output, not a stuck suite).
-pub fn finish(mut child: Child) -> (i32, String, String) {
+pub fn finish(mut spawned: Spawned) -> (i32, String, String) {
+    let mut child = spawned.0.take().expect("running");
     let t = Instant::now();
     while child.try_wait().unwrap().is_none() && t.elapsed() < Duration::from_secs(120) {
         std::thread::sleep(Duration::from_millis(100));
