@@ -89,8 +89,11 @@ fn main() {
     };
     match replicate::run(&settings) {
         Ok(summary) => {
+            // On a terminal, always; under cron only when something is
+            // wrong (as syncoid, a clean run mails nothing).
+            let tty = out.stderr_is_terminal() && !settings.args.quiet;
             if !settings.args.json
-                && (summary.failed > 0 || summary.busy > 0 || settings.args.debug)
+                && (summary.failed > 0 || summary.busy > 0 || settings.args.debug || tty)
             {
                 eprintln!("syncoid-rsync: {}", summary.line());
             }

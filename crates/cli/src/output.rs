@@ -71,6 +71,10 @@ pub struct Summary {
     pub skipped: usize,
     pub failed: usize,
     pub busy: usize,
+    /// `--rsync`: stream bytes received, and reconnects.
+    pub bytes: u64,
+    pub reconnects: u64,
+    pub seconds: f64,
 }
 
 impl Summary {
@@ -85,10 +89,22 @@ impl Summary {
     }
 
     pub fn line(&self) -> String {
-        format!(
+        let mut s = format!(
             "{} replicated, {} already up to date, {} skipped, {} busy, {} failed",
             self.replicated, self.up_to_date, self.skipped, self.busy, self.failed
-        )
+        );
+        if self.bytes > 0 {
+            let rate = self.bytes as f64 / self.seconds.max(0.001);
+            s.push_str(&format!(
+                "; {} in {:.1}s ({}/s), {} reconnect{}",
+                readable(self.bytes),
+                self.seconds,
+                readable(rate as u64),
+                self.reconnects,
+                if self.reconnects == 1 { "" } else { "s" }
+            ));
+        }
+        s
     }
 }
 

@@ -22,7 +22,10 @@ pub struct Meter {
     estimate: u64,
     /// Bytes taken by zfs receive (safe at the receiver).
     pub done: u64,
-    /// Payload bytes over the wire, and those sent more than once.
+    /// Stream bytes produced by zfs send and sent on (ahead of `done` by
+    /// what is in flight), payload bytes over the wire, and those sent
+    /// more than once.
+    pub sent: u64,
     pub wire: u64,
     pub resent: u64,
     rate: f64,
@@ -40,6 +43,7 @@ impl Meter {
             started: now,
             estimate,
             done: 0,
+            sent: 0,
             wire: 0,
             resent: 0,
             rate: 0.0,
@@ -103,6 +107,11 @@ impl Meter {
         Some(Duration::from_secs_f64(left / self.rate))
     }
 
+    /// The whole stream arrived: its size is what came.
+    pub fn complete(&mut self) {
+        self.estimate = self.done;
+    }
+
     pub fn link_lost(&mut self, now: Duration) {
         if self.outage.is_none() {
             self.outage = Some((now, 0));
@@ -151,6 +160,9 @@ fn status(m: &Meter, now: Duration, pct: &str) -> String {
         String::new()
     };
     let mut s = format!("{}{of}{pct}  {}", readable(m.done), rate_text(m.rate()));
+    if m.sent > m.done {
+        s.push_str(&format!("  {} in flight", readable(m.sent - m.done)));
+    }
     if m.resent > 0 {
         s.push_str(&format!("  {} sent again", readable(m.resent)));
     }
@@ -286,15 +298,16 @@ impl Progress {
     }
 
     /// Updates the counters and redraws when due.
-    pub fn tick(&self, done: u64, wire: u64, resent: u64) {
+    pub fn tick(&self, stats: &crate::rsync::coordinator::Stats) {
         let now = self.now();
         let mut st = self.state.lock().expect("progress");
         let Some((_, _, m)) = st.current.as_mut() else {
             return;
         };
-        m.update(now, done);
-        m.wire = wire;
-        m.resent = resent;
+        m.update(now, stats.acked_bytes);
+        m.sent = stats.sent_bytes.max(stats.acked_bytes);
+        m.wire = stats.wire_bytes;
+        m.resent = stats.resent_bytes;
         self.draw(&mut st, now, false);
     }
 
@@ -342,10 +355,17 @@ impl Progress {
         self.draw(&mut st, now, true);
     }
 
-    /// The stream ended: a last full redraw, then the line is left as is.
-    pub fn end_stream(&self) {
+    /// The stream ended (`complete`: every byte arrived, so an estimate
+    /// that was too high no longer counts): a last redraw, then the line
+    /// is left as is.
+    pub fn end_stream(&self, complete: bool) {
         let now = self.now();
         let mut st = self.state.lock().expect("progress");
+        if let Some((_, _, m)) = st.current.as_mut() {
+            if complete {
+                m.complete();
+            }
+        }
         if st.current.is_some() {
             self.draw(&mut st, now, true);
             if self.face == Face::Bar && st.drawn {
@@ -396,7 +416,8 @@ impl Progress {
                     serde_json::json!({
                         "source": src, "target": dst,
                         "dataset": index, "datasets": count,
-                        "bytes_received": m.done, "total_bytes": m.total(),
+                        "bytes_received": m.done, "bytes_sent": m.sent,
+                        "total_bytes": m.total(),
                         "estimate_known": m.estimate_known(),
                         "wire_bytes": m.wire, "resent_bytes": m.resent,
                         "rate_bps": m.rate().round(), "eta_seconds": eta,

@@ -355,6 +355,9 @@ pub fn run(s: &Settings) -> Result<Summary, Fatal> {
         );
     }
     let secs = started.elapsed().as_secs_f64();
+    summary.bytes = ctx.bytes.get();
+    summary.reconnects = ctx.reconnects.get();
+    summary.seconds = secs;
     ctx.progress.json(
         "summary",
         serde_json::json!({
@@ -1067,7 +1070,8 @@ fn finish_transfer(
 ) -> Result<(), DsError> {
     ctx.progress.start_stream(src_fs, dst_fs, estimate);
     let result = coordinator::run(sender, receiver, ctx.s.inactivity, &ctx.out, &ctx.progress);
-    ctx.progress.end_stream();
+    ctx.progress
+        .end_stream(matches!(&result, Ok(o) if o.status == 0));
     let outcome = match result {
         Ok(o) => o,
         Err(coordinator::RunError::Inactive(e)) => return Err(DsError::Other(e)),

@@ -210,15 +210,30 @@ pub fn encode_chunk(c: &Chunk) -> Vec<u8> {
     w.0
 }
 
-/// The sequence number and payload size of a chunk frame (as
-/// `Decoder::next_frame` returns it), without copying it; `None` for any
-/// other frame.
-pub fn chunk_header(frame: &[u8]) -> Option<(u64, usize)> {
+/// What the coordinator needs to know of a chunk it forwards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkHeader {
+    pub seq: u64,
+    /// Where the chunk's stream bytes end.
+    pub end: u64,
+    /// Payload bytes on the wire.
+    pub payload: usize,
+}
+
+/// The header of a chunk frame (as `Decoder::next_frame` returns it),
+/// without copying it; `None` for any other frame.
+pub fn chunk_header(frame: &[u8]) -> Option<ChunkHeader> {
     if frame.len() < 4 + 1 + 8 + 8 + 4 + 1 + 32 + 4 || frame[4] != 4 {
         return None;
     }
     let seq = u64::from_be_bytes(frame[5..13].try_into().ok()?);
-    Some((seq, frame.len() - (4 + 1 + 8 + 8 + 4 + 1 + 32 + 4)))
+    let offset = u64::from_be_bytes(frame[13..21].try_into().ok()?);
+    let len = u32::from_be_bytes(frame[21..25].try_into().ok()?);
+    Some(ChunkHeader {
+        seq,
+        end: offset.saturating_add(u64::from(len)),
+        payload: frame.len() - (4 + 1 + 8 + 8 + 4 + 1 + 32 + 4),
+    })
 }
 
 /// Encodes one message as a frame.

@@ -104,3 +104,25 @@ fn resent_bytes_are_shown_and_lines_fit_the_terminal() {
     assert!(bar_line("x", &m, s(1.0), 200).contains("3.0 MB sent again"));
     assert!(bar_line("x", &m, s(1.0), 40).chars().count() <= 40);
 }
+
+#[test]
+fn a_nonsense_estimate_ends_at_100_percent_when_the_stream_completes() {
+    // zfs send -nvP -t can overestimate a resumed stream.
+    let mut m = Meter::new(s(0.0), 900 * MB);
+    m.update(s(4.0), 120 * MB);
+    assert!(bar_line("r", &m, s(4.0), 200).contains(" 13%"));
+    m.complete();
+    let l = bar_line("r", &m, s(4.0), 200);
+    assert!(
+        l.contains("[####################] 100%  120.0 MB of 120.0 MB"),
+        "{l}"
+    );
+}
+
+#[test]
+fn bytes_in_flight_are_shown() {
+    let mut m = Meter::new(s(0.0), 100 * MB);
+    m.update(s(1.0), 20 * MB);
+    m.sent = 28 * MB;
+    assert!(bar_line("x", &m, s(1.0), 200).contains("8.0 MB in flight"));
+}

@@ -167,8 +167,7 @@ fn connect(a: &Agent, queue: usize) -> Result<Conn, String> {
 /// are forwarded as they came), everything else is decoded.
 enum In {
     Chunk {
-        seq: u64,
-        payload: usize,
+        head: wire::ChunkHeader,
         frame: Vec<u8>,
     },
     Msg(Msg),
@@ -178,11 +177,7 @@ fn read_frames(mut r: Box<dyn Read + Send>, tx: Tx<Result<In, String>>, heard: &
     let why = match super::read_frames(&mut r, |frame| {
         *heard.lock().expect("heard") = Instant::now();
         let item = match wire::chunk_header(&frame) {
-            Some((seq, payload)) => In::Chunk {
-                seq,
-                payload,
-                frame,
-            },
+            Some(head) => In::Chunk { head, frame },
             None => {
                 In::Msg(wire::decode_frame(&frame).map_err(|e| format!("protocol error: {e}"))?)
             }
@@ -207,6 +202,9 @@ pub struct Stats {
     /// lost in flight at a reconnect, or refused by the receiver.
     pub resent_chunks: u64,
     pub resent_bytes: u64,
+    /// Stream bytes the sender has produced and sent on (the end of the
+    /// furthest chunk forwarded).
+    pub sent_bytes: u64,
     pub reconnects: u64,
     /// The highest chunk forwarded so far (to count re-sends).
     forwarded: Option<u64>,
@@ -349,13 +347,15 @@ fn attempt(
             recv(s.rx) -> m => {
                 let Ok(m) = m else { return Step::Retry("sender reader ended".into()) };
                 match m {
-                    Ok(In::Chunk { seq, payload, frame }) => {
-                        stats.wire_bytes += payload as u64;
-                        if stats.forwarded.is_some_and(|f| seq <= f) {
+                    Ok(In::Chunk { head, frame }) => {
+                        let payload = head.payload as u64;
+                        stats.wire_bytes += payload;
+                        if stats.forwarded.is_some_and(|f| head.seq <= f) {
                             stats.resent_chunks += 1;
-                            stats.resent_bytes += payload as u64;
+                            stats.resent_bytes += payload;
                         }
-                        stats.forwarded = stats.forwarded.max(Some(seq));
+                        stats.forwarded = stats.forwarded.max(Some(head.seq));
+                        stats.sent_bytes = stats.sent_bytes.max(head.end);
                         if let Err(e) = r.send(frame) {
                             return Step::Retry(format!("receiver {e}"));
                         }
@@ -406,7 +406,7 @@ fn attempt(
             }
             default(Duration::from_millis(500)) => {}
         }
-        progress.tick(stats.acked_bytes, stats.wire_bytes, stats.resent_bytes);
+        progress.tick(stats);
         if last_ping.elapsed() > HEARTBEAT {
             nonce += 1;
             last_ping = Instant::now();

@@ -135,3 +135,20 @@ proptest! {
         prop_assert_eq!(d.next_msg().unwrap(), Some(m));
     }
 }
+
+#[test]
+fn chunk_headers_are_read_without_decoding() {
+    let mut c = Chunk::new(9, 1000, vec![3u8; 4000]);
+    c.compress(1);
+    let frame = encode(&Msg::Chunk(c.clone()));
+    let h = chunk_header(&frame).unwrap();
+    assert_eq!(
+        h,
+        ChunkHeader {
+            seq: 9,
+            end: 5000,
+            payload: c.data.len()
+        }
+    );
+    assert_eq!(chunk_header(&encode(&Msg::Bye)), None);
+}
