@@ -513,11 +513,14 @@ fn recursive_no_op_run_lists_each_side_once_whatever_the_dataset_count() {
         .iter()
         .map(|e| e["argv"].to_string())
         .collect();
+    // One pre-flight probe (`zfs list -d 0`: zfs works) for the one host,
+    // then two listings per side, none per dataset.
     assert_eq!(
         calls.len(),
-        4,
-        "two listings per side, none per dataset: {calls:#?}"
+        5,
+        "one probe and two listings per side, none per dataset: {calls:#?}"
     );
+    assert!(calls[0].contains("\"-d\",\"0\""), "{calls:#?}");
 }
 
 #[test]
