@@ -297,6 +297,18 @@ impl Progress {
         st.drawn = false;
     }
 
+    /// Standard mode: the bytes that passed the meter so far.
+    pub fn tick_bytes(&self, done: u64) {
+        let now = self.now();
+        let mut st = self.state.lock().expect("progress");
+        let Some((_, _, m)) = st.current.as_mut() else {
+            return;
+        };
+        m.update(now, done);
+        m.sent = done;
+        self.draw(&mut st, now, false);
+    }
+
     /// Updates the counters and redraws when due.
     pub fn tick(&self, stats: &crate::rsync::coordinator::Stats) {
         let now = self.now();

@@ -823,13 +823,10 @@ fn send_step(
         mbuffer_size: s.args.mbuffer_size.clone(),
         source_bwlimit: s.args.source_bwlimit.clone(),
         target_bwlimit: s.args.target_bwlimit.clone(),
-        pv_options: (!s.args.quiet && ctx.out.stderr_is_terminal()).then(|| {
-            s.args
-                .pv_options
-                .split_whitespace()
-                .map(String::from)
-                .collect()
-        }),
+        // Our own meter where syncoid puts pv, when progress is shown on a
+        // terminal or as JSON events: exact, and never past 100%.
+        pv_options: None,
+        meter: matches!(ctx.progress.face(), Face::Bar | Face::Json),
         source_remote: s.source_host.is_remote(),
         target_remote: s.target_host.is_remote(),
         direct: s.direct.clone(),
@@ -864,7 +861,12 @@ fn send_step(
         return rsync_transfer(ctx, src_fs, dst_fs, &send_argv, &recv_argv, size);
     }
     ctx.out.debug(&transfer::describe(&segments, &hosts));
-    transfer::run(&segments, &hosts).map_err(DsError::Cmd)
+    ctx.progress.start_stream(src_fs, dst_fs, size);
+    let result = transfer::run(&segments, &hosts, &ctx.progress);
+    ctx.progress.end_stream(result.is_ok());
+    let bytes = result.map_err(DsError::Cmd)?;
+    ctx.bytes.set(ctx.bytes.get() + bytes);
+    Ok(())
 }
 
 fn estimate(ctx: &Ctx, what: &SendWhat) -> u64 {

@@ -1,11 +1,17 @@
 //! Running one send/receive pipeline: spawns each stage (local stages as
 //! their own processes, a remote segment as one ssh), pipes them together,
 //! drains every stderr, and reports the failing stage with its stderr.
+//! The `METER` stage (where syncoid puts pv) runs in this process: a pump
+//! that counts the stream for the progress display.
 
+use std::io::{Read, Write};
 use std::process::{Child, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use crate::host::{CmdError, Host, Running, StderrTail};
-use syncoid_rsync_core::argv::{Segment, Where};
+use crate::progress::Progress;
+use syncoid_rsync_core::argv::{Segment, Where, METER};
 
 pub struct Hosts<'a> {
     pub source: &'a Host,
@@ -36,10 +42,16 @@ fn units(segments: &[Segment], hosts: &Hosts) -> Vec<(Host, Vec<Vec<String>>)> {
     out
 }
 
-/// The pipeline as one line of text (for --dry-run and --debug).
+fn is_meter(stages: &[Vec<String>]) -> bool {
+    stages.len() == 1 && stages[0].len() == 1 && stages[0][0] == METER
+}
+
+/// The pipeline as one line of text (for --dry-run and --debug); the
+/// in-process meter is not a command and is left out.
 pub fn describe(segments: &[Segment], hosts: &Hosts) -> String {
     units(segments, hosts)
         .iter()
+        .filter(|(_, stages)| !is_meter(stages))
         .map(|(h, stages)| h.describe(stages))
         .collect::<Vec<_>>()
         .join(" | ")
@@ -56,18 +68,58 @@ fn widen_pipe(out: &std::process::ChildStdout) {
     }
 }
 
-/// Runs the pipeline to the end. On failure the error of the last failing
-/// process comes first (the receiver's refusal explains a sender's EPIPE).
-pub fn run(segments: &[Segment], hosts: &Hosts) -> Result<(), Vec<CmdError>> {
+/// Copies `from` to `to`, adding what passed to `count`, until the input
+/// ends or the output is gone.
+fn meter(mut from: impl Read, mut to: impl Write, count: &AtomicU64) {
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        match from.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => {
+                if to.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+                count.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// Runs the pipeline to the end, showing progress through `progress` when
+/// it has a meter stage; returns the bytes the meter counted (0 without).
+/// On failure the error of the last failing process comes first (the
+/// receiver's refusal explains a sender's EPIPE).
+pub fn run(segments: &[Segment], hosts: &Hosts, progress: &Progress) -> Result<u64, Vec<CmdError>> {
     let units = units(segments, hosts);
     let mut running: Vec<Running> = Vec::new();
     let mut prev: Option<std::process::ChildStdout> = None;
+    let mut metered: Option<std::io::PipeReader> = None;
+    let count = Arc::new(AtomicU64::new(0));
+    let mut pump = None;
     let n = units.len();
     for (i, (host, stages)) in units.into_iter().enumerate() {
+        if is_meter(&stages) {
+            let (reader, writer) = match std::io::pipe() {
+                Ok(p) => p,
+                Err(e) => return Err(vec![host.error(&stages, None, e.to_string())]),
+            };
+            let input = prev.take();
+            let c = count.clone();
+            pump = Some(std::thread::spawn(move || {
+                if let Some(input) = input {
+                    meter(input, writer, &c);
+                }
+            }));
+            metered = Some(reader);
+            continue;
+        }
         let mut cmd = host.command(&stages);
-        cmd.stdin(match prev.take() {
-            Some(out) => Stdio::from(out),
-            None => Stdio::null(),
+        cmd.stdin(match (prev.take(), metered.take()) {
+            (Some(out), _) => Stdio::from(out),
+            (None, Some(r)) => Stdio::from(r),
+            (None, None) => Stdio::null(),
         });
         cmd.stdout(if i + 1 == n {
             Stdio::inherit()
@@ -107,9 +159,17 @@ pub fn run(segments: &[Segment], hosts: &Hosts) -> Result<(), Vec<CmdError>> {
             stages,
         });
     }
+    if let Some(pump) = pump {
+        while !pump.is_finished() {
+            progress.tick_bytes(count.load(Ordering::Relaxed));
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        let _ = pump.join();
+        progress.tick_bytes(count.load(Ordering::Relaxed));
+    }
     let mut errors: Vec<CmdError> = running.into_iter().filter_map(|r| r.wait().err()).collect();
     if errors.is_empty() {
-        return Ok(());
+        return Ok(count.load(Ordering::Relaxed));
     }
     errors.reverse();
     Err(errors)

@@ -153,13 +153,37 @@ fn json_events_follow_the_documented_schema_through_an_outage() {
 }
 
 #[test]
-fn json_in_standard_mode_has_plan_datasets_and_summary_and_nothing_else() {
+fn json_in_standard_mode_counts_every_stream_exactly() {
     let _serial = serial();
     let doc = documented();
     let h = two_pools();
     let r = ok(&h, &["--json", "src/data", "dst/data"]);
     let evs = events(&r.stdout);
-    let names: Vec<String> = evs.iter().map(|e| check_event(e, &doc)).collect();
+    let mut names: Vec<String> = evs.iter().map(|e| check_event(e, &doc)).collect();
+    // Each stream ends with a progress event at 100% of what it really was:
+    // the last one before the next stream starts or the dataset is done.
+    let mut ends: Vec<&Value> = Vec::new();
+    let mut last: Option<&Value> = None;
+    for e in &evs {
+        match e["event"].as_str().unwrap() {
+            "progress" => last = Some(e),
+            "dataset_start" | "dataset_done" => ends.extend(last.take()),
+            _ => {}
+        }
+    }
+    assert_eq!(ends.len(), 2, "{}", r.stdout);
+    for p in &ends {
+        assert_eq!(p["wire_bytes"], 0);
+        assert_eq!(p["bytes_received"], p["total_bytes"], "{p}");
+    }
+    let full_end = ends[0]["bytes_received"].as_u64().unwrap();
+    assert!(
+        full_end > 50_000,
+        "the full stream carries the 50 KB file: {full_end}"
+    );
+    let summary = evs.last().unwrap();
+    assert!(summary["bytes"].as_u64().unwrap() >= full_end);
+    names.retain(|n| n != "progress");
     // Two streams (the oldest snapshot in full, then an incremental to the
     // sync snapshot), one dataset.
     assert_eq!(
@@ -174,12 +198,17 @@ fn json_in_standard_mode_has_plan_datasets_and_summary_and_nothing_else() {
         "{}",
         r.stdout
     );
-    assert_eq!(evs[1]["kind"], "full");
-    assert_eq!(evs[2]["kind"], "incremental");
-    assert_eq!(evs[4]["exit_code"], 0);
+    let starts: Vec<&Value> = evs
+        .iter()
+        .filter(|e| e["event"] == "dataset_start")
+        .collect();
+    assert_eq!(starts[0]["kind"], "full");
+    assert_eq!(starts[1]["kind"], "incremental");
+    assert_eq!(summary["exit_code"], 0);
     // Nothing to do the second time: the dataset is up to date.
     let r = ok(&h, &["--json", "--no-sync-snap", "src/data", "dst/data"]);
     let evs = events(&r.stdout);
+    assert_eq!(evs.len(), 3, "{}", r.stdout);
     assert_eq!(evs[1]["status"], "up_to_date", "{}", r.stdout);
     // A failure: exit code and summary agree.
     h.zfs(&["create", "dst/other"]).ok();
@@ -226,6 +255,35 @@ fn without_a_terminal_progress_is_plain_log_lines() {
     assert!(second.contains("(100%)"), "{second}");
     assert!(!err.contains('\r'), "no terminal control in logs");
     assert_eq!(h.files("dst/data/kid"), h.files("src/data/kid"));
+}
+
+#[test]
+fn in_a_terminal_standard_mode_shows_our_bar_not_pv() {
+    let _serial = serial();
+    let h = Host::new(&["src", "dst"]);
+    synthetic(&h, "src/data", "12M");
+    let cmd = format!("{} --no-sync-snap src/data dst/data", bin());
+    let out = h
+        .command("script")
+        .args(["-qfec", &cmd, "/dev/null"])
+        .env("FAKEZFS_SEND_RATE", "5M")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    let frames: Vec<&str> = text
+        .split('\r')
+        .filter(|f| f.starts_with("src/data ["))
+        .collect();
+    assert!(frames.len() >= 3, "{text:?}");
+    assert!(
+        frames
+            .last()
+            .unwrap()
+            .contains("[####################] 100%"),
+        "{text:?}"
+    );
+    assert_eq!(h.files("dst/data"), h.files("src/data"));
 }
 
 #[test]

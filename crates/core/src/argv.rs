@@ -349,6 +349,8 @@ pub struct PipeOpts {
     pub target_bwlimit: Option<String>,
     /// pv's options (split on whitespace); `None` disables pv.
     pub pv_options: Option<Vec<String>>,
+    /// Our own in-process progress meter where pv would go (replaces pv).
+    pub meter: bool,
     pub source_remote: bool,
     pub target_remote: bool,
     pub direct: Option<Direct>,
@@ -402,6 +404,10 @@ fn mbuffer(limit: Option<(&str, &str)>, size: &str) -> Vec<String> {
     v
 }
 
+/// The stage `transfer` runs in process: it counts the stream for the
+/// progress display where syncoid puts pv.
+pub const METER: &str = "@meter";
+
 fn pv(opts: &[String], size: u64) -> Vec<String> {
     let mut v = vec!["pv".to_string()];
     v.extend(opts.iter().cloned());
@@ -453,11 +459,14 @@ pub fn pipeline(
             .target_mbuffer
             .then(|| mbuffer(dst_limit, &o.mbuffer_size)),
         relay_buf: t.local_mbuffer.then(|| mbuffer(None, &o.mbuffer_size)),
-        pv: o
-            .pv_options
-            .as_ref()
-            .filter(|_| t.local_pv)
-            .map(|opts| pv(opts, size)),
+        pv: if o.meter {
+            Some(vec![METER.to_string()])
+        } else {
+            o.pv_options
+                .as_ref()
+                .filter(|_| t.local_pv)
+                .map(|opts| pv(opts, size))
+        },
     };
     if let Some(direct) = &o.direct {
         return direct_pipeline(send, recv, o, direct, dst_limit, p);

@@ -104,6 +104,7 @@ fn popts(src: bool, dst: bool) -> PipeOpts {
         source_bwlimit: Some("1m".into()),
         target_bwlimit: None,
         pv_options: Some(v(&["-p", "-t", "-e", "-r", "-b"])),
+        meter: false,
         source_remote: src,
         target_remote: dst,
         direct: None,
