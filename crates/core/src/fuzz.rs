@@ -63,7 +63,7 @@ pub fn receiver(data: &[u8]) {
         }
         if let Verdict::Feed(bytes) = r.check(&c) {
             fed.extend_from_slice(&bytes);
-            r.fed(c.seq, &bytes);
+            r.fed(&c);
         }
     }
     assert!(

@@ -55,8 +55,11 @@ impl Chunker {
 
     fn cut(&mut self) -> Chunk {
         let data = std::mem::replace(&mut self.buf, Vec::with_capacity(self.size));
-        self.hasher.update(&data);
         let c = Chunk::new(self.seq, self.offset, data);
+        // The whole stream's hash is the hash of the chunks' hashes in
+        // order: as strong (each chunk's bytes are checked against its
+        // hash), and the bytes are hashed once, not twice.
+        self.hasher.update(&c.hash);
         self.seq += 1;
         self.offset += c.data.len() as u64;
         c
@@ -201,13 +204,13 @@ impl Receiver {
         }
     }
 
-    /// Records that chunk `seq`'s stream bytes (which `check` said to feed)
+    /// Records that chunk `c`'s stream bytes (which `check` said to feed)
     /// reached zfs receive.
-    pub fn fed(&mut self, seq: u64, bytes: &[u8]) {
-        assert_eq!(seq, self.next_seq, "fed out of order");
-        self.hasher.update(bytes);
+    pub fn fed(&mut self, c: &Chunk) {
+        assert_eq!(c.seq, self.next_seq, "fed out of order");
+        self.hasher.update(&c.hash);
         self.next_seq += 1;
-        self.offset += bytes.len() as u64;
+        self.offset += u64::from(c.len);
     }
 
     pub fn next_seq(&self) -> u64 {

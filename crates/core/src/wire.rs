@@ -13,7 +13,7 @@
 //!
 //! Nothing here does I/O.
 
-pub const VERSION: u16 = 2;
+pub const VERSION: u16 = 3;
 /// The largest frame we accept: a 16 MiB chunk plus headers.
 pub const MAX_FRAME: usize = (16 << 20) + 1024;
 

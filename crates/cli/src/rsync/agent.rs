@@ -737,7 +737,7 @@ fn receiver_msg(
                             .map(|i| st.paced.write(i, &bytes));
                         match wrote {
                             Some(Ok(())) => {
-                                st.recv.fed(c.seq, &bytes);
+                                st.recv.fed(&c);
                                 Msg::Ack {
                                     seq: st.recv.next_seq(),
                                     offset: st.recv.offset(),
