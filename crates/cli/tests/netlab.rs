@@ -58,6 +58,10 @@ fn survives(mode: &str, lab_no: u32, hold: Duration) {
     );
     let (code, out, err) = finish(child);
     assert_eq!(code, 0, "{out}\n{err}");
+    // What the outage cost on the wire (chunks sent twice), for the record.
+    if let Some(line) = out.lines().find(|l| l.contains("sent again")) {
+        eprintln!("netlab {mode}: {line}");
+    }
     assert!(err.contains("link to the agents lost"), "{err}");
     assert_eq!(far.files(&fs), local.files("src/data"));
     assert_eq!(far.snapshot_guids(&fs), local.snapshot_guids("src/data"));
