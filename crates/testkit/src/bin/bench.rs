@@ -5,7 +5,7 @@
 //!
 //! cargo run --release -p syncoid-rsync-testkit --bin bench -- \
 //!     [--sizes 1G,4G] [--reps 3] [--ciphers default,aes128-gcm@openssh.com] [--tree 1000x50]
-//!     [--memory 1G,8G]
+//!     [--memory 1G,8G] [--outage blackhole:30,reject:5]
 //!
 //! Prints a markdown table. CPU is the machine-wide busy time from
 //! /proc/stat during the run (every process involved, both ends).
@@ -13,7 +13,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
-use syncoid_rsync_testkit::{syncoid_bin, Host, Sshd};
+use syncoid_rsync_testkit::{syncoid_bin, Host, Netlab, Sshd};
 
 fn arg(name: &str, default: &str) -> String {
     let args: Vec<String> = std::env::args().collect();
@@ -191,6 +191,71 @@ fn throughput(
     tables
 }
 
+/// `--outage MODE:SECS,...`: a 500 MB --rsync push through a netlab link
+/// cut after 100 MB for SECS (needs root and network namespaces). Returns
+/// (fault, heal -> data flowing in s, bytes sent twice, bytes fed twice).
+fn outage(spec: &str) -> Vec<(String, f64, String, u64)> {
+    let mut rows = Vec::new();
+    for (n, item) in spec.split(',').enumerate() {
+        let (mode, secs) = item.split_once(':').expect("MODE:SECS");
+        let secs: u64 = secs.parse().expect("seconds");
+        let local = Host::new(&["src"]);
+        let pool = format!("far{n}");
+        let far = Host::new(&[&pool]);
+        let lab = Netlab::up(&far, n as u32);
+        local
+            .zfs(&["create", "-o", "fakezfs:synthetic=500M", "src/big"])
+            .ok();
+        local.zfs(&["snapshot", "src/big@s"]).ok();
+        let mut c = local.command(sibling("syncoid-rsync").to_str().unwrap());
+        c.args(["--rsync", "--no-sync-snap", "--source-bwlimit=32M"])
+            .args(lab.ssh_args())
+            .arg("src/big")
+            .arg(format!("{}:{pool}/big", lab.dest()))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null());
+        let child = c.spawn().expect("start syncoid-rsync");
+        while lab.far_rx_bytes() < 100 << 20 {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        lab.cut(mode);
+        std::thread::sleep(std::time::Duration::from_secs(secs));
+        let at_heal = lab.far_rx_bytes();
+        lab.heal();
+        let healed = Instant::now();
+        while lab.far_rx_bytes() < at_heal + (1 << 20) {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let flowing = healed.elapsed().as_secs_f64();
+        let out = child.wait_with_output().expect("wait");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let resent = text
+            .lines()
+            .find(|l| l.contains("sent again"))
+            .and_then(|l| l.split(" chunks (").nth(1))
+            .and_then(|r| r.split(')').next())
+            .unwrap_or("?")
+            .to_string();
+        // Fed twice: the emulator's log of payload ranges per receive.
+        let mut fed_twice = 0u64;
+        let mut at = std::collections::BTreeMap::new();
+        for e in far.log() {
+            for f in e["fed"].as_array().cloned().unwrap_or_default() {
+                let (snap, from, to) = (
+                    f["snapshot"].as_str().unwrap_or("").to_string(),
+                    f["from"].as_u64().unwrap_or(0),
+                    f["to"].as_u64().unwrap_or(0),
+                );
+                let end = at.entry(snap).or_insert(0u64);
+                fed_twice += end.saturating_sub(from).min(to - from);
+                *end = (*end).max(to);
+            }
+        }
+        rows.push((format!("{mode} {secs} s"), flowing, resent, fed_twice));
+    }
+    rows
+}
+
 fn tree_noop(spec: &str) -> Vec<(String, f64, usize)> {
     let (n, s) = spec.split_once('x').expect("--tree NxM");
     let h = Host::new(&["src", "dst"]);
@@ -310,6 +375,17 @@ fn main() {
                     raw / r.secs
                 );
             }
+        }
+    }
+    let out = arg("--outage", "none");
+    if out != "none" {
+        println!(
+            "\n### --rsync outages (500 MB push at 32 MiB/s through netlab, cut after 100 MB)\n"
+        );
+        println!("| fault | heal -> data flowing s | sent twice on the wire | bytes fed twice |");
+        println!("|---|---|---|---|");
+        for (what, flowing, resent, twice) in outage(&out) {
+            println!("| {what} | {flowing:.1} | {resent} | {twice} |");
         }
     }
     let mem = arg("--memory", "1G,8G");
