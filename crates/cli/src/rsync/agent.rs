@@ -442,7 +442,9 @@ fn produce(
     let mut skip = 0u32;
     let mut compress = |c: &mut syncoid_rsync_core::wire::Chunk| {
         if level == 0 {
-        } else if skip > 0 {
+            return;
+        }
+        if skip > 0 {
             skip -= 1;
         } else if !c.compress(level) {
             skip = 16;

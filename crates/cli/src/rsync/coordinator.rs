@@ -320,7 +320,6 @@ fn attempt(
         Ok(c) => c,
         Err(e) => return Step::Retry(format!("receiver: {e}")),
     };
-    let (s, r) = (s, r);
     if let Err(e) = hello(&s, Role::Sender) {
         return Step::Retry(format!("sender: {e}"));
     }
