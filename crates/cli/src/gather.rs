@@ -81,18 +81,25 @@ pub fn local_pools() -> Vec<String> {
 
 /// Which of `programs` exist on `host` (POSIX `command -v`, as syncoid).
 pub fn available(host: &Host, programs: &[&str]) -> Result<BTreeSet<String>, CmdError> {
-    let script = programs
-        .iter()
-        .map(|p| format!("command -v {p} >/dev/null 2>&1 && echo {p}"))
-        .collect::<Vec<_>>()
-        .join("; ");
     let argv = vec![
         "sh".to_string(),
         "-c".to_string(),
-        format!("{script}; true"),
+        format!("{}true", have_script(programs)),
     ];
     let out = host.run_ok(&argv)?;
-    Ok(out.lines().map(String::from).collect())
+    Ok(out
+        .lines()
+        .filter_map(|l| l.strip_prefix("have "))
+        .map(String::from)
+        .collect())
+}
+
+/// Shell lines printing `have PROGRAM` for each of `programs` in PATH.
+pub fn have_script(programs: &[&str]) -> String {
+    programs
+        .iter()
+        .map(|p| format!("command -v {p} >/dev/null 2>&1 && echo have {p}; "))
+        .collect()
 }
 
 /// Datasets on `host` that a running `zfs receive` is writing to.

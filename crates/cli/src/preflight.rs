@@ -28,27 +28,26 @@ struct Probe {
     mem_kib: Option<u64>,
 }
 
-fn probe(host: &Host, programs: &[&str], sudo: bool) -> Result<Probe, String> {
-    let mut script = String::new();
-    for p in programs {
-        script.push_str(&format!(
-            "command -v {p} >/dev/null 2>&1 && echo have {p}; "
-        ));
+/// `rsync`: also what the agents need (our binary and architecture, their
+/// directory, memory), which the standard mode does not ask for.
+fn probe(host: &Host, programs: &[&str], sudo: bool, rsync: bool) -> Result<Probe, String> {
+    let mut script = crate::gather::have_script(programs);
+    if sudo {
+        script.push_str("sudo -n true 2>/dev/null && echo sudo ok; ");
     }
     let zfs = if sudo { "sudo -n zfs" } else { "zfs" };
     script.push_str(&format!(
-        "echo arch $(uname -m); \
-         v=$(syncoid-rsync --version 2>/dev/null) && echo ours $v; \
-         t=${{SYNCOID_RSYNC_TMP:-/tmp}}; [ -d \"$t\" ] && [ -w \"$t\" ] && echo tmp ok; \
-         {sudo_check} \
-         if command -v zfs >/dev/null 2>&1; then e=$({zfs} list -H -o name -d 0 2>&1 >/dev/null) && echo zfs ok || echo zfs error $e; fi; \
-         awk '/^MemAvailable:/ {{print \"mem \" $2}}' /proc/meminfo 2>/dev/null; true",
-        sudo_check = if sudo {
-            "sudo -n true 2>/dev/null && echo sudo ok;"
-        } else {
-            ""
-        },
+        "if command -v zfs >/dev/null 2>&1; then e=$({zfs} list -H -o name -d 0 2>&1 >/dev/null) && echo zfs ok || echo zfs error $e; fi; "
     ));
+    if rsync {
+        script.push_str(
+            "echo arch $(uname -m); \
+             v=$(syncoid-rsync --version 2>/dev/null) && echo ours $v; \
+             t=${SYNCOID_RSYNC_TMP:-/tmp}; [ -d \"$t\" ] && [ -w \"$t\" ] && echo tmp ok; \
+             awk '/^MemAvailable:/ {print \"mem \" $2}' /proc/meminfo 2>/dev/null; ",
+        );
+    }
+    script.push_str("true");
     let argv = vec!["sh".to_string(), "-c".to_string(), script];
     let out = host.run_ok(&argv).map_err(|e| e.to_string())?;
     let mut p = Probe::default();
@@ -82,8 +81,16 @@ fn package(program: &str) -> &str {
     }
 }
 
+/// What pre-flight found, for the run.
+pub struct Report {
+    pub tools: Tools,
+    /// `--rsync`: labels of the hosts where this very version of
+    /// syncoid-rsync is installed (elsewhere it is copied in).
+    pub installed: BTreeSet<String>,
+}
+
 /// Checks every host; returns the optional tools found.
-pub fn run(s: &Settings, out: &Out) -> Result<Tools, Fatal> {
+pub fn run(s: &Settings, out: &Out) -> Result<Report, Fatal> {
     let comp = if s.args.rsync {
         None
     } else {
@@ -110,9 +117,10 @@ pub fn run(s: &Settings, out: &Out) -> Result<Tools, Fatal> {
     };
     let mut problems = Vec::new();
     let mut probes = Vec::new();
+    let mut installed = BTreeSet::new();
     for (role, host, sudo) in &hosts {
         let who = format!("{role} ({})", host.label());
-        let p = match probe(host, &wanted, *sudo) {
+        let p = match probe(host, &wanted, *sudo, s.args.rsync) {
             Ok(p) => p,
             Err(e) => {
                 problems.push(format!(
@@ -136,8 +144,11 @@ pub fn run(s: &Settings, out: &Out) -> Result<Tools, Fatal> {
                 "{who}: zfs does not work: {e}\n      is the zfs kernel module loaded (modprobe zfs), and may this user use it?"
             ));
         }
+        let want = format!("syncoid-rsync {}", env!("CARGO_PKG_VERSION"));
+        if p.ours.as_deref() == Some(want.as_str()) {
+            installed.insert(host.label());
+        }
         if s.args.rsync {
-            let want = format!("syncoid-rsync {}", env!("CARGO_PKG_VERSION"));
             if !p.tmp_writable {
                 problems.push(format!(
                     "{who}: the agents' directory (/tmp, or $SYNCOID_RSYNC_TMP) is not writable"
@@ -175,12 +186,15 @@ pub fn run(s: &Settings, out: &Out) -> Result<Tools, Fatal> {
         ));
     }
     if !optional {
-        return Ok(Tools {
-            source_mbuffer: true,
-            target_mbuffer: true,
-            local_mbuffer: true,
-            local_pv: true,
-            compress: true,
+        return Ok(Report {
+            tools: Tools {
+                source_mbuffer: true,
+                target_mbuffer: true,
+                local_mbuffer: true,
+                local_pv: true,
+                compress: true,
+            },
+            installed,
         });
     }
     let has = |role: &str, prog: &str| {
@@ -251,5 +265,5 @@ pub fn run(s: &Settings, out: &Out) -> Result<Tools, Fatal> {
             lines.join("\n    ")
         ));
     }
-    Ok(tools)
+    Ok(Report { tools, installed })
 }

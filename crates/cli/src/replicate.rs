@@ -146,6 +146,8 @@ struct Ctx<'a> {
     s: &'a Settings,
     out: Out,
     progress: Progress,
+    /// --rsync: hosts that have this version of syncoid-rsync installed.
+    installed: BTreeSet<String>,
     /// Bytes received and reconnects over the run (for the summary).
     bytes: std::cell::Cell<u64>,
     reconnects: std::cell::Cell<u64>,
@@ -257,7 +259,7 @@ pub fn run(s: &Settings) -> Result<Summary, Fatal> {
         json: s.args.json,
     };
     let started = std::time::Instant::now();
-    let tools = crate::preflight::run(s, &out)?;
+    let crate::preflight::Report { tools, installed } = crate::preflight::run(s, &out)?;
     let src_root = s.source.dataset.as_str();
     let dst_root = s.target.dataset.as_str();
     let recursive = s.args.recursive;
@@ -287,6 +289,7 @@ pub fn run(s: &Settings) -> Result<Summary, Fatal> {
         bytes: std::cell::Cell::new(0),
         reconnects: std::cell::Cell::new(0),
         tools,
+        installed,
         busy: gather::busy_targets(&s.target_host),
         exes: std::cell::RefCell::new(None),
     };
@@ -974,7 +977,8 @@ impl Ctx<'_> {
         }
         let mut copied = Vec::new();
         let mut get = |host: &Host| -> Result<String, DsError> {
-            let (exe, dir) = coordinator::provision(host).map_err(DsError::Other)?;
+            let installed = self.installed.contains(&host.label());
+            let (exe, dir) = coordinator::provision(host, installed).map_err(DsError::Other)?;
             if let Some(d) = dir {
                 self.out
                     .debug(&format!("copied syncoid-rsync to {}:{d}", host.label()));

@@ -505,33 +505,17 @@ pub fn key(src: &str, dst: &str) -> String {
     h.to_hex()[..24].to_string()
 }
 
-/// Makes sure `host` can run our binary: the installed one when its version
-/// matches ours, else a copy of this very binary in a fresh private
-/// directory (after checking the architecture). Returns (exe, dir to remove).
-pub fn provision(host: &Host) -> Result<(String, Option<String>), String> {
+/// Makes sure `host` can run our binary: the installed one when
+/// pre-flight found this very version there, else a copy of this binary in
+/// a fresh private directory (pre-flight checked the architecture).
+/// Returns (exe, dir to remove).
+pub fn provision(host: &Host, installed: bool) -> Result<(String, Option<String>), String> {
     if !host.is_remote() {
         let me = std::env::current_exe().map_err(|e| e.to_string())?;
         return Ok((me.display().to_string(), None));
     }
-    let want = format!("syncoid-rsync {}", env!("CARGO_PKG_VERSION"));
-    let probe = vec![
-        "sh".into(),
-        "-c".into(),
-        "syncoid-rsync --version 2>/dev/null; uname -m".to_string(),
-    ];
-    let out = host.run_ok(&probe).map_err(|e| e.to_string())?;
-    let lines: Vec<&str> = out.lines().collect();
-    if lines.first() == Some(&want.as_str()) {
+    if installed {
         return Ok(("syncoid-rsync".into(), None));
-    }
-    let arch = lines.last().copied().unwrap_or("").trim();
-    if arch != std::env::consts::ARCH {
-        return Err(format!(
-            "{} runs {arch}, this binary is {}: install syncoid-rsync {} there",
-            host.label(),
-            std::env::consts::ARCH,
-            env!("CARGO_PKG_VERSION")
-        ));
     }
     let me = std::env::current_exe().map_err(|e| e.to_string())?;
     let script = "umask 077; d=$(mktemp -d /tmp/syncoid-rsync-bin.XXXXXXXX) && cat > \"$d/syncoid-rsync\" && chmod 700 \"$d/syncoid-rsync\" && echo \"$d\"";
