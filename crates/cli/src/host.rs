@@ -5,7 +5,7 @@
 //! and a failure carries host, argv, status and that tail.
 
 use std::collections::VecDeque;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -96,6 +96,27 @@ impl StderrTail {
         }
         let l = self.lines.lock().expect("tail lock");
         l.iter().cloned().collect::<Vec<_>>().join("\n")
+    }
+}
+
+/// Copies `from` to `to` until the input ends or the output is gone,
+/// passing on every read at once and telling `passed` how many bytes went.
+/// Not `io::copy`: between sockets and sshd's pipes it may splice, which
+/// can hold a small frame (a Welcome) until more data or the end arrives.
+pub fn pump(from: &mut impl Read, to: &mut impl Write, buf: usize, mut passed: impl FnMut(u64)) {
+    let mut buf = vec![0u8; buf];
+    loop {
+        match from.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => {
+                if to.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+                passed(n as u64);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return,
+        }
     }
 }
 

@@ -4,7 +4,6 @@
 //! The `METER` stage (where syncoid puts pv) runs in this process: a pump
 //! that counts the stream for the progress display.
 
-use std::io::{Read, Write};
 use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -68,25 +67,6 @@ fn widen_pipe(out: &std::process::ChildStdout) {
     }
 }
 
-/// Copies `from` to `to`, adding what passed to `count`, until the input
-/// ends or the output is gone.
-fn meter(mut from: impl Read, mut to: impl Write, count: &AtomicU64) {
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        match from.read(&mut buf) {
-            Ok(0) => return,
-            Ok(n) => {
-                if to.write_all(&buf[..n]).is_err() {
-                    return;
-                }
-                count.fetch_add(n as u64, Ordering::Relaxed);
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(_) => return,
-        }
-    }
-}
-
 /// Runs the pipeline to the end, showing progress through `progress` when
 /// it has a meter stage; returns the bytes the meter counted (0 without).
 /// On failure the error of the last failing process comes first (the
@@ -109,7 +89,10 @@ pub fn run(segments: &[Segment], hosts: &Hosts, progress: &Progress) -> Result<u
             let c = count.clone();
             pump = Some(std::thread::spawn(move || {
                 if let Some(input) = input {
-                    meter(input, writer, &c);
+                    let (mut input, mut writer) = (input, writer);
+                    crate::host::pump(&mut input, &mut writer, 1 << 20, |n| {
+                        c.fetch_add(n, Ordering::Relaxed);
+                    });
                 }
             }));
             metered = Some(reader);

@@ -849,32 +849,13 @@ fn bridge(dir: &str) -> i32 {
         (std::fs::File::from_raw_fd(0), std::fs::File::from_raw_fd(1))
     };
     let t = std::thread::spawn(move || {
-        pump(&mut input, &mut up);
+        crate::host::pump(&mut input, &mut up, 256 << 10, |_| {});
         let _ = up.shutdown(std::net::Shutdown::Write);
     });
     let mut down = sock;
-    pump(&mut down, &mut output);
+    crate::host::pump(&mut down, &mut output, 256 << 10, |_| {});
     drop(t);
     0
-}
-
-/// Copies until end of input, passing on every read at once. Not
-/// `io::copy`: between sockets and sshd's pipes it may splice, which can
-/// hold a small frame (a Welcome) until more data or the end arrives.
-fn pump(from: &mut impl Read, to: &mut impl Write) {
-    let mut buf = vec![0u8; 256 << 10];
-    loop {
-        match from.read(&mut buf) {
-            Ok(0) => return,
-            Ok(n) => {
-                if to.write_all(&buf[..n]).is_err() {
-                    return;
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(_) => return,
-        }
-    }
 }
 
 /// `agent stop DIR`: asks the agent to end (Bye), then makes sure.
