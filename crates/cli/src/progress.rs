@@ -297,29 +297,19 @@ impl Progress {
         st.drawn = false;
     }
 
-    /// Standard mode: the bytes that passed the meter so far.
-    pub fn tick_bytes(&self, done: u64) {
+    /// Updates the counters and redraws when due: `done` bytes taken by
+    /// zfs receive, `sent` produced and sent on (standard mode: both are
+    /// what passed the meter), `wire` payload bytes and `resent` of them.
+    pub fn tick(&self, done: u64, sent: u64, wire: u64, resent: u64) {
         let now = self.now();
         let mut st = self.state.lock().expect("progress");
         let Some((_, _, m)) = st.current.as_mut() else {
             return;
         };
         m.update(now, done);
-        m.sent = done;
-        self.draw(&mut st, now, false);
-    }
-
-    /// Updates the counters and redraws when due.
-    pub fn tick(&self, stats: &crate::rsync::coordinator::Stats) {
-        let now = self.now();
-        let mut st = self.state.lock().expect("progress");
-        let Some((_, _, m)) = st.current.as_mut() else {
-            return;
-        };
-        m.update(now, stats.acked_bytes);
-        m.sent = stats.sent_bytes.max(stats.acked_bytes);
-        m.wire = stats.wire_bytes;
-        m.resent = stats.resent_bytes;
+        m.sent = sent.max(done);
+        m.wire = wire;
+        m.resent = resent;
         self.draw(&mut st, now, false);
     }
 

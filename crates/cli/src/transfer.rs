@@ -143,12 +143,16 @@ pub fn run(segments: &[Segment], hosts: &Hosts, progress: &Progress) -> Result<u
         });
     }
     if let Some(pump) = pump {
+        let tick = || {
+            let n = count.load(Ordering::Relaxed);
+            progress.tick(n, n, 0, 0);
+        };
         while !pump.is_finished() {
-            progress.tick_bytes(count.load(Ordering::Relaxed));
+            tick();
             std::thread::sleep(std::time::Duration::from_millis(200));
         }
         let _ = pump.join();
-        progress.tick_bytes(count.load(Ordering::Relaxed));
+        tick();
     }
     let mut errors: Vec<CmdError> = running.into_iter().filter_map(|r| r.wait().err()).collect();
     if errors.is_empty() {

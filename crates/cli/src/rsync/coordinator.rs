@@ -405,7 +405,12 @@ fn attempt(
             }
             default(Duration::from_millis(500)) => {}
         }
-        progress.tick(stats);
+        progress.tick(
+            stats.acked_bytes,
+            stats.sent_bytes,
+            stats.wire_bytes,
+            stats.resent_bytes,
+        );
         if last_ping.elapsed() > HEARTBEAT {
             nonce += 1;
             last_ping = Instant::now();
