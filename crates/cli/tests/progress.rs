@@ -257,52 +257,27 @@ fn without_a_terminal_progress_is_plain_log_lines() {
     assert_eq!(h.files("dst/data/kid"), h.files("src/data/kid"));
 }
 
-#[test]
-fn in_a_terminal_standard_mode_shows_our_bar_not_pv() {
-    let _serial = serial();
-    let h = Host::new(&["src", "dst"]);
-    synthetic(&h, "src/data", "12M");
-    let cmd = format!("{} --no-sync-snap src/data dst/data", bin());
+/// Runs syncoid-rsync with `args` on `h` in a pty (script(1) gives it one
+/// as stdout and stderr), zfs send at `rate`; returns what the terminal
+/// showed, after checking the run succeeded and the data arrived.
+fn in_terminal(h: &Host, args: &str, rate: &str) -> String {
+    let cmd = format!("{} {args} src/data dst/data", bin());
     let out = h
         .command("script")
         .args(["-qfec", &cmd, "/dev/null"])
-        .env("FAKEZFS_SEND_RATE", "5M")
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}");
-    let frames: Vec<&str> = text
-        .split('\r')
-        .filter(|f| f.starts_with("src/data ["))
-        .collect();
-    assert!(frames.len() >= 3, "{text:?}");
-    assert!(
-        frames
-            .last()
-            .unwrap()
-            .contains("[####################] 100%"),
-        "{text:?}"
-    );
-    assert_eq!(h.files("dst/data"), h.files("src/data"));
-}
-
-#[test]
-fn in_a_terminal_the_bar_moves_and_ends_at_100_percent() {
-    let _serial = serial();
-    let h = Host::new(&["src", "dst"]);
-    let _reap = Reaper(&h);
-    synthetic(&h, "src/data", "16M");
-    // script(1) gives the command a pty as stdout and stderr.
-    let cmd = format!("{} --rsync --no-sync-snap src/data dst/data", bin());
-    let out = h
-        .command("script")
-        .args(["-qfec", &cmd, "/dev/null"])
-        .env("FAKEZFS_SEND_RATE", "6M")
+        .env("FAKEZFS_SEND_RATE", rate)
         .env("COLUMNS", "150")
         .output()
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success(), "{text}");
+    assert_eq!(h.files("dst/data"), h.files("src/data"));
+    text
+}
+
+/// Percentages of the bar's redraws, checked to grow, to have moved
+/// through the middle and to end full at 100%.
+fn bar_percentages(text: &str) -> Vec<u32> {
     let frames: Vec<&str> = text
         .split('\r')
         .filter(|f| f.starts_with("src/data ["))
@@ -333,5 +308,29 @@ fn in_a_terminal_the_bar_moves_and_ends_at_100_percent() {
             .contains("[####################] 100%"),
         "{text:?}"
     );
-    assert_eq!(h.files("dst/data"), h.files("src/data"));
+    seen
+}
+
+#[test]
+fn in_a_terminal_standard_mode_shows_our_bar_not_pv() {
+    let _serial = serial();
+    let h = Host::new(&["src", "dst"]);
+    synthetic(&h, "src/data", "12M");
+    let text = in_terminal(&h, "--no-sync-snap", "5M");
+    bar_percentages(&text);
+}
+
+#[test]
+fn in_a_terminal_the_bar_moves_and_ends_at_100_percent() {
+    let _serial = serial();
+    let h = Host::new(&["src", "dst"]);
+    let _reap = Reaper(&h);
+    synthetic(&h, "src/data", "16M");
+    let text = in_terminal(&h, "--rsync --no-sync-snap", "6M");
+    bar_percentages(&text);
+    // On a terminal the run ends with its summary.
+    assert!(
+        text.contains("syncoid-rsync: 1 replicated, 0 already up to date, 0 skipped, 0 busy, 0 failed; 16.0 MB in "),
+        "{text:?}"
+    );
 }

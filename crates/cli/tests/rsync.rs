@@ -252,11 +252,7 @@ fn killed_coordinator_is_rerun_and_reattaches_to_the_live_agents() {
         "src/data",
         "dst/data",
     ];
-    let child = spawn(&h, &args, &[("FAKEZFS_SEND_RATE", "10M")]);
-    wait_until("both agents", 40, || agent_pids(&h).len() == 2);
-    std::thread::sleep(Duration::from_millis(1500));
-    kill(child.id() as i32, 9);
-    let _ = finish(child);
+    start_then_kill_coordinator(&h, &args, "10M", Duration::from_millis(1500));
     assert_eq!(
         agent_pids(&h).len(),
         2,
@@ -291,11 +287,7 @@ fn killed_receiver_agent_is_replaced_and_the_resume_token_used() {
         "src/data",
         "dst/data",
     ];
-    let child = spawn(&h, &args, &[("FAKEZFS_SEND_RATE", "10M")]);
-    wait_until("both agents", 40, || agent_pids(&h).len() == 2);
-    std::thread::sleep(Duration::from_millis(1500));
-    kill(child.id() as i32, 9);
-    let _ = finish(child);
+    start_then_kill_coordinator(&h, &args, "10M", Duration::from_millis(1500));
     let (_, receiver) = agent_pids(&h)
         .into_iter()
         .find(|(r, _)| r == "receive")
@@ -388,12 +380,7 @@ fn agents_give_up_after_their_inactivity_timeout_and_clean_up() {
         "src/data",
         "dst/data",
     ];
-    let child = spawn(&h, &args, &[("FAKEZFS_SEND_RATE", "2M")]);
-    wait_until("both agents", 40, || agent_pids(&h).len() == 2);
-    std::thread::sleep(Duration::from_secs(2));
-    let pids = agent_pids(&h);
-    kill(child.id() as i32, 9);
-    let _ = finish(child);
+    let pids = start_then_kill_coordinator(&h, &args, "2M", Duration::from_secs(2));
     wait_until("the agents to time out", 20, || h.tmp_entries().is_empty());
     for (role, pid) in pids {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();

@@ -228,3 +228,21 @@ pub fn wait_until(what: &str, secs: u64, f: impl Fn() -> bool) {
 pub fn received_bytes(h: &Host) -> u64 {
     fed(h).iter().map(|(_, a, b)| b - a).sum()
 }
+
+/// Runs `args` on `h` with zfs send at `rate`, lets it send for `run` once
+/// both agents are up, then SIGKILLs the coordinator (the agents live on).
+/// Returns the agents' (role, pid) as they were at the kill.
+pub fn start_then_kill_coordinator(
+    h: &Host,
+    args: &[&str],
+    rate: &str,
+    run: Duration,
+) -> Vec<(String, i32)> {
+    let child = spawn(h, args, &[("FAKEZFS_SEND_RATE", rate)]);
+    wait_until("both agents", 40, || agent_pids(h).len() == 2);
+    std::thread::sleep(run);
+    let pids = agent_pids(h);
+    kill(child.id() as i32, 9);
+    let _ = finish(child);
+    pids
+}
