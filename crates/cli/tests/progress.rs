@@ -82,7 +82,7 @@ fn json_events_follow_the_documented_schema_through_an_outage() {
     let sshd = Sshd::start(&far);
     let (_r1, _r2) = (Reaper(&local), Reaper(&far));
     synthetic(&local, "src/data", "24M");
-    let ssh = ssh_args(&sshd, &far);
+    let ssh = sshd.syncoid_args();
     let mut args: Vec<&str> = vec!["--rsync", "--json", "--chunk-size=256K", "--no-sync-snap"];
     args.extend(ssh.iter().map(String::as_str));
     args.extend(["src/data", "root@127.0.0.1:far/data"]);

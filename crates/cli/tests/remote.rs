@@ -253,16 +253,6 @@ fn restricted_path(h: &Host, with_zfs: bool) -> String {
     }
 }
 
-/// Options that reach `sshd` (serving `far`) without touching ~/.ssh.
-fn reach(sshd: &Sshd, far: &Host) -> Vec<String> {
-    vec![
-        format!("--sshport={}", sshd.port),
-        format!("--sshkey={}", sshd.key.display()),
-        "-oStrictHostKeyChecking=no".into(),
-        format!("-oUserKnownHostsFile={}/kh", far.dir().display()),
-    ]
-}
-
 #[test]
 fn preflight_names_every_missing_optional_tool_with_what_to_install() {
     let _serial = serial();
@@ -271,7 +261,7 @@ fn preflight_names_every_missing_optional_tool_with_what_to_install() {
     let path = restricted_path(&far, true);
     let sshd = Sshd::start_with_env(&far, &[("PATH", &path)]);
     seed(&local, "here/data");
-    let reach = reach(&sshd, &far);
+    let reach = sshd.syncoid_args();
     let base: Vec<&str> = reach.iter().map(String::as_str).collect();
     let mut args = base.clone();
     args.extend(["here/data", "root@127.0.0.1:far/data"]);
@@ -323,7 +313,7 @@ fn preflight_reports_every_blocking_problem_at_once_and_changes_nothing() {
     );
     seed(&local, "here/data");
     let mut args = vec!["--rsync".to_string()];
-    args.extend(reach(&sshd, &far));
+    args.extend(sshd.syncoid_args());
     args.extend(["here/data".into(), "root@127.0.0.1:far/data".into()]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let r = run_expect(&local, &args, 69);

@@ -19,7 +19,7 @@ fn push_through_sshd_provisions_itself_and_cleans_up() {
     let sshd = Sshd::start(&far);
     let (_r1, _r2) = (Reaper(&local), Reaper(&far));
     synthetic(&local, "src/data", "8M");
-    let ssh = ssh_args(&sshd, &far);
+    let ssh = sshd.syncoid_args();
     let mut args: Vec<&str> = vec![
         "--rsync",
         "--debug",
@@ -76,7 +76,7 @@ fn push_through_sshd_provisions_itself_and_survives_killed_connections() {
     let sshd = Sshd::start(&far);
     let (_r1, _r2) = (Reaper(&local), Reaper(&far));
     synthetic(&local, "src/data", "48M");
-    let ssh = ssh_args(&sshd, &far);
+    let ssh = sshd.syncoid_args();
     let mut args: Vec<&str> = vec!["--rsync", "--debug", "--chunk-size=256K", "--no-sync-snap"];
     args.extend(ssh.iter().map(String::as_str));
     args.extend(["src/data", "root@127.0.0.1:far/data"]);

@@ -84,19 +84,8 @@ fn syncoid_push_and_pull_through_real_sshd() {
     let src = source();
     let remote = Host::new(&["backup"]);
     let sshd = Sshd::start(&remote);
-    let port = sshd.port.to_string();
-    let key = sshd.key.display().to_string();
-    let known = format!("UserKnownHostsFile={}/known", remote.dir().display());
-    let ssh = [
-        "--sshport",
-        &port,
-        "--sshkey",
-        &key,
-        "--sshoption=StrictHostKeyChecking=no",
-        "-o",
-        &known,
-    ];
-    let mut args: Vec<&str> = ssh.to_vec();
+    let ssh = sshd.syncoid_args();
+    let mut args: Vec<&str> = ssh.iter().map(String::as_str).collect();
     args.extend(["src/data", "root@127.0.0.1:backup/data"]);
     syncoid(&src, &args);
     assert_eq!(remote.files("backup/data"), src.files("src/data"));
@@ -107,7 +96,7 @@ fn syncoid_push_and_pull_through_real_sshd() {
     assert_eq!(remote.read("backup/data", "pushed-later").unwrap(), b"x");
 
     // Pull it back to a third place on the local host.
-    let mut args: Vec<&str> = ssh.to_vec();
+    let mut args: Vec<&str> = ssh.iter().map(String::as_str).collect();
     args.extend(["root@127.0.0.1:backup/data", "dst/pulled"]);
     syncoid(&src, &args);
     assert_eq!(src.files("dst/pulled"), remote.files("backup/data"));
@@ -126,7 +115,7 @@ fn syncoid_push_and_pull_through_real_sshd() {
     assert!(remote
         .get("receive_resume_token", "backup/resumed")
         .starts_with("1-"));
-    let mut args: Vec<&str> = ssh.to_vec();
+    let mut args: Vec<&str> = ssh.iter().map(String::as_str).collect();
     args.extend([
         "--compress=none",
         "src/data",

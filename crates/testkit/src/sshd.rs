@@ -125,6 +125,20 @@ impl Sshd {
         ]
     }
 
+    /// syncoid's (and syncoid-rsync's) options that reach this server
+    /// without touching ~/.ssh.
+    pub fn syncoid_args(&self) -> Vec<String> {
+        vec![
+            format!("--sshport={}", self.port),
+            format!("--sshkey={}", self.key.display()),
+            "--sshoption=StrictHostKeyChecking=no".into(),
+            format!(
+                "--sshoption=UserKnownHostsFile={}",
+                self.dir.join("known_hosts").display()
+            ),
+        ]
+    }
+
     /// An ssh_config(5) block naming this server `alias`.
     pub fn config_block(&self, alias: &str) -> String {
         format!(

@@ -5,7 +5,7 @@
 use super::common::bin;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
-use syncoid_rsync_testkit::{Host, Sshd};
+use syncoid_rsync_testkit::Host;
 
 /// Payload byte ranges fed to each `zfs receive` (from the emulator log).
 pub fn fed(h: &Host) -> Vec<(String, u64, u64)> {
@@ -176,16 +176,6 @@ impl Drop for Reaper<'_> {
             kill(pid, 9);
         }
     }
-}
-
-/// ssh options that reach `sshd` (serving `far`) without touching ~/.ssh.
-pub fn ssh_args(sshd: &Sshd, far: &Host) -> Vec<String> {
-    vec![
-        format!("--sshport={}", sshd.port),
-        format!("--sshkey={}", sshd.key.display()),
-        "--sshoption=StrictHostKeyChecking=no".into(),
-        format!("--sshoption=UserKnownHostsFile={}/kh", far.dir().display()),
-    ]
 }
 
 /// The binary was copied to a fresh private dir on the remote host, and

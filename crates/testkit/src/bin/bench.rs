@@ -61,6 +61,18 @@ fn measure(mut cmd: Command) -> Sample {
     Sample { secs, cpu }
 }
 
+/// A synthetic dataset `src/big` of `size` on `h`, snapshotted `@s`.
+fn big(h: &Host, size: &str) {
+    h.zfs(&[
+        "create",
+        "-o",
+        &format!("fakezfs:synthetic={size}"),
+        "src/big",
+    ])
+    .ok();
+    h.zfs(&["snapshot", "src/big@s"]).ok();
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
@@ -89,15 +101,7 @@ fn throughput(
         let local = Host::new(&["src", "dst"]);
         let far = Host::new(&["far"]);
         let sshd = Sshd::start(&far);
-        local
-            .zfs(&[
-                "create",
-                "-o",
-                &format!("fakezfs:synthetic={size}"),
-                "src/big",
-            ])
-            .ok();
-        local.zfs(&["snapshot", "src/big@s"]).ok();
+        big(&local, size);
         let est = local.zfs(&["send", "-nvP", "src/big@s"]).ok().stdout;
         let bytes: u64 = est
             .lines()
@@ -115,15 +119,12 @@ fn throughput(
                 .map(|s| format!("'{s}'"))
                 .collect::<Vec<_>>()
                 .join(" ");
-            let mut tool_args = vec![
-                format!("--sshport={}", sshd.port),
-                format!("--sshkey={}", sshd.key.display()),
-                "--sshoption=StrictHostKeyChecking=no".into(),
-                format!("--sshoption=UserKnownHostsFile={}/kh", far.dir().display()),
+            let mut tool_args = sshd.syncoid_args();
+            tool_args.extend([
                 "--no-sync-snap".into(),
                 "--compress=none".into(),
                 "--quiet".into(),
-            ];
+            ]);
             if cipher != "default" {
                 tool_args.push(format!("--sshcipher={cipher}"));
             }
@@ -203,10 +204,7 @@ fn outage(spec: &str) -> Vec<(String, f64, String, u64)> {
         let pool = format!("far{n}");
         let far = Host::new(&[&pool]);
         let lab = Netlab::up(&far, n as u32);
-        local
-            .zfs(&["create", "-o", "fakezfs:synthetic=500M", "src/big"])
-            .ok();
-        local.zfs(&["snapshot", "src/big@s"]).ok();
+        big(&local, "500M");
         let mut c = local.command(sibling("syncoid-rsync").to_str().unwrap());
         c.args(["--rsync", "--no-sync-snap", "--source-bwlimit=32M"])
             .args(lab.ssh_args())
@@ -280,14 +278,7 @@ fn tree_noop(spec: &str) -> Vec<(String, f64, usize)> {
 /// Peak RSS (KiB) of each part of a local `--rsync` transfer of `size`.
 fn memory(size: &str) -> Vec<(String, u64)> {
     let h = Host::new(&["src", "dst"]);
-    h.zfs(&[
-        "create",
-        "-o",
-        &format!("fakezfs:synthetic={size}"),
-        "src/big",
-    ])
-    .ok();
-    h.zfs(&["snapshot", "src/big@s"]).ok();
+    big(&h, size);
     let log = h.dir().join("rusage.log");
     let mut c = h.command(sibling("syncoid-rsync").to_str().unwrap());
     c.args(["--rsync", "--no-sync-snap", "--quiet", "src/big", "dst/big"])
@@ -310,32 +301,18 @@ fn profile(size: &str) {
     let local = Host::new(&["src"]);
     let far = Host::new(&["far"]);
     let sshd = Sshd::start(&far);
-    local
-        .zfs(&[
-            "create",
-            "-o",
-            &format!("fakezfs:synthetic={size}"),
-            "src/big",
-        ])
-        .ok();
-    local.zfs(&["snapshot", "src/big@s"]).ok();
+    big(&local, size);
     let extra: Vec<String> = std::env::var("PROFILE_ARGS")
         .unwrap_or_default()
         .split_whitespace()
         .map(String::from)
         .collect();
     let mut c = local.command(sibling("syncoid-rsync").to_str().unwrap());
-    c.args([
-        format!("--sshport={}", sshd.port),
-        format!("--sshkey={}", sshd.key.display()),
-        "--sshoption=StrictHostKeyChecking=no".into(),
-        format!("--sshoption=UserKnownHostsFile={}/kh", far.dir().display()),
-        "--no-sync-snap".into(),
-        "--debug".into(),
-    ])
-    .args(extra)
-    .arg("src/big")
-    .arg("root@127.0.0.1:far/big");
+    c.args(sshd.syncoid_args())
+        .args(["--no-sync-snap", "--debug"])
+        .args(extra)
+        .arg("src/big")
+        .arg("root@127.0.0.1:far/big");
     let t = Instant::now();
     let out = c.output().unwrap();
     print!("{}", String::from_utf8_lossy(&out.stdout));
