@@ -11,6 +11,7 @@
 //! - the spool never holds more than its limit plus one chunk.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use crate::wire::{Chunk, End};
 
@@ -53,6 +54,15 @@ impl Chunker {
         out
     }
 
+    /// Reads from `r` straight into the current chunk (no copy) until it
+    /// is full or the input ends. Returns the full chunk, or `None` when
+    /// the input ended first (then `finish` gives the rest).
+    pub fn fill(&mut self, r: &mut impl std::io::Read) -> std::io::Result<Option<Chunk>> {
+        use std::io::Read;
+        r.take(self.room() as u64).read_to_end(&mut self.buf)?;
+        Ok((self.buf.len() == self.size).then(|| self.cut()))
+    }
+
     fn cut(&mut self) -> Chunk {
         let data = std::mem::replace(&mut self.buf, Vec::with_capacity(self.size));
         let c = Chunk::new(self.seq, self.offset, data);
@@ -81,7 +91,9 @@ impl Chunker {
 
 /// Chunks produced and not yet acknowledged by the receiver.
 pub struct Spool {
-    chunks: VecDeque<Chunk>,
+    /// Shared, so a chunk can be written out without holding the spool
+    /// (or copying the chunk).
+    chunks: VecDeque<Arc<Chunk>>,
     bytes: usize,
     limit: usize,
     /// Every chunk below this was acknowledged (and dropped).
@@ -92,7 +104,7 @@ pub struct Spool {
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Lookup<'a> {
-    Ready(&'a Chunk),
+    Ready(&'a Arc<Chunk>),
     /// Not produced yet.
     Pending,
     /// Acknowledged and dropped: the receiver has it.
@@ -119,7 +131,7 @@ impl Spool {
         debug_assert_eq!(c.seq, self.produced);
         self.produced = c.seq + 1;
         self.bytes += c.data.len();
-        self.chunks.push_back(c);
+        self.chunks.push_back(Arc::new(c));
     }
 
     /// Drops every chunk below `seq`.

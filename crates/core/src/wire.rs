@@ -51,7 +51,49 @@ pub struct Chunk {
     pub codec: Codec,
     /// BLAKE3 of the stream bytes (not of the payload).
     pub hash: [u8; 32],
-    pub data: Vec<u8>,
+    pub data: Payload,
+}
+
+/// A chunk's payload bytes. A chunk decoded from a frame keeps the frame
+/// and points past its header, so a megabyte chunk is never copied out of
+/// the buffer it was read into.
+#[derive(Clone, Default)]
+pub struct Payload {
+    buf: Vec<u8>,
+    start: usize,
+}
+
+impl From<Vec<u8>> for Payload {
+    fn from(buf: Vec<u8>) -> Payload {
+        Payload { buf, start: 0 }
+    }
+}
+
+impl std::ops::Deref for Payload {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+}
+
+impl std::ops::DerefMut for Payload {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        &mut self.buf[self.start..]
+    }
+}
+
+impl PartialEq for Payload {
+    fn eq(&self, other: &Payload) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for Payload {}
+
+impl std::fmt::Debug for Payload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Payload({} bytes)", self.len())
+    }
 }
 
 impl Chunk {
@@ -62,8 +104,25 @@ impl Chunk {
             len: data.len() as u32,
             codec: Codec::Raw,
             hash: *blake3::hash(&data).as_bytes(),
-            data,
+            data: data.into(),
         }
+    }
+
+    /// The frame header of this chunk (length prefix included): writing it
+    /// and then the payload sends the same bytes as `encode_chunk`, without
+    /// copying the payload into a frame first.
+    pub fn head(&self) -> [u8; CHUNK_HEAD] {
+        let mut h = [0u8; CHUNK_HEAD];
+        let frame_len = (CHUNK_HEAD - 4 + self.data.len()) as u32;
+        h[..4].copy_from_slice(&frame_len.to_be_bytes());
+        h[4] = 4;
+        h[5..13].copy_from_slice(&self.seq.to_be_bytes());
+        h[13..21].copy_from_slice(&self.offset.to_be_bytes());
+        h[21..25].copy_from_slice(&self.len.to_be_bytes());
+        h[25] = self.codec as u8;
+        h[26..58].copy_from_slice(&self.hash);
+        h[58..62].copy_from_slice(&(self.data.len() as u32).to_be_bytes());
+        h
     }
 
     /// The same chunk with a zstd payload, if that is smaller; else
@@ -74,7 +133,7 @@ impl Chunk {
         }
         match zstd::bulk::compress(&self.data, level) {
             Ok(z) if z.len() < self.data.len() => {
-                self.data = z;
+                self.data = z.into();
                 self.codec = Codec::Zstd;
                 true
             }
@@ -194,20 +253,17 @@ impl W {
     }
 }
 
-/// Encodes a chunk as a frame (the payload copied once).
+/// Bytes before a chunk frame's payload: length prefix, type, seq,
+/// offset, stream length, codec, hash and payload length.
+pub const CHUNK_HEAD: usize = 4 + 1 + 8 + 8 + 4 + 1 + 32 + 4;
+
+/// Encodes a chunk as one frame (the payload copied once; the agents write
+/// `Chunk::head` and the payload instead).
 pub fn encode_chunk(c: &Chunk) -> Vec<u8> {
-    let mut w = W(Vec::with_capacity(c.data.len() + 64));
-    w.0.extend_from_slice(&[0, 0, 0, 0]);
-    w.u8(4);
-    w.u64(c.seq);
-    w.u64(c.offset);
-    w.0.extend_from_slice(&c.len.to_be_bytes());
-    w.u8(c.codec as u8);
-    w.0.extend_from_slice(&c.hash);
-    w.bytes(&c.data);
-    let len = (w.0.len() - 4) as u32;
-    w.0[..4].copy_from_slice(&len.to_be_bytes());
-    w.0
+    let mut f = Vec::with_capacity(CHUNK_HEAD + c.data.len());
+    f.extend_from_slice(&c.head());
+    f.extend_from_slice(&c.data);
+    f
 }
 
 /// What the coordinator needs to know of a chunk it forwards.
@@ -223,7 +279,7 @@ pub struct ChunkHeader {
 /// The header of a chunk frame (as `Decoder::next_frame` returns it),
 /// without copying it; `None` for any other frame.
 pub fn chunk_header(frame: &[u8]) -> Option<ChunkHeader> {
-    if frame.len() < 4 + 1 + 8 + 8 + 4 + 1 + 32 + 4 || frame[4] != 4 {
+    if frame.len() < CHUNK_HEAD || frame[4] != 4 {
         return None;
     }
     let seq = u64::from_be_bytes(frame[5..13].try_into().ok()?);
@@ -232,7 +288,7 @@ pub fn chunk_header(frame: &[u8]) -> Option<ChunkHeader> {
     Some(ChunkHeader {
         seq,
         end: offset.saturating_add(u64::from(len)),
-        payload: frame.len() - (4 + 1 + 8 + 8 + 4 + 1 + 32 + 4),
+        payload: frame.len() - CHUNK_HEAD,
     })
 }
 
@@ -358,6 +414,28 @@ impl<'a> R<'a> {
     fn role(&mut self) -> Result<Role, WireError> {
         Role::from_u8(self.u8()?).ok_or(WireError::Malformed(self.what))
     }
+    /// A chunk's fields up to its payload (left empty).
+    fn chunk_head(&mut self) -> Result<Chunk, WireError> {
+        let seq = self.u64()?;
+        let offset = self.u64()?;
+        let len = u32::from_be_bytes(self.take(4)?.try_into().expect("4 bytes"));
+        let codec = match self.u8()? {
+            0 => Codec::Raw,
+            1 => Codec::Zstd,
+            _ => return Err(WireError::Malformed("chunk")),
+        };
+        if len as usize > MAX_FRAME {
+            return Err(WireError::Malformed("chunk"));
+        }
+        Ok(Chunk {
+            seq,
+            offset,
+            len,
+            codec,
+            hash: self.hash()?,
+            data: Payload::default(),
+        })
+    }
     fn done(&self) -> Result<(), WireError> {
         if self.b.is_empty() {
             Ok(())
@@ -392,26 +470,9 @@ fn decode_body(kind: u8, body: &[u8]) -> Result<Msg, WireError> {
         },
         3 => Msg::Want { seq: r.u64()? },
         4 => {
-            let seq = r.u64()?;
-            let offset = r.u64()?;
-            let len = u32::from_be_bytes(r.take(4)?.try_into().expect("4 bytes"));
-            let codec = match r.u8()? {
-                0 => Codec::Raw,
-                1 => Codec::Zstd,
-                _ => return Err(WireError::Malformed("chunk")),
-            };
-            if len as usize > MAX_FRAME {
-                return Err(WireError::Malformed("chunk"));
-            }
-            let hash = r.hash()?;
-            Msg::Chunk(Chunk {
-                seq,
-                offset,
-                len,
-                codec,
-                hash,
-                data: r.bytes()?.to_vec(),
-            })
+            let mut c = r.chunk_head()?;
+            c.data = r.bytes()?.to_vec().into();
+            Msg::Chunk(c)
         }
         5 => Msg::Ack {
             seq: r.u64()?,
@@ -481,7 +542,7 @@ impl Decoder {
     /// The next complete message, `Ok(None)` if more bytes are needed.
     pub fn next_msg(&mut self) -> Result<Option<Msg>, WireError> {
         match self.next_frame()? {
-            Some(f) => decode_frame(&f).map(Some),
+            Some(f) => decode_owned(f).map(Some),
             None => Ok(None),
         }
     }
@@ -490,6 +551,27 @@ impl Decoder {
 /// Decodes a whole frame as `next_frame` returns it.
 pub fn decode_frame(frame: &[u8]) -> Result<Msg, WireError> {
     decode_body(frame[4], &frame[5..])
+}
+
+/// Decodes a whole frame it takes over: a chunk keeps the frame as its
+/// payload's buffer instead of copying the payload out.
+pub fn decode_owned(frame: Vec<u8>) -> Result<Msg, WireError> {
+    if frame.get(4) != Some(&4) {
+        return decode_frame(&frame);
+    }
+    let mut r = R {
+        b: &frame[5..],
+        what: "chunk",
+    };
+    let mut c = r.chunk_head()?;
+    r.bytes()?;
+    r.done()?;
+    // The payload is what follows its length: the rest of the frame.
+    c.data = Payload {
+        buf: frame,
+        start: CHUNK_HEAD,
+    };
+    Ok(Msg::Chunk(c))
 }
 
 /// Decodes one frame held whole in `bytes` (tests, and single reads).

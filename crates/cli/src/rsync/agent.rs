@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use super::session::{self, Marker};
 use crate::host::StderrTail;
 use syncoid_rsync_core::transport::{Chunker, Lookup, Pacer, Receiver, Spool, Verdict};
-use syncoid_rsync_core::wire::{self, End, Msg, Role};
+use syncoid_rsync_core::wire::{self, Chunk, End, Msg, Role};
 
 pub struct StartOpts {
     pub role: Role,
@@ -221,6 +221,14 @@ fn daemon(o: StartOpts, dir: &Path, ready_fd: i32) -> i32 {
         Ok(c) => c,
         Err(e) => return fail(&mut ready, format!("cannot start {}: {e}", o.argv[0])),
     };
+    // A chunk passes to zfs receive (or comes from zfs send) in one write
+    // instead of sixteen.
+    if let Some(p) = &child.stdout {
+        crate::transfer::widen_pipe(p);
+    }
+    if let Some(p) = &child.stdin {
+        crate::transfer::widen_pipe(p);
+    }
     let _ = writeln!(ready, "ready");
     drop(ready);
     eprintln!(
@@ -330,15 +338,39 @@ fn write_msg(w: &Mutex<UnixStream>, m: &Msg) -> bool {
         .unwrap_or(false)
 }
 
-/// Reads messages from `s` until it closes or fails; calls `f` for each.
-fn read_loop(mut s: UnixStream, clock: &Clock, mut f: impl FnMut(Msg) -> bool) {
-    let stop = super::read_msgs(&mut s, |m| {
-        clock.touch();
-        f(m)
+/// Messages read ahead of their handling: the socket keeps being read
+/// (sshd keeps decrypting) while a chunk is written to zfs receive.
+const READ_AHEAD: usize = 4;
+
+/// Reads messages from `s` until it closes or fails; calls `f` for each,
+/// in order, on this thread (a reader thread reads up to `READ_AHEAD`
+/// messages ahead).
+fn read_loop(mut s: UnixStream, clock: &Arc<Clock>, mut f: impl FnMut(Msg) -> bool) {
+    let (tx, rx) = crossbeam_channel::bounded::<Msg>(READ_AHEAD);
+    let touched = clock.clone();
+    let shut = s.try_clone();
+    let reader = std::thread::spawn(move || {
+        let stop = super::read_msgs(&mut s, |m| {
+            touched.touch();
+            tx.send(m).is_ok()
+        });
+        if let super::Stop::Failed(e) = stop {
+            eprintln!("{e}");
+        }
+        // Stop handling: shut the socket so a reader blocked in it ends.
+        let _ = s.shutdown(std::net::Shutdown::Both);
     });
-    if let super::Stop::Failed(e) = stop {
-        eprintln!("{e}");
+    for m in rx.iter() {
+        if !f(m) {
+            // Done with this connection: unblock the reader.
+            if let Ok(s) = &shut {
+                let _ = s.shutdown(std::net::Shutdown::Read);
+            }
+            break;
+        }
     }
+    drop(rx);
+    let _ = reader.join();
 }
 
 struct SendState {
@@ -450,7 +482,6 @@ fn produce(
             skip = 16;
         }
     };
-    let mut buf = vec![0u8; chunk_size.clamp(1, 1 << 20)];
     loop {
         {
             let mut st = shared.0.lock().expect("state");
@@ -461,22 +492,16 @@ fn produce(
                 return;
             }
         }
-        let want = chunker.room().min(buf.len());
-        match out.read(&mut buf[..want]) {
-            Ok(0) => break,
-            Ok(n) => {
-                let mut chunks = chunker.push(&buf[..n]);
-                if !chunks.is_empty() {
-                    chunks.iter_mut().for_each(&mut compress);
-                    let mut st = shared.0.lock().expect("state");
-                    for c in chunks {
-                        st.spool.push(c);
-                    }
-                    shared.1.notify_all();
-                }
+        // zfs send's bytes go straight into the chunk (read_to_end retries
+        // interrupted reads; any other error ends the stream like EOF, and
+        // zfs send's status tells the receiver what happened).
+        match chunker.fill(&mut out) {
+            Ok(Some(mut c)) => {
+                compress(&mut c);
+                shared.0.lock().expect("state").spool.push(c);
+                shared.1.notify_all();
             }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(_) => break,
+            Ok(None) | Err(_) => break,
         }
     }
     let status = child.wait().ok().and_then(|s| s.code()).unwrap_or(-1);
@@ -583,13 +608,11 @@ fn push_chunks(
                 let cursor = st.cursor;
                 let resend = st.sent_max.is_some_and(|m| cursor <= m);
                 if let Lookup::Ready(c) = st.spool.get(cursor) {
-                    let damaged;
                     let c = match &fault {
                         Some((k, seq)) if k == "spool" && *seq == c.seq => {
-                            let mut d = c.clone();
+                            let mut d = Chunk::clone(c);
                             d.data[0] ^= 0xff;
-                            damaged = d;
-                            &damaged
+                            Arc::new(d)
                         }
                         Some((k, seq))
                             if k == "wire"
@@ -597,13 +620,13 @@ fn push_chunks(
                                 && !WIRE_FAULT_DONE
                                     .swap(true, std::sync::atomic::Ordering::SeqCst) =>
                         {
-                            let mut bad = c.clone();
+                            let mut bad = Chunk::clone(c);
                             bad.data[0] ^= 0xff;
                             st.sent_max = st.sent_max.max(Some(cursor));
                             st.cursor += 1;
-                            break wire::encode_chunk(&bad);
+                            break Out::Chunk(Arc::new(bad));
                         }
-                        _ => c,
+                        _ => c.clone(),
                     };
                     // A chunk goes out the first time as it was hashed
                     // (the receiver verifies it). One asked for again is
@@ -613,17 +636,16 @@ fn push_chunks(
                     if resend && !c.verify() {
                         let msg = format!("chunk {} is damaged in the sender's spool; it cannot be produced again", c.seq);
                         st.bye = true;
-                        break wire::encode(&Msg::Error { msg });
+                        break Out::Frame(wire::encode(&Msg::Error { msg }));
                     }
-                    let frame = wire::encode_chunk(c);
                     st.sent_max = st.sent_max.max(Some(cursor));
                     st.cursor += 1;
-                    break frame;
+                    break Out::Chunk(c);
                 }
                 if let Some(e) = &st.end {
                     if cursor >= e.chunks && sent_end != Some(st.wants) {
                         sent_end = Some(st.wants);
-                        break wire::encode(&Msg::End(e.clone()));
+                        break Out::Frame(wire::encode(&Msg::End(e.clone())));
                     }
                 }
                 st = shared
@@ -633,14 +655,27 @@ fn push_chunks(
                     .0;
             }
         };
+        // A chunk goes out as its header and then its payload, straight
+        // from the spool (shared, not copied into a frame).
         let wrote = w
             .lock()
-            .map(|mut s| paced.write(&mut *s, &frame).is_ok())
+            .map(|mut s| match &frame {
+                Out::Chunk(c) => {
+                    paced.write(&mut *s, &c.head()).is_ok() && paced.write(&mut *s, &c.data).is_ok()
+                }
+                Out::Frame(f) => paced.write(&mut *s, f).is_ok(),
+            })
             .unwrap_or(false);
         if !wrote {
             return;
         }
     }
+}
+
+/// What the sender writes next: a chunk from the spool, or a message.
+enum Out {
+    Chunk(Arc<Chunk>),
+    Frame(Vec<u8>),
 }
 
 struct RecvState {

@@ -6,7 +6,7 @@ pub mod coordinator;
 pub mod session;
 
 use std::io::Read;
-use syncoid_rsync_core::wire::{self, Decoder, Msg};
+use syncoid_rsync_core::wire::{self, Msg};
 
 /// Why `read_msgs` stopped.
 pub enum Stop {
@@ -21,35 +21,123 @@ pub enum Stop {
 /// Reads frames from `r` and hands each message to `f` until `f` returns
 /// false, the input ends or a frame is malformed.
 pub fn read_msgs(r: &mut impl Read, mut f: impl FnMut(Msg) -> bool) -> Stop {
-    read_frames(r, |frame| match wire::decode_frame(&frame) {
+    read_frames(r, |frame| match wire::decode_owned(frame) {
         Ok(m) => Ok(f(m)),
         Err(e) => Err(format!("protocol error: {e}")),
     })
 }
 
+/// Bytes read at a time for length prefixes and small frames; the rest of
+/// a larger frame is read straight into its own buffer.
+const HEAD_BUF: usize = 16 << 10;
+
 /// Reads whole frames (length prefix included, undecoded) from `r` and
 /// hands each to `f` until `f` returns false or an error, the input ends,
-/// or a frame is malformed.
+/// or a frame is malformed. A chunk's payload is read into the frame's own
+/// buffer (copied at most `HEAD_BUF` bytes of it), never through a second
+/// buffer.
 pub fn read_frames(r: &mut impl Read, mut f: impl FnMut(Vec<u8>) -> Result<bool, String>) -> Stop {
-    let mut d = Decoder::default();
-    let mut buf = vec![0u8; 256 << 10];
+    let mut head = vec![0u8; HEAD_BUF];
+    let (mut start, mut end) = (0usize, 0usize);
     loop {
-        loop {
-            match d.next_frame() {
-                Ok(Some(frame)) => match f(frame) {
-                    Ok(true) => {}
-                    Ok(false) => return Stop::Handler,
-                    Err(e) => return Stop::Failed(e),
-                },
-                Ok(None) => break,
-                Err(e) => return Stop::Failed(format!("protocol error: {e}")),
+        while end - start < 4 {
+            head.copy_within(start..end, 0);
+            end -= start;
+            start = 0;
+            match r.read(&mut head[end..]) {
+                Ok(0) => return Stop::Closed,
+                Ok(n) => end += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Stop::Failed(format!("read: {e}")),
             }
         }
-        match r.read(&mut buf) {
-            Ok(0) => return Stop::Closed,
-            Ok(n) => d.push(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Stop::Failed(format!("read: {e}")),
+        let len = u32::from_be_bytes(head[start..start + 4].try_into().expect("4 bytes")) as usize;
+        if len == 0 || len > wire::MAX_FRAME {
+            return Stop::Failed(format!(
+                "protocol error: {}",
+                wire::WireError::TooLarge(len)
+            ));
+        }
+        let total = 4 + len;
+        let mut frame = Vec::with_capacity(total);
+        let have = (end - start).min(total);
+        frame.extend_from_slice(&head[start..start + have]);
+        start += have;
+        if frame.len() < total {
+            let rest = (total - frame.len()) as u64;
+            match r.take(rest).read_to_end(&mut frame) {
+                Ok(_) if frame.len() == total => {}
+                Ok(_) => return Stop::Closed,
+                Err(e) => return Stop::Failed(format!("read: {e}")),
+            }
+        }
+        match f(frame) {
+            Ok(true) => {}
+            Ok(false) => return Stop::Handler,
+            Err(e) => return Stop::Failed(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use syncoid_rsync_core::wire::{encode, Chunk, Decoder};
+
+    /// A reader that hands out its bytes in the given piece sizes.
+    struct Dribble {
+        data: Vec<u8>,
+        at: usize,
+        sizes: Vec<usize>,
+        next: usize,
+    }
+
+    impl Read for Dribble {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let want = self.sizes[self.next % self.sizes.len()].max(1);
+            self.next += 1;
+            let n = want.min(buf.len()).min(self.data.len() - self.at);
+            buf[..n].copy_from_slice(&self.data[self.at..self.at + n]);
+            self.at += n;
+            Ok(n)
+        }
+    }
+
+    proptest! {
+        /// However the bytes arrive, the reader returns the frames the pure
+        /// decoder finds, then stops as it does: at the end of the input or
+        /// at the first bad length.
+        #[test]
+        fn frames_read_are_the_frames_decoded(
+            payloads in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..40_000), 0..6),
+            tail in proptest::collection::vec(any::<u8>(), 0..8),
+            sizes in proptest::collection::vec(1usize..70_000, 1..6),
+        ) {
+            let mut bytes = Vec::new();
+            for (i, p) in payloads.iter().enumerate() {
+                bytes.extend(encode(&Msg::Ping { nonce: i as u64 }));
+                bytes.extend(encode(&Msg::Chunk(Chunk::new(i as u64, 0, p.clone()))));
+            }
+            bytes.extend(&tail);
+            let mut want = Vec::new();
+            let mut d = Decoder::default();
+            d.push(&bytes);
+            let want_error = loop {
+                match d.next_frame() {
+                    Ok(Some(f)) => want.push(f),
+                    Ok(None) => break false,
+                    Err(_) => break true,
+                }
+            };
+            let mut r = Dribble { data: bytes, at: 0, sizes, next: 0 };
+            let mut got = Vec::new();
+            let stop = read_frames(&mut r, |f| {
+                got.push(f);
+                Ok(true)
+            });
+            prop_assert_eq!(got, want);
+            prop_assert_eq!(matches!(stop, Stop::Failed(_)), want_error);
         }
     }
 }

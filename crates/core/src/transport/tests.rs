@@ -1,5 +1,5 @@
 use super::*;
-use crate::wire::{decode_frames, encode, Msg};
+use crate::wire::{decode_frames, encode_chunk, Msg};
 use proptest::prelude::*;
 
 fn stream(len: usize, seed: u64) -> Vec<u8> {
@@ -139,7 +139,7 @@ fn simulate(seed: u64, len: usize, chunk: usize, spool_limit: usize) -> (Vec<u8>
         peak = peak.max(spool.bytes());
         // The coordinator forwards the chunk at its cursor over the link.
         if let Lookup::Ready(c) = spool.get(cursor) {
-            let mut frame = encode(&Msg::Chunk(c.clone()));
+            let mut frame = encode_chunk(c);
             match roll(20) {
                 0 => {} // lost
                 1 => {
@@ -265,4 +265,51 @@ fn pacer_holds_the_rate_over_every_second_not_just_on_average() {
         sent <= rate + burst + 2 * Pacer::PIECE as u64,
         "{sent} bytes in the first second after idling"
     );
+}
+
+/// A reader that hands out its bytes in the given piece sizes (a pipe
+/// whose writer is sometimes slow).
+struct Dribble<'a> {
+    data: &'a [u8],
+    sizes: Vec<usize>,
+    next: usize,
+}
+
+impl std::io::Read for Dribble<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let want = self.sizes[self.next % self.sizes.len()].max(1);
+        self.next += 1;
+        let n = want.min(buf.len()).min(self.data.len());
+        buf[..n].copy_from_slice(&self.data[..n]);
+        self.data = &self.data[n..];
+        Ok(n)
+    }
+}
+
+proptest! {
+    /// Reading straight into chunks cuts the same chunks, and the same end
+    /// record, as pushing the bytes, however the reads come.
+    #[test]
+    fn filling_from_a_reader_cuts_what_pushing_cuts(
+        len in 0usize..20_000,
+        size in 1usize..5000,
+        sizes in proptest::collection::vec(1usize..9000, 1..8),
+    ) {
+        let data = stream(len, 7);
+        let mut pushed = Chunker::new(size);
+        let mut want = pushed.push(&data);
+        let (last, want_end) = pushed.finish(0, String::new());
+        want.extend(last);
+
+        let mut filled = Chunker::new(size);
+        let mut r = Dribble { data: &data, sizes, next: 0 };
+        let mut got = Vec::new();
+        while let Some(c) = filled.fill(&mut r).unwrap() {
+            got.push(c);
+        }
+        let (last, end) = filled.finish(0, String::new());
+        got.extend(last);
+        prop_assert_eq!(got, want);
+        prop_assert_eq!(end, want_end);
+    }
 }

@@ -152,3 +152,40 @@ fn chunk_headers_are_read_without_decoding() {
     );
     assert_eq!(chunk_header(&encode(&Msg::Bye)), None);
 }
+
+proptest! {
+    /// The decoder that keeps a chunk's frame as its payload accepts and
+    /// refuses exactly what the copying decoder does, with the same result.
+    #[test]
+    fn owned_decoding_matches_copying_decoding(
+        seq: u64,
+        offset: u64,
+        data in proptest::collection::vec(any::<u8>(), 0..2048),
+        flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..4),
+        cut in any::<usize>(),
+    ) {
+        let mut frame = encode(&Msg::Chunk(Chunk::new(seq, offset, data)));
+        // Damage some bytes past the length prefix, and maybe shorten it.
+        for (at, x) in flips {
+            let i = 4 + at % (frame.len() - 4);
+            frame[i] ^= x;
+        }
+        if cut % 3 == 0 {
+            frame.truncate(5 + cut % (frame.len() - 4));
+        }
+        let len = (frame.len() - 4) as u32;
+        frame[..4].copy_from_slice(&len.to_be_bytes());
+        prop_assert_eq!(decode_owned(frame.clone()), decode_frame(&frame));
+    }
+
+    #[test]
+    fn a_chunk_head_and_payload_are_its_frame(seq: u64, offset: u64, data in proptest::collection::vec(any::<u8>(), 0..4096), level in 0i32..2) {
+        let mut c = Chunk::new(seq, offset, data);
+        if level > 0 {
+            c.compress(level);
+        }
+        let parts = [&c.head()[..], &c.data[..]].concat();
+        prop_assert_eq!(&parts, &encode_chunk(&c));
+        prop_assert_eq!(decode_owned(parts).unwrap(), Msg::Chunk(c));
+    }
+}
