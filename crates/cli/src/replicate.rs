@@ -1092,6 +1092,11 @@ fn finish_transfer(
             )));
         }
     };
+    // Both agents were told the transfer is over; make sure they are gone
+    // and their session dirs with them before this command ends (an agent
+    // that missed the goodbye would otherwise linger until its timeout).
+    coordinator::stop_agent(&receiver.host, &receiver.exe, &receiver.dir);
+    coordinator::stop_agent(&sender.host, &sender.exe, &sender.dir);
     let st = &outcome.stats;
     ctx.bytes.set(ctx.bytes.get() + st.acked_bytes);
     ctx.reconnects.set(ctx.reconnects.get() + st.reconnects);
