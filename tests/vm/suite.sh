@@ -137,13 +137,13 @@ t_rsync_ssh_killed() {
   [ -f /root/.ssh/id_vm ] || ssh-keygen -q -t ed25519 -N '' -f /root/.ssh/id_vm
   grep -qF "$(cat /root/.ssh/id_vm.pub)" /root/.ssh/authorized_keys 2>/dev/null || cat /root/.ssh/id_vm.pub >> /root/.ssh/authorized_keys
   zfs create vsrc/rk; rand /vsrc/rk/big 40000000; zfs snapshot vsrc/rk@s1
-  echo "+ syncoid-rsync --rsync ... root@localhost:vdst/rk (bridges killed)"
+  echo "+ syncoid-rsync --rsync ... root@localhost:vdst/rk (agent connections killed)"
   "$SR" --rsync --compress=none --source-bwlimit=4M --no-sync-snap --sshkey /root/.ssh/id_vm \
     --sshoption StrictHostKeyChecking=accept-new vsrc/rk root@localhost:vdst/rk &
   local pid=$! kills=0 i p
   for i in 1 2 3 4; do
     sleep 2
-    for p in $(pgrep -P "$pid" -f 'agent bridge'); do kill -9 "$p"; kills=$((kills+1)); done
+    for p in $(pgrep -P "$pid" -f 'agent bridge|ExitOnForwardFailure=yes'); do kill -9 "$p"; kills=$((kills+1)); done
   done
   wait "$pid"
   echo "killed $kills ssh connections"; [ "$kills" -ge 2 ]

@@ -86,7 +86,7 @@ fn json_events_follow_the_documented_schema_through_an_outage() {
     let mut args: Vec<&str> = vec!["--rsync", "--json", "--chunk-size=256K", "--no-sync-snap"];
     args.extend(ssh.iter().map(String::as_str));
     args.extend(["src/data", "root@127.0.0.1:far/data"]);
-    // ~3 s of sending; one ssh bridge killed after about a second.
+    // ~3 s of sending; the agent connections killed after about a second.
     let child = spawn(&local, &args, &[("FAKEZFS_SEND_RATE", "8M")]);
     let pid = child.id();
     let t = Instant::now();
@@ -94,7 +94,7 @@ fn json_events_follow_the_documented_schema_through_an_outage() {
     while killed == 0 && t.elapsed() < Duration::from_secs(10) {
         std::thread::sleep(Duration::from_millis(300));
         if t.elapsed() > Duration::from_millis(1200) {
-            for p in children_matching(pid, "agent bridge") {
+            for p in agent_links(pid) {
                 kill(p, 9);
                 killed += 1;
             }

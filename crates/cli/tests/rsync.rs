@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use syncoid_rsync_testkit::{Host, Sshd};
 
 #[test]
-
 fn push_through_sshd_provisions_itself_and_cleans_up() {
     let _serial = serial();
     let local = Host::new(&["src"]);
@@ -33,7 +32,8 @@ fn push_through_sshd_provisions_itself_and_cleans_up() {
     assert_copy_removed(&stdout);
     assert_eq!(far.files("far/data"), local.files("src/data"));
     assert_fed_once(&far);
-    assert!(far.tmp_entries().is_empty() && local.tmp_entries().is_empty());
+    assert_eq!(far.tmp_entries(), Vec::<String>::new());
+    assert_eq!(local.tmp_entries(), Vec::<String>::new());
 }
 
 #[test]
@@ -64,30 +64,49 @@ fn local_transfer_is_identical_fed_once_and_leaves_nothing_behind() {
     std::thread::sleep(Duration::from_millis(1100));
     ok(&h, &["--rsync", "src/data", "dst/data"]);
     assert_eq!(h.read("dst/data", "more.txt").unwrap(), b"more");
-    assert!(h.tmp_entries().is_empty());
+    assert_eq!(h.tmp_entries(), Vec::<String>::new());
 }
 
 #[test]
-
 fn push_through_sshd_provisions_itself_and_survives_killed_connections() {
+    // sshd connects to the agent's socket itself (ssh -L): the connections
+    // to kill are the coordinator's forwarding ssh processes.
+    survives_killed_connections(false);
+}
+
+#[test]
+fn without_forwarding_a_bridge_carries_the_link_and_survives_killed_connections() {
+    survives_killed_connections(true);
+}
+
+fn survives_killed_connections(refusing_sshd: bool) {
     let _serial = serial();
     let local = Host::new(&["src"]);
     let far = Host::new(&["far"]);
-    let sshd = Sshd::start(&far);
+    let sshd = if refusing_sshd {
+        Sshd::start_refusing_forwarding(&far)
+    } else {
+        Sshd::start(&far)
+    };
     let (_r1, _r2) = (Reaper(&local), Reaper(&far));
     synthetic(&local, "src/data", "48M");
     let ssh = sshd.syncoid_args();
     let mut args: Vec<&str> = vec!["--rsync", "--debug", "--chunk-size=256K", "--no-sync-snap"];
     args.extend(ssh.iter().map(String::as_str));
     args.extend(["src/data", "root@127.0.0.1:far/data"]);
-    // ~6 s of sending; the ssh bridges are killed three times meanwhile.
+    // ~6 s of sending; the connections are killed three times meanwhile.
     let child = spawn(&local, &args, &[("FAKEZFS_SEND_RATE", "8M")]);
     let pid = child.id();
+    let link = if refusing_sshd {
+        "agent bridge"
+    } else {
+        "ExitOnForwardFailure=yes"
+    };
     let mut kills = 0;
     let t = Instant::now();
     while kills < 3 && t.elapsed() < Duration::from_secs(20) {
         std::thread::sleep(Duration::from_millis(1200));
-        for p in children_matching(pid, "agent bridge") {
+        for p in children_matching(pid, link) {
             kill(p, 9);
             kills += 1;
         }
@@ -96,6 +115,9 @@ fn push_through_sshd_provisions_itself_and_survives_killed_connections() {
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(kills >= 1, "the test killed {kills} connections");
     assert!(err.contains("link to the agents lost"), "{err}");
+    // --debug lines go to stdout.
+    let fell_back = out.contains("using a bridge process");
+    assert_eq!(fell_back, refusing_sshd, "{out}");
     assert_copy_removed(&out);
     assert_eq!(far.files("far/data"), local.files("src/data"));
     assert_fed_once(&far);
@@ -107,7 +129,8 @@ fn push_through_sshd_provisions_itself_and_survives_killed_connections() {
         1,
         "one zfs receive took it all"
     );
-    assert!(far.tmp_entries().is_empty() && local.tmp_entries().is_empty());
+    assert_eq!(far.tmp_entries(), Vec::<String>::new());
+    assert_eq!(local.tmp_entries(), Vec::<String>::new());
 }
 
 /// The size (in MiB) before `what` in `--rsync: 20.0 MB received and
@@ -183,7 +206,7 @@ fn chunks_are_compressed_in_process_and_arrive_identical() {
     );
     assert!(wire <= stream, "{}", r.stdout);
     assert_eq!(h.files("dst/noise"), h.files("src/noise"));
-    assert!(h.tmp_entries().is_empty());
+    assert_eq!(h.tmp_entries(), Vec::<String>::new());
 }
 
 #[test]
@@ -271,7 +294,7 @@ fn killed_coordinator_is_rerun_and_reattaches_to_the_live_agents() {
         "the same zfs receive finished it"
     );
     assert_fed_once(&h);
-    assert!(h.tmp_entries().is_empty());
+    assert_eq!(h.tmp_entries(), Vec::<String>::new());
 }
 
 #[test]
@@ -364,7 +387,7 @@ fn corrupted_chunks_are_detected_and_never_fed() {
         first > 0 && first <= 3 * 256 * 1024,
         "only the chunks before the damaged one were fed first: {first}"
     );
-    assert!(h.tmp_entries().is_empty());
+    assert_eq!(h.tmp_entries(), Vec::<String>::new());
 }
 
 #[test]

@@ -51,9 +51,21 @@ struct Conn {
     /// while a dead one (writes blocked, nothing read) is noticed even when
     /// the main loop waits on it.
     heard: Arc<Mutex<Instant>>,
+    via: Via,
 }
 
 impl Conn {
+    /// A forwarded connection that failed while its ssh lives on: the
+    /// server refused the forwarding (or could not reach the socket), not
+    /// a dead link.
+    fn forward_refused(&mut self) -> bool {
+        self.via == Via::Forward
+            && self
+                .child
+                .as_mut()
+                .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
     fn silent_for(&self) -> Duration {
         self.heard.lock().expect("heard").elapsed()
     }
@@ -87,54 +99,67 @@ impl Drop for Conn {
     }
 }
 
-fn connect(a: &Agent, queue: usize) -> Result<Conn, String> {
-    let (reader, writer, child): (Box<dyn Read + Send>, Box<dyn Write + Send>, Option<Child>) =
-        match &a.host {
-            Host::Local => {
-                let s = UnixStream::connect(format!("{}/sock", a.dir))
-                    .map_err(|e| format!("connect {}: {e}", a.dir))?;
-                (
-                    Box::new(s.try_clone().map_err(|e| e.to_string())?),
-                    Box::new(s),
-                    None,
-                )
-            }
-            remote => {
-                let argv = vec![
-                    a.exe.clone(),
-                    "agent".into(),
-                    "bridge".into(),
-                    a.dir.clone(),
-                ];
-                // A connection of its own, not a session of the ssh master:
-                // when it dies its remote end dies with it, and nothing
-                // shared wedges. ssh's own keepalive notices a dead link.
-                // (ssh takes the first value of an option: these come
-                // before the user's and the master's.)
-                let own = [
-                    "-o",
-                    "ControlMaster=no",
-                    "-o",
-                    "ControlPath=none",
-                    "-o",
-                    "ServerAliveInterval=10",
-                    "-o",
-                    "ServerAliveCountMax=3",
-                    "-o",
-                    "ConnectTimeout=5",
-                ];
-                let mut c = remote
-                    .command_with(&own, &[argv])
-                    .stdin(Stdio::piped())
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .map_err(|e| format!("ssh: {e}"))?;
-                let r = c.stdout.take().expect("piped");
-                let w = c.stdin.take().expect("piped");
-                (Box::new(r), Box::new(w), Some(c))
-            }
-        };
+/// ssh options of every connection to an agent: a connection of its own,
+/// not a session of the ssh master, so when it dies its remote end dies
+/// with it and nothing shared wedges; ssh's own keepalive notices a dead
+/// link. (ssh takes the first value of an option: these come before the
+/// user's and the master's.)
+const OWN_SSH: [&str; 10] = [
+    "-o",
+    "ControlMaster=no",
+    "-o",
+    "ControlPath=none",
+    "-o",
+    "ServerAliveInterval=10",
+    "-o",
+    "ServerAliveCountMax=3",
+    "-o",
+    "ConnectTimeout=5",
+];
+
+/// How a connection reaches its agent.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Via {
+    /// The agent's socket on this machine.
+    Socket,
+    /// sshd connects to the agent's socket itself (`ssh -L`): no process
+    /// of ours on the remote end of the link.
+    Forward,
+    /// `ssh HOST syncoid-rsync agent bridge DIR`, for servers that do not
+    /// allow forwarding to a unix socket.
+    Bridge,
+}
+
+type Ends = (Box<dyn Read + Send>, Box<dyn Write + Send>, Option<Child>);
+
+fn connect(a: &Agent, queue: usize, forward: bool) -> Result<Conn, String> {
+    let (via, (reader, writer, child)): (Via, Ends) = match &a.host {
+        Host::Local => {
+            let s = UnixStream::connect(format!("{}/sock", a.dir))
+                .map_err(|e| format!("connect {}: {e}", a.dir))?;
+            let r = s.try_clone().map_err(|e| e.to_string())?;
+            (Via::Socket, (Box::new(r), Box::new(s), None))
+        }
+        remote if forward => (Via::Forward, connect_forward(remote, a)?),
+        remote => {
+            let argv = vec![
+                a.exe.clone(),
+                "agent".into(),
+                "bridge".into(),
+                a.dir.clone(),
+            ];
+            let mut c = remote
+                .command_with(&OWN_SSH, &[argv])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(|e| format!("ssh: {e}"))?;
+            let r = c.stdout.take().expect("piped");
+            let w = c.stdin.take().expect("piped");
+            (Via::Bridge, (Box::new(r), Box::new(w), Some(c)))
+        }
+    };
     let (tx, wrx) = bounded::<Vec<u8>>(queue);
     let (rtx, rx) = bounded::<Result<In, String>>(queue);
     let heard = Arc::new(Mutex::new(Instant::now()));
@@ -160,7 +185,52 @@ fn connect(a: &Agent, queue: usize) -> Result<Conn, String> {
         rx,
         child,
         heard,
+        via,
     })
+}
+
+/// How long ssh may take to connect, log in and set up a forwarding.
+const FORWARD_SETUP: Duration = Duration::from_secs(20);
+
+/// `ssh -N -L LOCAL:AGENT-SOCKET`: ssh listens on a socket in a private
+/// directory of ours (0700), we connect once, and remove socket and
+/// directory at once; sshd then connects to the agent's socket for us.
+fn connect_forward(remote: &Host, a: &Agent) -> Result<Ends, String> {
+    let dir = tempfile::Builder::new()
+        .prefix("syncoid-rsync-fwd.")
+        .tempdir()
+        .map_err(|e| format!("private directory for the forwarding: {e}"))?;
+    let local = dir.path().join("s");
+    let spec = format!("{}:{}/sock", local.display(), a.dir);
+    let mut opts: Vec<&str> = OWN_SSH.to_vec();
+    opts.extend(["-o", "ExitOnForwardFailure=yes", "-L", &spec]);
+    let mut child = remote
+        .ssh_no_command(&opts)
+        .expect("remote host")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("ssh: {e}"))?;
+    let started = Instant::now();
+    let s = loop {
+        if let Ok(s) = UnixStream::connect(&local) {
+            break s;
+        }
+        if let Ok(Some(st)) = child.try_wait() {
+            return Err(format!("ssh ended ({st})"));
+        }
+        if started.elapsed() > FORWARD_SETUP {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err("ssh did not set up the forwarding in time".into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // The connection stays; nothing else may ever connect to that socket.
+    drop(dir);
+    let r = s.try_clone().map_err(|e| e.to_string())?;
+    Ok((Box::new(r), Box::new(s), Some(child)))
 }
 
 /// What a connection's reader passes on: chunk frames stay encoded (they
@@ -240,7 +310,28 @@ fn hello(c: &Conn, role: Role) -> Result<Msg, String> {
     }
 }
 
-/// Runs a transfer between two started agents to its end.
+/// Connects to an agent and says hello; returns the connection and the
+/// agent's welcome. A forwarding the server refuses (the connection closes
+/// while ssh lives on) is not a dead link: the agent is reached through a
+/// bridge process from then on, starting now.
+fn open(a: &Agent, role: Role, forward: &mut bool, out: &Out) -> Result<(Conn, Msg), String> {
+    let mut c = connect(a, QUEUE, *forward)?;
+    match hello(&c, role) {
+        Ok(m) => Ok((c, m)),
+        Err(e) if c.forward_refused() => {
+            *forward = false;
+            out.debug(&format!(
+                "ssh forwarding to the agent's socket on {} refused or failed ({e}); using a bridge process",
+                a.host.label()
+            ));
+            drop(c);
+            let c = connect(a, QUEUE, false)?;
+            hello(&c, role).map(|m| (c, m))
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Why a transfer did not finish.
 pub enum RunError {
     /// An agent reported an error it cannot recover from.
@@ -261,6 +352,9 @@ pub fn run(
     let mut last_progress = Instant::now();
     let mut backoff = Duration::from_millis(250);
     let mut first = true;
+    // Per agent: reach a remote one through an ssh forwarding (until the
+    // server refuses it; then through a bridge process).
+    let mut forward = [true, true];
     loop {
         if !first {
             stats.reconnects += 1;
@@ -268,8 +362,8 @@ pub fn run(
         first = false;
         let before = stats.acked_bytes;
         let step = attempt(
-            sender,
-            receiver,
+            [sender, receiver],
+            &mut forward,
             &mut stats,
             &mut last_progress,
             out,
@@ -305,30 +399,26 @@ pub fn run(
 }
 
 fn attempt(
-    sender: &Agent,
-    receiver: &Agent,
+    [sender, receiver]: [&Agent; 2],
+    forward: &mut [bool; 2],
     stats: &mut Stats,
     last_progress: &mut Instant,
     out: &Out,
     progress: &Progress,
 ) -> Step {
-    let s = match connect(sender, QUEUE) {
-        Ok(c) => c,
+    let s = match open(sender, Role::Sender, &mut forward[0], out) {
+        Ok((c, _)) => c,
         Err(e) => return Step::Retry(format!("sender: {e}")),
     };
-    let r = match connect(receiver, QUEUE) {
-        Ok(c) => c,
-        Err(e) => return Step::Retry(format!("receiver: {e}")),
-    };
-    if let Err(e) = hello(&s, Role::Sender) {
-        return Step::Retry(format!("sender: {e}"));
-    }
-    let next = match hello(&r, Role::Receiver) {
-        Ok(Msg::Welcome {
-            next_seq, offset, ..
-        }) => {
+    let (r, next) = match open(receiver, Role::Receiver, &mut forward[1], out) {
+        Ok((
+            c,
+            Msg::Welcome {
+                next_seq, offset, ..
+            },
+        )) => {
             stats.acked_bytes = offset;
-            next_seq
+            (c, next_seq)
         }
         Ok(_) => unreachable!("hello returns Welcome"),
         Err(e) => return Step::Retry(format!("receiver: {e}")),

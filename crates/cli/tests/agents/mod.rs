@@ -101,6 +101,14 @@ pub fn finish(mut spawned: Spawned) -> (i32, String, String) {
 
 /// pids of the processes whose parent is `pid` and whose command line
 /// contains `needle`.
+/// The coordinator's ssh connections to its agents: forwardings to the
+/// agents' sockets (`ssh -L`), or bridge processes where sshd refuses them.
+pub fn agent_links(pid: u32) -> Vec<i32> {
+    let mut v = children_matching(pid, "ExitOnForwardFailure=yes");
+    v.extend(children_matching(pid, "agent bridge"));
+    v
+}
+
 pub fn children_matching(pid: u32, needle: &str) -> Vec<i32> {
     let mut out = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
