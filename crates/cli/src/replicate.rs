@@ -260,6 +260,7 @@ pub fn run(s: &Settings) -> Result<Summary, Fatal> {
     };
     let started = std::time::Instant::now();
     let crate::preflight::Report { tools, installed } = crate::preflight::run(s, &out)?;
+    out.debug("pre-flight checks passed");
     let src_root = s.source.dataset.as_str();
     let dst_root = s.target.dataset.as_str();
     let recursive = s.args.recursive;
@@ -273,6 +274,7 @@ pub fn run(s: &Settings) -> Result<Summary, Fatal> {
         })?;
     let dst_inv = gather::inventory(&s.target_host, s.target_sudo, dst_root, recursive)
         .map_err(|e| fatal(exit::FAILED, format!("cannot list the target: {e}")))?;
+    out.debug("source and target listed");
     let face = if s.args.json {
         Face::Json
     } else if s.args.quiet {
@@ -1092,11 +1094,16 @@ fn finish_transfer(
             )));
         }
     };
-    // Both agents were told the transfer is over; make sure they are gone
-    // and their session dirs with them before this command ends (an agent
-    // that missed the goodbye would otherwise linger until its timeout).
-    coordinator::stop_agent(&receiver.host, &receiver.exe, &receiver.dir);
-    coordinator::stop_agent(&sender.host, &sender.exe, &sender.dir);
+    // Both agents were told the transfer is over. One that did not close
+    // its connection (it does once its session dir is gone) may have
+    // missed the goodbye: stop it, rather than let it linger until its
+    // timeout.
+    if !outcome.agents_gone {
+        ctx.out
+            .debug("an agent did not confirm its exit; stopping both");
+        coordinator::stop_agent(&receiver.host, &receiver.exe, &receiver.dir);
+        coordinator::stop_agent(&sender.host, &sender.exe, &sender.dir);
+    }
     let st = &outcome.stats;
     ctx.bytes.set(ctx.bytes.get() + st.acked_bytes);
     ctx.reconnects.set(ctx.reconnects.get() + st.reconnects);

@@ -107,6 +107,13 @@ fn survives_killed_connections(refusing_sshd: bool) {
     while kills < 3 && t.elapsed() < Duration::from_secs(20) {
         std::thread::sleep(Duration::from_millis(1200));
         for p in children_matching(pid, link) {
+            // Shown if the test fails: what was killed, and when.
+            let cmd = std::fs::read_to_string(format!("/proc/{p}/cmdline")).unwrap_or_default();
+            eprintln!(
+                "killing {p} at {:?}: {}",
+                t.elapsed(),
+                cmd.replace('\0', " ")
+            );
             kill(p, 9);
             kills += 1;
         }

@@ -238,13 +238,16 @@ fn daemon(o: StartOpts, dir: &Path, ready_fd: i32) -> i32 {
         dir.display(),
         o.argv
     );
-    let code = match o.role {
+    let (code, last) = match o.role {
         Role::Sender => run_sender(&o, listener, child),
         _ => run_receiver(&o, listener, child),
     };
     eprintln!("agent exiting with {code}");
     session::remove(dir);
     crate::log_rusage(&marker.role);
+    // Only now may the coordinator see the connection close: the session
+    // directory is gone.
+    drop(last);
     code
 }
 
@@ -262,27 +265,32 @@ impl Clock {
     }
 }
 
+/// The coordinator was silent for the inactivity timeout.
+struct TimedOut;
+
 /// Accepts coordinator connections until `done` says stop or the
 /// coordinator has been silent for the timeout. A new connection replaces
-/// the previous one.
+/// the previous one. When done, returns the last connection: the agent
+/// holds it open until its session dir is gone, so the coordinator sees it
+/// close only once the agent has cleaned up.
 fn serve(
     listener: &UnixListener,
     clock: &Arc<Clock>,
     timeout: Duration,
     done: &dyn Fn() -> bool,
     handle: &dyn Fn(UnixStream),
-) -> bool {
+) -> Result<Option<UnixStream>, TimedOut> {
     listener
         .set_nonblocking(true)
         .expect("nonblocking listener");
     let mut current: Option<UnixStream> = None;
     loop {
         if done() {
-            return true;
+            return Ok(current);
         }
         if clock.idle() > timeout {
             eprintln!("no coordinator for {}s: giving up", timeout.as_secs());
-            return false;
+            return Err(TimedOut);
         }
         match listener.accept() {
             Ok((s, _)) => {
@@ -297,7 +305,7 @@ fn serve(
                 current = s.try_clone().ok();
                 handle(s);
             }
-            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
         }
     }
 }
@@ -357,8 +365,6 @@ fn read_loop(mut s: UnixStream, clock: &Arc<Clock>, mut f: impl FnMut(Msg) -> bo
         if let super::Stop::Failed(e) = stop {
             eprintln!("{e}");
         }
-        // Stop handling: shut the socket so a reader blocked in it ends.
-        let _ = s.shutdown(std::net::Shutdown::Both);
     });
     for m in rx.iter() {
         if !f(m) {
@@ -388,7 +394,13 @@ struct SendState {
     bye: bool,
 }
 
-fn run_sender(o: &StartOpts, listener: UnixListener, mut child: Child) -> i32 {
+/// Runs the sender; returns its exit code and the connection to hold
+/// until cleanup is done.
+fn run_sender(
+    o: &StartOpts,
+    listener: UnixListener,
+    mut child: Child,
+) -> (i32, Option<UnixStream>) {
     let clock = Arc::new(Clock {
         last_heard: Mutex::new(Instant::now()),
     });
@@ -415,7 +427,7 @@ fn run_sender(o: &StartOpts, listener: UnixListener, mut child: Child) -> i32 {
     };
     let timeout = o.timeout;
     let done = || shared.0.lock().expect("state").bye;
-    let ok = serve(&listener, &clock, timeout, &done, &|s| {
+    let served = serve(&listener, &clock, timeout, &done, &|s| {
         let generation = {
             let mut st = shared.0.lock().expect("state");
             st.generation += 1;
@@ -433,17 +445,17 @@ fn run_sender(o: &StartOpts, listener: UnixListener, mut child: Child) -> i32 {
         let paced = paced.clone();
         std::thread::spawn(move || push_chunks(generation, &shared3, &writer, &paced));
     });
-    if !ok {
+    let Ok(last) = served else {
         // Inactivity: stop zfs send gracefully; the producer then ends.
         let mut st = shared.0.lock().expect("state");
         st.bye = true;
         shared.1.notify_all();
         drop(st);
         kill_group_child();
-        return 3;
-    }
+        return (3, None);
+    };
     let _ = producer.join();
-    0
+    (0, last)
 }
 
 /// zfs send's pid, so a timeout can end it.
@@ -685,7 +697,13 @@ struct RecvState {
     bye: bool,
 }
 
-fn run_receiver(o: &StartOpts, listener: UnixListener, mut child: Child) -> i32 {
+/// Runs the receiver; returns its exit code and the connection to hold
+/// until cleanup is done.
+fn run_receiver(
+    o: &StartOpts,
+    listener: UnixListener,
+    mut child: Child,
+) -> (i32, Option<UnixStream>) {
     CHILD_PID.store(child.id() as i32, std::sync::atomic::Ordering::SeqCst);
     let clock = Arc::new(Clock {
         last_heard: Mutex::new(Instant::now()),
@@ -703,7 +721,7 @@ fn run_receiver(o: &StartOpts, listener: UnixListener, mut child: Child) -> i32 
         bye: false,
     }));
     let done = || state.lock().expect("state").bye;
-    let ok = serve(&listener, &clock, o.timeout, &done, &|s| {
+    let served = serve(&listener, &clock, o.timeout, &done, &|s| {
         let writer = Mutex::new(s.try_clone().expect("clone socket"));
         let (state, stdin, child, tail, clock) = (
             state.clone(),
@@ -721,7 +739,7 @@ fn run_receiver(o: &StartOpts, listener: UnixListener, mut child: Child) -> i32 
             });
         });
     });
-    if !ok {
+    let Ok(last) = served else {
         // End zfs receive gracefully: at end of input it keeps what it
         // verified as resumable state (-s). Only if it hangs is it killed.
         stdin.lock().expect("stdin").take();
@@ -736,9 +754,9 @@ fn run_receiver(o: &StartOpts, listener: UnixListener, mut child: Child) -> i32 
                 Ok(None) => std::thread::sleep(Duration::from_millis(100)),
             }
         }
-        return 3;
-    }
-    0
+        return (3, None);
+    };
+    (0, last)
 }
 
 fn receiver_msg(

@@ -57,13 +57,20 @@ struct Conn {
 impl Conn {
     /// A forwarded connection that failed while its ssh lives on: the
     /// server refused the forwarding (or could not reach the socket), not
-    /// a dead link.
+    /// a dead link. (ssh -N stays up after a refused channel; a killed or
+    /// broken ssh is gone within moments, so it gets those to go.)
     fn forward_refused(&mut self) -> bool {
-        self.via == Via::Forward
-            && self
-                .child
-                .as_mut()
-                .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+        let Some(c) = self.child.as_mut().filter(|_| self.via == Via::Forward) else {
+            return false;
+        };
+        let deadline = Instant::now() + Duration::from_millis(500);
+        while Instant::now() < deadline {
+            if !matches!(c.try_wait(), Ok(None)) {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        true
     }
 
     fn silent_for(&self) -> Duration {
@@ -284,6 +291,25 @@ pub struct Outcome {
     pub status: i32,
     pub stderr: String,
     pub stats: Stats,
+    /// Both agents closed their connections after the goodbye: they hold
+    /// them until their session dirs are removed, so they are gone.
+    pub agents_gone: bool,
+}
+
+/// How long agents get to clean up and close after the goodbye.
+const BYE_WAIT: Duration = Duration::from_secs(3);
+
+/// Waits until the agent closes the connection (its reader ends), for at
+/// most `wait`.
+fn closed(c: &Conn, wait: Duration) -> bool {
+    let deadline = Instant::now() + wait;
+    loop {
+        match c.rx.recv_deadline(deadline) {
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) | Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return true,
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => return false,
+        }
+    }
 }
 
 enum Step {
@@ -485,8 +511,8 @@ fn attempt(
                     Ok(In::Msg(Msg::Done { status, stderr })) => {
                         let _ = s.tx.send(wire::encode(&Msg::Bye));
                         let _ = r.tx.send(wire::encode(&Msg::Bye));
-                        std::thread::sleep(Duration::from_millis(100));
-                        return Step::Finished(Outcome { status, stderr, stats: stats.clone() });
+                        let agents_gone = closed(&s, BYE_WAIT) && closed(&r, BYE_WAIT);
+                        return Step::Finished(Outcome { status, stderr, stats: stats.clone(), agents_gone });
                     }
                     Ok(In::Msg(Msg::Error { msg })) => return Step::Fatal(format!("receiver agent: {msg}")),
                     Ok(_) => {}
