@@ -15,24 +15,34 @@ use clap::Parser;
 use output::exit;
 
 /// Diagnostics for benchmarks: with `SYNCOID_RSYNC_RUSAGE_LOG=FILE`, each
-/// process (coordinator, agents) appends `ROLE PID MAX_RSS_KIB` at exit.
+/// process (coordinator, agents) appends `ROLE PID MAX_RSS_KIB MINOR_FAULTS
+/// USER_MS SYS_MS` at exit.
 pub fn log_rusage(role: &str) {
     let Ok(path) = std::env::var("SYNCOID_RSYNC_RUSAGE_LOG") else {
         return;
     };
     // SAFETY: getrusage fills the struct we pass.
-    let kib = unsafe {
+    let ru = unsafe {
         let mut ru: libc::rusage = std::mem::zeroed();
         libc::getrusage(libc::RUSAGE_SELF, &mut ru);
-        ru.ru_maxrss
+        ru
     };
+    let ms = |t: libc::timeval| t.tv_sec * 1000 + t.tv_usec / 1000;
     use std::io::Write;
     if let Ok(mut f) = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(path)
     {
-        let _ = writeln!(f, "{role} {} {kib}", std::process::id());
+        let _ = writeln!(
+            f,
+            "{role} {} {} {} {} {}",
+            std::process::id(),
+            ru.ru_maxrss,
+            ru.ru_minflt,
+            ms(ru.ru_utime),
+            ms(ru.ru_stime)
+        );
     }
 }
 

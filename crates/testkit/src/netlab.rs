@@ -96,6 +96,12 @@ impl Netlab {
         self.script(&["cut.sh", mode]);
     }
 
+    /// `slow.sh RATE`: both directions capped at RATE (tc syntax, e.g.
+    /// `200mbit`); `off` lifts it.
+    pub fn slow(&self, rate: &str) {
+        self.script(&["slow.sh", rate]);
+    }
+
     pub fn heal(&self) {
         self.script(&["heal.sh"]);
     }

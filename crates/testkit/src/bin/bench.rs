@@ -73,6 +73,16 @@ fn big(h: &Host, size: &str) {
     h.zfs(&["snapshot", "src/big@s"]).ok();
 }
 
+/// The size of `src/big@s`'s full stream, as `zfs send -nvP` gives it.
+fn stream_bytes(h: &Host) -> u64 {
+    let est = h.zfs(&["send", "-nvP", "src/big@s"]).ok().stdout;
+    est.lines()
+        .last()
+        .and_then(|l| l.split('\t').nth(1))
+        .and_then(|v| v.parse().ok())
+        .expect("zfs send -nvP gives a size")
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
@@ -102,13 +112,7 @@ fn throughput(
         let far = Host::new(&["far"]);
         let sshd = Sshd::start(&far);
         big(&local, size);
-        let est = local.zfs(&["send", "-nvP", "src/big@s"]).ok().stdout;
-        let bytes: u64 = est
-            .lines()
-            .last()
-            .and_then(|l| l.split('\t').nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap();
+        let bytes = stream_bytes(&local);
         for cipher in ciphers {
             let mut ssh: Vec<String> = sshd.ssh_opts();
             if cipher != "default" {
@@ -254,6 +258,64 @@ fn outage(spec: &str) -> Vec<(String, f64, String, u64)> {
     rows
 }
 
+/// `--link RATE:SIZE,...`: the raw pipe, our standard mode and `--rsync`
+/// pushing SIZE through a netlab link capped at RATE (tc syntax), where
+/// the network and not the CPU is the limit: what a WAN user sees. Median
+/// of `reps`; rows are (pipeline, wall s, CPU s).
+type LinkTable = (String, String, u64, Vec<(String, f64, f64)>);
+
+fn link(spec: &str, reps: usize) -> Vec<LinkTable> {
+    let mut tables = Vec::new();
+    for (n, item) in spec.split(',').enumerate() {
+        let (rate, size) = item.split_once(':').expect("--link RATE:SIZE");
+        let local = Host::new(&["src"]);
+        let pool = format!("far{n}");
+        let far = Host::new(&[&pool]);
+        let lab = Netlab::up(&far, 20 + n as u32);
+        lab.slow(rate);
+        big(&local, size);
+        let bytes = stream_bytes(&local);
+        let ours = sibling("syncoid-rsync");
+        let cfg = lab.ssh_args()[1].clone();
+        let kinds = [
+            "raw zfs send \\| ssh \\| zfs receive",
+            "syncoid-rsync",
+            "syncoid-rsync --rsync --compress=none",
+        ];
+        let mut rows = Vec::new();
+        for (k, kind) in kinds.iter().enumerate() {
+            let (mut secs, mut cpu) = (Vec::new(), Vec::new());
+            for rep in 0..reps {
+                let target = format!("{pool}/k{k}r{rep}");
+                let cmd = if k == 0 {
+                    let mut c = local.command("bash");
+                    c.arg("-c").arg(format!(
+                        "zfs send src/big@s | ssh -F {cfg} {} zfs receive {target}",
+                        lab.dest()
+                    ));
+                    c
+                } else {
+                    let mut c = local.command(ours.to_str().unwrap());
+                    c.args(["--compress=none", "--no-sync-snap", "--quiet"])
+                        .args(lab.ssh_args());
+                    if k == 2 {
+                        c.arg("--rsync");
+                    }
+                    c.arg("src/big").arg(format!("{}:{target}", lab.dest()));
+                    c
+                };
+                let s = measure(cmd);
+                secs.push(s.secs);
+                cpu.push(s.cpu);
+                far.zfs(&["destroy", "-r", &target]).ok();
+            }
+            rows.push((kind.to_string(), median(secs), median(cpu)));
+        }
+        tables.push((rate.to_string(), size.to_string(), bytes, rows));
+    }
+    tables
+}
+
 fn tree_noop(spec: &str) -> Vec<(String, f64, usize)> {
     let (n, s) = spec.split_once('x').expect("--tree NxM");
     let h = Host::new(&["src", "dst"]);
@@ -275,8 +337,17 @@ fn tree_noop(spec: &str) -> Vec<(String, f64, usize)> {
     out
 }
 
-/// Peak RSS (KiB) of each part of a local `--rsync` transfer of `size`.
-fn memory(size: &str) -> Vec<(String, u64)> {
+/// What one of our processes used, from its `SYNCOID_RSYNC_RUSAGE_LOG` line.
+struct Usage {
+    role: String,
+    max_rss_kib: u64,
+    minor_faults: u64,
+    cpu_ms: u64,
+}
+
+/// Peak RSS, page faults and CPU of each part of a local `--rsync`
+/// transfer of `size`.
+fn memory(size: &str) -> Vec<Usage> {
     let h = Host::new(&["src", "dst"]);
     big(&h, size);
     let log = h.dir().join("rusage.log");
@@ -289,8 +360,17 @@ fn memory(size: &str) -> Vec<(String, u64)> {
         .unwrap_or_default()
         .lines()
         .filter_map(|l| {
-            let v: Vec<&str> = l.split_whitespace().collect();
-            Some((v.first()?.to_string(), v.get(2)?.parse().ok()?))
+            let v: Vec<u64> = l
+                .split_whitespace()
+                .skip(2)
+                .filter_map(|f| f.parse().ok())
+                .collect();
+            Some(Usage {
+                role: l.split_whitespace().next()?.to_string(),
+                max_rss_kib: *v.first()?,
+                minor_faults: *v.get(1)?,
+                cpu_ms: v.get(2)? + v.get(3)?,
+            })
         })
         .collect()
 }
@@ -354,6 +434,22 @@ fn main() {
             }
         }
     }
+    let spec = arg("--link", "none");
+    if spec != "none" {
+        println!("\n### Through a rate-capped netlab link (median of {reps}; ratio = raw time / tool time)\n");
+        println!("| link | size | pipeline | wall s | MB/s | CPU s | ratio to raw ssh |");
+        println!("|---|---|---|---|---|---|---|");
+        for (rate, size, bytes, rows) in link(&spec, reps) {
+            let raw = rows[0].1;
+            for (what, secs, cpu) in &rows {
+                println!(
+                    "| {rate} | {size} | {what} | {secs:.2} | {:.1} | {cpu:.1} | {:.3} |",
+                    bytes as f64 / secs / 1e6,
+                    raw / secs
+                );
+            }
+        }
+    }
     let out = arg("--outage", "none");
     if out != "none" {
         println!(
@@ -370,23 +466,25 @@ fn main() {
         println!(
             "\n### Peak RSS of each part, local --rsync (defaults: 1 MiB chunks, 32 MiB spool)\n"
         );
-        println!("| stream | coordinator MiB | sender agent MiB | receiver agent MiB |");
-        println!("|---|---|---|---|");
+        println!("| stream | part | peak RSS MiB | minor page faults | CPU s |");
+        println!("|---|---|---|---|---|");
         for size in mem.split(',') {
             let parts = memory(size);
-            let get = |role: &str| {
-                parts
-                    .iter()
-                    .find(|(r, _)| r == role)
-                    .map(|(_, k)| format!("{:.1}", *k as f64 / 1024.0))
-                    .unwrap_or_else(|| "?".into())
-            };
-            println!(
-                "| {size} | {} | {} | {} |",
-                get("coordinator"),
-                get("send"),
-                get("receive")
-            );
+            for (role, name) in [
+                ("coordinator", "coordinator"),
+                ("send", "sender agent"),
+                ("receive", "receiver agent"),
+            ] {
+                match parts.iter().find(|u| u.role == role) {
+                    Some(u) => println!(
+                        "| {size} | {name} | {:.1} | {} | {:.2} |",
+                        u.max_rss_kib as f64 / 1024.0,
+                        u.minor_faults,
+                        u.cpu_ms as f64 / 1000.0
+                    ),
+                    None => println!("| {size} | {name} | ? | ? | ? |"),
+                }
+            }
         }
     }
     if tree != "none" {
