@@ -79,6 +79,34 @@ fn without_forwarding_a_bridge_carries_the_link_and_survives_killed_connections(
     survives_killed_connections(true);
 }
 
+#[test]
+fn an_ssh_that_never_sets_up_the_forwarding_falls_back_to_a_bridge() {
+    // ClearAllForwardings in the user's ssh options drops our -L: ssh
+    // connects and sits there. The transfer must not wait on it forever.
+    let _serial = serial();
+    let local = Host::new(&["src"]);
+    let far = Host::new(&["far"]);
+    let sshd = Sshd::start(&far);
+    let (_r1, _r2) = (Reaper(&local), Reaper(&far));
+    synthetic(&local, "src/data", "4M");
+    let ssh = sshd.syncoid_args();
+    let mut args: Vec<&str> = vec!["--rsync", "--debug", "--no-sync-snap"];
+    args.extend(ssh.iter().map(String::as_str));
+    args.extend([
+        "--sshoption=ClearAllForwardings=yes",
+        "src/data",
+        "root@127.0.0.1:far/data",
+    ]);
+    let (code, out, err) = finish(spawn(&local, &args, &[]));
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("did not set up the forwarding"), "{out}");
+    assert!(out.contains("using a bridge process"), "{out}");
+    assert_eq!(far.files("far/data"), local.files("src/data"));
+    assert_fed_once(&far);
+    assert_eq!(far.tmp_entries(), Vec::<String>::new());
+    assert_eq!(local.tmp_entries(), Vec::<String>::new());
+}
+
 fn survives_killed_connections(refusing_sshd: bool) {
     let _serial = serial();
     let local = Host::new(&["src"]);

@@ -139,7 +139,21 @@ enum Via {
 
 type Ends = (Box<dyn Read + Send>, Box<dyn Write + Send>, Option<Child>);
 
-fn connect(a: &Agent, queue: usize, forward: bool) -> Result<Conn, String> {
+/// Why a connection could not be made.
+enum ConnectError {
+    /// ssh is up but never set up the forwarding (a configuration that
+    /// drops it, ClearAllForwardings say): use a bridge instead.
+    NoForwarding(String),
+    Failed(String),
+}
+
+impl From<String> for ConnectError {
+    fn from(e: String) -> ConnectError {
+        ConnectError::Failed(e)
+    }
+}
+
+fn connect(a: &Agent, queue: usize, forward: bool) -> Result<Conn, ConnectError> {
     let (via, (reader, writer, child)): (Via, Ends) = match &a.host {
         Host::Local => {
             let s = UnixStream::connect(format!("{}/sock", a.dir))
@@ -197,15 +211,23 @@ fn connect(a: &Agent, queue: usize, forward: bool) -> Result<Conn, String> {
 }
 
 /// How long ssh may take to connect, log in and set up a forwarding.
-const FORWARD_SETUP: Duration = Duration::from_secs(20);
+const FORWARD_SETUP: Duration = Duration::from_secs(15);
 
 /// `ssh -N -L LOCAL:AGENT-SOCKET`: ssh listens on a socket in a private
 /// directory of ours (0700), we connect once, and remove socket and
 /// directory at once; sshd then connects to the agent's socket for us.
-fn connect_forward(remote: &Host, a: &Agent) -> Result<Ends, String> {
+fn connect_forward(remote: &Host, a: &Agent) -> Result<Ends, ConnectError> {
+    // A unix socket path has room for 107 bytes: a long TMPDIR would make
+    // ssh's bind fail.
+    let tmp = std::env::temp_dir();
+    let base = if tmp.as_os_str().len() <= 64 {
+        tmp
+    } else {
+        "/tmp".into()
+    };
     let dir = tempfile::Builder::new()
         .prefix("syncoid-rsync-fwd.")
-        .tempdir()
+        .tempdir_in(base)
         .map_err(|e| format!("private directory for the forwarding: {e}"))?;
     let local = dir.path().join("s");
     let spec = format!("{}:{}/sock", local.display(), a.dir);
@@ -225,12 +247,15 @@ fn connect_forward(remote: &Host, a: &Agent) -> Result<Ends, String> {
             break s;
         }
         if let Ok(Some(st)) = child.try_wait() {
-            return Err(format!("ssh ended ({st})"));
+            return Err(format!("ssh ended ({st})").into());
         }
         if started.elapsed() > FORWARD_SETUP {
             let _ = child.kill();
             let _ = child.wait();
-            return Err("ssh did not set up the forwarding in time".into());
+            return Err(ConnectError::NoForwarding(format!(
+                "ssh did not set up the forwarding in {}s",
+                FORWARD_SETUP.as_secs()
+            )));
         }
         std::thread::sleep(Duration::from_millis(20));
     };
@@ -239,6 +264,32 @@ fn connect_forward(remote: &Host, a: &Agent) -> Result<Ends, String> {
     let r = s.try_clone().map_err(|e| e.to_string())?;
     Ok((Box::new(r), Box::new(s), Some(child)))
 }
+
+/// Whether a remote agent is reached through ssh's forwarding, as learned
+/// during a run.
+#[derive(Clone, Copy)]
+struct Forwarding {
+    on: bool,
+    /// It carried a transfer at least once in this run.
+    worked: bool,
+    /// Failed attempts in a row.
+    failures: u32,
+}
+
+impl Default for Forwarding {
+    fn default() -> Self {
+        Forwarding {
+            on: true,
+            worked: false,
+            failures: 0,
+        }
+    }
+}
+
+/// Forwarding attempts that may fail in a row, before it ever worked, until
+/// the bridge is used instead (something local, not the link, may break
+/// it; the bridge works wherever the forwarding does).
+const FORWARD_TRIES: u32 = 3;
 
 /// What a connection's reader passes on: chunk frames stay encoded (they
 /// are forwarded as they came), everything else is decoded.
@@ -338,23 +389,53 @@ fn hello(c: &Conn, role: Role) -> Result<Msg, String> {
 
 /// Connects to an agent and says hello; returns the connection and the
 /// agent's welcome. A forwarding the server refuses (the connection closes
-/// while ssh lives on) is not a dead link: the agent is reached through a
-/// bridge process from then on, starting now.
-fn open(a: &Agent, role: Role, forward: &mut bool, out: &Out) -> Result<(Conn, Msg), String> {
-    let mut c = connect(a, QUEUE, *forward)?;
-    match hello(&c, role) {
-        Ok(m) => Ok((c, m)),
-        Err(e) if c.forward_refused() => {
-            *forward = false;
-            out.debug(&format!(
-                "ssh forwarding to the agent's socket on {} refused or failed ({e}); using a bridge process",
-                a.host.label()
-            ));
-            drop(c);
-            let c = connect(a, QUEUE, false)?;
-            hello(&c, role).map(|m| (c, m))
+/// while ssh lives on), one ssh never sets up, or one that failed
+/// `FORWARD_TRIES` times before it ever worked is not a dead link: the
+/// agent is reached through a bridge process from then on, starting now.
+fn open(a: &Agent, role: Role, fwd: &mut Forwarding, out: &Out) -> Result<(Conn, Msg), String> {
+    let give_up = |fwd: &mut Forwarding, why: &str| {
+        fwd.on = false;
+        out.debug(&format!(
+            "ssh forwarding to the agent's socket on {} not usable ({why}); using a bridge process",
+            a.host.label()
+        ));
+    };
+    let bridged = || -> Result<(Conn, Msg), String> {
+        let c = connect(a, QUEUE, false).map_err(|e| match e {
+            ConnectError::NoForwarding(e) | ConnectError::Failed(e) => e,
+        })?;
+        hello(&c, role).map(|m| (c, m))
+    };
+    if !fwd.on || !a.host.is_remote() {
+        return bridged();
+    }
+    let failed = |fwd: &mut Forwarding, e: String| {
+        fwd.failures += 1;
+        if !fwd.worked && fwd.failures >= FORWARD_TRIES {
+            give_up(fwd, &format!("{} failures in a row", fwd.failures));
         }
-        Err(e) => Err(e),
+        Err(e)
+    };
+    let mut c = match connect(a, QUEUE, true) {
+        Ok(c) => c,
+        Err(ConnectError::NoForwarding(e)) => {
+            give_up(fwd, &e);
+            return bridged();
+        }
+        Err(ConnectError::Failed(e)) => return failed(fwd, e),
+    };
+    match hello(&c, role) {
+        Ok(m) => {
+            fwd.worked = true;
+            fwd.failures = 0;
+            Ok((c, m))
+        }
+        Err(e) if c.forward_refused() => {
+            give_up(fwd, &e);
+            drop(c);
+            bridged()
+        }
+        Err(e) => failed(fwd, e),
     }
 }
 
@@ -378,9 +459,9 @@ pub fn run(
     let mut last_progress = Instant::now();
     let mut backoff = Duration::from_millis(250);
     let mut first = true;
-    // Per agent: reach a remote one through an ssh forwarding (until the
-    // server refuses it; then through a bridge process).
-    let mut forward = [true, true];
+    // Per agent: reach a remote one through an ssh forwarding (until it
+    // proves unusable; then through a bridge process).
+    let mut forward = [Forwarding::default(); 2];
     loop {
         if !first {
             stats.reconnects += 1;
@@ -426,7 +507,7 @@ pub fn run(
 
 fn attempt(
     [sender, receiver]: [&Agent; 2],
-    forward: &mut [bool; 2],
+    forward: &mut [Forwarding; 2],
     stats: &mut Stats,
     last_progress: &mut Instant,
     out: &Out,
