@@ -174,17 +174,6 @@ impl Host {
         }
     }
 
-    /// An ssh to this host that runs no remote command (`-N`), for
-    /// forwardings given in `ssh_extra`; `None` for the local machine.
-    pub fn ssh_no_command(&self, ssh_extra: &[&str]) -> Option<Command> {
-        let Host::Remote { dest, ssh } = self else {
-            return None;
-        };
-        let mut c = Command::new("ssh");
-        c.args(ssh_extra).args(&ssh.base).arg("-N").arg(dest);
-        Some(c)
-    }
-
     /// Text of what `command` runs, for messages and --dry-run.
     pub fn describe(&self, stages: &[Vec<String>]) -> String {
         let line = pipeline_line(stages);

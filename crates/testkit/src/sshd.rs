@@ -53,20 +53,6 @@ impl Sshd {
     /// Like `start`, with some of the sessions' variables (PATH, say)
     /// replaced.
     pub fn start_with_env(host: &Host, overrides: &[(&str, &str)]) -> Sshd {
-        Sshd::launch(host, overrides, "")
-    }
-
-    /// Like `start`, for a server that refuses every forwarding (TCP and
-    /// unix socket), as a locked-down sshd may.
-    pub fn start_refusing_forwarding(host: &Host) -> Sshd {
-        Sshd::launch(
-            host,
-            &[],
-            "AllowTcpForwarding no\nAllowStreamLocalForwarding no\n",
-        )
-    }
-
-    fn launch(host: &Host, overrides: &[(&str, &str)], extra: &str) -> Sshd {
         let dir = host.dir().join("sshd");
         std::fs::create_dir_all(&dir).unwrap();
         let _ = std::fs::create_dir_all("/run/sshd");
@@ -79,8 +65,7 @@ impl Sshd {
         for _ in 0..5 {
             let port = free_port();
             let cfg = dir.join("sshd_config");
-            let text = config(&dir, port, host, overrides) + extra;
-            std::fs::write(&cfg, text).unwrap();
+            std::fs::write(&cfg, config(&dir, port, host, overrides)).unwrap();
             let log = std::fs::File::create(dir.join("sshd.log")).unwrap();
             let child = Command::new(sshd_bin())
                 .args(["-D", "-e", "-f"])

@@ -101,12 +101,10 @@ pub fn finish(mut spawned: Spawned) -> (i32, String, String) {
 
 /// pids of the processes whose parent is `pid` and whose command line
 /// contains `needle`.
-/// The coordinator's ssh connections to its agents: forwardings to the
-/// agents' sockets (`ssh -L`), or bridge processes where sshd refuses them.
+/// The coordinator's ssh connections to its remote agents (each runs
+/// `syncoid-rsync agent bridge DIR` on the far end).
 pub fn agent_links(pid: u32) -> Vec<i32> {
-    let mut v = children_matching(pid, "ExitOnForwardFailure=yes");
-    v.extend(children_matching(pid, "agent bridge"));
-    v
+    children_matching(pid, "agent bridge")
 }
 
 pub fn children_matching(pid: u32, needle: &str) -> Vec<i32> {
