@@ -4,7 +4,7 @@
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use syncoid_rsync_core::transport::{Chunker, Receiver, Verdict};
-use syncoid_rsync_core::wire::{decode_frame, encode_chunk, Decoder, Msg};
+use syncoid_rsync_core::wire::{decode_owned, encode_chunk, Decoder, Msg};
 
 const CHUNK: usize = 1 << 20;
 const STREAM: usize = 64 << 20;
@@ -34,6 +34,19 @@ fn bench(c: &mut Criterion) {
             chunks.len()
         })
     });
+    // As the sender agent does: read straight into the chunk.
+    g.bench_function("sender: fill from a reader + hash", |b| {
+        b.iter(|| {
+            let mut ch = Chunker::new(CHUNK);
+            let mut r = black_box(&data[..]);
+            let mut n = 0;
+            while let Some(c) = ch.fill(&mut r).unwrap() {
+                n += c.data.len();
+            }
+            black_box(ch.finish(0, String::new()));
+            n
+        })
+    });
     let mut ch = Chunker::new(CHUNK);
     let chunks = ch.push(&data);
     g.bench_function("sender: frame", |b| {
@@ -52,7 +65,8 @@ fn bench(c: &mut Criterion) {
             for f in &frames {
                 d.push(black_box(f));
                 let frame = d.next_frame().unwrap().unwrap();
-                let Msg::Chunk(c) = decode_frame(&frame).unwrap() else {
+                // As the receiver agent does: the payload stays in the frame.
+                let Msg::Chunk(c) = decode_owned(frame).unwrap() else {
                     unreachable!()
                 };
                 match r.check(&c) {
