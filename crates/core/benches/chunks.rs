@@ -3,26 +3,15 @@
 //! verifying them (receiver). `cargo bench -p syncoid-rsync-core`.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
+use syncoid_rsync_core::fuzz::noise;
 use syncoid_rsync_core::transport::{Chunker, Receiver, Verdict};
 use syncoid_rsync_core::wire::{decode_owned, encode_chunk, Decoder, Msg};
 
 const CHUNK: usize = 1 << 20;
 const STREAM: usize = 64 << 20;
 
-fn stream() -> Vec<u8> {
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    (0..STREAM)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 fn bench(c: &mut Criterion) {
-    let data = stream();
+    let data = noise(STREAM, 0x9e37_79b9_7f4a_7c15);
     let mut g = c.benchmark_group("rsync data path (64 MiB, 1 MiB chunks)");
     g.throughput(Throughput::Bytes(STREAM as u64));
     g.sample_size(10);

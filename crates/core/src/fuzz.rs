@@ -1,11 +1,24 @@
 //! Fuzz entry points: each takes arbitrary bytes and panics only if an
-//! invariant breaks. `fuzz/` runs them under cargo-fuzz (libFuzzer, needs
-//! a nightly toolchain); the unit tests below run them on random and
-//! mutated inputs with the stable toolchain, so they are exercised on
-//! every test run.
+//! invariant breaks. `fuzz/` runs them under cargo-fuzz (`scripts/fuzz.sh`);
+//! the unit tests below run them on random and mutated inputs, so they are
+//! exercised on every test run. Also the deterministic test streams the
+//! transport's tests and the criterion benchmarks share.
 
 use crate::transport::{Receiver, Verdict};
 use crate::wire::{decode_frame, encode, Chunk, Decoder, Msg};
+
+/// `len` deterministic, incompressible bytes (xorshift64 from `seed`).
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
 
 /// The decoder never panics on garbage, and every message it accepts
 /// encodes back to the very frame it came from.

@@ -1,22 +1,11 @@
 use super::*;
+use crate::fuzz::noise;
 use crate::wire::{decode_frames, encode_chunk, Msg};
 use proptest::prelude::*;
 
-fn stream(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 #[test]
 fn chunker_cuts_and_hashes_the_whole_stream() {
-    let data = stream(10_000, 3);
+    let data = noise(10_000, 3);
     let mut c = Chunker::new(4096);
     let mut chunks = c.push(&data[..5000]);
     chunks.extend(c.push(&data[5000..]));
@@ -44,7 +33,7 @@ fn chunker_cuts_and_hashes_the_whole_stream() {
 fn spool_is_bounded_and_keeps_unacked_chunks() {
     let mut s = Spool::new(8192);
     let mut c = Chunker::new(4096);
-    for ch in c.push(&stream(4096 * 3, 1)) {
+    for ch in c.push(&noise(4096 * 3, 1)) {
         if s.has_room() {
             s.push(ch);
         }
@@ -62,7 +51,7 @@ fn spool_is_bounded_and_keeps_unacked_chunks() {
 fn receiver_feeds_only_the_next_verified_chunk() {
     let mut r = Receiver::default();
     let mut c = Chunker::new(10);
-    let chunks = c.push(&stream(30, 2));
+    let chunks = c.push(&noise(30, 2));
     assert_eq!(r.check(&chunks[1]), Verdict::Gap { expected: 0 });
     let mut bad = chunks[0].clone();
     bad.data[0] ^= 1;
@@ -90,7 +79,7 @@ fn receiver_feeds_only_the_next_verified_chunk() {
 /// Odd seeds compress their chunks (zstd where it shrinks): the stream has
 /// runs of zeros, so some chunks travel compressed and some raw.
 fn simulate(seed: u64, len: usize, chunk: usize, spool_limit: usize) -> (Vec<u8>, Vec<u8>, usize) {
-    let mut data = stream(len, seed);
+    let mut data = noise(len, seed);
     for (i, b) in data.iter_mut().enumerate() {
         if (i / 700) % 3 == 0 {
             *b = 0;
@@ -295,7 +284,7 @@ proptest! {
         size in 1usize..5000,
         sizes in proptest::collection::vec(1usize..9000, 1..8),
     ) {
-        let data = stream(len, 7);
+        let data = noise(len, 7);
         let mut pushed = Chunker::new(size);
         let mut want = pushed.push(&data);
         let (last, want_end) = pushed.finish(0, String::new());
