@@ -484,7 +484,7 @@ fn produce(
     // Chunks that do not shrink (already compressed or encrypted data)
     // make the next few skip zstd, which then tries again.
     let mut skip = 0u32;
-    let mut compress = |c: &mut syncoid_rsync_core::wire::Chunk| {
+    let mut compress = |c: &mut Chunk| {
         if level == 0 {
             return;
         }

@@ -105,8 +105,6 @@ const OWN_SSH: [&str; 10] = [
     "ConnectTimeout=5",
 ];
 
-type Ends = (Box<dyn Read + Send>, Box<dyn Write + Send>, Option<Child>);
-
 /// Connects to an agent: its socket on this machine, or through `ssh HOST
 /// syncoid-rsync agent bridge DIR` (a read/write pump between ssh's session
 /// and the agent's socket). Measured against sshd's own unix-socket
@@ -115,32 +113,33 @@ type Ends = (Box<dyn Read + Send>, Box<dyn Write + Send>, Option<Child>);
 /// 9.5 s forwarded, 7.8 s bridged; equal with the default cipher), so the
 /// bridge stays.
 fn connect(a: &Agent, queue: usize) -> Result<Conn, String> {
-    let (reader, writer, child): Ends = match &a.host {
-        Host::Local => {
-            let s = UnixStream::connect(format!("{}/sock", a.dir))
-                .map_err(|e| format!("connect {}: {e}", a.dir))?;
-            let r = s.try_clone().map_err(|e| e.to_string())?;
-            (Box::new(r), Box::new(s), None)
-        }
-        remote => {
-            let argv = vec![
-                a.exe.clone(),
-                "agent".into(),
-                "bridge".into(),
-                a.dir.clone(),
-            ];
-            let mut c = remote
-                .command_with(&OWN_SSH, &[argv])
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()
-                .map_err(|e| format!("ssh: {e}"))?;
-            let r = c.stdout.take().expect("piped");
-            let w = c.stdin.take().expect("piped");
-            (Box::new(r), Box::new(w), Some(c))
-        }
-    };
+    let (reader, writer, child): (Box<dyn Read + Send>, Box<dyn Write + Send>, Option<Child>) =
+        match &a.host {
+            Host::Local => {
+                let s = UnixStream::connect(format!("{}/sock", a.dir))
+                    .map_err(|e| format!("connect {}: {e}", a.dir))?;
+                let r = s.try_clone().map_err(|e| e.to_string())?;
+                (Box::new(r), Box::new(s), None)
+            }
+            remote => {
+                let argv = vec![
+                    a.exe.clone(),
+                    "agent".into(),
+                    "bridge".into(),
+                    a.dir.clone(),
+                ];
+                let mut c = remote
+                    .command_with(&OWN_SSH, &[argv])
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .map_err(|e| format!("ssh: {e}"))?;
+                let r = c.stdout.take().expect("piped");
+                let w = c.stdin.take().expect("piped");
+                (Box::new(r), Box::new(w), Some(c))
+            }
+        };
     let (tx, wrx) = bounded::<Vec<u8>>(queue);
     let (rtx, rx) = bounded::<Result<In, String>>(queue);
     let heard = Arc::new(Mutex::new(Instant::now()));
@@ -299,7 +298,8 @@ pub fn run(
         first = false;
         let before = stats.acked_bytes;
         let step = attempt(
-            [sender, receiver],
+            sender,
+            receiver,
             &mut stats,
             &mut last_progress,
             out,
@@ -335,7 +335,8 @@ pub fn run(
 }
 
 fn attempt(
-    [sender, receiver]: [&Agent; 2],
+    sender: &Agent,
+    receiver: &Agent,
     stats: &mut Stats,
     last_progress: &mut Instant,
     out: &Out,

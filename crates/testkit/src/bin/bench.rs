@@ -46,6 +46,9 @@ struct Sample {
     cpu: f64,
 }
 
+/// The row every ratio is taken against (escaped for a markdown table).
+const RAW_SSH: &str = "raw zfs send \\| ssh \\| zfs receive";
+
 fn measure(mut cmd: Command) -> Sample {
     let j0 = busy_jiffies();
     let t0 = Instant::now();
@@ -135,7 +138,7 @@ fn throughput(
             let mut rows = Vec::new();
             let kinds = [
                 "raw zfs send \\| zfs receive (local)",
-                "raw zfs send \\| ssh \\| zfs receive",
+                RAW_SSH,
                 "syncoid 2.1",
                 "syncoid-rsync",
                 "syncoid-rsync --rsync --compress=none",
@@ -278,7 +281,7 @@ fn link(spec: &str, reps: usize) -> Vec<LinkTable> {
         let ours = sibling("syncoid-rsync");
         let cfg = lab.ssh_args()[1].clone();
         let kinds = [
-            "raw zfs send \\| ssh \\| zfs receive",
+            RAW_SSH,
             "syncoid-rsync",
             "syncoid-rsync --rsync --compress=none",
         ];
