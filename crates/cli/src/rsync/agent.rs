@@ -1,8 +1,9 @@
 //! The `--rsync` agents (`syncoid-rsync agent ...`): a sender that owns
 //! `zfs send` and a receiver that owns `zfs receive -s`, each detached from
 //! any ssh connection and serving the coordinator over a unix socket in its
-//! session directory. `agent bridge DIR` joins stdin/stdout to that socket
-//! (what the coordinator runs through ssh); `agent list` and `agent stop`
+//! session directory. `agent bridge DIR` (what the coordinator runs through
+//! ssh) hands its stdin and stdout to the agent over that socket, so the
+//! agent reads and writes sshd's pipes itself; `agent list` and `agent stop`
 //! find and end agents. An agent that hears nothing from a coordinator for
 //! its inactivity timeout stops its zfs process and removes its directory.
 
@@ -13,6 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use super::link::{self, Link};
 use super::session::{self, Marker};
 use crate::host::StderrTail;
 use syncoid_rsync_core::transport::{Chunker, Lookup, Pacer, Receiver, Spool, Verdict};
@@ -278,12 +280,12 @@ fn serve(
     clock: &Arc<Clock>,
     timeout: Duration,
     done: &dyn Fn() -> bool,
-    handle: &dyn Fn(UnixStream),
-) -> Result<Option<UnixStream>, TimedOut> {
+    handle: &dyn Fn(Link),
+) -> Result<Option<Link>, TimedOut> {
     listener
         .set_nonblocking(true)
         .expect("nonblocking listener");
-    let mut current: Option<UnixStream> = None;
+    let mut current: Option<Link> = None;
     loop {
         if done() {
             return Ok(current);
@@ -294,15 +296,28 @@ fn serve(
         }
         match listener.accept() {
             Ok((s, _)) => {
-                let _ = s.set_nonblocking(false);
+                let s = match Link::accept(s) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        eprintln!("connection refused: {e}");
+                        continue;
+                    }
+                };
                 clock.touch();
-                eprintln!("coordinator connected");
+                eprintln!(
+                    "coordinator connected{}",
+                    if s.attached() {
+                        " (ssh session attached)"
+                    } else {
+                        ""
+                    }
+                );
                 // A new connection replaces the old one, even if the old
-                // one is a half-dead bridge that never sees its peer go.
+                // one is a half-dead ssh session that never sees its peer go.
                 if let Some(old) = current.take() {
-                    let _ = old.shutdown(std::net::Shutdown::Both);
+                    old.cancel();
                 }
-                current = s.try_clone().ok();
+                current = Some(s.clone());
                 handle(s);
             }
             Err(_) => std::thread::sleep(Duration::from_millis(20)),
@@ -340,7 +355,7 @@ impl Paced {
     }
 }
 
-fn write_msg(w: &Mutex<UnixStream>, m: &Msg) -> bool {
+fn write_msg(w: &Mutex<Link>, m: &Msg) -> bool {
     w.lock()
         .map(|mut s| s.write_all(&wire::encode(m)).is_ok())
         .unwrap_or(false)
@@ -353,10 +368,11 @@ const READ_AHEAD: usize = 4;
 /// Reads messages from `s` until it closes or fails; calls `f` for each,
 /// in order, on this thread (a reader thread reads up to `READ_AHEAD`
 /// messages ahead).
-fn read_loop(mut s: UnixStream, clock: &Arc<Clock>, mut f: impl FnMut(Msg) -> bool) {
+fn read_loop(s: Link, clock: &Arc<Clock>, mut f: impl FnMut(Msg) -> bool) {
     let (tx, rx) = crossbeam_channel::bounded::<Msg>(READ_AHEAD);
     let touched = clock.clone();
-    let shut = s.try_clone();
+    let shut = s.clone();
+    let mut s = s;
     let reader = std::thread::spawn(move || {
         let stop = super::read_msgs(&mut s, |m| {
             touched.touch();
@@ -369,9 +385,7 @@ fn read_loop(mut s: UnixStream, clock: &Arc<Clock>, mut f: impl FnMut(Msg) -> bo
     for m in rx.iter() {
         if !f(m) {
             // Done with this connection: unblock the reader.
-            if let Ok(s) = &shut {
-                let _ = s.shutdown(std::net::Shutdown::Read);
-            }
+            shut.cancel();
             break;
         }
     }
@@ -396,11 +410,7 @@ struct SendState {
 
 /// Runs the sender; returns its exit code and the connection to hold
 /// until cleanup is done.
-fn run_sender(
-    o: &StartOpts,
-    listener: UnixListener,
-    mut child: Child,
-) -> (i32, Option<UnixStream>) {
+fn run_sender(o: &StartOpts, listener: UnixListener, mut child: Child) -> (i32, Option<Link>) {
     let clock = Arc::new(Clock {
         last_heard: Mutex::new(Instant::now()),
     });
@@ -434,7 +444,7 @@ fn run_sender(
             st.generation
         };
         shared.1.notify_all();
-        let writer = Arc::new(Mutex::new(s.try_clone().expect("clone socket")));
+        let writer = Arc::new(Mutex::new(s.clone()));
         let (shared2, writer2, clock2) = (shared.clone(), writer.clone(), clock.clone());
         std::thread::spawn(move || {
             read_loop(s, &clock2, |m| {
@@ -535,7 +545,7 @@ fn sender_msg(
     m: Msg,
     generation: u64,
     shared: &(Mutex<SendState>, Condvar),
-    w: &Mutex<UnixStream>,
+    w: &Mutex<Link>,
 ) -> bool {
     let mut st = shared.0.lock().expect("state");
     if st.generation != generation {
@@ -594,7 +604,7 @@ fn fault() -> Option<(String, u64)> {
 fn push_chunks(
     generation: u64,
     shared: &(Mutex<SendState>, Condvar),
-    w: &Mutex<UnixStream>,
+    w: &Mutex<Link>,
     paced: &Paced,
 ) {
     // The Want count when End was last sent.
@@ -699,11 +709,7 @@ struct RecvState {
 
 /// Runs the receiver; returns its exit code and the connection to hold
 /// until cleanup is done.
-fn run_receiver(
-    o: &StartOpts,
-    listener: UnixListener,
-    mut child: Child,
-) -> (i32, Option<UnixStream>) {
+fn run_receiver(o: &StartOpts, listener: UnixListener, mut child: Child) -> (i32, Option<Link>) {
     CHILD_PID.store(child.id() as i32, std::sync::atomic::Ordering::SeqCst);
     let clock = Arc::new(Clock {
         last_heard: Mutex::new(Instant::now()),
@@ -722,7 +728,7 @@ fn run_receiver(
     }));
     let done = || state.lock().expect("state").bye;
     let served = serve(&listener, &clock, o.timeout, &done, &|s| {
-        let writer = Mutex::new(s.try_clone().expect("clone socket"));
+        let writer = Mutex::new(s.clone());
         let (state, stdin, child, tail, clock) = (
             state.clone(),
             stdin.clone(),
@@ -765,7 +771,7 @@ fn receiver_msg(
     stdin: &Mutex<Option<std::process::ChildStdin>>,
     child: &Mutex<Child>,
     tail: &Mutex<Option<StderrTail>>,
-    w: &Mutex<UnixStream>,
+    w: &Mutex<Link>,
 ) -> bool {
     let mut st = state.lock().expect("state");
     let reply = match m {
@@ -879,7 +885,10 @@ fn finish(
     (status, stderr)
 }
 
-/// `agent bridge DIR`: stdin -> socket, socket -> stdout.
+/// `agent bridge DIR`: hands this ssh session's stdin and stdout to the
+/// agent (see `link`), then waits until the agent lets go of them, so the
+/// session lasts as long as the agent uses it. No byte of the stream
+/// passes through this process.
 fn bridge(dir: &str) -> i32 {
     let dir = match session::open(dir) {
         Ok(d) => d,
@@ -895,19 +904,23 @@ fn bridge(dir: &str) -> i32 {
             return 69;
         }
     };
-    let mut up = sock.try_clone().expect("clone socket");
-    // SAFETY: fds 0 and 1 are open for the life of the process; only we use them.
-    let (mut input, mut output) = unsafe {
-        use std::os::fd::FromRawFd;
-        (std::fs::File::from_raw_fd(0), std::fs::File::from_raw_fd(1))
-    };
-    let t = std::thread::spawn(move || {
-        crate::host::pump(&mut input, &mut up, 256 << 10, |_| {});
-        let _ = up.shutdown(std::net::Shutdown::Write);
-    });
-    let mut down = sock;
-    crate::host::pump(&mut down, &mut output, 256 << 10, |_| {});
-    drop(t);
+    if let Err(e) = link::send_stdio(&sock) {
+        eprintln!("bridge: cannot hand the session to the agent: {e}");
+        return 69;
+    }
+    // The agent holds the session's pipes now; ours go, so they close
+    // when the agent closes its copies.
+    // SAFETY: replacing our own stdin and stdout with /dev/null.
+    unsafe {
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
+        if null >= 0 {
+            libc::dup2(null, 0);
+            libc::dup2(null, 1);
+            libc::close(null);
+        }
+    }
+    let mut rest = Vec::new();
+    let _ = (&sock).read_to_end(&mut rest);
     0
 }
 

@@ -1,8 +1,9 @@
 //! The coordinator's side of an `--rsync` transfer: connects to both
 //! agents (a unix socket locally, `ssh HOST syncoid-rsync agent bridge DIR`
-//! remotely), moves chunks from sender to receiver and acknowledgements
-//! back, sends heartbeats, and when a connection dies or stalls opens a new
-//! one and resumes from the receiver's position. It gives up only after the
+//! remotely, which hands the session's pipes to the agent), moves chunks
+//! from sender to receiver and acknowledgements back, sends heartbeats, and
+//! when a connection dies or stalls opens a new one and resumes from the
+//! receiver's position. It gives up only after the
 //! inactivity timeout passes without progress.
 
 use crossbeam_channel::{bounded, Receiver as Rx, SendTimeoutError, Sender as Tx};
@@ -106,12 +107,11 @@ const OWN_SSH: [&str; 10] = [
 ];
 
 /// Connects to an agent: its socket on this machine, or through `ssh HOST
-/// syncoid-rsync agent bridge DIR` (a read/write pump between ssh's session
-/// and the agent's socket). Measured against sshd's own unix-socket
-/// forwarding (`ssh -L`), which needs no process of ours on the far end:
-/// the forwarded channel moved data more slowly (2 GiB with aes128-gcm:
-/// 9.5 s forwarded, 7.8 s bridged; equal with the default cipher), so the
-/// bridge stays.
+/// syncoid-rsync agent bridge DIR`, which hands the ssh session's pipes to
+/// the agent (`rsync::link`): a session channel, with no process of ours
+/// copying on the far end. (sshd's unix-socket forwarding, `ssh -L`, was
+/// measured slower: 2 GiB with aes128-gcm took 9.5 s forwarded against
+/// 7.8 s through a session channel.)
 fn connect(a: &Agent, queue: usize) -> Result<Conn, String> {
     let (reader, writer, child): (Box<dyn Read + Send>, Box<dyn Write + Send>, Option<Child>) =
         match &a.host {
@@ -137,6 +137,8 @@ fn connect(a: &Agent, queue: usize) -> Result<Conn, String> {
                     .map_err(|e| format!("ssh: {e}"))?;
                 let r = c.stdout.take().expect("piped");
                 let w = c.stdin.take().expect("piped");
+                crate::transfer::widen_pipe(&r);
+                crate::transfer::widen_pipe(&w);
                 (Box::new(r), Box::new(w), Some(c))
             }
         };

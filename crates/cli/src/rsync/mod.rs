@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod coordinator;
+pub mod link;
 pub mod session;
 
 use std::io::Read;
