@@ -106,13 +106,22 @@ const OWN_SSH: [&str; 10] = [
     "ConnectTimeout=5",
 ];
 
+/// How a connection reaches a remote agent.
+#[derive(Clone, Copy)]
+enum Via {
+    /// A session of the host's ssh master.
+    Master,
+    /// An ssh connection of its own (`OWN_SSH`).
+    Own,
+}
+
 /// Connects to an agent: its socket on this machine, or through `ssh HOST
 /// syncoid-rsync agent bridge DIR`, which hands the ssh session's pipes to
 /// the agent (`rsync::link`): a session channel, with no process of ours
 /// copying on the far end. (sshd's unix-socket forwarding, `ssh -L`, was
 /// measured slower: 2 GiB with aes128-gcm took 9.5 s forwarded against
 /// 7.8 s through a session channel.)
-fn connect(a: &Agent, queue: usize) -> Result<Conn, String> {
+fn connect(a: &Agent, queue: usize, via: Via) -> Result<Conn, String> {
     let (reader, writer, child): (Box<dyn Read + Send>, Box<dyn Write + Send>, Option<Child>) =
         match &a.host {
             Host::Local => {
@@ -128,8 +137,12 @@ fn connect(a: &Agent, queue: usize) -> Result<Conn, String> {
                     "bridge".into(),
                     a.dir.clone(),
                 ];
+                let own: &[&str] = match via {
+                    Via::Master => &[],
+                    Via::Own => &OWN_SSH,
+                };
                 let mut c = remote
-                    .command_with(&OWN_SSH, &[argv])
+                    .command_with(own, &[argv])
                     .stdin(Stdio::piped())
                     .stdout(Stdio::piped())
                     .stderr(Stdio::null())
@@ -266,13 +279,6 @@ fn hello(c: &Conn, role: Role) -> Result<Msg, String> {
     }
 }
 
-/// Connects to an agent and says hello; returns the connection and the
-/// agent's welcome.
-fn open(a: &Agent, role: Role) -> Result<(Conn, Msg), String> {
-    let c = connect(a, QUEUE)?;
-    hello(&c, role).map(|m| (c, m))
-}
-
 /// Why a transfer did not finish.
 pub enum RunError {
     /// An agent reported an error it cannot recover from.
@@ -299,9 +305,18 @@ pub fn run(
         }
         first = false;
         let before = stats.acked_bytes;
+        // The first connection rides on the host's ssh master (just used,
+        // so no new handshake); a reconnection makes its own, so it never
+        // waits behind a master stuck in the outage.
+        let via = if stats.reconnects == 0 {
+            Via::Master
+        } else {
+            Via::Own
+        };
         let step = attempt(
             sender,
             receiver,
+            via,
             &mut stats,
             &mut last_progress,
             out,
@@ -339,16 +354,29 @@ pub fn run(
 fn attempt(
     sender: &Agent,
     receiver: &Agent,
+    via: Via,
     stats: &mut Stats,
     last_progress: &mut Instant,
     out: &Out,
     progress: &Progress,
 ) -> Step {
-    let s = match open(sender, Role::Sender) {
-        Ok((c, _)) => c,
-        Err(e) => return Step::Retry(format!("sender: {e}")),
+    // Both connections are opened before either is greeted, so two ssh
+    // handshakes overlap.
+    let s = connect(sender, QUEUE, via).map_err(|e| format!("sender: {e}"));
+    let r = connect(receiver, QUEUE, via).map_err(|e| format!("receiver: {e}"));
+    let s = match s.and_then(|c| {
+        hello(&c, Role::Sender)
+            .map_err(|e| format!("sender: {e}"))
+            .map(|_| c)
+    }) {
+        Ok(c) => c,
+        Err(e) => return Step::Retry(e),
     };
-    let (r, next) = match open(receiver, Role::Receiver) {
+    let (r, next) = match r.and_then(|c| {
+        hello(&c, Role::Receiver)
+            .map_err(|e| format!("receiver: {e}"))
+            .map(|m| (c, m))
+    }) {
         Ok((
             c,
             Msg::Welcome {
@@ -359,7 +387,7 @@ fn attempt(
             (c, next_seq)
         }
         Ok(_) => unreachable!("hello returns Welcome"),
-        Err(e) => return Step::Retry(format!("receiver: {e}")),
+        Err(e) => return Step::Retry(e),
     };
     out.debug(&format!("agents connected; resuming at chunk {next}"));
     progress.link_ok();
