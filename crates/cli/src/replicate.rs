@@ -156,6 +156,18 @@ struct Ctx<'a> {
     /// --rsync: the syncoid-rsync binary on (source, target), and the
     /// directories we copied it into (removed at the end of the run).
     exes: std::cell::RefCell<Option<Exes>>,
+    /// --rsync: the agents alive on (source, target) when first looked
+    /// for: those of interrupted runs (listed once per run, not per
+    /// dataset).
+    live: std::cell::RefCell<Option<LiveAgents>>,
+}
+
+/// (session dir, role, transfer key) of each live agent on a host.
+type AgentList = Vec<(String, String, String)>;
+
+struct LiveAgents {
+    source: AgentList,
+    target: AgentList,
 }
 
 #[derive(Clone)]
@@ -264,7 +276,19 @@ pub fn run(s: &Settings) -> Result<Summary, Fatal> {
     let src_root = s.source.dataset.as_str();
     let dst_root = s.target.dataset.as_str();
     let recursive = s.args.recursive;
-    let src_inv = gather::inventory(&s.source_host, s.source_sudo, src_root, recursive)
+    // Source, target and the target's running receives are listed at once.
+    let (src_inv, dst_inv, busy) = std::thread::scope(|sc| {
+        let dst =
+            sc.spawn(|| gather::inventory(&s.target_host, s.target_sudo, dst_root, recursive));
+        let busy = sc.spawn(|| gather::busy_targets(&s.target_host));
+        let src = gather::inventory(&s.source_host, s.source_sudo, src_root, recursive);
+        (
+            src,
+            dst.join().expect("listing thread"),
+            busy.join().expect("listing thread"),
+        )
+    });
+    let src_inv = src_inv
         .map_err(|e| fatal(exit::FAILED, format!("cannot list the source: {e}")))?
         .ok_or_else(|| {
             fatal(
@@ -272,8 +296,8 @@ pub fn run(s: &Settings) -> Result<Summary, Fatal> {
                 format!("source dataset {} does not exist", s.source),
             )
         })?;
-    let dst_inv = gather::inventory(&s.target_host, s.target_sudo, dst_root, recursive)
-        .map_err(|e| fatal(exit::FAILED, format!("cannot list the target: {e}")))?;
+    let dst_inv =
+        dst_inv.map_err(|e| fatal(exit::FAILED, format!("cannot list the target: {e}")))?;
     out.debug("source and target listed");
     let face = if s.args.json {
         Face::Json
@@ -292,8 +316,9 @@ pub fn run(s: &Settings) -> Result<Summary, Fatal> {
         reconnects: std::cell::Cell::new(0),
         tools,
         installed,
-        busy: gather::busy_targets(&s.target_host),
+        busy,
         exes: std::cell::RefCell::new(None),
+        live: std::cell::RefCell::new(None),
     };
     if s.args.dry_run {
         out.plain("DRY RUN: these are the commands a real run would execute; nothing is changed.");
@@ -972,27 +997,45 @@ fn delete_target_snapshots(ctx: &Ctx, src_fs: &str, dst_fs: &str) -> Result<(), 
 }
 
 impl Ctx<'_> {
-    /// --rsync: our binary on both hosts (copied there when missing).
+    /// --rsync: our binary on both hosts (copied there when missing; to
+    /// two hosts at once).
     fn exes(&self) -> Result<Exes, DsError> {
         if let Some(e) = self.exes.borrow().as_ref() {
             return Ok(e.clone());
         }
+        let (sh, th) = (&self.s.source_host, &self.s.target_host);
+        let installed = &self.installed;
+        let provision = |h: &Host| coordinator::provision(h, installed.contains(&h.label()));
+        let two = th.label() != sh.label();
+        let (a, b) = std::thread::scope(|sc| {
+            let b = two.then(|| sc.spawn(|| provision(th)));
+            let a = provision(sh);
+            (a, b.map(|t| t.join().expect("provision thread")))
+        });
         let mut copied = Vec::new();
-        let mut get = |host: &Host| -> Result<String, DsError> {
-            let installed = self.installed.contains(&host.label());
-            let (exe, dir) = coordinator::provision(host, installed).map_err(DsError::Other)?;
+        let mut take = |host: &Host, r: Result<(String, Option<String>), String>| {
+            let (exe, dir) = r?;
             if let Some(d) = dir {
                 self.out
                     .debug(&format!("copied syncoid-rsync to {}:{d}", host.label()));
                 copied.push((host.clone(), d));
             }
-            Ok(exe)
+            Ok::<_, String>(exe)
         };
-        let source = get(&self.s.source_host)?;
-        let target = if self.s.target_host.label() == self.s.source_host.label() {
-            source.clone()
-        } else {
-            get(&self.s.target_host)?
+        let source = take(sh, a);
+        let target = match b {
+            Some(b) => take(th, b),
+            None => source.clone(),
+        };
+        let (source, target) = match (source, target) {
+            (Ok(s), Ok(t)) => (s, t),
+            (Err(e), _) | (_, Err(e)) => {
+                // Nothing is left behind by a half-done provisioning.
+                for (host, dir) in &copied {
+                    coordinator::unprovision(host, dir);
+                }
+                return Err(DsError::Other(e));
+            }
         };
         let e = Exes {
             source,
@@ -1001,6 +1044,32 @@ impl Ctx<'_> {
         };
         *self.exes.borrow_mut() = Some(e.clone());
         Ok(e)
+    }
+
+    /// --rsync: the live agents on both hosts, listed (at once) the first
+    /// time they are asked for.
+    fn live_agents(&self, exes: &Exes) -> std::cell::RefMut<'_, LiveAgents> {
+        let mut live = self.live.borrow_mut();
+        if live.is_none() {
+            let (sh, th) = (&self.s.source_host, &self.s.target_host);
+            let (source, target) = if th.label() == sh.label() {
+                let all = coordinator::list_agents(sh, &exes.source);
+                (all.clone(), all)
+            } else {
+                std::thread::scope(|sc| {
+                    let t = sc.spawn(|| coordinator::list_agents(th, &exes.target));
+                    let s = coordinator::list_agents(sh, &exes.source);
+                    (s, t.join().expect("list thread"))
+                })
+            };
+            self.out.debug(&format!(
+                "live agents listed: {} on the source, {} on the target",
+                source.len(),
+                target.len()
+            ));
+            *live = Some(LiveAgents { source, target });
+        }
+        std::cell::RefMut::map(live, |l| l.as_mut().expect("listed"))
     }
 
     fn transfer_key(&self, src_fs: &str, dst_fs: &str) -> String {
@@ -1049,14 +1118,26 @@ fn rsync_transfer(
     let key = ctx.transfer_key(src_fs, dst_fs);
     let (sh, th) = (&ctx.s.source_host, &ctx.s.target_host);
     let ropts = ctx.agent_opts(ctx.s.target_rate);
-    let rdir = coordinator::start_agent(th, &exes.target, "receive", &key, &ropts, recv_argv)
-        .map_err(DsError::Other)?;
     let sopts = ctx.agent_opts(ctx.s.source_rate);
-    let sdir = match coordinator::start_agent(sh, &exes.source, "send", &key, &sopts, send_argv) {
-        Ok(d) => d,
-        Err(e) => {
-            coordinator::stop_agent(th, &exes.target, &rdir);
-            return Err(DsError::Other(e));
+    // Both start at once; if one fails, the other is stopped.
+    let (rdir, sdir) = std::thread::scope(|sc| {
+        let r = sc.spawn(|| {
+            coordinator::start_agent(th, &exes.target, "receive", &key, &ropts, recv_argv)
+        });
+        let s = coordinator::start_agent(sh, &exes.source, "send", &key, &sopts, send_argv);
+        (r.join().expect("agent start thread"), s)
+    });
+    let (rdir, sdir) = match (rdir, sdir) {
+        (Ok(r), Ok(s)) => (r, s),
+        (r, s) => {
+            if let Ok(d) = &r {
+                coordinator::stop_agent(th, &exes.target, d);
+            }
+            if let Ok(d) = &s {
+                coordinator::stop_agent(sh, &exes.source, d);
+            }
+            let why = [r.err(), s.err()].into_iter().flatten().collect::<Vec<_>>();
+            return Err(DsError::Other(why.join("\n")));
         }
     };
     ctx.out.debug(&format!(
@@ -1133,14 +1214,18 @@ fn reattach(ctx: &Ctx, src_fs: &str, dst_fs: &str) -> Result<bool, DsError> {
     let exes = ctx.exes()?;
     let key = ctx.transfer_key(src_fs, dst_fs);
     let (sh, th) = (&ctx.s.source_host, &ctx.s.target_host);
-    let find = |host: &Host, exe: &str, role: &str| {
-        coordinator::list_agents(host, exe)
-            .into_iter()
-            .find(|(_, r, k)| r == role && *k == key)
-            .map(|(d, _, _)| d)
+    // Each is handled once: taken out of the run's list.
+    let take = |list: &mut AgentList, role: &str| {
+        let i = list.iter().position(|(_, r, k)| r == role && *k == key)?;
+        Some(list.remove(i).0)
     };
-    let sdir = find(sh, &exes.source, "send");
-    let rdir = find(th, &exes.target, "receive");
+    let (sdir, rdir) = {
+        let mut live = ctx.live_agents(&exes);
+        (
+            take(&mut live.source, "send"),
+            take(&mut live.target, "receive"),
+        )
+    };
     match (sdir, rdir) {
         (Some(sdir), Some(rdir)) => {
             ctx.out.info(&format!(

@@ -281,6 +281,55 @@ fn killed_coordinator_is_rerun_and_reattaches_to_the_live_agents() {
     assert_eq!(h.tmp_entries(), Vec::<String>::new());
 }
 
+/// A recursive run looks for live agents once (two listings, not two per
+/// dataset) and still finds the interrupted child's.
+#[test]
+fn recursive_rerun_lists_agents_once_and_reattaches_the_interrupted_child() {
+    let _serial = serial();
+    let h = Host::new(&["src", "dst"]);
+    let _reap = Reaper(&h);
+    h.zfs(&["create", "src/root"]).ok();
+    synthetic(&h, "src/root/a", "40M");
+    for fs in ["src/root/b", "src/root/c", "src/root/d"] {
+        synthetic(&h, fs, "1M");
+    }
+    h.zfs(&["snapshot", "src/root@s1"]).ok();
+    let args = [
+        "-r",
+        "--rsync",
+        "--no-sync-snap",
+        "--chunk-size=256K",
+        "src/root",
+        "dst/root",
+    ];
+    start_then_kill_coordinator(&h, &args, "10M", Duration::from_millis(1500));
+    assert_eq!(agent_pids(&h).len(), 2, "src/root/a's agents live on");
+    let mut again = args.to_vec();
+    again.push("--debug");
+    let r = ok(&h, &again);
+    assert!(
+        r.stdout
+            .contains("re-attaching to the live agents of an interrupted transfer of src/root/a"),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(
+        r.stdout.matches("live agents listed").count(),
+        1,
+        "{}",
+        r.stdout
+    );
+    for fs in ["a", "b", "c", "d"] {
+        assert_eq!(
+            h.files(&format!("dst/root/{fs}")),
+            h.files(&format!("src/root/{fs}")),
+            "{fs}"
+        );
+    }
+    assert_fed_once(&h);
+    assert_eq!(h.tmp_entries(), Vec::<String>::new());
+}
+
 #[test]
 fn killed_receiver_agent_is_replaced_and_the_resume_token_used() {
     let _serial = serial();

@@ -330,10 +330,15 @@ fn tree_noop(spec: &str) -> Vec<(String, f64, usize)> {
     assert!(st.success());
     let mut out = Vec::new();
     let ours = sibling("syncoid-rsync");
-    for (name, bin) in [("syncoid-rsync", ours), ("syncoid 2.1", syncoid_bin())] {
+    for (name, bin, extra) in [
+        ("syncoid-rsync", ours.clone(), None),
+        ("syncoid-rsync --rsync", ours, Some("--rsync")),
+        ("syncoid 2.1", syncoid_bin(), None),
+    ] {
         let before = h.log().len();
         let mut c = h.command(bin.to_str().unwrap());
-        c.args(["-r", "--no-sync-snap", "--quiet", "src/root", "dst/root"]);
+        c.args(["-r", "--no-sync-snap", "--quiet", "src/root", "dst/root"])
+            .args(extra);
         let sample = measure(c);
         out.push((name.to_string(), sample.secs, h.log().len() - before));
     }
