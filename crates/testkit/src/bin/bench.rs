@@ -342,6 +342,27 @@ fn tree_noop(spec: &str) -> Vec<(String, f64, usize)> {
         let sample = measure(c);
         out.push((name.to_string(), sample.secs, h.log().len() - before));
     }
+    // The same tree with the target behind the loopback sshd: what a
+    // per-dataset ssh call would cost shows here.
+    let sshd = Sshd::start(&h);
+    for (name, extra) in [
+        ("syncoid-rsync, target over ssh", None),
+        ("syncoid-rsync --rsync, target over ssh", Some("--rsync")),
+    ] {
+        let before = h.log().len();
+        let mut c = h.command(sibling("syncoid-rsync").to_str().unwrap());
+        c.args(sshd.syncoid_args())
+            .args([
+                "-r",
+                "--no-sync-snap",
+                "--quiet",
+                "src/root",
+                "root@127.0.0.1:dst/root",
+            ])
+            .args(extra);
+        let sample = measure(c);
+        out.push((name.to_string(), sample.secs, h.log().len() - before));
+    }
     out
 }
 
