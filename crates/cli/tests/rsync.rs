@@ -83,9 +83,13 @@ fn push_through_sshd_provisions_itself_and_survives_killed_connections() {
     let child = spawn(&local, &args, &[("FAKEZFS_SEND_RATE", "8M")]);
     let pid = child.id();
     let mut kills = 0;
+    let mut receiver_log = String::new();
     let t = Instant::now();
     while kills < 3 && t.elapsed() < Duration::from_secs(20) {
         std::thread::sleep(Duration::from_millis(1200));
+        if let Some(log) = agent_log(&far) {
+            receiver_log = log;
+        }
         for p in agent_links(pid) {
             // Shown if the test fails: what was killed, and when.
             let cmd = std::fs::read_to_string(format!("/proc/{p}/cmdline")).unwrap_or_default();
@@ -102,6 +106,19 @@ fn push_through_sshd_provisions_itself_and_survives_killed_connections() {
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(kills >= 1, "the test killed {kills} connections");
     assert!(err.contains("link to the agents lost"), "{err}");
+    // Each connection, the first and the reconnections, handed the ssh
+    // session's pipes to the agent (no process copying between them).
+    assert!(
+        receiver_log
+            .matches("coordinator connected (ssh session attached)")
+            .count()
+            >= 2,
+        "{receiver_log}"
+    );
+    assert!(
+        !receiver_log.contains("connection refused"),
+        "{receiver_log}"
+    );
     assert_copy_removed(&out);
     assert_eq!(far.files("far/data"), local.files("src/data"));
     assert_fed_once(&far);

@@ -242,3 +242,16 @@ pub fn start_then_kill_coordinator(
     let _ = finish(child);
     pids
 }
+
+/// The log of the (one) live agent on `h`, if any.
+pub fn agent_log(h: &Host) -> Option<String> {
+    std::fs::read_dir(h.tmp())
+        .ok()?
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("syncoid-rsync-")
+        })
+        .find_map(|e| std::fs::read_to_string(e.path().join("agent.log")).ok())
+}
