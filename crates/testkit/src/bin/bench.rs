@@ -284,9 +284,14 @@ fn link(spec: &str, reps: usize) -> Vec<LinkTable> {
             RAW_SSH,
             "syncoid-rsync",
             "syncoid-rsync --rsync --compress=none",
+            "same, syncoid-rsync installed on the target",
         ];
         let mut rows = Vec::new();
         for (k, kind) in kinds.iter().enumerate() {
+            if k == 3 {
+                // On the far host's PATH: found by the pre-flight, not copied.
+                std::os::unix::fs::symlink(&ours, far.dir().join("bin/syncoid-rsync")).unwrap();
+            }
             let (mut secs, mut cpu) = (Vec::new(), Vec::new());
             for rep in 0..reps {
                 let target = format!("{pool}/k{k}r{rep}");
@@ -301,7 +306,7 @@ fn link(spec: &str, reps: usize) -> Vec<LinkTable> {
                     let mut c = local.command(ours.to_str().unwrap());
                     c.args(["--compress=none", "--no-sync-snap", "--quiet"])
                         .args(lab.ssh_args());
-                    if k == 2 {
+                    if k >= 2 {
                         c.arg("--rsync");
                     }
                     c.arg("src/big").arg(format!("{}:{target}", lab.dest()));
