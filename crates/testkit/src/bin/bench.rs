@@ -10,7 +10,7 @@
 //! Prints a markdown table. CPU is the machine-wide busy time from
 //! /proc/stat during the run (every process involved, both ends).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 use syncoid_rsync_testkit::{syncoid_bin, Host, Netlab, Sshd};
@@ -333,41 +333,40 @@ fn tree_noop(spec: &str) -> Vec<(String, f64, usize)> {
         .status()
         .unwrap();
     assert!(st.success());
-    let mut out = Vec::new();
     let ours = sibling("syncoid-rsync");
-    for (name, bin, extra) in [
-        ("syncoid-rsync", ours.clone(), None),
-        ("syncoid-rsync --rsync", ours, Some("--rsync")),
-        ("syncoid 2.1", syncoid_bin(), None),
-    ] {
+    let mut out = Vec::new();
+    // One no-op run: wall time and the zfs calls it made.
+    let mut row = |name: &str, bin: &Path, ssh: &[String], target: &str, extra: &[&str]| {
         let before = h.log().len();
         let mut c = h.command(bin.to_str().unwrap());
-        c.args(["-r", "--no-sync-snap", "--quiet", "src/root", "dst/root"])
+        c.args(ssh)
+            .args(["-r", "--no-sync-snap", "--quiet", "src/root", target])
             .args(extra);
         let sample = measure(c);
         out.push((name.to_string(), sample.secs, h.log().len() - before));
-    }
+    };
+    row("syncoid-rsync", &ours, &[], "dst/root", &[]);
+    row(
+        "syncoid-rsync --rsync",
+        &ours,
+        &[],
+        "dst/root",
+        &["--rsync"],
+    );
+    row("syncoid 2.1", &syncoid_bin(), &[], "dst/root", &[]);
     // The same tree with the target behind the loopback sshd: what a
     // per-dataset ssh call would cost shows here.
     let sshd = Sshd::start(&h);
-    for (name, extra) in [
-        ("syncoid-rsync, target over ssh", None),
-        ("syncoid-rsync --rsync, target over ssh", Some("--rsync")),
-    ] {
-        let before = h.log().len();
-        let mut c = h.command(sibling("syncoid-rsync").to_str().unwrap());
-        c.args(sshd.syncoid_args())
-            .args([
-                "-r",
-                "--no-sync-snap",
-                "--quiet",
-                "src/root",
-                "root@127.0.0.1:dst/root",
-            ])
-            .args(extra);
-        let sample = measure(c);
-        out.push((name.to_string(), sample.secs, h.log().len() - before));
-    }
+    let ssh = sshd.syncoid_args();
+    let far = "root@127.0.0.1:dst/root";
+    row("syncoid-rsync, target over ssh", &ours, &ssh, far, &[]);
+    row(
+        "syncoid-rsync --rsync, target over ssh",
+        &ours,
+        &ssh,
+        far,
+        &["--rsync"],
+    );
     out
 }
 
