@@ -277,17 +277,15 @@ pub fn run(s: &Settings) -> Result<Summary, Fatal> {
     let dst_root = s.target.dataset.as_str();
     let recursive = s.args.recursive;
     // Source, target and the target's running receives are listed at once.
-    let (src_inv, dst_inv, busy) = std::thread::scope(|sc| {
-        let dst =
-            sc.spawn(|| gather::inventory(&s.target_host, s.target_sudo, dst_root, recursive));
-        let busy = sc.spawn(|| gather::busy_targets(&s.target_host));
-        let src = gather::inventory(&s.source_host, s.source_sudo, src_root, recursive);
-        (
-            src,
-            dst.join().expect("listing thread"),
-            busy.join().expect("listing thread"),
-        )
-    });
+    let ((dst_inv, busy), src_inv) = at_once(
+        || {
+            at_once(
+                || gather::inventory(&s.target_host, s.target_sudo, dst_root, recursive),
+                || gather::busy_targets(&s.target_host),
+            )
+        },
+        || gather::inventory(&s.source_host, s.source_sudo, src_root, recursive),
+    );
     let src_inv = src_inv
         .map_err(|e| fatal(exit::FAILED, format!("cannot list the source: {e}")))?
         .ok_or_else(|| {
@@ -996,6 +994,16 @@ fn delete_target_snapshots(ctx: &Ctx, src_fs: &str, dst_fs: &str) -> Result<(), 
     Ok(())
 }
 
+/// Runs `a` on a thread of its own while `b` runs here: calls to two
+/// hosts (or two calls to one) overlap.
+fn at_once<A: Send, B>(a: impl FnOnce() -> A + Send, b: impl FnOnce() -> B) -> (A, B) {
+    std::thread::scope(|sc| {
+        let t = sc.spawn(a);
+        let rb = b();
+        (t.join().expect("worker thread"), rb)
+    })
+}
+
 impl Ctx<'_> {
     /// --rsync: our binary on both hosts (copied there when missing; to
     /// two hosts at once).
@@ -1006,12 +1014,12 @@ impl Ctx<'_> {
         let (sh, th) = (&self.s.source_host, &self.s.target_host);
         let installed = &self.installed;
         let provision = |h: &Host| coordinator::provision(h, installed.contains(&h.label()));
-        let two = th.label() != sh.label();
-        let (a, b) = std::thread::scope(|sc| {
-            let b = two.then(|| sc.spawn(|| provision(th)));
-            let a = provision(sh);
-            (a, b.map(|t| t.join().expect("provision thread")))
-        });
+        let (a, b) = if th.label() != sh.label() {
+            let (b, a) = at_once(|| provision(th), || provision(sh));
+            (a, Some(b))
+        } else {
+            (provision(sh), None)
+        };
         let mut copied = Vec::new();
         let mut take = |host: &Host, r: Result<(String, Option<String>), String>| {
             let (exe, dir) = r?;
@@ -1056,11 +1064,11 @@ impl Ctx<'_> {
                 let all = coordinator::list_agents(sh, &exes.source);
                 (all.clone(), all)
             } else {
-                std::thread::scope(|sc| {
-                    let t = sc.spawn(|| coordinator::list_agents(th, &exes.target));
-                    let s = coordinator::list_agents(sh, &exes.source);
-                    (s, t.join().expect("list thread"))
-                })
+                let (t, s) = at_once(
+                    || coordinator::list_agents(th, &exes.target),
+                    || coordinator::list_agents(sh, &exes.source),
+                );
+                (s, t)
             };
             self.out.debug(&format!(
                 "live agents listed: {} on the source, {} on the target",
@@ -1120,13 +1128,10 @@ fn rsync_transfer(
     let ropts = ctx.agent_opts(ctx.s.target_rate);
     let sopts = ctx.agent_opts(ctx.s.source_rate);
     // Both start at once; if one fails, the other is stopped.
-    let (rdir, sdir) = std::thread::scope(|sc| {
-        let r = sc.spawn(|| {
-            coordinator::start_agent(th, &exes.target, "receive", &key, &ropts, recv_argv)
-        });
-        let s = coordinator::start_agent(sh, &exes.source, "send", &key, &sopts, send_argv);
-        (r.join().expect("agent start thread"), s)
-    });
+    let (rdir, sdir) = at_once(
+        || coordinator::start_agent(th, &exes.target, "receive", &key, &ropts, recv_argv),
+        || coordinator::start_agent(sh, &exes.source, "send", &key, &sopts, send_argv),
+    );
     let (rdir, sdir) = match (rdir, sdir) {
         (Ok(r), Ok(s)) => (r, s),
         (r, s) => {
@@ -1157,6 +1162,11 @@ fn finish_transfer(
     dst_fs: &str,
     estimate: u64,
 ) -> Result<(), DsError> {
+    // Receiver first: it closes zfs receive -s, keeping what it verified.
+    let stop_both = || {
+        coordinator::stop_agent(&receiver.host, &receiver.exe, &receiver.dir);
+        coordinator::stop_agent(&sender.host, &sender.exe, &sender.dir);
+    };
     ctx.progress.start_stream(src_fs, dst_fs, estimate);
     let result = coordinator::run(sender, receiver, ctx.s.inactivity, &ctx.out, &ctx.progress);
     ctx.progress
@@ -1168,8 +1178,7 @@ fn finish_transfer(
             // Nothing more can come from these agents: stop both. The
             // receiver closes zfs receive -s, whose resume token keeps
             // every verified byte for the next run.
-            coordinator::stop_agent(&receiver.host, &receiver.exe, &receiver.dir);
-            coordinator::stop_agent(&sender.host, &sender.exe, &sender.dir);
+            stop_both();
             return Err(DsError::Other(format!(
                 "{e}\n  the target keeps what was received (resume token): run the same command again to continue"
             )));
@@ -1182,8 +1191,7 @@ fn finish_transfer(
     if !outcome.agents_gone {
         ctx.out
             .debug("an agent did not confirm its exit; stopping both");
-        coordinator::stop_agent(&receiver.host, &receiver.exe, &receiver.dir);
-        coordinator::stop_agent(&sender.host, &sender.exe, &sender.dir);
+        stop_both();
     }
     let st = &outcome.stats;
     ctx.bytes.set(ctx.bytes.get() + st.acked_bytes);

@@ -170,13 +170,10 @@ fn daemon(o: StartOpts, dir: &Path, ready_fd: i32) -> i32 {
         .open(dir.join("agent.log"));
     if let Ok(log) = &log {
         use std::os::fd::AsRawFd;
-        // SAFETY: redirecting our own stdio to files we opened.
+        null_stdin_stdout();
+        // SAFETY: our own stderr onto the log file we opened.
         unsafe {
-            let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
-            libc::dup2(null, 0);
-            libc::dup2(null, 1);
             libc::dup2(log.as_raw_fd(), 2);
-            libc::close(null);
         }
     }
     let fail = |ready: &mut std::fs::File, msg: String| {
@@ -368,11 +365,10 @@ const READ_AHEAD: usize = 4;
 /// Reads messages from `s` until it closes or fails; calls `f` for each,
 /// in order, on this thread (a reader thread reads up to `READ_AHEAD`
 /// messages ahead).
-fn read_loop(s: Link, clock: &Arc<Clock>, mut f: impl FnMut(Msg) -> bool) {
+fn read_loop(mut s: Link, clock: &Arc<Clock>, mut f: impl FnMut(Msg) -> bool) {
     let (tx, rx) = crossbeam_channel::bounded::<Msg>(READ_AHEAD);
     let touched = clock.clone();
     let shut = s.clone();
-    let mut s = s;
     let reader = std::thread::spawn(move || {
         let stop = super::read_msgs(&mut s, |m| {
             touched.touch();
@@ -910,7 +906,16 @@ fn bridge(dir: &str) -> i32 {
     }
     // The agent holds the session's pipes now; ours go, so they close
     // when the agent closes its copies.
-    // SAFETY: replacing our own stdin and stdout with /dev/null.
+    null_stdin_stdout();
+    // Until the agent closes the socket (it sends nothing on it).
+    let _ = std::io::copy(&mut &sock, &mut std::io::sink());
+    0
+}
+
+/// Points this process's stdin and stdout at /dev/null.
+fn null_stdin_stdout() {
+    // SAFETY: replacing our own fds 0 and 1 with a descriptor we open and
+    // close here.
     unsafe {
         let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
         if null >= 0 {
@@ -919,9 +924,6 @@ fn bridge(dir: &str) -> i32 {
             libc::close(null);
         }
     }
-    let mut rest = Vec::new();
-    let _ = (&sock).read_to_end(&mut rest);
-    0
 }
 
 /// `agent stop DIR`: asks the agent to end (Bye), then makes sure.

@@ -3,8 +3,8 @@
 //! remotely, which hands the session's pipes to the agent), moves chunks
 //! from sender to receiver and acknowledgements back, sends heartbeats, and
 //! when a connection dies or stalls opens a new one and resumes from the
-//! receiver's position. It gives up only after the
-//! inactivity timeout passes without progress.
+//! receiver's position. It gives up only after the inactivity timeout
+//! passes without progress.
 
 use crossbeam_channel::{bounded, Receiver as Rx, SendTimeoutError, Sender as Tx};
 use std::io::{Read, Write};
@@ -362,21 +362,17 @@ fn attempt(
 ) -> Step {
     // Both connections are opened before either is greeted, so two ssh
     // handshakes overlap.
-    let s = connect(sender, QUEUE, via).map_err(|e| format!("sender: {e}"));
-    let r = connect(receiver, QUEUE, via).map_err(|e| format!("receiver: {e}"));
-    let s = match s.and_then(|c| {
-        hello(&c, Role::Sender)
-            .map_err(|e| format!("sender: {e}"))
-            .map(|_| c)
-    }) {
-        Ok(c) => c,
+    let s = connect(sender, QUEUE, via);
+    let r = connect(receiver, QUEUE, via);
+    let greeted = |c: Result<Conn, String>, role: Role, who: &str| {
+        c.and_then(|c| hello(&c, role).map(|m| (c, m)))
+            .map_err(|e| format!("{who}: {e}"))
+    };
+    let s = match greeted(s, Role::Sender, "sender") {
+        Ok((c, _)) => c,
         Err(e) => return Step::Retry(e),
     };
-    let (r, next) = match r.and_then(|c| {
-        hello(&c, Role::Receiver)
-            .map_err(|e| format!("receiver: {e}"))
-            .map(|m| (c, m))
-    }) {
+    let (r, next) = match greeted(r, Role::Receiver, "receiver") {
         Ok((
             c,
             Msg::Welcome {

@@ -38,7 +38,7 @@ struct Inner {
     cancelled: AtomicBool,
     /// The bridge's socket when the pipes were handed over: the bridge
     /// (and with it the ssh session) ends when this closes.
-    _hold: Option<UnixStream>,
+    hold: Option<UnixStream>,
 }
 
 fn cvt(n: isize) -> io::Result<usize> {
@@ -47,6 +47,17 @@ fn cvt(n: isize) -> io::Result<usize> {
     } else {
         Ok(n as usize)
     }
+}
+
+/// A close-on-exec pipe (read end, write end), with `flags` added.
+fn pipe(flags: libc::c_int) -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills two descriptors that we then own.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | flags) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both were just created and are owned by nothing else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
 fn set_nonblocking(fd: RawFd) -> io::Result<()> {
@@ -93,27 +104,20 @@ impl Link {
             crate::transfer::widen_pipe(&rx);
             crate::transfer::widen_pipe(&tx);
         }
-        let mut fds = [0; 2];
-        // SAFETY: pipe2 fills two descriptors that we then own.
-        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: both were just created and are owned by nothing else.
-        let (wake_r, wake_w) =
-            unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let (wake_r, wake_w) = pipe(libc::O_NONBLOCK)?;
         Ok(Link(Arc::new(Inner {
             rx,
             tx,
             wake_r,
             wake_w,
             cancelled: AtomicBool::new(false),
-            _hold: hold,
+            hold,
         })))
     }
 
     /// Whether the ssh session's pipes were handed over (no bridge copies).
     pub fn attached(&self) -> bool {
-        self.0._hold.is_some()
+        self.0.hold.is_some()
     }
 
     /// Ends every read and write on this connection, now and later, in
@@ -297,16 +301,9 @@ mod tests {
     use super::*;
     use std::os::unix::net::UnixListener;
 
-    fn pipe() -> (std::fs::File, std::fs::File) {
-        let mut fds = [0; 2];
-        // SAFETY: pipe2 fills two descriptors we then own.
-        unsafe {
-            assert_eq!(libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC), 0);
-            (
-                std::fs::File::from_raw_fd(fds[0]),
-                std::fs::File::from_raw_fd(fds[1]),
-            )
-        }
+    fn files() -> (std::fs::File, std::fs::File) {
+        let (r, w) = pipe(0).unwrap();
+        (r.into(), w.into())
     }
 
     /// A bridge that hands over two pipes: the agent reads what is written
@@ -317,8 +314,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sock");
         let listener = UnixListener::bind(&path).unwrap();
-        let (in_r, mut in_w) = pipe();
-        let (mut out_r, out_w) = pipe();
+        let (in_r, mut in_w) = files();
+        let (mut out_r, out_w) = files();
         let bridge = std::thread::spawn(move || {
             let s = UnixStream::connect(&path).unwrap();
             // What a bridge does with fds 0 and 1, with two pipes instead.
