@@ -143,7 +143,7 @@ t_rsync_ssh_killed() {
   local pid=$! kills=0 i p
   for i in 1 2 3 4; do
     sleep 2
-    for p in $(pgrep -P "$pid" -f 'agent bridge'); do kill -9 "$p"; kills=$((kills+1)); done
+    for p in $(pgrep -P "$pid" -f 'agent bridge|agent start .*--attach'); do kill -9 "$p"; kills=$((kills+1)); done
   done
   wait "$pid"
   echo "killed $kills ssh connections"; [ "$kills" -ge 2 ]

@@ -120,6 +120,16 @@ pub fn pump(from: &mut impl Read, to: &mut impl Write, buf: usize, mut passed: i
     }
 }
 
+/// Runs `a` on a thread of its own while `b` runs here: calls to two
+/// hosts (or two calls to one) overlap.
+pub fn at_once<A: Send, B>(a: impl FnOnce() -> A + Send, b: impl FnOnce() -> B) -> (A, B) {
+    std::thread::scope(|sc| {
+        let t = sc.spawn(a);
+        let rb = b();
+        (t.join().expect("worker thread"), rb)
+    })
+}
+
 /// `a b | c d`: stages as one shell line, each word quoted as needed.
 fn pipeline_line(stages: &[Vec<String>]) -> String {
     stages

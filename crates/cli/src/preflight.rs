@@ -8,12 +8,14 @@
 //! tools are warnings (the run goes on without them, as syncoid does), and
 //! `--no-command-checks` skips that part.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::config::Settings;
-use crate::host::Host;
+use crate::host::{at_once, Host};
 use crate::output::{exit, Out};
 use crate::replicate::{fatal, Fatal};
+use crate::rsync::session::{valid_id, Marker, PREFIX};
+use std::path::Path;
 use syncoid_rsync_core::argv::Tools;
 
 /// What one host has, from one shell call.
@@ -22,11 +24,30 @@ struct Probe {
     found: BTreeSet<String>,
     arch: String,
     ours: Option<String>,
+    /// `--rsync`: live agents' session dirs with their markers.
+    agents: Vec<(String, String)>,
     tmp_writable: bool,
     sudo_ok: bool,
     zfs_error: Option<String>,
     mem_kib: Option<u64>,
 }
+
+/// Our session dirs under the agents' directory `$t` whose agent runs:
+/// `agent MARKER DIR` each (the marker is one line of JSON without
+/// spaces). The same rules as `session::list`: a real directory (not a
+/// symlink), ours, private, marked, its agent running and not a zombie.
+/// Read by the shell, so finding none needs no binary of ours on the host;
+/// whatever is then done to a session (attach, stop) goes through our
+/// binary, which checks the directory again.
+const LIVE_AGENTS: &str = "for d in \"$t\"/syncoid-rsync-????????????????; do \
+     m=\"$d/.syncoid-rsync-session\"; \
+     [ -d \"$d\" ] && [ ! -L \"$d\" ] && [ -O \"$d\" ] && [ -f \"$m\" ] && [ ! -L \"$m\" ] || continue; \
+     case $(ls -ld \"$d\") in drwx------*) ;; *) continue ;; esac; \
+     p=$(sed -n 's/.*\"pid\":\\([0-9][0-9]*\\).*/\\1/p' \"$m\"); \
+     [ -n \"$p\" ] && kill -0 \"$p\" 2>/dev/null || continue; \
+     [ \"$(sed 's/.*) //' /proc/$p/stat 2>/dev/null | cut -c1)\" = Z ] && continue; \
+     echo \"agent $(cat \"$m\") $d\"; \
+     done; ";
 
 /// `rsync`: also what the agents need (our binary and architecture, their
 /// directory, memory), which the standard mode does not ask for.
@@ -46,6 +67,7 @@ fn probe(host: &Host, programs: &[&str], sudo: bool, rsync: bool) -> Result<Prob
              t=${SYNCOID_RSYNC_TMP:-/tmp}; [ -d \"$t\" ] && [ -w \"$t\" ] && echo tmp ok; \
              awk '/^MemAvailable:/ {print \"mem \" $2}' /proc/meminfo 2>/dev/null; ",
         );
+        script.push_str(LIVE_AGENTS);
     }
     script.push_str("true");
     let argv = vec!["sh".to_string(), "-c".to_string(), script];
@@ -64,6 +86,11 @@ fn probe(host: &Host, programs: &[&str], sudo: bool, rsync: bool) -> Result<Prob
             "zfs" if rest == "ok" => {}
             "zfs" => p.zfs_error = Some(rest.trim_start_matches("error").trim().to_string()),
             "mem" => p.mem_kib = rest.trim().parse().ok(),
+            "agent" => {
+                if let Some((marker, dir)) = rest.split_once(' ') {
+                    p.agents.push((dir.to_string(), marker.to_string()));
+                }
+            }
             _ => {}
         }
     }
@@ -87,6 +114,9 @@ pub struct Report {
     /// `--rsync`: labels of the hosts where this very version of
     /// syncoid-rsync is installed (elsewhere it is copied in).
     pub installed: BTreeSet<String>,
+    /// `--rsync`: the live agents on each host (by label): (session dir,
+    /// role, transfer key).
+    pub agents: BTreeMap<String, Vec<(String, String, String)>>,
 }
 
 /// Checks every host; returns the optional tools found.
@@ -118,9 +148,20 @@ pub fn run(s: &Settings, out: &Out) -> Result<Report, Fatal> {
     let mut problems = Vec::new();
     let mut probes = Vec::new();
     let mut installed = BTreeSet::new();
-    for (role, host, sudo) in &hosts {
+    let mut agents = BTreeMap::new();
+    // Two hosts are probed at once (two ssh handshakes overlap).
+    let probe_one =
+        |(_, host, sudo): &(&str, &Host, bool)| probe(host, &wanted, *sudo, s.args.rsync);
+    let results = match hosts.as_slice() {
+        [a, b] => {
+            let (rb, ra) = at_once(|| probe_one(b), || probe_one(a));
+            vec![ra, rb]
+        }
+        _ => hosts.iter().map(probe_one).collect(),
+    };
+    for ((role, host, sudo), result) in hosts.iter().zip(results) {
         let who = format!("{role} ({})", host.label());
-        let p = match probe(host, &wanted, *sudo, s.args.rsync) {
+        let p = match result {
             Ok(p) => p,
             Err(e) => {
                 problems.push(format!(
@@ -144,6 +185,16 @@ pub fn run(s: &Settings, out: &Out) -> Result<Report, Fatal> {
                 "{who}: zfs does not work: {e}\n      is the zfs kernel module loaded (modprobe zfs), and may this user use it?"
             ));
         }
+        let live = p
+            .agents
+            .iter()
+            .filter_map(|(dir, marker)| {
+                let m: Marker = serde_json::from_str(marker).ok()?;
+                let id = Path::new(dir).file_name()?.to_str()?.strip_prefix(PREFIX)?;
+                valid_id(id).then(|| (dir.clone(), m.role, m.key))
+            })
+            .collect();
+        agents.insert(host.label(), live);
         let want = format!("syncoid-rsync {}", env!("CARGO_PKG_VERSION"));
         if p.ours.as_deref() == Some(want.as_str()) {
             installed.insert(host.label());
@@ -195,6 +246,7 @@ pub fn run(s: &Settings, out: &Out) -> Result<Report, Fatal> {
                 compress: true,
             },
             installed,
+            agents,
         });
     }
     let has = |role: &str, prog: &str| {
@@ -265,5 +317,9 @@ pub fn run(s: &Settings, out: &Out) -> Result<Report, Fatal> {
             lines.join("\n    ")
         ));
     }
-    Ok(Report { tools, installed })
+    Ok(Report {
+        tools,
+        installed,
+        agents,
+    })
 }

@@ -7,10 +7,10 @@ use std::collections::BTreeSet;
 
 use crate::config::Settings;
 use crate::gather;
-use crate::host::{CmdError, Host};
+use crate::host::{at_once, CmdError, Host};
 use crate::output::{exit, readable, Out, Summary};
 use crate::progress::{Face, Progress};
-use crate::rsync::coordinator::{self, Agent, AgentOpts};
+use crate::rsync::coordinator::{self, Agent, AgentOpts, Opened};
 use crate::transfer::{self, Hosts};
 use syncoid_rsync_core::argv::{self, PipeOpts, Receive, SendWhat, Tools};
 use syncoid_rsync_core::inventory::{Inventory, Snap};
@@ -156,10 +156,9 @@ struct Ctx<'a> {
     /// --rsync: the syncoid-rsync binary on (source, target), and the
     /// directories we copied it into (removed at the end of the run).
     exes: std::cell::RefCell<Option<Exes>>,
-    /// --rsync: the agents alive on (source, target) when first looked
-    /// for: those of interrupted runs (listed once per run, not per
-    /// dataset).
-    live: std::cell::RefCell<Option<LiveAgents>>,
+    /// --rsync: the agents alive on (source, target) at pre-flight: those
+    /// of interrupted runs (listed once per run, not per dataset).
+    live: std::cell::RefCell<LiveAgents>,
 }
 
 /// (session dir, role, transfer key) of each live agent on a host.
@@ -271,19 +270,32 @@ pub fn run(s: &Settings) -> Result<Summary, Fatal> {
         json: s.args.json,
     };
     let started = std::time::Instant::now();
-    let crate::preflight::Report { tools, installed } = crate::preflight::run(s, &out)?;
+    let crate::preflight::Report {
+        tools,
+        installed,
+        agents,
+    } = crate::preflight::run(s, &out)?;
+    // When source and target are one host, it was probed once: both
+    // sides see the same list.
+    let on = |h: &Host| agents.get(&h.label()).cloned().unwrap_or_default();
+    let live = LiveAgents {
+        source: on(&s.source_host),
+        target: on(&s.target_host),
+    };
+    if s.args.rsync {
+        out.debug(&format!(
+            "live agents: {} on the source, {} on the target",
+            live.source.len(),
+            live.target.len()
+        ));
+    }
     out.debug("pre-flight checks passed");
     let src_root = s.source.dataset.as_str();
     let dst_root = s.target.dataset.as_str();
     let recursive = s.args.recursive;
     // Source, target and the target's running receives are listed at once.
-    let ((dst_inv, busy), src_inv) = at_once(
-        || {
-            at_once(
-                || gather::inventory(&s.target_host, s.target_sudo, dst_root, recursive),
-                || gather::busy_targets(&s.target_host),
-            )
-        },
+    let (dst_state, src_inv) = at_once(
+        || gather::target_state(&s.target_host, s.target_sudo, dst_root, recursive),
         || gather::inventory(&s.source_host, s.source_sudo, src_root, recursive),
     );
     let src_inv = src_inv
@@ -294,8 +306,8 @@ pub fn run(s: &Settings) -> Result<Summary, Fatal> {
                 format!("source dataset {} does not exist", s.source),
             )
         })?;
-    let dst_inv =
-        dst_inv.map_err(|e| fatal(exit::FAILED, format!("cannot list the target: {e}")))?;
+    let (dst_inv, busy) =
+        dst_state.map_err(|e| fatal(exit::FAILED, format!("cannot list the target: {e}")))?;
     out.debug("source and target listed");
     let face = if s.args.json {
         Face::Json
@@ -316,7 +328,7 @@ pub fn run(s: &Settings) -> Result<Summary, Fatal> {
         installed,
         busy,
         exes: std::cell::RefCell::new(None),
-        live: std::cell::RefCell::new(None),
+        live: std::cell::RefCell::new(live),
     };
     if s.args.dry_run {
         out.plain("DRY RUN: these are the commands a real run would execute; nothing is changed.");
@@ -401,9 +413,11 @@ pub fn run(s: &Settings) -> Result<Summary, Fatal> {
         for (host, dir) in &exes.copied {
             coordinator::unprovision(host, dir);
         }
+        out.debug("copied binaries removed");
     }
     s.source_host.close();
     s.target_host.close();
+    out.debug("ssh connections closed");
     Ok(summary)
 }
 
@@ -994,16 +1008,6 @@ fn delete_target_snapshots(ctx: &Ctx, src_fs: &str, dst_fs: &str) -> Result<(), 
     Ok(())
 }
 
-/// Runs `a` on a thread of its own while `b` runs here: calls to two
-/// hosts (or two calls to one) overlap.
-fn at_once<A: Send, B>(a: impl FnOnce() -> A + Send, b: impl FnOnce() -> B) -> (A, B) {
-    std::thread::scope(|sc| {
-        let t = sc.spawn(a);
-        let rb = b();
-        (t.join().expect("worker thread"), rb)
-    })
-}
-
 impl Ctx<'_> {
     /// --rsync: our binary on both hosts (copied there when missing; to
     /// two hosts at once).
@@ -1052,32 +1056,6 @@ impl Ctx<'_> {
         };
         *self.exes.borrow_mut() = Some(e.clone());
         Ok(e)
-    }
-
-    /// --rsync: the live agents on both hosts, listed (at once) the first
-    /// time they are asked for.
-    fn live_agents(&self, exes: &Exes) -> std::cell::RefMut<'_, LiveAgents> {
-        let mut live = self.live.borrow_mut();
-        if live.is_none() {
-            let (sh, th) = (&self.s.source_host, &self.s.target_host);
-            let (source, target) = if th.label() == sh.label() {
-                let all = coordinator::list_agents(sh, &exes.source);
-                (all.clone(), all)
-            } else {
-                let (t, s) = at_once(
-                    || coordinator::list_agents(th, &exes.target),
-                    || coordinator::list_agents(sh, &exes.source),
-                );
-                (s, t)
-            };
-            self.out.debug(&format!(
-                "live agents listed: {} on the source, {} on the target",
-                source.len(),
-                target.len()
-            ));
-            *live = Some(LiveAgents { source, target });
-        }
-        std::cell::RefMut::map(live, |l| l.as_mut().expect("listed"))
     }
 
     fn transfer_key(&self, src_fs: &str, dst_fs: &str) -> String {
@@ -1132,13 +1110,13 @@ fn rsync_transfer(
         || coordinator::start_agent(th, &exes.target, "receive", &key, &ropts, recv_argv),
         || coordinator::start_agent(sh, &exes.source, "send", &key, &sopts, send_argv),
     );
-    let (rdir, sdir) = match (rdir, sdir) {
+    let ((rdir, r_conn), (sdir, s_conn)) = match (rdir, sdir) {
         (Ok(r), Ok(s)) => (r, s),
         (r, s) => {
-            if let Ok(d) = &r {
+            if let Ok((d, _)) = &r {
                 coordinator::stop_agent(th, &exes.target, d);
             }
-            if let Ok(d) = &s {
+            if let Ok((d, _)) = &s {
                 coordinator::stop_agent(sh, &exes.source, d);
             }
             let why = [r.err(), s.err()].into_iter().flatten().collect::<Vec<_>>();
@@ -1151,13 +1129,16 @@ fn rsync_transfer(
         th.label()
     ));
     let (sender, receiver) = ctx.agents(&exes, sdir, rdir);
-    finish_transfer(ctx, &sender, &receiver, src_fs, dst_fs, estimate)
+    let first = (s_conn, r_conn);
+    finish_transfer(ctx, (&sender, &receiver), first, src_fs, dst_fs, estimate)
 }
 
+/// Runs the transfer between two live agents; `first`: connections to
+/// them opened when they were started.
 fn finish_transfer(
     ctx: &Ctx,
-    sender: &Agent,
-    receiver: &Agent,
+    (sender, receiver): (&Agent, &Agent),
+    first: (Option<Opened>, Option<Opened>),
     src_fs: &str,
     dst_fs: &str,
     estimate: u64,
@@ -1168,7 +1149,14 @@ fn finish_transfer(
         coordinator::stop_agent(&sender.host, &sender.exe, &sender.dir);
     };
     ctx.progress.start_stream(src_fs, dst_fs, estimate);
-    let result = coordinator::run(sender, receiver, ctx.s.inactivity, &ctx.out, &ctx.progress);
+    let result = coordinator::run(
+        sender,
+        receiver,
+        first,
+        ctx.s.inactivity,
+        &ctx.out,
+        &ctx.progress,
+    );
     ctx.progress
         .end_stream(matches!(&result, Ok(o) if o.status == 0));
     let outcome = match result {
@@ -1219,7 +1207,6 @@ fn finish_transfer(
 /// its agents are still alive; stops a lone survivor (the target's resume
 /// token then carries the transfer on). True when a transfer was finished.
 fn reattach(ctx: &Ctx, src_fs: &str, dst_fs: &str) -> Result<bool, DsError> {
-    let exes = ctx.exes()?;
     let key = ctx.transfer_key(src_fs, dst_fs);
     let (sh, th) = (&ctx.s.source_host, &ctx.s.target_host);
     // Each is handled once: taken out of the run's list.
@@ -1228,19 +1215,24 @@ fn reattach(ctx: &Ctx, src_fs: &str, dst_fs: &str) -> Result<bool, DsError> {
         Some(list.remove(i).0)
     };
     let (sdir, rdir) = {
-        let mut live = ctx.live_agents(&exes);
+        let mut live = ctx.live.borrow_mut();
         (
             take(&mut live.source, "send"),
             take(&mut live.target, "receive"),
         )
     };
+    if sdir.is_none() && rdir.is_none() {
+        return Ok(false);
+    }
+    // Only now is our binary needed on the hosts.
+    let exes = ctx.exes()?;
     match (sdir, rdir) {
         (Some(sdir), Some(rdir)) => {
             ctx.out.info(&format!(
                 "--rsync: re-attaching to the live agents of an interrupted transfer of {src_fs}"
             ));
             let (sender, receiver) = ctx.agents(&exes, sdir, rdir);
-            finish_transfer(ctx, &sender, &receiver, src_fs, dst_fs, 0)?;
+            finish_transfer(ctx, (&sender, &receiver), (None, None), src_fs, dst_fs, 0)?;
             Ok(true)
         }
         (Some(d), None) => {

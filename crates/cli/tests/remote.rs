@@ -339,3 +339,68 @@ fn preflight_reports_every_blocking_problem_at_once_and_changes_nothing() {
         "nothing was snapshotted"
     );
 }
+
+/// A target that someone's `zfs receive` is writing to (seen through the
+/// same ssh call that lists the target) is reported busy and left alone,
+/// whether it exists yet or not; once that receive is gone, the same
+/// command replicates.
+#[test]
+fn a_target_being_received_into_is_busy_and_left_alone() {
+    use std::process::Stdio;
+    let _serial = serial();
+    let l = lab();
+    let cfg = format!("--sshconfig={}", l.config);
+    seed(&l.local, "here/data");
+    let args = [cfg.as_str(), "here/data", "root@hosta:pa/busy"];
+    let busy_run = |exists: bool| {
+        // Another receive into pa/busy, waiting for its stream.
+        let mut other =
+            l.a.command("zfs")
+                .args(["receive", "-F", "pa/busy"])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+        let listed = || {
+            let ps = std::process::Command::new("ps")
+                .args(["-Ao", "args="])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&ps.stdout).contains("receive -F pa/busy")
+        };
+        for _ in 0..50 {
+            if listed() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let before = l.a.zfs(&["list", "-t", "all", "-r", "pa"]).stdout;
+        let r = run(&l.local, &args);
+        let said = format!("{}{}", r.stdout, r.stderr);
+        assert_eq!(
+            r.status, 1,
+            "busy is exit status 1 (exists: {exists}): {said}"
+        );
+        assert!(
+            said.contains("Cannot sync now: pa/busy is already target of a zfs receive process."),
+            "{said}"
+        );
+        assert!(
+            said.contains("0 replicated, 0 already up to date, 0 skipped, 1 busy"),
+            "{said}"
+        );
+        assert_eq!(l.a.zfs(&["list", "-t", "all", "-r", "pa"]).stdout, before);
+        drop(other.stdin.take());
+        let _ = other.wait();
+    };
+    busy_run(false);
+    assert_ne!(l.a.zfs(&["list", "pa/busy"]).status, 0, "nothing received");
+    ok(&l.local, &args);
+    assert_eq!(l.a.files("pa/busy"), l.local.files("here/data"));
+    l.local.write("here/data", "more", b"more");
+    l.local.zfs(&["snapshot", "here/data@s3"]).ok();
+    busy_run(true);
+    ok(&l.local, &args);
+    assert_eq!(l.a.files("pa/busy"), l.local.files("here/data"));
+}

@@ -298,7 +298,7 @@ fn killed_coordinator_is_rerun_and_reattaches_to_the_live_agents() {
     assert_eq!(h.tmp_entries(), Vec::<String>::new());
 }
 
-/// A recursive run looks for live agents once (two listings, not two per
+/// A recursive run looks for live agents once (in the pre-flight, not per
 /// dataset) and still finds the interrupted child's.
 #[test]
 fn recursive_rerun_lists_agents_once_and_reattaches_the_interrupted_child() {
@@ -331,7 +331,9 @@ fn recursive_rerun_lists_agents_once_and_reattaches_the_interrupted_child() {
         r.stdout
     );
     assert_eq!(
-        r.stdout.matches("live agents listed").count(),
+        r.stdout
+            .matches("live agents: 2 on the source, 2 on the target")
+            .count(),
         1,
         "{}",
         r.stdout
@@ -531,4 +533,84 @@ fn sweeping_removes_only_our_dead_sessions_and_never_follows_symlinks() {
     let r = run_expect(&h, &["agent", "bridge", shared.to_str().unwrap()], 64);
     assert!(r.stderr.contains("accessible to others"), "{}", r.stderr);
     assert!(victim.join("precious").exists() && link.exists());
+}
+
+/// Live agents are found by the pre-flight's shell listing; it takes only
+/// what `agent list` would: a session dir that is a symlink, shared,
+/// someone else's or not named like ours is never attached to or stopped,
+/// even with a running pid and this transfer's key in its marker.
+#[test]
+fn a_rerun_attaches_only_to_session_dirs_that_are_ours() {
+    use std::os::unix::fs::{symlink, PermissionsExt};
+    let _serial = serial();
+    let h = two_pools();
+    let _reap = Reaper(&h);
+    let key = |src: &str, dst: &str| {
+        let h = blake3::hash(format!("local machine:{src}\0local machine:{dst}").as_bytes());
+        h.to_hex()[..24].to_string()
+    };
+    let key = key("src/data", "dst/data");
+    // A running process of ours that is no agent.
+    let mut sleeper = std::process::Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .unwrap();
+    let marker = |role: &str| {
+        format!(
+            r#"{{"pid":{},"role":"{role}","key":"{key}","created":0}}"#,
+            sleeper.id()
+        )
+    };
+    let tmp = h.tmp();
+    let plant = |dir: &std::path::Path, role: &str, mode: u32| {
+        std::fs::create_dir(dir).unwrap();
+        std::fs::write(dir.join(".syncoid-rsync-session"), marker(role)).unwrap();
+        std::fs::write(dir.join("precious"), b"keep").unwrap();
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    let victim = h.dir().join("victim");
+    plant(&victim, "send", 0o700);
+    symlink(&victim, tmp.join("syncoid-rsync-00000000000000d1")).unwrap();
+    let shared = tmp.join("syncoid-rsync-00000000000000d2");
+    plant(&shared, "receive", 0o755);
+    let misnamed = tmp.join("syncoid-rsync-notours000000000");
+    plant(&misnamed, "send", 0o700);
+    let mut kept = vec![victim.clone(), shared.clone(), misnamed.clone()];
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        let theirs = tmp.join("syncoid-rsync-00000000000000d3");
+        plant(&theirs, "receive", 0o700);
+        std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+        kept.push(theirs);
+    }
+    let r = ok(
+        &h,
+        &[
+            "--rsync",
+            "--no-sync-snap",
+            "--debug",
+            "src/data",
+            "dst/data",
+        ],
+    );
+    let said = format!("{}{}", r.stdout, r.stderr);
+    assert!(
+        said.contains("live agents: 0 on the source, 0 on the target"),
+        "{said}"
+    );
+    assert!(
+        !said.contains("re-attaching") && !said.contains("is gone; stopping"),
+        "{said}"
+    );
+    assert_eq!(h.files("dst/data"), h.files("src/data"));
+    for d in &kept {
+        assert!(d.join("precious").exists(), "{} was touched", d.display());
+        assert!(d.join(".syncoid-rsync-session").exists(), "{}", d.display());
+    }
+    assert!(
+        sleeper.try_wait().unwrap().is_none(),
+        "the pid was not signalled"
+    );
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
 }

@@ -31,12 +31,16 @@ pub struct StartOpts {
     /// Bytes per second (0: unlimited): the sender's socket writes, the
     /// receiver's feeding of zfs receive.
     pub bwlimit: u64,
+    /// `--attach`: once the session dir is printed, this process becomes
+    /// the agent's first connection (as `agent bridge` does), so starting
+    /// and connecting cost one ssh session, not two.
+    pub attach: bool,
     pub argv: Vec<String>,
 }
 
 fn usage() -> ! {
     eprintln!(
-        "usage: syncoid-rsync agent start send|receive --key KEY --timeout SECS [--chunk-size N] [--spool-size N] [--compress-level N] [--bwlimit BYTES/S] -- ZFS-ARGV...\n\
+        "usage: syncoid-rsync agent start send|receive --key KEY --timeout SECS [--attach] [--chunk-size N] [--spool-size N] [--compress-level N] [--bwlimit BYTES/S] -- ZFS-ARGV...\n\
          \x20      syncoid-rsync agent bridge DIR | list | stop DIR | sweep"
     );
     std::process::exit(64);
@@ -83,10 +87,16 @@ fn parse_start(args: &[String]) -> Option<StartOpts> {
         spool_size: 32 << 20,
         compress_level: 0,
         bwlimit: 0,
+        attach: false,
         argv: args[sep + 1..].to_vec(),
     };
     let mut i = 1;
     while i < sep {
+        if args[i] == "--attach" {
+            o.attach = true;
+            i += 1;
+            continue;
+        }
         let v = args.get(i + 1)?;
         match args[i].as_str() {
             "--key" => o.key = v.clone(),
@@ -105,6 +115,7 @@ fn parse_start(args: &[String]) -> Option<StartOpts> {
 /// Creates the session, detaches, and prints the session directory once
 /// the agent listens.
 fn start(o: StartOpts) -> i32 {
+    let attach = o.attach;
     session::sweep();
     let dir = match session::create() {
         Ok(d) => d,
@@ -153,6 +164,10 @@ fn start(o: StartOpts) -> i32 {
     let _ = ready.read_to_string(&mut msg);
     if msg.trim() == "ready" {
         println!("{}", dir.display());
+        if attach {
+            let _ = std::io::stdout().flush();
+            return bridge(&dir.display().to_string());
+        }
         0
     } else {
         eprintln!("agent: failed to start: {}", msg.trim());

@@ -13,7 +13,7 @@ use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::host::Host;
+use crate::host::{Host, StderrTail};
 use crate::output::Out;
 use crate::progress::{Face, Progress};
 use syncoid_rsync_core::shell;
@@ -122,39 +122,72 @@ enum Via {
 /// measured slower: 2 GiB with aes128-gcm took 9.5 s forwarded against
 /// 7.8 s through a session channel.)
 fn connect(a: &Agent, queue: usize, via: Via) -> Result<Conn, String> {
-    let (reader, writer, child): (Box<dyn Read + Send>, Box<dyn Write + Send>, Option<Child>) =
-        match &a.host {
-            Host::Local => {
-                let s = UnixStream::connect(format!("{}/sock", a.dir))
-                    .map_err(|e| format!("connect {}: {e}", a.dir))?;
-                let r = s.try_clone().map_err(|e| e.to_string())?;
-                (Box::new(r), Box::new(s), None)
-            }
-            remote => {
-                let argv = vec![
-                    a.exe.clone(),
-                    "agent".into(),
-                    "bridge".into(),
-                    a.dir.clone(),
-                ];
-                let own: &[&str] = match via {
-                    Via::Master => &[],
-                    Via::Own => &OWN_SSH,
-                };
-                let mut c = remote
-                    .command_with(own, &[argv])
-                    .stdin(Stdio::piped())
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .map_err(|e| format!("ssh: {e}"))?;
-                let r = c.stdout.take().expect("piped");
-                let w = c.stdin.take().expect("piped");
-                crate::transfer::widen_pipe(&r);
-                crate::transfer::widen_pipe(&w);
-                (Box::new(r), Box::new(w), Some(c))
-            }
-        };
+    Ok(conn(open(a, via)?, queue))
+}
+
+/// The two ends of a connection to an agent (and the ssh carrying it),
+/// before the coordinator's threads take them over.
+pub struct Opened {
+    r: Box<dyn Read + Send>,
+    w: Box<dyn Write + Send>,
+    child: Option<Child>,
+}
+
+fn open(a: &Agent, via: Via) -> Result<Opened, String> {
+    match &a.host {
+        Host::Local => {
+            let s = UnixStream::connect(format!("{}/sock", a.dir))
+                .map_err(|e| format!("connect {}: {e}", a.dir))?;
+            let r = s.try_clone().map_err(|e| e.to_string())?;
+            Ok(Opened {
+                r: Box::new(r),
+                w: Box::new(s),
+                child: None,
+            })
+        }
+        remote => {
+            let argv = vec![
+                a.exe.clone(),
+                "agent".into(),
+                "bridge".into(),
+                a.dir.clone(),
+            ];
+            let own: &[&str] = match via {
+                Via::Master => &[],
+                Via::Own => &OWN_SSH,
+            };
+            let c = remote
+                .command_with(own, &[argv])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(|e| format!("ssh: {e}"))?;
+            Ok(ssh_ends(c))
+        }
+    }
+}
+
+/// The widened pipes of an ssh child as a connection's ends.
+fn ssh_ends(mut c: Child) -> Opened {
+    let r = c.stdout.take().expect("piped");
+    let w = c.stdin.take().expect("piped");
+    crate::transfer::widen_pipe(&r);
+    crate::transfer::widen_pipe(&w);
+    Opened {
+        r: Box::new(r),
+        w: Box::new(w),
+        child: Some(c),
+    }
+}
+
+/// Starts the threads that move frames over an opened connection.
+fn conn(o: Opened, queue: usize) -> Conn {
+    let Opened {
+        r: reader,
+        w: writer,
+        child,
+    } = o;
     let (tx, wrx) = bounded::<Vec<u8>>(queue);
     let (rtx, rx) = bounded::<Result<In, String>>(queue);
     let heard = Arc::new(Mutex::new(Instant::now()));
@@ -175,12 +208,12 @@ fn connect(a: &Agent, queue: usize, via: Via) -> Result<Conn, String> {
     });
     let touched = heard.clone();
     std::thread::spawn(move || read_frames(reader, rtx, &touched));
-    Ok(Conn {
+    Conn {
         tx,
         rx,
         child,
         heard,
-    })
+    }
 }
 
 /// What a connection's reader passes on: chunk frames stay encoded (they
@@ -288,9 +321,12 @@ pub enum RunError {
 }
 
 /// Runs a transfer between two started agents to its end.
+/// `first`: connections to the (sender, receiver) opened when they were
+/// started (`start_agent`), used by the first attempt.
 pub fn run(
     sender: &Agent,
     receiver: &Agent,
+    first: (Option<Opened>, Option<Opened>),
     inactivity: Duration,
     out: &Out,
     progress: &Progress,
@@ -298,12 +334,13 @@ pub fn run(
     let mut stats = Stats::default();
     let mut last_progress = Instant::now();
     let mut backoff = Duration::from_millis(250);
-    let mut first = true;
+    let mut first = Some(first);
     loop {
-        if !first {
+        let opened = first.take();
+        if opened.is_none() {
             stats.reconnects += 1;
         }
-        first = false;
+        let (s_opened, r_opened) = opened.unwrap_or((None, None));
         let before = stats.acked_bytes;
         // The first connection rides on the host's ssh master (just used,
         // so no new handshake); a reconnection makes its own, so it never
@@ -314,8 +351,8 @@ pub fn run(
             Via::Own
         };
         let step = attempt(
-            sender,
-            receiver,
+            (sender, s_opened),
+            (receiver, r_opened),
             via,
             &mut stats,
             &mut last_progress,
@@ -352,8 +389,8 @@ pub fn run(
 }
 
 fn attempt(
-    sender: &Agent,
-    receiver: &Agent,
+    (sender, s_opened): (&Agent, Option<Opened>),
+    (receiver, r_opened): (&Agent, Option<Opened>),
     via: Via,
     stats: &mut Stats,
     last_progress: &mut Instant,
@@ -362,8 +399,12 @@ fn attempt(
 ) -> Step {
     // Both connections are opened before either is greeted, so two ssh
     // handshakes overlap.
-    let s = connect(sender, QUEUE, via);
-    let r = connect(receiver, QUEUE, via);
+    let reach = |a: &Agent, opened: Option<Opened>| match opened {
+        Some(o) => Ok(conn(o, QUEUE)),
+        None => connect(a, QUEUE, via),
+    };
+    let s = reach(sender, s_opened);
+    let r = reach(receiver, r_opened);
     let greeted = |c: Result<Conn, String>, role: Role, who: &str| {
         c.and_then(|c| hello(&c, role).map(|m| (c, m)))
             .map_err(|e| format!("{who}: {e}"))
@@ -412,6 +453,7 @@ fn attempt(
                         }
                     }
                     Ok(In::Msg(m @ Msg::End(_))) => {
+                        out.debug("end of stream forwarded to the receiver");
                         if let Err(e) = r.send(wire::encode(&m)) {
                             return Step::Retry(format!("receiver {e}"));
                         }
@@ -447,7 +489,9 @@ fn attempt(
                     Ok(In::Msg(Msg::Done { status, stderr })) => {
                         let _ = s.tx.send(wire::encode(&Msg::Bye));
                         let _ = r.tx.send(wire::encode(&Msg::Bye));
+                        out.debug(&format!("zfs receive ended (exit status {status})"));
                         let agents_gone = closed(&s, BYE_WAIT) && closed(&r, BYE_WAIT);
+                        out.debug("agents said goodbye");
                         return Step::Finished(Outcome { status, stderr, stats: stats.clone(), agents_gone });
                     }
                     Ok(In::Msg(Msg::Error { msg })) => return Step::Fatal(format!("receiver agent: {msg}")),
@@ -477,7 +521,9 @@ fn attempt(
     }
 }
 
-/// Starts an agent; returns its session directory.
+/// Starts an agent; returns its session directory and, on a remote host,
+/// the first connection to it: the same ssh session that started it
+/// (`agent start --attach`), one session where start and connect took two.
 pub fn start_agent(
     host: &Host,
     exe: &str,
@@ -485,7 +531,7 @@ pub fn start_agent(
     key: &str,
     opts: &AgentOpts,
     zfs_argv: &[String],
-) -> Result<String, String> {
+) -> Result<(String, Option<Opened>), String> {
     let mut argv = vec![
         exe.to_string(),
         "agent".into(),
@@ -503,19 +549,50 @@ pub fn start_agent(
         opts.compress_level.to_string(),
         "--bwlimit".into(),
         opts.bwlimit.to_string(),
-        "--".into(),
     ];
-    argv.extend(zfs_argv.iter().cloned());
-    let out = host.run(&argv).map_err(|e| e.to_string())?;
-    let dir = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    if !out.status.success() || dir.is_empty() {
-        return Err(format!(
+    let failed = |stderr: &str| {
+        format!(
             "starting the {role} agent on {} failed: {}",
             host.label(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
+            stderr.trim()
+        )
+    };
+    if !host.is_remote() {
+        argv.push("--".into());
+        argv.extend(zfs_argv.iter().cloned());
+        let out = host.run(&argv).map_err(|e| e.to_string())?;
+        let dir = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if !out.status.success() || dir.is_empty() {
+            return Err(failed(&String::from_utf8_lossy(&out.stderr)));
+        }
+        return Ok((dir, None));
     }
-    Ok(dir)
+    argv.push("--attach".into());
+    argv.push("--".into());
+    argv.extend(zfs_argv.iter().cloned());
+    let mut child = host
+        .command(&[argv])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("ssh: {e}"))?;
+    let tail = StderrTail::drain(child.stderr.take().expect("piped"), false);
+    // The session dir's line, read byte by byte: what follows it on this
+    // pipe is the agent's protocol.
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    let stdout = child.stdout.as_mut().expect("piped");
+    while line.len() < 4096 && matches!(stdout.read(&mut byte), Ok(1)) && byte[0] != b'\n' {
+        line.push(byte[0]);
+    }
+    let dir = String::from_utf8_lossy(&line).trim().to_string();
+    if byte[0] != b'\n' || dir.is_empty() {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(failed(&tail.finish()));
+    }
+    Ok((dir, Some(ssh_ends(child))))
 }
 
 #[derive(Clone, Copy)]
@@ -526,25 +603,6 @@ pub struct AgentOpts {
     pub compress_level: i32,
     /// Bytes per second for this agent (0: none).
     pub bwlimit: u64,
-}
-
-/// Live agents on `host`: (dir, role, key).
-pub fn list_agents(host: &Host, exe: &str) -> Vec<(String, String, String)> {
-    let argv = vec![exe.to_string(), "agent".into(), "list".into()];
-    let Ok(out) = host.run_ok(&argv) else {
-        return Vec::new();
-    };
-    out.lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["alive"] == true)
-        .filter_map(|v| {
-            Some((
-                v["dir"].as_str()?.to_string(),
-                v["role"].as_str()?.to_string(),
-                v["key"].as_str()?.to_string(),
-            ))
-        })
-        .collect()
 }
 
 pub fn stop_agent(host: &Host, exe: &str, dir: &str) {

@@ -99,14 +99,17 @@ pub fn finish(mut spawned: Spawned) -> (i32, String, String) {
     )
 }
 
-/// pids of the processes whose parent is `pid` and whose command line
-/// contains `needle`.
-/// The coordinator's ssh connections to its remote agents (each runs
-/// `syncoid-rsync agent bridge DIR` on the far end).
+/// The coordinator's ssh connections to its remote agents: each runs
+/// `syncoid-rsync agent bridge DIR` on the far end, or, the first one,
+/// `syncoid-rsync agent start ... --attach` (started and connected in one).
 pub fn agent_links(pid: u32) -> Vec<i32> {
-    children_matching(pid, "agent bridge")
+    let mut links = children_matching(pid, "agent bridge");
+    links.extend(children_matching(pid, "--attach"));
+    links
 }
 
+/// pids of the processes whose parent is `pid` and whose command line
+/// contains `needle`.
 pub fn children_matching(pid: u32, needle: &str) -> Vec<i32> {
     let mut out = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {

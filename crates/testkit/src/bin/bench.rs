@@ -413,7 +413,18 @@ fn memory(size: &str) -> Vec<Usage> {
 fn profile(size: &str) {
     let local = Host::new(&["src"]);
     let far = Host::new(&["far"]);
-    let sshd = Sshd::start(&far);
+    // PROFILE_LINK=RATE: the far host behind a netlab link capped at RATE
+    // instead of the loopback sshd.
+    let rate = std::env::var("PROFILE_LINK").unwrap_or_default();
+    let (sshd, lab);
+    let (ssh_args, dest) = if rate.is_empty() {
+        sshd = Sshd::start(&far);
+        (sshd.syncoid_args(), "root@127.0.0.1".to_string())
+    } else {
+        lab = Netlab::up(&far, 30);
+        lab.slow(&rate);
+        (lab.ssh_args(), lab.dest())
+    };
     big(&local, size);
     let extra: Vec<String> = std::env::var("PROFILE_ARGS")
         .unwrap_or_default()
@@ -421,11 +432,11 @@ fn profile(size: &str) {
         .map(String::from)
         .collect();
     let mut c = local.command(sibling("syncoid-rsync").to_str().unwrap());
-    c.args(sshd.syncoid_args())
+    c.args(ssh_args)
         .args(["--no-sync-snap", "--debug"])
         .args(extra)
         .arg("src/big")
-        .arg("root@127.0.0.1:far/big");
+        .arg(format!("{dest}:far/big"));
     let t = Instant::now();
     let out = c.output().unwrap();
     print!("{}", String::from_utf8_lossy(&out.stdout));
