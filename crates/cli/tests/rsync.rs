@@ -132,6 +132,17 @@ fn push_through_sshd_provisions_itself_and_survives_killed_connections() {
     );
     assert_eq!(far.tmp_entries(), Vec::<String>::new());
     assert_eq!(local.tmp_entries(), Vec::<String>::new());
+    // Nothing left to send: the pre-flight found no live agents, so the
+    // binary is not copied at all.
+    let r = ok(&local, &args);
+    assert!(
+        r.stdout
+            .contains("live agents: 0 on the source, 0 on the target"),
+        "{}",
+        r.stdout
+    );
+    assert!(!r.stdout.contains("copied syncoid-rsync"), "{}", r.stdout);
+    assert_eq!(far.tmp_entries(), Vec::<String>::new());
 }
 
 /// The size (in MiB) before `what` in `--rsync: 20.0 MB received and
