@@ -25,18 +25,9 @@ pub fn inventory(
     root: &str,
     recursive: bool,
 ) -> Result<Option<Inventory>, CmdError> {
-    listing(host, sudo, root, recursive, false).map(|(inv, _)| inv)
-}
-
-/// The target's inventory and the datasets its running `zfs receive`s
-/// write to (see `busy_targets`), from the same shell call.
-pub fn target_state(
-    host: &Host,
-    sudo: bool,
-    root: &str,
-    recursive: bool,
-) -> Result<(Option<Inventory>, Vec<String>), CmdError> {
-    listing(host, sudo, root, recursive, true)
+    Listing::new(sudo, root, recursive, false)
+        .run(host)
+        .map(|(inv, _)| inv)
 }
 
 /// Ends each part of a combined listing on stdout (with the part's exit
@@ -45,89 +36,134 @@ const PART: &str = "#syncoid-rsync-part";
 const PART_OUT: &str = "\n#syncoid-rsync-part ";
 const PART_ERR: &str = "#syncoid-rsync-part\n";
 
-/// Datasets, then snapshots and bookmarks (then, with `ps`, the process
-/// list) in one shell call: one round trip to a remote host, not three.
-fn listing(
-    host: &Host,
-    sudo: bool,
-    root: &str,
-    recursive: bool,
+/// One side's state as one shell script: its datasets, then its snapshots
+/// and bookmarks (then, with `ps`, the process list, for the datasets a
+/// running `zfs receive` writes to): one round trip to a remote host, not
+/// three. The pre-flight runs it in the same call as its probe.
+pub struct Listing {
+    ds_argv: Vec<String>,
+    snap_argv: Vec<String>,
     ps: bool,
-) -> Result<(Option<Inventory>, Vec<String>), CmdError> {
-    let depth_ds: &[&str] = if recursive { &["-r"] } else { &["-d", "0"] };
-    let depth_snap: &[&str] = if recursive { &["-r"] } else { &["-d", "1"] };
-    let mut ds_args = vec![
-        "list",
-        "-H",
-        "-p",
-        "-t",
-        "filesystem,volume",
-        "-o",
-        DATASET_COLUMNS,
-    ];
-    ds_args.extend(depth_ds);
-    ds_args.push(root);
-    let mut snap_args = vec![
-        "list",
-        "-H",
-        "-p",
-        "-t",
-        "snapshot,bookmark",
-        "-o",
-        SNAPSHOT_COLUMNS,
-    ];
-    snap_args.extend(depth_snap);
-    snap_args.push(root);
-    let ds_argv = zfs(sudo, &ds_args);
-    let snap_argv = zfs(sudo, &snap_args);
-    let end = format!("printf '\\n{PART} %s\\n' $?; echo '{PART}' >&2");
-    let mut script = format!(
-        "{}; {end}; {}; {end}",
-        shell::join(&ds_argv),
-        shell::join(&snap_argv)
-    );
-    if ps {
-        script.push_str("; ps -Ao args=");
-    }
-    let out = host.run(&["sh".into(), "-c".into(), script])?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    // stdout: DATASETS \n#PART STATUS\n SNAPSHOTS \n#PART STATUS\n PS
-    let mut parts = stdout.splitn(3, PART_OUT);
-    let ds_out = parts.next().unwrap_or("");
-    let status = |part: Option<&str>| {
-        let (code, rest) = part?.split_once('\n')?;
-        Some((code.parse::<i32>().ok()?, rest.to_string()))
-    };
-    let Some((ds_status, snap_out)) = status(parts.next()) else {
-        // The shell never got that far (ssh failed, say).
-        return Err(host.error(&[ds_argv], out.status.code(), stderr.into_owned()));
-    };
-    let (snap_status, ps_out) = status(parts.next()).unwrap_or((-1, String::new()));
-    let mut errs = stderr.splitn(3, PART_ERR);
-    let (ds_err, snap_err) = (errs.next().unwrap_or(""), errs.next().unwrap_or(""));
-    if ds_status != 0 {
-        if ds_err.contains("dataset does not exist") {
-            return Ok((None, busy_in(&ps_out)));
+}
+
+/// A side's inventory (`None`: the root does not exist) and the datasets
+/// being received into.
+pub type State = (Option<Inventory>, Vec<String>);
+
+impl Listing {
+    pub fn new(sudo: bool, root: &str, recursive: bool, ps: bool) -> Listing {
+        let depth_ds: &[&str] = if recursive { &["-r"] } else { &["-d", "0"] };
+        let depth_snap: &[&str] = if recursive { &["-r"] } else { &["-d", "1"] };
+        let mut ds_args = vec![
+            "list",
+            "-H",
+            "-p",
+            "-t",
+            "filesystem,volume",
+            "-o",
+            DATASET_COLUMNS,
+        ];
+        ds_args.extend(depth_ds);
+        ds_args.push(root);
+        let mut snap_args = vec![
+            "list",
+            "-H",
+            "-p",
+            "-t",
+            "snapshot,bookmark",
+            "-o",
+            SNAPSHOT_COLUMNS,
+        ];
+        snap_args.extend(depth_snap);
+        snap_args.push(root);
+        Listing {
+            ds_argv: zfs(sudo, &ds_args),
+            snap_argv: zfs(sudo, &snap_args),
+            ps,
         }
-        return Err(host.error(&[ds_argv], Some(ds_status), ds_err.to_string()));
     }
-    if snap_status != 0 {
-        return Err(host.error(&[snap_argv], Some(snap_status), snap_err.to_string()));
+
+    pub fn script(&self) -> String {
+        let end = format!("printf '\\n{PART} %s\\n' $?; echo '{PART}' >&2");
+        let mut script = format!(
+            "{}; {end}; {}; {end}",
+            shell::join(&self.ds_argv),
+            shell::join(&self.snap_argv)
+        );
+        if self.ps {
+            script.push_str("; ps -Ao args=");
+        }
+        script
     }
-    let parse_err = |e: inventory::ParseError| {
-        host.error(&[vec!["zfs".into(), "list".into()]], Some(0), e.to_string())
-    };
-    let datasets = inventory::parse_datasets(ds_out).map_err(parse_err)?;
-    let (snaps, marks) = inventory::parse_snapshots(&snap_out).map_err(parse_err)?;
-    Ok((
-        Some(Inventory {
-            datasets,
-            snaps,
-            marks,
-        }),
-        busy_in(&ps_out),
-    ))
+
+    pub fn run(&self, host: &Host) -> Result<State, CmdError> {
+        let out = host.run(&["sh".into(), "-c".into(), self.script()])?;
+        self.parse(
+            host,
+            &String::from_utf8_lossy(&out.stdout),
+            &String::from_utf8_lossy(&out.stderr),
+            out.status.code(),
+        )
+    }
+
+    /// Reads what `script` printed; `status` is the shell's, used only
+    /// when the script did not get as far as its first part.
+    pub fn parse(
+        &self,
+        host: &Host,
+        stdout: &str,
+        stderr: &str,
+        status: Option<i32>,
+    ) -> Result<State, CmdError> {
+        // stdout: DATASETS \n#PART STATUS\n SNAPSHOTS \n#PART STATUS\n PS
+        let mut parts = stdout.splitn(3, PART_OUT);
+        let ds_out = parts.next().unwrap_or("");
+        let exit_of = |part: Option<&str>| {
+            let (code, rest) = part?.split_once('\n')?;
+            Some((code.parse::<i32>().ok()?, rest.to_string()))
+        };
+        let Some((ds_status, snap_out)) = exit_of(parts.next()) else {
+            // The shell never got that far (ssh failed, say).
+            return Err(host.error(
+                std::slice::from_ref(&self.ds_argv),
+                status,
+                stderr.to_string(),
+            ));
+        };
+        let (snap_status, ps_out) = exit_of(parts.next()).unwrap_or((-1, String::new()));
+        let mut errs = stderr.splitn(3, PART_ERR);
+        let (ds_err, snap_err) = (errs.next().unwrap_or(""), errs.next().unwrap_or(""));
+        if ds_status != 0 {
+            if ds_err.contains("dataset does not exist") {
+                return Ok((None, busy_in(&ps_out)));
+            }
+            return Err(host.error(
+                std::slice::from_ref(&self.ds_argv),
+                Some(ds_status),
+                ds_err.to_string(),
+            ));
+        }
+        if snap_status != 0 {
+            return Err(host.error(
+                std::slice::from_ref(&self.snap_argv),
+                Some(snap_status),
+                snap_err.to_string(),
+            ));
+        }
+        let parse_err = |e: inventory::ParseError| {
+            host.error(&[vec!["zfs".into(), "list".into()]], Some(0), e.to_string())
+        };
+        let datasets = inventory::parse_datasets(ds_out).map_err(parse_err)?;
+        let (snaps, marks) = inventory::parse_snapshots(&snap_out).map_err(parse_err)?;
+        Ok((
+            Some(Inventory {
+                datasets,
+                snaps,
+                marks,
+            }),
+            busy_in(&ps_out),
+        ))
+    }
 }
 
 /// The names of the local pools (for `host:` prefixes that may be pools).
@@ -174,4 +210,81 @@ fn busy_in(ps: &str) -> Vec<String> {
                 .flatten()
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs a listing's script with `zfs` and `ps` as shell functions
+    /// (`fns`), and reads it as `Listing::run` does.
+    fn listed(l: &Listing, fns: &str) -> Result<State, CmdError> {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("{fns}\n{}", l.script()))
+            .output()
+            .expect("sh");
+        l.parse(
+            &Host::Local,
+            &String::from_utf8_lossy(&out.stdout),
+            &String::from_utf8_lossy(&out.stderr),
+            out.status.code(),
+        )
+    }
+
+    const PS: &str = "ps() { echo 'init'; echo '/sbin/zfs receive -s -F pool/busy'; echo 'zfs receive -A pool/aborted'; }";
+
+    #[test]
+    fn one_call_yields_datasets_snapshots_bookmarks_and_busy_targets() {
+        let l = Listing::new(false, "pool/fs", false, true);
+        let fns = format!(
+            "{PS}\nzfs() {{ case \"$*\" in *filesystem*) printf 'pool/fs\\tfilesystem\\t-\\t-\\t-\\t0\\t131072' ;; \
+             *) printf 'pool/fs@a\\t11\\t5\\t100\\npool/fs#m\\t11\\t5\\t100\\n' ;; esac; }}"
+        );
+        let (inv, busy) = listed(&l, &fns).unwrap();
+        let inv = inv.expect("exists");
+        assert_eq!(inv.datasets.len(), 1);
+        assert_eq!(inv.datasets[0].name, "pool/fs");
+        assert_eq!(inv.snaps["pool/fs"][0].name, "a");
+        assert_eq!(inv.marks["pool/fs"][0].guid, 11);
+        assert_eq!(busy, vec!["pool/busy".to_string()]);
+    }
+
+    #[test]
+    fn a_missing_root_is_none_and_other_failures_name_their_own_command() {
+        let l = Listing::new(false, "pool/x", true, true);
+        let missing = format!(
+            "{PS}\nzfs() {{ echo \"cannot open 'pool/x': dataset does not exist\" >&2; return 1; }}"
+        );
+        let (inv, busy) = listed(&l, &missing).unwrap();
+        assert!(inv.is_none());
+        assert_eq!(busy, vec!["pool/busy".to_string()]);
+
+        let denied = "zfs() { case \"$*\" in *filesystem*) echo 'permission denied' >&2; return 1 ;; *) echo 'other' >&2; return 1 ;; esac; }";
+        let e = listed(&l, denied).unwrap_err();
+        assert_eq!(e.status, Some(1));
+        assert_eq!(e.stderr.trim(), "permission denied");
+        assert!(e.command.contains("filesystem,volume"), "{}", e.command);
+
+        let snaps = "zfs() { case \"$*\" in *filesystem*) printf 'pool/x\\tfilesystem\\t-\\t-\\t-\\t0\\t-\\n' ;; *) echo 'io error' >&2; return 2 ;; esac; }";
+        let e = listed(&l, snaps).unwrap_err();
+        assert_eq!(e.status, Some(2));
+        assert_eq!(e.stderr.trim(), "io error");
+        assert!(e.command.contains("snapshot,bookmark"), "{}", e.command);
+    }
+
+    #[test]
+    fn a_shell_that_never_ran_is_an_error_with_its_own_status() {
+        let l = Listing::new(false, "pool/x", false, false);
+        let e = l
+            .parse(
+                &Host::Local,
+                "",
+                "ssh: connect to host h: refused\n",
+                Some(255),
+            )
+            .unwrap_err();
+        assert_eq!(e.status, Some(255));
+        assert!(e.stderr.contains("refused"));
+    }
 }

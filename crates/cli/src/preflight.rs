@@ -26,11 +26,18 @@ struct Probe {
     ours: Option<String>,
     /// `--rsync`: live agents' session dirs with their markers.
     agents: Vec<(String, String)>,
+    /// stdout and stderr of each extra script.
+    extra: Vec<(String, String)>,
     tmp_writable: bool,
     sudo_ok: bool,
     zfs_error: Option<String>,
     mem_kib: Option<u64>,
 }
+
+/// Starts each extra script's output, on stdout and on stderr.
+const SECTION: &str = "#syncoid-rsync-section";
+const SECTION_OUT: &str = "\n#syncoid-rsync-section\n";
+const SECTION_ERR: &str = "#syncoid-rsync-section\n";
 
 /// Our session dirs under the agents' directory `$t` whose agent runs:
 /// `agent MARKER DIR` each (the marker is one line of JSON without
@@ -51,7 +58,15 @@ const LIVE_AGENTS: &str = "for d in \"$t\"/syncoid-rsync-????????????????; do \
 
 /// `rsync`: also what the agents need (our binary and architecture, their
 /// directory, memory), which the standard mode does not ask for.
-fn probe(host: &Host, programs: &[&str], sudo: bool, rsync: bool) -> Result<Probe, String> {
+/// `extras`: more scripts to run in the same call (the side's listing);
+/// their stdout and stderr come back in `Probe::extra`, in order.
+fn probe(
+    host: &Host,
+    programs: &[&str],
+    sudo: bool,
+    rsync: bool,
+    extras: &[&str],
+) -> Result<Probe, String> {
     let mut script = crate::gather::have_script(programs);
     if sudo {
         script.push_str("sudo -n true 2>/dev/null && echo sudo ok; ");
@@ -70,10 +85,32 @@ fn probe(host: &Host, programs: &[&str], sudo: bool, rsync: bool) -> Result<Prob
         script.push_str(LIVE_AGENTS);
     }
     script.push_str("true");
+    for extra in extras {
+        script.push_str(&format!(
+            "; printf '\\n{SECTION}\\n'; echo '{SECTION}' >&2; {extra}"
+        ));
+    }
+    script.push_str("; true");
     let argv = vec!["sh".to_string(), "-c".to_string(), script];
-    let out = host.run_ok(&argv).map_err(|e| e.to_string())?;
+    let out = host.run(&argv).map_err(|e| e.to_string())?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        return Err(host
+            .error(&[argv], out.status.code(), stderr.into_owned())
+            .to_string());
+    }
+    let mut outs = stdout.split(SECTION_OUT);
+    let mut errs = stderr.split(SECTION_ERR);
+    let own = outs.next().unwrap_or("");
+    let _ = errs.next();
     let mut p = Probe::default();
-    for line in out.lines() {
+    for _ in extras {
+        let o = outs.next().unwrap_or("").to_string();
+        let e = errs.next().unwrap_or("").to_string();
+        p.extra.push((o, e));
+    }
+    for line in own.lines() {
         let (tag, rest) = line.split_once(' ').unwrap_or((line, ""));
         match tag {
             "have" => {
@@ -117,10 +154,15 @@ pub struct Report {
     /// `--rsync`: the live agents on each host (by label): (session dir,
     /// role, transfer key).
     pub agents: BTreeMap<String, Vec<(String, String, String)>>,
+    /// What the source's and the target's listing scripts printed
+    /// (stdout, stderr).
+    pub listed: [(String, String); 2],
 }
 
-/// Checks every host; returns the optional tools found.
-pub fn run(s: &Settings, out: &Out) -> Result<Report, Fatal> {
+/// Checks every host; returns the optional tools found. `listings`: the
+/// (source, target) scripts run in the same call as each side's probe;
+/// what they printed is in `Report::listed`.
+pub fn run(s: &Settings, out: &Out, listings: (&str, &str)) -> Result<Report, Fatal> {
     let comp = if s.args.rsync {
         None
     } else {
@@ -133,16 +175,19 @@ pub fn run(s: &Settings, out: &Out) -> Result<Report, Fatal> {
         wanted.extend(comp);
     }
     let same_host = s.source_host.label() == s.target_host.label();
-    let hosts: Vec<(&str, &Host, bool)> = if same_host {
+    let (src_list, dst_list) = listings;
+    type Probed<'a> = (&'a str, &'a Host, bool, Vec<&'a str>);
+    let hosts: Vec<Probed> = if same_host {
         vec![(
             "source and target",
             &s.source_host,
             s.source_sudo || s.target_sudo,
+            vec![src_list, dst_list],
         )]
     } else {
         vec![
-            ("source", &s.source_host, s.source_sudo),
-            ("target", &s.target_host, s.target_sudo),
+            ("source", &s.source_host, s.source_sudo, vec![src_list]),
+            ("target", &s.target_host, s.target_sudo, vec![dst_list]),
         ]
     };
     let mut problems = Vec::new();
@@ -151,7 +196,7 @@ pub fn run(s: &Settings, out: &Out) -> Result<Report, Fatal> {
     let mut agents = BTreeMap::new();
     // Two hosts are probed at once (two ssh handshakes overlap).
     let probe_one =
-        |(_, host, sudo): &(&str, &Host, bool)| probe(host, &wanted, *sudo, s.args.rsync);
+        |(_, host, sudo, extras): &Probed| probe(host, &wanted, *sudo, s.args.rsync, extras);
     let results = match hosts.as_slice() {
         [a, b] => {
             let (rb, ra) = at_once(|| probe_one(b), || probe_one(a));
@@ -159,7 +204,8 @@ pub fn run(s: &Settings, out: &Out) -> Result<Report, Fatal> {
         }
         _ => hosts.iter().map(probe_one).collect(),
     };
-    for ((role, host, sudo), result) in hosts.iter().zip(results) {
+    let mut listed = Vec::new();
+    for ((role, host, sudo, _), result) in hosts.iter().zip(results) {
         let who = format!("{role} ({})", host.label());
         let p = match result {
             Ok(p) => p,
@@ -195,6 +241,7 @@ pub fn run(s: &Settings, out: &Out) -> Result<Report, Fatal> {
             })
             .collect();
         agents.insert(host.label(), live);
+        listed.extend(p.extra.iter().cloned());
         let want = format!("syncoid-rsync {}", env!("CARGO_PKG_VERSION"));
         if p.ours.as_deref() == Some(want.as_str()) {
             installed.insert(host.label());
@@ -236,6 +283,12 @@ pub fn run(s: &Settings, out: &Out) -> Result<Report, Fatal> {
             format!("pre-flight failed:\n  {}", problems.join("\n  ")),
         ));
     }
+    // Every host answered, so both listings ran: (source, target).
+    let mut listed = listed.into_iter();
+    let listed = [
+        listed.next().unwrap_or_default(),
+        listed.next().unwrap_or_default(),
+    ];
     if !optional {
         return Ok(Report {
             tools: Tools {
@@ -247,6 +300,7 @@ pub fn run(s: &Settings, out: &Out) -> Result<Report, Fatal> {
             },
             installed,
             agents,
+            listed,
         });
     }
     let has = |role: &str, prog: &str| {
@@ -321,5 +375,6 @@ pub fn run(s: &Settings, out: &Out) -> Result<Report, Fatal> {
         tools,
         installed,
         agents,
+        listed,
     })
 }

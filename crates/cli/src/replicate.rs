@@ -270,11 +270,18 @@ pub fn run(s: &Settings) -> Result<Summary, Fatal> {
         json: s.args.json,
     };
     let started = std::time::Instant::now();
+    let src_root = s.source.dataset.as_str();
+    let dst_root = s.target.dataset.as_str();
+    let recursive = s.args.recursive;
+    // Each side is listed in the same call as its pre-flight probe.
+    let src_list = gather::Listing::new(s.source_sudo, src_root, recursive, false);
+    let dst_list = gather::Listing::new(s.target_sudo, dst_root, recursive, true);
     let crate::preflight::Report {
         tools,
         installed,
         agents,
-    } = crate::preflight::run(s, &out)?;
+        listed: [src_out, dst_out],
+    } = crate::preflight::run(s, &out, (&src_list.script(), &dst_list.script()))?;
     // When source and target are one host, it was probed once: both
     // sides see the same list.
     let on = |h: &Host| agents.get(&h.label()).cloned().unwrap_or_default();
@@ -290,24 +297,19 @@ pub fn run(s: &Settings) -> Result<Summary, Fatal> {
         ));
     }
     out.debug("pre-flight checks passed");
-    let src_root = s.source.dataset.as_str();
-    let dst_root = s.target.dataset.as_str();
-    let recursive = s.args.recursive;
-    // Source, target and the target's running receives are listed at once.
-    let (dst_state, src_inv) = at_once(
-        || gather::target_state(&s.target_host, s.target_sudo, dst_root, recursive),
-        || gather::inventory(&s.source_host, s.source_sudo, src_root, recursive),
-    );
-    let src_inv = src_inv
+    let src_inv = src_list
+        .parse(&s.source_host, &src_out.0, &src_out.1, None)
         .map_err(|e| fatal(exit::FAILED, format!("cannot list the source: {e}")))?
+        .0
         .ok_or_else(|| {
             fatal(
                 exit::FAILED,
                 format!("source dataset {} does not exist", s.source),
             )
         })?;
-    let (dst_inv, busy) =
-        dst_state.map_err(|e| fatal(exit::FAILED, format!("cannot list the target: {e}")))?;
+    let (dst_inv, busy) = dst_list
+        .parse(&s.target_host, &dst_out.0, &dst_out.1, None)
+        .map_err(|e| fatal(exit::FAILED, format!("cannot list the target: {e}")))?;
     out.debug("source and target listed");
     let face = if s.args.json {
         Face::Json

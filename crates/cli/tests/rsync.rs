@@ -625,3 +625,138 @@ fn a_rerun_attaches_only_to_session_dirs_that_are_ours() {
     let _ = sleeper.kill();
     let _ = sleeper.wait();
 }
+
+/// Copies of the binary (`syncoid-rsync-bin.XXXXXXXX`) are swept only when
+/// ours, private, holding nothing but the binary, unused for an hour and
+/// run from by no live agent; a symlinked entry is never followed.
+#[test]
+fn sweeping_removes_only_stale_unused_copies_of_the_binary() {
+    use std::os::unix::fs::{symlink, PermissionsExt};
+    use std::time::SystemTime;
+    let _serial = serial();
+    let h = Host::new(&[]);
+    let tmp = h.tmp();
+    let hours_ago = |d: &std::path::Path, hours: u64| {
+        let t = SystemTime::now() - Duration::from_secs(hours * 3600);
+        std::fs::File::open(d).unwrap().set_modified(t).unwrap();
+    };
+    let copy = |name: &str, hours: u64, extra: bool| {
+        let d = tmp.join(name);
+        std::fs::create_dir(&d).unwrap();
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::fs::write(d.join("syncoid-rsync"), b"binary").unwrap();
+        if extra {
+            std::fs::write(d.join("precious"), b"keep").unwrap();
+        }
+        hours_ago(&d, hours);
+        d
+    };
+    let stale = copy("syncoid-rsync-bin.AAAAaaa1", 2, false);
+    let fresh = copy("syncoid-rsync-bin.BBBBbbb2", 0, false);
+    let in_use = copy("syncoid-rsync-bin.CCCCccc3", 2, false);
+    let not_only_ours = copy("syncoid-rsync-bin.DDDDddd4", 2, true);
+    let misnamed = copy("syncoid-rsync-bin.toolongname", 2, false);
+    let shared = copy("syncoid-rsync-bin.FFFFfff6", 2, false);
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o755)).unwrap();
+    hours_ago(&shared, 2);
+    let victim = h.dir().join("victim");
+    std::fs::create_dir(&victim).unwrap();
+    std::fs::write(victim.join("syncoid-rsync"), b"binary").unwrap();
+    hours_ago(&victim, 2);
+    symlink(&victim, tmp.join("syncoid-rsync-bin.EEEEeee5")).unwrap();
+    // A live agent (a running process of ours) runs from `in_use`.
+    let mut sleeper = std::process::Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .unwrap();
+    let session = tmp.join("syncoid-rsync-00000000000000c1");
+    std::fs::create_dir(&session).unwrap();
+    std::fs::set_permissions(&session, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::write(
+        session.join(".syncoid-rsync-session"),
+        format!(
+            r#"{{"pid":{},"role":"receive","key":"k","created":0,"bin":"{}"}}"#,
+            sleeper.id(),
+            in_use.display()
+        ),
+    )
+    .unwrap();
+
+    let r = ok(&h, &["agent", "sweep"]);
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    assert_eq!(r.stdout.trim(), "1", "only the stale, unused copy goes");
+    assert!(!stale.exists());
+    for kept in [
+        &fresh,
+        &in_use,
+        &not_only_ours,
+        &misnamed,
+        &shared,
+        &session,
+    ] {
+        assert!(kept.exists(), "{} was removed", kept.display());
+    }
+    assert!(
+        victim.join("syncoid-rsync").exists(),
+        "a symlink was followed"
+    );
+}
+
+/// A coordinator killed mid-transfer leaves its copy of the binary on the
+/// far host; the rerun re-attaches (its own copy removed at its end), and
+/// the orphan, once unused for an hour, is swept by a later run's agent.
+#[test]
+fn a_killed_coordinators_copy_of_the_binary_is_swept_once_stale() {
+    let _serial = serial();
+    let local = Host::new(&["src"]);
+    let far = Host::new(&["far"]);
+    let sshd = Sshd::start(&far);
+    let (_r1, _r2) = (Reaper(&local), Reaper(&far));
+    synthetic(&local, "src/data", "16M");
+    let ssh = sshd.syncoid_args();
+    let mut args: Vec<&str> = vec!["--rsync", "--debug", "--chunk-size=256K", "--no-sync-snap"];
+    args.extend(ssh.iter().map(String::as_str));
+    args.extend(["src/data", "root@127.0.0.1:far/data"]);
+    let child = spawn(&local, &args, &[("FAKEZFS_SEND_RATE", "4M")]);
+    wait_until("both agents", 40, || {
+        agent_pids(&local).len() == 1 && agent_pids(&far).len() == 1
+    });
+    std::thread::sleep(Duration::from_millis(800));
+    kill(child.id() as i32, 9);
+    let _ = finish(child);
+    let copies = || -> Vec<String> {
+        far.tmp_entries()
+            .into_iter()
+            .filter(|e| e.starts_with("syncoid-rsync-bin."))
+            .collect()
+    };
+    let orphan = copies();
+    assert_eq!(orphan.len(), 1, "{orphan:?}");
+
+    let r = ok(&local, &args);
+    assert!(
+        r.stdout.contains("re-attaching to the live agents"),
+        "{}",
+        r.stdout
+    );
+    assert_copy_removed(&r.stdout);
+    assert_eq!(
+        copies(),
+        orphan,
+        "the orphan is fresh: its agent just ended"
+    );
+    assert_eq!(far.files("far/data"), local.files("src/data"));
+
+    let t = std::time::SystemTime::now() - Duration::from_secs(2 * 3600);
+    std::fs::File::open(far.tmp().join(&orphan[0]))
+        .unwrap()
+        .set_modified(t)
+        .unwrap();
+    local.write("src/data", "more", b"more");
+    local.zfs(&["snapshot", "src/data@s2"]).ok();
+    ok(&local, &args);
+    assert_eq!(far.read("far/data", "more").unwrap(), b"more");
+    assert_eq!(far.tmp_entries(), Vec::<String>::new());
+    assert_eq!(local.tmp_entries(), Vec::<String>::new());
+}

@@ -116,6 +116,10 @@ fn parse_start(args: &[String]) -> Option<StartOpts> {
 /// the agent listens.
 fn start(o: StartOpts) -> i32 {
     let attach = o.attach;
+    let bin = session::own_bin_dir();
+    if let Some(b) = &bin {
+        session::touch(b);
+    }
     session::sweep();
     let dir = match session::create() {
         Ok(d) => d,
@@ -213,6 +217,7 @@ fn daemon(o: StartOpts, dir: &Path, ready_fd: i32) -> i32 {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0),
+        bin: session::own_bin_dir().map(|b| b.display().to_string()),
     };
     if let Err(e) = session::write_marker(dir, &marker) {
         return fail(&mut ready, e);
@@ -257,6 +262,10 @@ fn daemon(o: StartOpts, dir: &Path, ready_fd: i32) -> i32 {
         _ => run_receiver(&o, listener, child),
     };
     eprintln!("agent exiting with {code}");
+    // The copy it ran from was used until now (see session::BIN_STALE).
+    if let Some(b) = &marker.bin {
+        session::touch(Path::new(b));
+    }
     session::remove(dir);
     crate::log_rusage(&marker.role);
     // Only now may the coordinator see the connection close: the session

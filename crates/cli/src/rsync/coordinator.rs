@@ -13,6 +13,7 @@ use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::session;
 use crate::host::{Host, StderrTail};
 use crate::output::Out;
 use crate::progress::{Face, Progress};
@@ -633,7 +634,9 @@ pub fn provision(host: &Host, installed: bool) -> Result<(String, Option<String>
         return Ok(("syncoid-rsync".into(), None));
     }
     let me = std::env::current_exe().map_err(|e| e.to_string())?;
-    let script = "umask 077; d=$(mktemp -d /tmp/syncoid-rsync-bin.XXXXXXXX) && cat > \"$d/syncoid-rsync\" && chmod 700 \"$d/syncoid-rsync\" && echo \"$d\"";
+    // Beside the agents' session dirs, where their sweep finds a copy a
+    // killed coordinator left behind.
+    let script = "umask 077; d=$(mktemp -d \"${SYNCOID_RSYNC_TMP:-/tmp}/syncoid-rsync-bin.XXXXXXXX\") && cat > \"$d/syncoid-rsync\" && chmod 700 \"$d/syncoid-rsync\" && echo \"$d\"";
     let mut cmd = host.command(&[vec!["sh".into(), "-c".into(), script.into()]]);
     let file = std::fs::File::open(&me).map_err(|e| e.to_string())?;
     let out = cmd
@@ -641,7 +644,7 @@ pub fn provision(host: &Host, installed: bool) -> Result<(String, Option<String>
         .output()
         .map_err(|e| format!("copying syncoid-rsync to {}: {e}", host.label()))?;
     let dir = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    if !out.status.success() || !dir.starts_with("/tmp/syncoid-rsync-bin.") {
+    if !out.status.success() || !copy_dir(&dir) {
         return Err(format!(
             "copying syncoid-rsync to {} failed: {}",
             host.label(),
@@ -651,9 +654,19 @@ pub fn provision(host: &Host, installed: bool) -> Result<(String, Option<String>
     Ok((format!("{dir}/syncoid-rsync"), Some(dir)))
 }
 
+/// An absolute path ending in a copy directory's name (`provision`).
+fn copy_dir(dir: &str) -> bool {
+    let p = std::path::Path::new(dir);
+    p.is_absolute()
+        && !dir.contains("/../")
+        && p.file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(session::valid_bin_name)
+}
+
 /// Removes a directory `provision` created.
 pub fn unprovision(host: &Host, dir: &str) {
-    if dir.starts_with("/tmp/syncoid-rsync-bin.") && !dir.contains("..") {
+    if copy_dir(dir) {
         let line = format!(
             "rm -f {}/syncoid-rsync && rmdir {}",
             shell::quote(dir),

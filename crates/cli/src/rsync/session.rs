@@ -21,6 +21,46 @@ pub struct Marker {
     /// Identifies the transfer (source and target dataset) for re-attaching.
     pub key: String,
     pub created: u64,
+    /// The copy of the binary the agent runs from (`BIN_PREFIX` dir), if
+    /// it runs from one: a copy in use is never swept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bin: Option<String>,
+}
+
+/// Directories the coordinator copies the binary into (`mktemp -d
+/// <base>/syncoid-rsync-bin.XXXXXXXX`, 0700); removed at the end of its
+/// run. One left by a coordinator that was killed is swept once no live
+/// agent runs from it and it has not been used for `BIN_STALE`.
+pub const BIN_PREFIX: &str = "syncoid-rsync-bin.";
+/// Agents mark their copy as used when they start and when they end, so
+/// a copy between two transfers of a live run is always fresh.
+pub const BIN_STALE: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// A valid copy directory name: `BIN_PREFIX` and mktemp's 8 characters.
+pub fn valid_bin_name(name: &str) -> bool {
+    name.strip_prefix(BIN_PREFIX)
+        .is_some_and(|x| x.len() == 8 && x.bytes().all(|b| b.is_ascii_alphanumeric()))
+}
+
+/// The copy directory this process runs from, if it is one of ours.
+pub fn own_bin_dir() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let dir = exe.parent()?;
+    let ours = valid_bin_name(dir.file_name()?.to_str()?)
+        && dir.parent() == Some(base().as_path())
+        && verify(dir).is_ok();
+    ours.then(|| dir.to_path_buf())
+}
+
+/// Marks a copy directory as used now (its modification time).
+pub fn touch(dir: &Path) {
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else {
+        return;
+    };
+    // SAFETY: a valid C path; a null times pointer means "now".
+    unsafe {
+        libc::utimensat(libc::AT_FDCWD, c.as_ptr(), std::ptr::null(), 0);
+    }
 }
 
 fn base() -> PathBuf {
@@ -178,12 +218,43 @@ pub fn list() -> Vec<(PathBuf, Marker)> {
         .collect()
 }
 
-/// Removes stale session directories: ours, marked, agent dead.
+/// Removes stale session directories (ours, marked, agent dead) and stale
+/// copies of the binary (ours, private, holding only the binary, run from
+/// by no live agent and unused for `BIN_STALE`). Returns how many.
 pub fn sweep() -> usize {
     let mut n = 0;
+    let mut in_use = std::collections::BTreeSet::new();
     for (dir, m) in list() {
         if !alive(m.pid) {
             remove(&dir);
+            n += 1;
+        } else if let Some(b) = m.bin {
+            in_use.insert(PathBuf::from(b));
+        }
+    }
+    let Ok(rd) = fs::read_dir(base()) else {
+        return n;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        let named = p
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(valid_bin_name);
+        if !named || in_use.contains(&p) || verify(&p).is_err() {
+            continue;
+        }
+        let stale = fs::symlink_metadata(&p)
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > BIN_STALE));
+        let only_binary = fs::read_dir(&p).is_ok_and(|rd| {
+            rd.flatten().all(|f| {
+                f.file_name() == "syncoid-rsync"
+                    && fs::symlink_metadata(f.path()).is_ok_and(|m| m.is_file())
+            })
+        });
+        if stale && only_binary {
+            remove(&p);
             n += 1;
         }
     }
