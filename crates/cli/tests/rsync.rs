@@ -760,3 +760,80 @@ fn a_killed_coordinators_copy_of_the_binary_is_swept_once_stale() {
     assert_eq!(far.tmp_entries(), Vec::<String>::new());
     assert_eq!(local.tmp_entries(), Vec::<String>::new());
 }
+
+/// A chunk that takes longer than the stall time to arrive comes over a
+/// live link: every read marks it alive, not only a complete frame. With a
+/// 2 s stall time, a 256 KiB chunk at --source-bwlimit=32K (6 s after the
+/// first burst) passes with no reconnect.
+#[test]
+fn a_chunk_slower_than_the_stall_time_is_not_a_dead_link() {
+    let _serial = serial();
+    let h = Host::new(&["src", "dst"]);
+    let _reap = Reaper(&h);
+    synthetic(&h, "src/data", "300K");
+    let args = [
+        "--rsync",
+        "--no-sync-snap",
+        "--compress=none",
+        "--chunk-size=256K",
+        "--source-bwlimit=32K",
+        "--inactivity-timeout=40s",
+        "src/data",
+        "dst/data",
+    ];
+    let child = spawn(&h, &args, &[("SYNCOID_RSYNC_STALL_SECS", "2")]);
+    let (code, out, err) = finish(child);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(!err.contains("link to the agents lost"), "{err}");
+    assert!(out.contains(", 0 reconnects"), "{out}");
+    assert_eq!(h.files("dst/data"), h.files("src/data"));
+    assert_fed_once(&h);
+}
+
+/// A link that only swallows small frames is not alive: with the sender
+/// agent frozen (SIGSTOP), the coordinator's pings still fit in the
+/// socket's buffer, but no answer comes, so the link is declared dead after
+/// the stall time (2 s here) and re-opened; once the agent runs again the
+/// transfer finishes, each byte fed once.
+#[test]
+fn a_frozen_agent_is_noticed_by_its_silence_not_hidden_by_buffered_pings() {
+    let _serial = serial();
+    let h = Host::new(&["src", "dst"]);
+    let _reap = Reaper(&h);
+    synthetic(&h, "src/data", "24M");
+    let args = [
+        "--rsync",
+        "--no-sync-snap",
+        "--chunk-size=256K",
+        "--inactivity-timeout=60s",
+        "src/data",
+        "dst/data",
+    ];
+    let child = spawn(
+        &h,
+        &args,
+        &[
+            ("SYNCOID_RSYNC_STALL_SECS", "2"),
+            ("FAKEZFS_SEND_RATE", "4M"),
+        ],
+    );
+    wait_until("both agents", 40, || agent_pids(&h).len() == 2);
+    std::thread::sleep(Duration::from_millis(1500));
+    let sender = agent_pids(&h)
+        .into_iter()
+        .find(|(role, _)| role == "send")
+        .expect("sender agent")
+        .1;
+    kill(sender, libc::SIGSTOP);
+    std::thread::sleep(Duration::from_secs(6));
+    kill(sender, libc::SIGCONT);
+    let (code, out, err) = finish(child);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        err.contains("link to the agents lost (sender link idle for 2s)"),
+        "{err}"
+    );
+    assert_eq!(h.files("dst/data"), h.files("src/data"));
+    assert_fed_once(&h);
+    assert_eq!(h.tmp_entries(), Vec::<String>::new());
+}

@@ -34,9 +34,22 @@ pub struct Agent {
 /// the hand-over between threads, and each holds up to a chunk.
 const QUEUE: usize = 4;
 
-/// How long a silent link is tolerated before it is declared dead.
-pub const STALL: Duration = Duration::from_secs(30);
-const HEARTBEAT: Duration = Duration::from_secs(5);
+/// How long a silent link is tolerated before it is declared dead: 30 s
+/// (`SYNCOID_RSYNC_STALL_SECS` in tests, to see a slow chunk outlast it).
+fn stall() -> Duration {
+    static STALL: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+    *STALL.get_or_init(|| {
+        let secs = std::env::var("SYNCOID_RSYNC_STALL_SECS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(30);
+        Duration::from_secs(secs)
+    })
+}
+/// Pings keep an idle link's clock moving: six per stall time (5 s).
+fn heartbeat() -> Duration {
+    stall() / 6
+}
 /// Between connection attempts at most this long: with ssh's
 /// ConnectTimeout of 5 s (SYNs at 0, 1 and 3 s), a healed link sees a new
 /// SYN within about 4 s.
@@ -47,11 +60,14 @@ struct Conn {
     tx: Tx<Vec<u8>>,
     rx: Rx<Result<In, String>>,
     child: Option<Child>,
-    /// When the link last moved: a frame read from the agent, or a piece
-    /// of a frame written towards it. Set by the reader and writer threads,
-    /// so a slow link whose chunks take longer than STALL to pass is alive,
-    /// while a dead one (writes blocked, nothing read) is noticed even when
-    /// the main loop waits on it.
+    /// When the link last moved: bytes read from the agent, or a 64 KiB
+    /// piece of a chunk written towards it. Set by the reader and writer
+    /// threads, so a slow link whose chunks take longer than the stall
+    /// time to pass is alive, while a dead one is noticed even when the
+    /// main loop waits on it. Small frames (pings, acks) written do not
+    /// count: they fit in the buffers of a link that is long dead, so a
+    /// link that carries only those is alive by its answers (a pong per
+    /// ping) alone.
     heard: Arc<Mutex<Instant>>,
 }
 
@@ -61,8 +77,8 @@ impl Conn {
     }
 
     /// Queues a frame for the agent; fails when the connection is closed
-    /// or the agent has been silent for STALL (a dead link whose writes
-    /// block).
+    /// or the link has not moved for the stall time (a dead link whose
+    /// writes block).
     fn send(&self, frame: Vec<u8>) -> Result<(), String> {
         let mut frame = frame;
         loop {
@@ -70,8 +86,8 @@ impl Conn {
                 Ok(()) => return Ok(()),
                 Err(SendTimeoutError::Disconnected(_)) => return Err("closed".into()),
                 Err(SendTimeoutError::Timeout(f)) => {
-                    if self.silent_for() > STALL {
-                        return Err(format!("link idle for {}s", STALL.as_secs()));
+                    if self.silent_for() > stall() {
+                        return Err(format!("link idle for {}s", stall().as_secs()));
                     }
                     frame = f;
                 }
@@ -196,11 +212,14 @@ fn conn(o: Opened, queue: usize) -> Conn {
     std::thread::spawn(move || {
         let mut w = writer;
         for frame in wrx {
+            let chunk = wire::chunk_header(&frame).is_some();
             for piece in frame.chunks(64 << 10) {
                 if w.write_all(piece).is_err() {
                     return;
                 }
-                *moved.lock().expect("heard") = Instant::now();
+                if chunk {
+                    *moved.lock().expect("heard") = Instant::now();
+                }
             }
             if w.flush().is_err() {
                 return;
@@ -227,9 +246,28 @@ enum In {
     Msg(Msg),
 }
 
-fn read_frames(mut r: Box<dyn Read + Send>, tx: Tx<Result<In, String>>, heard: &Mutex<Instant>) {
+/// A connection's reading end that marks the link alive on every read
+/// that moved bytes, not only when a frame is complete: a chunk that takes
+/// longer than the stall time to arrive (a slow link, a low
+/// `--source-bwlimit`) comes over a live link.
+struct Heard<'a> {
+    r: Box<dyn Read + Send>,
+    heard: &'a Mutex<Instant>,
+}
+
+impl Read for Heard<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.r.read(buf)?;
+        if n > 0 {
+            *self.heard.lock().expect("heard") = Instant::now();
+        }
+        Ok(n)
+    }
+}
+
+fn read_frames(r: Box<dyn Read + Send>, tx: Tx<Result<In, String>>, heard: &Mutex<Instant>) {
+    let mut r = Heard { r, heard };
     let why = match super::read_frames(&mut r, |frame| {
-        *heard.lock().expect("heard") = Instant::now();
         let item = match wire::chunk_header(&frame) {
             Some(head) => In::Chunk { head, frame },
             None => {
@@ -303,7 +341,7 @@ fn hello(c: &Conn, role: Role) -> Result<Msg, String> {
         session: String::new(),
     }))
     .map_err(|_| "connection closed".to_string())?;
-    match c.rx.recv_timeout(STALL) {
+    match c.rx.recv_timeout(stall()) {
         Ok(Ok(In::Msg(m @ Msg::Welcome { .. }))) => Ok(m),
         Ok(Ok(In::Msg(Msg::Error { msg }))) => Err(msg),
         Ok(Ok(In::Msg(other))) => Err(format!("unexpected {} before the welcome", kind(&other))),
@@ -508,15 +546,15 @@ fn attempt(
             stats.wire_bytes,
             stats.resent_bytes,
         );
-        if last_ping.elapsed() > HEARTBEAT {
+        if last_ping.elapsed() > heartbeat() {
             nonce += 1;
             last_ping = Instant::now();
             let _ = s.tx.try_send(wire::encode(&Msg::Ping { nonce }));
             let _ = r.tx.try_send(wire::encode(&Msg::Ping { nonce }));
         }
         for (name, c) in [("sender", &s), ("receiver", &r)] {
-            if c.silent_for() > STALL {
-                return Step::Retry(format!("{name} link idle for {}s", STALL.as_secs()));
+            if c.silent_for() > stall() {
+                return Step::Retry(format!("{name} link idle for {}s", stall().as_secs()));
             }
         }
     }
