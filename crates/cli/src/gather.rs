@@ -1,5 +1,6 @@
-//! Reads each side's state with one batched listing per side, and checks
-//! which optional tools each host has (one call per host).
+//! Reads each side's state with one batched listing per side (one shell
+//! call, run by the pre-flight in its own call), and checks which optional
+//! tools each host has (one call per host).
 
 use std::collections::BTreeSet;
 
@@ -76,9 +77,19 @@ impl Listing {
         ];
         snap_args.extend(depth_snap);
         snap_args.push(root);
+        // The listing runs in the pre-flight's call, before its verdict on
+        // sudo: `sudo -n` fails at once where sudo would ask for a password
+        // (the pre-flight then says so), never prompting on a terminal.
+        let zfs = |args: &[&str]| {
+            let mut v = zfs(sudo, args);
+            if sudo {
+                v.insert(1, "-n".into());
+            }
+            v
+        };
         Listing {
-            ds_argv: zfs(sudo, &ds_args),
-            snap_argv: zfs(sudo, &snap_args),
+            ds_argv: zfs(&ds_args),
+            snap_argv: zfs(&snap_args),
             ps,
         }
     }

@@ -2,8 +2,11 @@
 //! involved is probed in one shell call each (reachable over ssh; zfs
 //! present and working, through sudo where it is needed; the optional
 //! tools the chosen options use; for `--rsync` a usable agent binary, a
-//! writable directory for its session and memory for its spool). Every
-//! problem is reported at once, per host, with what to install or change.
+//! writable directory for its session and memory for its spool, and the
+//! live agents of earlier runs). The same call lists the side's datasets
+//! and snapshots (`gather::Listing`), so a remote side costs one ssh
+//! session before planning. Every problem is reported at once, per host,
+//! with what to install or change.
 //! Blocking problems end the run with exit status 69; missing optional
 //! tools are warnings (the run goes on without them, as syncoid does), and
 //! `--no-command-checks` skips that part.

@@ -837,3 +837,29 @@ fn a_frozen_agent_is_noticed_by_its_silence_not_hidden_by_buffered_pings() {
     assert_fed_once(&h);
     assert_eq!(h.tmp_entries(), Vec::<String>::new());
 }
+
+/// A receive that takes longer than the stall time to commit its stream
+/// (a busy pool) is not a dead link: the agent answers pings while it
+/// waits for zfs receive. 2 s stall time, 5 s commit.
+#[test]
+fn a_receive_slow_to_commit_is_not_a_dead_link() {
+    let _serial = serial();
+    let h = Host::new(&["src", "dst"]);
+    let _reap = Reaper(&h);
+    synthetic(&h, "src/data", "2M");
+    let args = ["--rsync", "--no-sync-snap", "src/data", "dst/data"];
+    let child = spawn(
+        &h,
+        &args,
+        &[
+            ("SYNCOID_RSYNC_STALL_SECS", "2"),
+            ("FAKEZFS_RECV_COMMIT_DELAY", "5"),
+        ],
+    );
+    let (code, out, err) = finish(child);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(!err.contains("link to the agents lost"), "{err}");
+    assert!(out.contains(", 0 reconnects"), "{out}");
+    assert_eq!(h.files("dst/data"), h.files("src/data"));
+    assert_fed_once(&h);
+}

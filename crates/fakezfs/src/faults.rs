@@ -7,6 +7,7 @@
 //! | `FAKEZFS_SEND_CORRUPT_AT=N` | `zfs send` flips the bits of stream byte N |
 //! | `FAKEZFS_SEND_RATE=R` | `zfs send` writes at most R bytes/s (`10M` = 10 MiB/s) |
 //! | `FAKEZFS_RECV_FAIL_AFTER=N` | `zfs receive` reads N bytes, then the stream breaks |
+//! | `FAKEZFS_RECV_COMMIT_DELAY=SECS` | `zfs receive` waits SECS after a stream's end before committing it (a slow pool) |
 //! | `FAKEZFS_NOW=EPOCH` | the clock for creation times (out-of-order snapshots) |
 //!
 //! Sizes take the suffixes K, M, G. Everything else is the real behaviour.
@@ -170,5 +171,16 @@ impl Read for FaultyIn {
         let n = self.file.read(&mut buf[..want])?;
         self.read += n as u64;
         Ok(n)
+    }
+}
+
+/// `FAKEZFS_RECV_COMMIT_DELAY=SECS`: a receive that has read its whole
+/// stream waits before committing it, as a busy pool's last txg may.
+pub fn commit_delay() {
+    if let Some(secs) = std::env::var("FAKEZFS_RECV_COMMIT_DELAY")
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+    {
+        std::thread::sleep(Duration::from_secs_f64(secs));
     }
 }

@@ -389,13 +389,26 @@ const READ_AHEAD: usize = 4;
 /// Reads messages from `s` until it closes or fails; calls `f` for each,
 /// in order, on this thread (a reader thread reads up to `READ_AHEAD`
 /// messages ahead).
-fn read_loop(mut s: Link, clock: &Arc<Clock>, mut f: impl FnMut(Msg) -> bool) {
+fn read_loop(
+    mut s: Link,
+    clock: &Arc<Clock>,
+    writer: &Arc<Mutex<Link>>,
+    mut f: impl FnMut(Msg) -> bool,
+) {
     let (tx, rx) = crossbeam_channel::bounded::<Msg>(READ_AHEAD);
     let touched = clock.clone();
     let shut = s.clone();
+    let w = writer.clone();
     let reader = std::thread::spawn(move || {
         let stop = super::read_msgs(&mut s, |m| {
             touched.touch();
+            // Answered here, not in turn: the coordinator hears from a
+            // live agent even while the handler waits on zfs (a receive
+            // committing its last txg, a pool slow to take a chunk).
+            if let Msg::Ping { nonce } = m {
+                write_msg(&w, &Msg::Pong { nonce });
+                return true;
+            }
             tx.send(m).is_ok()
         });
         if let super::Stop::Failed(e) = stop {
@@ -467,7 +480,7 @@ fn run_sender(o: &StartOpts, listener: UnixListener, mut child: Child) -> (i32, 
         let writer = Arc::new(Mutex::new(s.clone()));
         let (shared2, writer2, clock2) = (shared.clone(), writer.clone(), clock.clone());
         std::thread::spawn(move || {
-            read_loop(s, &clock2, |m| {
+            read_loop(s, &clock2, &writer2, |m| {
                 sender_msg(m, generation, &shared2, &writer2)
             });
         });
@@ -602,10 +615,6 @@ fn sender_msg(
             st.wants += 1;
         }
         Msg::Ack { seq, .. } => st.spool.ack(seq),
-        Msg::Ping { nonce } => {
-            drop(st);
-            return write_msg(w, &Msg::Pong { nonce });
-        }
         Msg::Bye => st.bye = true,
         _ => {}
     }
@@ -748,7 +757,7 @@ fn run_receiver(o: &StartOpts, listener: UnixListener, mut child: Child) -> (i32
     }));
     let done = || state.lock().expect("state").bye;
     let served = serve(&listener, &clock, o.timeout, &done, &|s| {
-        let writer = Mutex::new(s.clone());
+        let writer = Arc::new(Mutex::new(s.clone()));
         let (state, stdin, child, tail, clock) = (
             state.clone(),
             stdin.clone(),
@@ -760,7 +769,7 @@ fn run_receiver(o: &StartOpts, listener: UnixListener, mut child: Child) -> (i32
         // that lingers after being replaced can never feed out of order or
         // twice; it ends at its next socket operation.
         std::thread::spawn(move || {
-            read_loop(s, &clock, |m| {
+            read_loop(s, &clock, &writer, |m| {
                 receiver_msg(m, &state, &stdin, &child, &tail, &writer)
             });
         });
@@ -871,7 +880,6 @@ fn receiver_msg(
             let (status, stderr) = st.done.clone().expect("done");
             Msg::Done { status, stderr }
         }
-        Msg::Ping { nonce } => Msg::Pong { nonce },
         Msg::Bye => {
             st.bye = true;
             return false;

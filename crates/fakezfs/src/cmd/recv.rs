@@ -325,6 +325,7 @@ fn receive_one(
     if t.skip || o.has('n') {
         return Ok(());
     }
+    crate::faults::commit_delay();
     store.transact(|st| commit(store, st, o, h, &t, &ops))?;
     if o.has('v') {
         let secs = started.elapsed().as_secs().max(1);
