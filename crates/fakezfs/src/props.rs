@@ -345,7 +345,9 @@ fn size(v: u64, parsable: bool) -> String {
     }
 }
 
-/// A date as `zfs get` prints it: `Fri Nov 27 12:16 2026` (UTC).
+/// A date as `zfs get` prints it, OpenZFS's `strftime("%a %b %e %k:%M
+/// %Y")`: `Fri Nov 27 12:16 2026`, `Sat Nov 28  0:44 2026` (day and hour
+/// padded with a space, not a zero; UTC).
 pub fn human_date(epoch: u64) -> String {
     const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
     const MONTHS: [&str; 12] = [
@@ -355,7 +357,7 @@ pub fn human_date(epoch: u64) -> String {
     let secs = epoch % 86400;
     let (y, m, d) = syncoid_rsync_core::syncsnap::civil_from_days(days);
     format!(
-        "{} {} {:>2} {:02}:{:02} {}",
+        "{} {} {:>2} {:>2}:{:02} {}",
         DAYS[(days % 7) as usize],
         MONTHS[(m - 1) as usize],
         d,
@@ -565,4 +567,17 @@ fn fs_written(ctx: &Ctx, name: &str, d: &Dataset) -> u64 {
         None => Default::default(),
     };
     tree::changed_size(&base, &now)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::human_date;
+
+    #[test]
+    fn dates_pad_day_and_hour_with_spaces_as_strftime_e_and_k_do() {
+        // 2026-11-27 12:16 UTC, 2026-11-28 00:44 UTC, 2026-12-01 09:05 UTC.
+        assert_eq!(human_date(1_795_781_760), "Fri Nov 27 12:16 2026");
+        assert_eq!(human_date(1_795_826_640), "Sat Nov 28  0:44 2026");
+        assert_eq!(human_date(1_796_115_900), "Tue Dec  1  9:05 2026");
+    }
 }

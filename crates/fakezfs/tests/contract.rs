@@ -77,7 +77,7 @@ fn normalize(s: &str, mnt: &Path) -> String {
     let rules = [
         (r"\b1-[0-9a-f]+-[0-9a-f]+-[0-9a-f]+\b", "TOKEN"),
         (
-            r"[A-Z][a-z]{2} [A-Z][a-z]{2} [ \d]\d \d\d:\d\d \d{4}",
+            r"[A-Z][a-z]{2} [A-Z][a-z]{2} [ \d]\d [ \d]\d:\d\d \d{4}",
             "DATE",
         ),
         (r"0x[0-9a-f]+", "HEX"),

@@ -404,7 +404,7 @@ fn read_loop(
             touched.touch();
             // Answered here, not in turn: the coordinator hears from a
             // live agent even while the handler waits on zfs (a receive
-            // committing its last txg, a pool slow to take a chunk).
+            // committing the end of its stream).
             if let Msg::Ping { nonce } = m {
                 write_msg(&w, &Msg::Pong { nonce });
                 return true;
