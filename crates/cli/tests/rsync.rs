@@ -863,3 +863,70 @@ fn a_receive_slow_to_commit_is_not_a_dead_link() {
     assert_eq!(h.files("dst/data"), h.files("src/data"));
     assert_fed_once(&h);
 }
+
+/// `--rsync` pulls from an ssh host and relays between two ssh hosts
+/// through this machine (agents on both far hosts, the binary copied to
+/// each, first connections made by `agent start --attach`): full, then
+/// incremental; data identical, each byte fed once, nothing left in any
+/// host's tmp.
+#[test]
+fn rsync_pulls_and_relays_between_two_ssh_hosts() {
+    let _serial = serial();
+    let local = Host::new(&["here"]);
+    let a = Host::new(&["pa"]);
+    let b = Host::new(&["pb"]);
+    let (sa, sb) = (Sshd::start(&a), Sshd::start(&b));
+    let (_r1, _r2, _r3) = (Reaper(&local), Reaper(&a), Reaper(&b));
+    let config = local.dir().join("ssh_config");
+    std::fs::write(
+        &config,
+        format!("{}{}", sa.config_block("hosta"), sb.config_block("hostb")),
+    )
+    .unwrap();
+    let cfg = format!("--sshconfig={}", config.display());
+    synthetic(&a, "pa/data", "6M");
+    let run = |target: &str| {
+        let r = ok(
+            &local,
+            &[
+                &cfg,
+                "--rsync",
+                "--debug",
+                "--chunk-size=256K",
+                "root@hosta:pa/data",
+                target,
+            ],
+        );
+        assert!(r.stdout.contains("--rsync: "), "{}", r.stdout);
+        r
+    };
+    for round in 0..2 {
+        if round == 1 {
+            a.write("pa/data", "later.txt", b"later");
+            std::thread::sleep(Duration::from_millis(1100));
+        }
+        let r = run("here/pulled");
+        assert_eq!(
+            local.files("here/pulled"),
+            a.files("pa/data"),
+            "pull {round}"
+        );
+        let r2 = run("root@hostb:pb/relayed");
+        assert_eq!(b.files("pb/relayed"), a.files("pa/data"), "relay {round}");
+        for out in [&r.stdout, &r2.stdout] {
+            assert!(out.contains("copied syncoid-rsync to root@hosta:"), "{out}");
+        }
+        assert!(
+            r2.stdout.contains("copied syncoid-rsync to root@hostb:"),
+            "{}",
+            r2.stdout
+        );
+    }
+    assert_eq!(local.read("here/pulled", "later.txt").unwrap(), b"later");
+    assert_eq!(b.read("pb/relayed", "later.txt").unwrap(), b"later");
+    assert_fed_once(&local);
+    assert_fed_once(&b);
+    for h in [&local, &a, &b] {
+        assert_eq!(h.tmp_entries(), Vec::<String>::new());
+    }
+}
