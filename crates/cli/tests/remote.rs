@@ -6,39 +6,6 @@ mod common;
 use common::*;
 use syncoid_rsync_testkit::{Host, Sshd};
 
-struct Lab {
-    local: Host,
-    a: Host,
-    b: Host,
-    _sa: Sshd,
-    _sb: Sshd,
-    config: String,
-}
-
-/// This machine (pool `here`), and two ssh hosts `hosta` (pool `pa`) and
-/// `hostb` (pool `pb`), each with its own emulator state.
-fn lab() -> Lab {
-    let local = Host::new(&["here"]);
-    let a = Host::new(&["pa"]);
-    let b = Host::new(&["pb"]);
-    let sa = Sshd::start(&a);
-    let sb = Sshd::start(&b);
-    let config = local.dir().join("ssh_config");
-    std::fs::write(
-        &config,
-        format!("{}{}", sa.config_block("hosta"), sb.config_block("hostb")),
-    )
-    .unwrap();
-    Lab {
-        config: config.display().to_string(),
-        local,
-        a,
-        b,
-        _sa: sa,
-        _sb: sb,
-    }
-}
-
 fn seed(h: &Host, fs: &str) {
     h.zfs(&["create", fs]).ok();
     h.write(

@@ -152,7 +152,7 @@ fn start(o: StartOpts) -> i32 {
                     0 => {}
                     _ => libc::_exit(0),
                 }
-                let code = daemon(o, &dir, fds[1]);
+                let code = daemon(o, &dir, bin.as_deref(), fds[1]);
                 libc::_exit(code);
             }
             child => {
@@ -180,7 +180,8 @@ fn start(o: StartOpts) -> i32 {
     }
 }
 
-fn daemon(o: StartOpts, dir: &Path, ready_fd: i32) -> i32 {
+/// `bin`: the copy of the binary this agent runs from, if any.
+fn daemon(o: StartOpts, dir: &Path, bin: Option<&Path>, ready_fd: i32) -> i32 {
     // SAFETY: ready_fd is the write end of our pipe.
     let mut ready = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(ready_fd) };
     let log = std::fs::OpenOptions::new()
@@ -217,7 +218,7 @@ fn daemon(o: StartOpts, dir: &Path, ready_fd: i32) -> i32 {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0),
-        bin: session::own_bin_dir().map(|b| b.display().to_string()),
+        bin: bin.map(|b| b.display().to_string()),
     };
     if let Err(e) = session::write_marker(dir, &marker) {
         return fail(&mut ready, e);

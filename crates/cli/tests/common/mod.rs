@@ -2,7 +2,7 @@
 #![allow(dead_code)]
 
 use std::process::Command;
-use syncoid_rsync_testkit::{Host, Zfs};
+use syncoid_rsync_testkit::{Host, Sshd, Zfs};
 
 /// Serialises the tests of one binary: syncoid's busy check (`ps` for a
 /// `zfs receive` into the target) sees every test's processes, and tests
@@ -103,4 +103,37 @@ pub fn sh(cmd: &str) -> Command {
     let mut c = Command::new("bash");
     c.arg("-c").arg(cmd);
     c
+}
+
+pub struct Lab {
+    pub local: Host,
+    pub a: Host,
+    pub b: Host,
+    _sa: Sshd,
+    _sb: Sshd,
+    pub config: String,
+}
+
+/// This machine (pool `here`), and two ssh hosts `hosta` (pool `pa`) and
+/// `hostb` (pool `pb`), each with its own emulator state.
+pub fn lab() -> Lab {
+    let local = Host::new(&["here"]);
+    let a = Host::new(&["pa"]);
+    let b = Host::new(&["pb"]);
+    let sa = Sshd::start(&a);
+    let sb = Sshd::start(&b);
+    let config = local.dir().join("ssh_config");
+    std::fs::write(
+        &config,
+        format!("{}{}", sa.config_block("hosta"), sb.config_block("hostb")),
+    )
+    .unwrap();
+    Lab {
+        config: config.display().to_string(),
+        local,
+        a,
+        b,
+        _sa: sa,
+        _sb: sb,
+    }
 }
