@@ -857,6 +857,20 @@ fn a_receive_slow_to_commit_is_not_a_dead_link() {
     finishes_without_a_reconnect("2M", &[], &[("FAKEZFS_RECV_COMMIT_DELAY", "5")]);
 }
 
+/// A pool that stops taking writes mid-stream for longer than the stall
+/// time is not a dead link either: the receiver's socket fills and the
+/// coordinator's pings wait behind the chunks in it, but the agent says
+/// it is alive on its own. 2 s stall time, zfs receive reading nothing
+/// for 6 s after its first MiB.
+#[test]
+fn a_pool_that_stops_taking_writes_is_not_a_dead_link() {
+    finishes_without_a_reconnect(
+        "12M",
+        &["--compress=none", "--chunk-size=256K"],
+        &[("FAKEZFS_RECV_PAUSE", "1M:6")],
+    );
+}
+
 /// `--rsync` pulls from an ssh host and relays between two ssh hosts
 /// through this machine (agents on both far hosts, the binary copied to
 /// each, first connections made by `agent start --attach`): full, then

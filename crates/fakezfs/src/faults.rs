@@ -7,6 +7,7 @@
 //! | `FAKEZFS_SEND_CORRUPT_AT=N` | `zfs send` flips the bits of stream byte N |
 //! | `FAKEZFS_SEND_RATE=R` | `zfs send` writes at most R bytes/s (`10M` = 10 MiB/s) |
 //! | `FAKEZFS_RECV_FAIL_AFTER=N` | `zfs receive` reads N bytes, then the stream breaks |
+//! | `FAKEZFS_RECV_PAUSE=N:SECS` | `zfs receive` reads N bytes, then reads nothing for SECS (a pool that stops taking writes) |
 //! | `FAKEZFS_RECV_COMMIT_DELAY=SECS` | `zfs receive` waits SECS after a stream's end before committing it (a slow pool) |
 //! | `FAKEZFS_NOW=EPOCH` | the clock for creation times (out-of-order snapshots) |
 //!
@@ -144,6 +145,15 @@ pub struct FaultyIn {
     file: File,
     pub read: u64,
     fail_after: Option<u64>,
+    /// Bytes after which the receive pauses once, and for how long.
+    pause: Option<(u64, Duration)>,
+}
+
+/// `FAKEZFS_RECV_PAUSE=N:SECS`.
+fn recv_pause() -> Option<(u64, Duration)> {
+    let v = std::env::var("FAKEZFS_RECV_PAUSE").ok()?;
+    let (at, secs) = v.split_once(':')?;
+    Some((parse_size(at)?, Duration::from_secs_f64(secs.parse().ok()?)))
 }
 
 impl FaultyIn {
@@ -155,19 +165,30 @@ impl FaultyIn {
             file,
             read: 0,
             fail_after: env_size("FAKEZFS_RECV_FAIL_AFTER"),
+            pause: recv_pause(),
         }
     }
 }
 
 impl Read for FaultyIn {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let want = match self.fail_after {
-            Some(l) if self.read >= l => {
+        if let Some((at, wait)) = self.pause {
+            if self.read >= at {
+                self.pause = None;
+                std::thread::sleep(wait);
+            }
+        }
+        let mut want = buf.len();
+        if let Some(l) = self.fail_after {
+            if self.read >= l {
                 return Err(io::Error::from_raw_os_error(libc::EIO));
             }
-            Some(l) => buf.len().min((l - self.read) as usize),
-            None => buf.len(),
-        };
+            want = want.min((l - self.read) as usize);
+        }
+        if let Some((at, _)) = self.pause {
+            // Stops exactly at the pause point (read < at here).
+            want = want.min((at - self.read) as usize);
+        }
         let n = self.file.read(&mut buf[..want])?;
         self.read += n as u64;
         Ok(n)

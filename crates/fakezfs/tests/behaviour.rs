@@ -173,6 +173,17 @@ fn send_and_receive_faults_fire_where_asked() {
     let recv = log.iter().rfind(|e| e["argv"][0] == "receive").unwrap();
     assert_eq!(recv["stdin_bytes"], 2_000_000);
     assert!(h.get("receive_resume_token", "dst/part").starts_with("1-"));
+    // A pause stops the reading for a while; the stream still arrives whole.
+    let t = std::time::Instant::now();
+    let r = h.sh("zfs send src/data@a | FAKEZFS_RECV_PAUSE=100000:1.5 zfs receive dst/paused");
+    assert_eq!(r.status, 0, "{}", r.stderr);
+    assert!(
+        t.elapsed().as_secs_f64() >= 1.5,
+        "no pause: {:?}",
+        t.elapsed()
+    );
+    assert!(h.read("dst/paused", "f1") == Some(vec![7u8; 3_000_000]));
+    assert_eq!(h.read("dst/paused", "dir/f2").unwrap(), b"two\n");
 }
 
 #[test]

@@ -416,6 +416,22 @@ fn read_loop(
             eprintln!("{e}");
         }
     });
+    // Beats: a Pong with nonce 0 (pings count from 1) at the ping rate,
+    // whatever the handler does. When zfs receive stops taking writes the
+    // read-ahead fills, then the socket, and the coordinator's pings wait
+    // behind chunks no one reads; the beats still tell it this agent and
+    // its link are alive. A frozen agent or a dead link sends none.
+    let (stop_beats, beats_stopped) = crossbeam_channel::bounded::<()>(0);
+    let w = writer.clone();
+    let beats = std::thread::spawn(move || {
+        while let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
+            beats_stopped.recv_timeout(super::heartbeat())
+        {
+            if !write_msg(&w, &Msg::Pong { nonce: 0 }) {
+                break;
+            }
+        }
+    });
     for m in rx.iter() {
         if !f(m) {
             // Done with this connection: unblock the reader.
@@ -424,7 +440,9 @@ fn read_loop(
         }
     }
     drop(rx);
+    drop(stop_beats);
     let _ = reader.join();
+    let _ = beats.join();
 }
 
 struct SendState {

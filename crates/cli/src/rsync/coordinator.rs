@@ -6,14 +6,14 @@
 //! receiver's position. It gives up only after the inactivity timeout
 //! passes without progress.
 
-use crossbeam_channel::{bounded, Receiver as Rx, SendTimeoutError, Sender as Tx};
+use crossbeam_channel::{bounded, Receiver as Rx, SendTimeoutError, Sender as Tx, TrySendError};
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::session;
+use super::{heartbeat, session, stall};
 use crate::host::{Host, StderrTail};
 use crate::output::Out;
 use crate::progress::{Face, Progress};
@@ -34,22 +34,6 @@ pub struct Agent {
 /// the hand-over between threads, and each holds up to a chunk.
 const QUEUE: usize = 4;
 
-/// How long a silent link is tolerated before it is declared dead: 30 s
-/// (`SYNCOID_RSYNC_STALL_SECS` in tests, to see a slow chunk outlast it).
-fn stall() -> Duration {
-    static STALL: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
-    *STALL.get_or_init(|| {
-        let secs = std::env::var("SYNCOID_RSYNC_STALL_SECS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(30);
-        Duration::from_secs(secs)
-    })
-}
-/// Pings keep an idle link's clock moving: six per stall time (5 s).
-fn heartbeat() -> Duration {
-    stall() / 6
-}
 /// Between connection attempts at most this long: with ssh's
 /// ConnectTimeout of 5 s (SYNs at 0, 1 and 3 s), a healed link sees a new
 /// SYN within about 4 s.
@@ -68,12 +52,38 @@ struct Conn {
     /// count: they fit in the buffers of a link that is long dead, so a
     /// link that carries only those is alive by its answers (a pong per
     /// ping) alone.
-    heard: Arc<Mutex<Instant>>,
+    heard: Arc<Mutex<Heard>>,
+}
+
+/// When a link last moved, and whether its reader is held up by the
+/// coordinator itself (its queue full while the main loop waits on the
+/// other agent): silence then is ours, not the link's.
+struct Heard {
+    at: Instant,
+    held: bool,
+}
+
+impl Heard {
+    fn now() -> Mutex<Heard> {
+        Mutex::new(Heard {
+            at: Instant::now(),
+            held: false,
+        })
+    }
+}
+
+fn touch(h: &Mutex<Heard>) {
+    h.lock().expect("heard").at = Instant::now();
 }
 
 impl Conn {
     fn silent_for(&self) -> Duration {
-        self.heard.lock().expect("heard").elapsed()
+        let h = self.heard.lock().expect("heard");
+        if h.held {
+            Duration::ZERO
+        } else {
+            h.at.elapsed()
+        }
     }
 
     /// Queues a frame for the agent; fails when the connection is closed
@@ -207,7 +217,7 @@ fn conn(o: Opened, queue: usize) -> Conn {
     } = o;
     let (tx, wrx) = bounded::<Vec<u8>>(queue);
     let (rtx, rx) = bounded::<Result<In, String>>(queue);
-    let heard = Arc::new(Mutex::new(Instant::now()));
+    let heard = Arc::new(Heard::now());
     let moved = heard.clone();
     std::thread::spawn(move || {
         let mut w = writer;
@@ -218,7 +228,7 @@ fn conn(o: Opened, queue: usize) -> Conn {
                     return;
                 }
                 if chunk {
-                    *moved.lock().expect("heard") = Instant::now();
+                    touch(&moved);
                 }
             }
             if w.flush().is_err() {
@@ -250,31 +260,50 @@ enum In {
 /// that moved bytes, not only when a frame is complete: a chunk that takes
 /// longer than the stall time to arrive (a slow link, a low
 /// `--source-bwlimit`) comes over a live link.
-struct Heard<'a> {
+struct Moved<'a> {
     r: Box<dyn Read + Send>,
-    heard: &'a Mutex<Instant>,
+    heard: &'a Mutex<Heard>,
 }
 
-impl Read for Heard<'_> {
+impl Read for Moved<'_> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.r.read(buf)?;
         if n > 0 {
-            *self.heard.lock().expect("heard") = Instant::now();
+            touch(self.heard);
         }
         Ok(n)
     }
 }
 
-fn read_frames(r: Box<dyn Read + Send>, tx: Tx<Result<In, String>>, heard: &Mutex<Instant>) {
-    let mut r = Heard { r, heard };
+fn read_frames(r: Box<dyn Read + Send>, tx: Tx<Result<In, String>>, heard: &Mutex<Heard>) {
+    let mut r = Moved { r, heard };
     let why = match super::read_frames(&mut r, |frame| {
         let item = match wire::chunk_header(&frame) {
             Some(head) => In::Chunk { head, frame },
-            None => {
-                In::Msg(wire::decode_frame(&frame).map_err(|e| format!("protocol error: {e}"))?)
-            }
+            None => match wire::decode_frame(&frame) {
+                // A pong's work is done by being read (the link moved);
+                // passing it on could fill the queue while the main loop
+                // waits to queue a chunk, and stop this reader.
+                Ok(Msg::Pong { .. }) => return Ok(true),
+                Ok(m) => In::Msg(m),
+                Err(e) => return Err(format!("protocol error: {e}")),
+            },
         };
-        Ok(tx.send(Ok(item)).is_ok())
+        match tx.try_send(Ok(item)) {
+            Ok(()) => Ok(true),
+            Err(TrySendError::Disconnected(_)) => Ok(false),
+            Err(TrySendError::Full(item)) => {
+                // The main loop is busy (waiting to queue a chunk for the
+                // other agent): this link is not read meanwhile, so its
+                // silence does not count until reading resumes.
+                heard.lock().expect("heard").held = true;
+                let sent = tx.send(item).is_ok();
+                let mut h = heard.lock().expect("heard");
+                h.held = false;
+                h.at = Instant::now();
+                Ok(sent)
+            }
+        }
     }) {
         super::Stop::Handler => return,
         super::Stop::Closed => "connection closed".to_string(),

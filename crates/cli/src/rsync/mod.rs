@@ -7,7 +7,27 @@ pub mod link;
 pub mod session;
 
 use std::io::Read;
+use std::time::Duration;
 use syncoid_rsync_core::wire::{self, Msg};
+
+/// How long a silent link is tolerated before it is declared dead: 30 s
+/// (`SYNCOID_RSYNC_STALL_SECS` in tests, to see a slow chunk outlast it).
+pub fn stall() -> Duration {
+    static STALL: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+    *STALL.get_or_init(|| {
+        let secs = std::env::var("SYNCOID_RSYNC_STALL_SECS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(30);
+        Duration::from_secs(secs)
+    })
+}
+
+/// Pings (coordinator) and beats (agents) keep a link's clock moving: six
+/// per stall time (5 s).
+pub fn heartbeat() -> Duration {
+    stall() / 6
+}
 
 /// Why `read_msgs` stopped.
 pub enum Stop {
