@@ -7,13 +7,15 @@
 //! passes without progress.
 
 use crossbeam_channel::{bounded, Receiver as Rx, SendTimeoutError, Sender as Tx, TrySendError};
+use std::fs::File;
 use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::{heartbeat, session, stall};
+use super::{heartbeat, relay, session, stall};
 use crate::host::{Host, StderrTail};
 use crate::output::Out;
 use crate::progress::{Face, Progress};
@@ -44,9 +46,15 @@ struct Conn {
     tx: Tx<Vec<u8>>,
     rx: Rx<Result<In, String>>,
     child: Option<Child>,
+    /// The writing side, shared by the writer thread and, on the
+    /// receiver's connection, the relay that forwards chunks into it.
+    w: Arc<Mutex<File>>,
+    /// A local connection's socket: shut down when the connection is
+    /// dropped, so no thread stays blocked on it.
+    sock: Option<UnixStream>,
     /// When the link last moved: bytes read from the agent, or a 64 KiB
-    /// piece of a chunk written towards it. Set by the reader and writer
-    /// threads, so a slow link whose chunks take longer than the stall
+    /// piece of a chunk written towards it. Set by the readers and the
+    /// relay, so a slow link whose chunks take longer than the stall
     /// time to pass is alive, while a dead one is noticed even when the
     /// main loop waits on it. Small frames (pings, acks) written do not
     /// count: they fit in the buffers of a link that is long dead, so a
@@ -56,8 +64,9 @@ struct Conn {
 }
 
 /// When a link last moved, and whether its reader is held up by the
-/// coordinator itself (its queue full while the main loop waits on the
-/// other agent): silence then is ours, not the link's.
+/// coordinator itself (its queue full while the main loop is busy, or the
+/// sender's relay waiting to write into the receiver's connection):
+/// silence then is ours, not the link's.
 struct Heard {
     at: Instant,
     held: bool,
@@ -112,6 +121,9 @@ impl Drop for Conn {
             let _ = c.kill();
             let _ = c.wait();
         }
+        if let Some(s) = &self.sock {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
     }
 }
 
@@ -142,34 +154,36 @@ enum Via {
     Own,
 }
 
-/// Connects to an agent: its socket on this machine, or through `ssh HOST
-/// syncoid-rsync agent bridge DIR`, which hands the ssh session's pipes to
-/// the agent (`rsync::link`): a session channel, with no process of ours
-/// copying on the far end. (sshd's unix-socket forwarding, `ssh -L`, was
-/// measured slower: 2 GiB with aes128-gcm took 9.5 s forwarded against
-/// 7.8 s through a session channel.)
-fn connect(a: &Agent, queue: usize, via: Via) -> Result<Conn, String> {
-    Ok(conn(open(a, via)?, queue))
-}
-
 /// The two ends of a connection to an agent (and the ssh carrying it),
 /// before the coordinator's threads take them over.
 pub struct Opened {
-    r: Box<dyn Read + Send>,
-    w: Box<dyn Write + Send>,
+    r: File,
+    w: File,
     child: Option<Child>,
+    sock: Option<UnixStream>,
 }
 
+/// Opens a connection to an agent: its socket on this machine, or through
+/// `ssh HOST syncoid-rsync agent bridge DIR`, which hands the ssh
+/// session's pipes to the agent (`rsync::link`): a session channel, with
+/// no process of ours copying on the far end. (sshd's unix-socket
+/// forwarding, `ssh -L`, was measured slower: 2 GiB with aes128-gcm took
+/// 9.5 s forwarded against 7.8 s through a session channel.)
 fn open(a: &Agent, via: Via) -> Result<Opened, String> {
     match &a.host {
         Host::Local => {
             let s = UnixStream::connect(format!("{}/sock", a.dir))
                 .map_err(|e| format!("connect {}: {e}", a.dir))?;
-            let r = s.try_clone().map_err(|e| e.to_string())?;
+            let fd = |s: &UnixStream| -> Result<File, String> {
+                Ok(File::from(OwnedFd::from(
+                    s.try_clone().map_err(|e| e.to_string())?,
+                )))
+            };
             Ok(Opened {
-                r: Box::new(r),
-                w: Box::new(s),
+                r: fd(&s)?,
+                w: fd(&s)?,
                 child: None,
+                sock: Some(s),
             })
         }
         remote => {
@@ -202,57 +216,60 @@ fn ssh_ends(mut c: Child) -> Opened {
     crate::transfer::widen_pipe(&r);
     crate::transfer::widen_pipe(&w);
     Opened {
-        r: Box::new(r),
-        w: Box::new(w),
+        r: File::from(OwnedFd::from(r)),
+        w: File::from(OwnedFd::from(w)),
         child: Some(c),
+        sock: None,
     }
 }
 
-/// Starts the threads that move frames over an opened connection.
-fn conn(o: Opened, queue: usize) -> Conn {
+/// Starts the threads that move frames over an opened connection. The
+/// sender's connection is given the receiver's (`relay_to`): its reader
+/// forwards chunks straight into it (`rsync::relay`).
+fn conn(o: Opened, queue: usize, relay_to: Option<&Conn>) -> Conn {
     let Opened {
         r: reader,
         w: writer,
         child,
+        sock,
     } = o;
     let (tx, wrx) = bounded::<Vec<u8>>(queue);
     let (rtx, rx) = bounded::<Result<In, String>>(queue);
     let heard = Arc::new(Heard::now());
-    let moved = heard.clone();
+    let w = Arc::new(Mutex::new(writer));
+    let out = w.clone();
     std::thread::spawn(move || {
-        let mut w = writer;
         for frame in wrx {
-            let chunk = wire::chunk_header(&frame).is_some();
-            for piece in frame.chunks(64 << 10) {
-                if w.write_all(piece).is_err() {
-                    return;
-                }
-                if chunk {
-                    touch(&moved);
-                }
-            }
-            if w.flush().is_err() {
+            if out.lock().expect("writer").write_all(&frame).is_err() {
                 return;
             }
         }
     });
     let touched = heard.clone();
-    std::thread::spawn(move || read_frames(reader, rtx, &touched));
+    match relay_to {
+        Some(r) => {
+            let (dst, dst_heard) = (r.w.clone(), r.heard.clone());
+            std::thread::spawn(move || relay_frames(&reader, &dst, rtx, &touched, &dst_heard));
+        }
+        None => {
+            std::thread::spawn(move || read_frames(reader, rtx, &touched));
+        }
+    }
     Conn {
         tx,
         rx,
         child,
         heard,
+        w,
+        sock,
     }
 }
 
 /// What a connection's reader passes on: chunk frames stay encoded (they
 /// are forwarded as they came), everything else is decoded.
 enum In {
-    Chunk {
-        head: wire::ChunkHeader,
-        frame: Vec<u8>,
-    },
+    /// A chunk the relay forwarded.
+    Chunk(wire::ChunkHeader),
     Msg(Msg),
 }
 
@@ -261,7 +278,7 @@ enum In {
 /// longer than the stall time to arrive (a slow link, a low
 /// `--source-bwlimit`) comes over a live link.
 struct Moved<'a> {
-    r: Box<dyn Read + Send>,
+    r: File,
     heard: &'a Mutex<Heard>,
 }
 
@@ -275,36 +292,81 @@ impl Read for Moved<'_> {
     }
 }
 
-fn read_frames(r: Box<dyn Read + Send>, tx: Tx<Result<In, String>>, heard: &Mutex<Heard>) {
+/// A connection's reader: every frame read is decoded and passed on.
+fn read_frames(r: File, tx: Tx<Result<In, String>>, heard: &Mutex<Heard>) {
     let mut r = Moved { r, heard };
-    let why = match super::read_frames(&mut r, |frame| {
-        let item = match wire::chunk_header(&frame) {
-            Some(head) => In::Chunk { head, frame },
-            None => match wire::decode_frame(&frame) {
-                // A pong's work is done by being read (the link moved);
-                // passing it on could fill the queue while the main loop
-                // waits to queue a chunk, and stop this reader.
-                Ok(Msg::Pong { .. }) => return Ok(true),
-                Ok(m) => In::Msg(m),
-                Err(e) => return Err(format!("protocol error: {e}")),
-            },
-        };
-        match tx.try_send(Ok(item)) {
-            Ok(()) => Ok(true),
-            Err(TrySendError::Disconnected(_)) => Ok(false),
-            Err(TrySendError::Full(item)) => {
-                // The main loop is busy (waiting to queue a chunk for the
-                // other agent): this link is not read meanwhile, so its
-                // silence does not count until reading resumes.
-                heard.lock().expect("heard").held = true;
-                let sent = tx.send(item).is_ok();
-                let mut h = heard.lock().expect("heard");
-                h.held = false;
-                h.at = Instant::now();
-                Ok(sent)
-            }
+    let stop = super::read_frames(&mut r, |frame| pass_on(&tx, heard, &frame));
+    ended(&tx, stop);
+}
+
+/// The sender's connection's reader: chunks go straight to the receiver's
+/// connection (`rsync::relay`) and are passed on by header; while the
+/// relay waits on the receiver, the sender's silence is not counted.
+fn relay_frames(
+    src: &File,
+    dst: &Mutex<File>,
+    tx: Tx<Result<In, String>>,
+    heard: &Mutex<Heard>,
+    dst_heard: &Mutex<Heard>,
+) {
+    let read = || touch(heard);
+    let wrote = || touch(dst_heard);
+    let on_receiver = |waiting: bool| {
+        let mut h = heard.lock().expect("heard");
+        h.held = waiting;
+        h.at = Instant::now();
+    };
+    let ev = relay::Events {
+        read: &read,
+        wrote: &wrote,
+        on_receiver: &on_receiver,
+    };
+    let stop = relay::relay(src, dst, &ev, |frame| match frame {
+        relay::Frame::Chunk(head) => deliver(&tx, heard, In::Chunk(head)),
+        relay::Frame::Other(frame) => pass_on(&tx, heard, &frame),
+    });
+    ended(&tx, stop);
+}
+
+/// Decodes a frame that is not a chunk and passes it to the main loop.
+fn pass_on(
+    tx: &Tx<Result<In, String>>,
+    heard: &Mutex<Heard>,
+    frame: &[u8],
+) -> Result<bool, String> {
+    match wire::decode_frame(frame) {
+        // A pong's work is done by being read (the link moved); passing it
+        // on could fill the queue while the main loop is busy, and stop
+        // this reader.
+        Ok(Msg::Pong { .. }) => Ok(true),
+        Ok(Msg::Chunk(_)) => Err("protocol error: a chunk from the receiver".into()),
+        Ok(m) => deliver(tx, heard, In::Msg(m)),
+        Err(e) => Err(format!("protocol error: {e}")),
+    }
+}
+
+/// Hands an item to the main loop; false once it is gone.
+fn deliver(tx: &Tx<Result<In, String>>, heard: &Mutex<Heard>, item: In) -> Result<bool, String> {
+    match tx.try_send(Ok(item)) {
+        Ok(()) => Ok(true),
+        Err(TrySendError::Disconnected(_)) => Ok(false),
+        Err(TrySendError::Full(item)) => {
+            // The main loop is busy (waiting to queue a frame for the
+            // other agent): this link is not read meanwhile, so its
+            // silence does not count until reading resumes.
+            heard.lock().expect("heard").held = true;
+            let sent = tx.send(item).is_ok();
+            let mut h = heard.lock().expect("heard");
+            h.held = false;
+            h.at = Instant::now();
+            Ok(sent)
         }
-    }) {
+    }
+}
+
+/// Tells the main loop why a reader ended (unless it asked it to).
+fn ended(tx: &Tx<Result<In, String>>, stop: super::Stop) {
+    let why = match stop {
         super::Stop::Handler => return,
         super::Stop::Closed => "connection closed".to_string(),
         super::Stop::Failed(e) => e,
@@ -468,11 +530,13 @@ fn attempt(
     // Both connections are opened before either is greeted, so two ssh
     // handshakes overlap.
     let reach = |a: &Agent, opened: Option<Opened>| match opened {
-        Some(o) => Ok(conn(o, QUEUE)),
-        None => connect(a, QUEUE, via),
+        Some(o) => Ok(o),
+        None => open(a, via),
     };
-    let s = reach(sender, s_opened);
-    let r = reach(receiver, r_opened);
+    let (s, r) = (reach(sender, s_opened), reach(receiver, r_opened));
+    // The receiver's connection first: the sender's relays chunks into it.
+    let r = r.map(|o| conn(o, QUEUE, None));
+    let s = s.map(|o| conn(o, QUEUE, r.as_ref().ok()));
     let greeted = |c: Result<Conn, String>, role: Role, who: &str| {
         c.and_then(|c| hello(&c, role).map(|m| (c, m)))
             .map_err(|e| format!("{who}: {e}"))
@@ -507,7 +571,7 @@ fn attempt(
             recv(s.rx) -> m => {
                 let Ok(m) = m else { return Step::Retry("sender reader ended".into()) };
                 match m {
-                    Ok(In::Chunk { head, frame }) => {
+                    Ok(In::Chunk(head)) => {
                         let payload = head.payload as u64;
                         stats.wire_bytes += payload;
                         if stats.forwarded.is_some_and(|f| head.seq <= f) {
@@ -516,9 +580,6 @@ fn attempt(
                         }
                         stats.forwarded = stats.forwarded.max(Some(head.seq));
                         stats.sent_bytes = stats.sent_bytes.max(head.end);
-                        if let Err(e) = r.send(frame) {
-                            return Step::Retry(format!("receiver {e}"));
-                        }
                     }
                     Ok(In::Msg(m @ Msg::End(_))) => {
                         out.debug("end of stream forwarded to the receiver");

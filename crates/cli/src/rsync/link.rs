@@ -50,7 +50,7 @@ fn cvt(n: isize) -> io::Result<usize> {
 }
 
 /// A close-on-exec pipe (read end, write end), with `flags` added.
-fn pipe(flags: libc::c_int) -> io::Result<(OwnedFd, OwnedFd)> {
+pub(super) fn pipe(flags: libc::c_int) -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0; 2];
     // SAFETY: pipe2 fills two descriptors that we then own.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | flags) } != 0 {

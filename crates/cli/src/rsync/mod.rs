@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod coordinator;
 pub mod link;
+pub mod relay;
 pub mod session;
 
 use std::io::Read;
