@@ -265,8 +265,8 @@ fn conn(o: Opened, queue: usize, relay_to: Option<&Conn>) -> Conn {
     }
 }
 
-/// What a connection's reader passes on: chunk frames stay encoded (they
-/// are forwarded as they came), everything else is decoded.
+/// What a connection's reader passes on: a chunk by its header (the relay
+/// has already forwarded it), everything else decoded.
 enum In {
     /// A chunk the relay forwarded.
     Chunk(wire::ChunkHeader),
