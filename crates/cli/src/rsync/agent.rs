@@ -394,6 +394,7 @@ fn read_loop(
     mut s: Link,
     clock: &Arc<Clock>,
     writer: &Arc<Mutex<Link>>,
+    beat: Duration,
     mut f: impl FnMut(Msg) -> bool,
 ) {
     let (tx, rx) = crossbeam_channel::bounded::<Msg>(READ_AHEAD);
@@ -417,23 +418,34 @@ fn read_loop(
         }
     });
     // Beats: a Pong with nonce 0 (pings count from 1) at the ping rate,
-    // whatever the handler does. When zfs receive stops taking writes the
-    // read-ahead fills, then the socket, and the coordinator's pings wait
-    // behind chunks no one reads; the beats still tell it this agent and
-    // its link are alive. A frozen agent or a dead link sends none.
+    // sent only while the handler is busy (waiting on zfs). When zfs
+    // receive stops taking writes the read-ahead fills, then the socket,
+    // and the coordinator's pings wait behind chunks no one reads; the
+    // beats tell it this agent and its link are alive. An agent that is
+    // idle sends none: if it waits for data that does not come, the link
+    // towards it is stuck (a TCP connection in retransmission backoff
+    // after an outage can be for minutes, while the other direction
+    // works), and the coordinator must see silence and reconnect. A
+    // frozen agent or a dead link sends none either.
+    let busy = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (stop_beats, beats_stopped) = crossbeam_channel::bounded::<()>(0);
-    let w = writer.clone();
+    let (w, working) = (writer.clone(), busy.clone());
     let beats = std::thread::spawn(move || {
         while let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
-            beats_stopped.recv_timeout(super::heartbeat())
+            beats_stopped.recv_timeout(beat)
         {
-            if !write_msg(&w, &Msg::Pong { nonce: 0 }) {
+            if working.load(std::sync::atomic::Ordering::SeqCst)
+                && !write_msg(&w, &Msg::Pong { nonce: 0 })
+            {
                 break;
             }
         }
     });
     for m in rx.iter() {
-        if !f(m) {
+        busy.store(true, std::sync::atomic::Ordering::SeqCst);
+        let go_on = f(m);
+        busy.store(false, std::sync::atomic::Ordering::SeqCst);
+        if !go_on {
             // Done with this connection: unblock the reader.
             shut.cancel();
             break;
@@ -499,7 +511,7 @@ fn run_sender(o: &StartOpts, listener: UnixListener, mut child: Child) -> (i32, 
         let writer = Arc::new(Mutex::new(s.clone()));
         let (shared2, writer2, clock2) = (shared.clone(), writer.clone(), clock.clone());
         std::thread::spawn(move || {
-            read_loop(s, &clock2, &writer2, |m| {
+            read_loop(s, &clock2, &writer2, super::heartbeat(), |m| {
                 sender_msg(m, generation, &shared2, &writer2)
             });
         });
@@ -788,7 +800,7 @@ fn run_receiver(o: &StartOpts, listener: UnixListener, mut child: Child) -> (i32
         // that lingers after being replaced can never feed out of order or
         // twice; it ends at its next socket operation.
         std::thread::spawn(move || {
-            read_loop(s, &clock, &writer, |m| {
+            read_loop(s, &clock, &writer, super::heartbeat(), |m| {
                 receiver_msg(m, &state, &stdin, &child, &tail, &writer)
             });
         });
@@ -1010,4 +1022,81 @@ fn stop(dir: &str) -> i32 {
     }
     session::remove(&dir);
     0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::os::unix::net::UnixStream;
+    use syncoid_rsync_core::wire::Decoder;
+
+    /// The beats (Pong, nonce 0) the peer reads within `wait`.
+    fn beats_within(peer: &mut UnixStream, wait: Duration) -> usize {
+        let deadline = Instant::now() + wait;
+        let mut d = Decoder::default();
+        let mut buf = [0u8; 4096];
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            peer.set_read_timeout(Some(left.max(Duration::from_millis(1))))
+                .unwrap();
+            match peer.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => d.push(&buf[..n]),
+                Err(_) => break,
+            }
+        }
+        let mut beats = 0;
+        while let Ok(Some(m)) = d.next_msg() {
+            assert!(matches!(m, Msg::Pong { nonce: 0 }), "unexpected {m:?}");
+            beats += 1;
+        }
+        beats
+    }
+
+    /// An agent beats while its handler is busy (a receive that stopped
+    /// taking writes) and stays silent while it idles waiting for data:
+    /// then only the coordinator's pings get answers, so a link stuck
+    /// towards the agent is seen as the silence it is.
+    #[test]
+    fn beats_only_while_busy() {
+        let (a, mut peer) = UnixStream::pair().unwrap();
+        let link = Link::direct(a).unwrap();
+        let writer = Arc::new(Mutex::new(link.clone()));
+        let clock = Arc::new(Clock {
+            last_heard: Mutex::new(Instant::now()),
+        });
+        let agent = std::thread::spawn(move || {
+            read_loop(
+                link,
+                &clock,
+                &writer,
+                Duration::from_millis(100),
+                |m| match m {
+                    Msg::Want { .. } => {
+                        std::thread::sleep(Duration::from_millis(1200));
+                        true
+                    }
+                    _ => false,
+                },
+            )
+        });
+        assert_eq!(
+            beats_within(&mut peer, Duration::from_millis(800)),
+            0,
+            "an idle agent beat"
+        );
+        peer.write_all(&wire::encode(&Msg::Want { seq: 0 }))
+            .unwrap();
+        let busy = beats_within(&mut peer, Duration::from_millis(1100));
+        assert!(busy >= 5, "{busy} beats in 1.1 s of a busy handler");
+        // The last beats of the busy spell (it ends at 1.2 s).
+        beats_within(&mut peer, Duration::from_millis(400));
+        assert_eq!(
+            beats_within(&mut peer, Duration::from_millis(800)),
+            0,
+            "the agent beat after its handler was done"
+        );
+        peer.write_all(&wire::encode(&Msg::Bye)).unwrap();
+        agent.join().unwrap();
+    }
 }

@@ -91,7 +91,7 @@ impl Link {
         Link::direct(s)
     }
 
-    fn direct(s: UnixStream) -> io::Result<Link> {
+    pub(super) fn direct(s: UnixStream) -> io::Result<Link> {
         let rx = OwnedFd::from(s.try_clone()?);
         Link::new(rx, OwnedFd::from(s), None)
     }
