@@ -5,7 +5,7 @@
 //! the receiver's, whichever of them are sockets (a local agent) or pipes
 //! (an ssh session). Other frames are read whole and handed on, as
 //! `read_frames` does. Where the kernel refuses to splice a descriptor,
-//! the payload is copied through a 64 KiB buffer instead.
+//! the payload is copied through the relay's 16 KiB buffer instead.
 //!
 //! The receiver's side is shared with the coordinator's writer thread
 //! (pings, end of stream, goodbye) behind a mutex: a chunk is written
@@ -236,7 +236,8 @@ impl<'a> Relay<'a> {
                     (ev.on_receiver)(false);
                     return Ok(got);
                 }
-                // Neither end can be spliced (nothing was moved): copy.
+                // The sender's end cannot be spliced from (nothing was
+                // moved): copy.
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => self.copy = true,
                 Err(e) => return Err(format!("read: {e}")),
             }
