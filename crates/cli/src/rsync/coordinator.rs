@@ -85,6 +85,14 @@ fn touch(h: &Mutex<Heard>) {
     h.lock().expect("heard").at = Instant::now();
 }
 
+/// Marks a link's reader held up by the coordinator (true) or reading
+/// again (false); either way its silence counts from now.
+fn hold(h: &Mutex<Heard>, held: bool) {
+    let mut h = h.lock().expect("heard");
+    h.held = held;
+    h.at = Instant::now();
+}
+
 impl Conn {
     fn silent_for(&self) -> Duration {
         let h = self.heard.lock().expect("heard");
@@ -273,28 +281,15 @@ enum In {
     Msg(Msg),
 }
 
-/// A connection's reading end that marks the link alive on every read
-/// that moved bytes, not only when a frame is complete: a chunk that takes
-/// longer than the stall time to arrive (a slow link, a low
-/// `--source-bwlimit`) comes over a live link.
-struct Moved<'a> {
-    r: File,
-    heard: &'a Mutex<Heard>,
-}
-
-impl Read for Moved<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.r.read(buf)?;
-        if n > 0 {
-            touch(self.heard);
-        }
-        Ok(n)
-    }
-}
-
-/// A connection's reader: every frame read is decoded and passed on.
+/// A connection's reader: every frame read is decoded and passed on. The
+/// link is marked alive on every read that moved bytes, not only when a
+/// frame is complete: a chunk that takes longer than the stall time to
+/// arrive (a slow link, a low `--source-bwlimit`) comes over a live link.
 fn read_frames(r: File, tx: Tx<Result<In, String>>, heard: &Mutex<Heard>) {
-    let mut r = Moved { r, heard };
+    let mut r = super::Counted {
+        r,
+        on_read: || touch(heard),
+    };
     let stop = super::read_frames(&mut r, |frame| pass_on(&tx, heard, &frame));
     ended(&tx, stop);
 }
@@ -311,11 +306,7 @@ fn relay_frames(
 ) {
     let read = || touch(heard);
     let wrote = || touch(dst_heard);
-    let on_receiver = |waiting: bool| {
-        let mut h = heard.lock().expect("heard");
-        h.held = waiting;
-        h.at = Instant::now();
-    };
+    let on_receiver = |waiting: bool| hold(heard, waiting);
     let ev = relay::Events {
         read: &read,
         wrote: &wrote,
@@ -354,11 +345,9 @@ fn deliver(tx: &Tx<Result<In, String>>, heard: &Mutex<Heard>, item: In) -> Resul
             // The main loop is busy (waiting to queue a frame for the
             // other agent): this link is not read meanwhile, so its
             // silence does not count until reading resumes.
-            heard.lock().expect("heard").held = true;
+            hold(heard, true);
             let sent = tx.send(item).is_ok();
-            let mut h = heard.lock().expect("heard");
-            h.held = false;
-            h.at = Instant::now();
+            hold(heard, false);
             Ok(sent)
         }
     }

@@ -41,7 +41,7 @@ struct Inner {
     hold: Option<UnixStream>,
 }
 
-fn cvt(n: isize) -> io::Result<usize> {
+pub(super) fn cvt(n: isize) -> io::Result<usize> {
     if n < 0 {
         Err(io::Error::last_os_error())
     } else {

@@ -53,46 +53,128 @@ pub fn read_msgs(r: &mut impl Read, mut f: impl FnMut(Msg) -> bool) -> Stop {
 /// a larger frame is read straight into its own buffer.
 const HEAD_BUF: usize = 16 << 10;
 
+/// A stream read as frames through a `HEAD_BUF` buffer: length prefixes
+/// and small frames come from it, the rest of a larger frame is read
+/// straight into the frame's own buffer (or, in the coordinator's relay,
+/// spliced on without being read).
+pub struct Frames<R> {
+    r: R,
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+impl<R: Read> Frames<R> {
+    pub fn new(r: R) -> Frames<R> {
+        Frames {
+            r,
+            buf: vec![0u8; HEAD_BUF],
+            start: 0,
+            end: 0,
+        }
+    }
+
+    pub fn get_ref(&self) -> &R {
+        &self.r
+    }
+
+    /// Reads until at least `n` (<= `HEAD_BUF`) bytes are buffered; false
+    /// when the input ends first.
+    pub fn fill(&mut self, n: usize) -> Result<bool, String> {
+        while self.end - self.start < n {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+            match self.r.read(&mut self.buf[self.end..]) {
+                Ok(0) => return Ok(false),
+                Ok(k) => self.end += k,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(format!("read: {e}")),
+            }
+        }
+        Ok(true)
+    }
+
+    /// The bytes read and not yet taken.
+    pub fn buffered(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+
+    /// Takes `n` buffered bytes.
+    pub fn consume(&mut self, n: usize) {
+        assert!(n <= self.end - self.start, "consumed more than buffered");
+        self.start += n;
+    }
+
+    /// The next frame's whole length (prefix included), checked; None at
+    /// the end of the input.
+    pub fn next_len(&mut self) -> Result<Option<usize>, String> {
+        if !self.fill(4)? {
+            return Ok(None);
+        }
+        let head = self.buffered();
+        let len = u32::from_be_bytes(head[..4].try_into().expect("4 bytes")) as usize;
+        if len == 0 || len > wire::MAX_FRAME {
+            return Err(format!(
+                "protocol error: {}",
+                wire::WireError::TooLarge(len)
+            ));
+        }
+        Ok(Some(4 + len))
+    }
+
+    /// The next frame, `total` bytes long, whole; None when the input
+    /// ends within it.
+    pub fn frame(&mut self, total: usize) -> Result<Option<Vec<u8>>, String> {
+        let mut frame = Vec::with_capacity(total);
+        let have = self.buffered().len().min(total);
+        frame.extend_from_slice(&self.buffered()[..have]);
+        self.consume(have);
+        if frame.len() < total {
+            let rest = (total - frame.len()) as u64;
+            match (&mut self.r).take(rest).read_to_end(&mut frame) {
+                Ok(_) if frame.len() == total => {}
+                Ok(_) => return Ok(None),
+                Err(e) => return Err(format!("read: {e}")),
+            }
+        }
+        Ok(Some(frame))
+    }
+}
+
+/// A reader that calls `on_read` whenever a read moved bytes (a link's
+/// liveness clock).
+pub struct Counted<R, F> {
+    pub r: R,
+    pub on_read: F,
+}
+
+impl<R: Read, F: Fn()> Read for Counted<R, F> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.r.read(buf)?;
+        if n > 0 {
+            (self.on_read)();
+        }
+        Ok(n)
+    }
+}
+
 /// Reads whole frames (length prefix included, undecoded) from `r` and
 /// hands each to `f` until `f` returns false or an error, the input ends,
 /// or a frame is malformed. A chunk's payload is read into the frame's own
 /// buffer (copied at most `HEAD_BUF` bytes of it), never through a second
 /// buffer.
 pub fn read_frames(r: &mut impl Read, mut f: impl FnMut(Vec<u8>) -> Result<bool, String>) -> Stop {
-    let mut head = vec![0u8; HEAD_BUF];
-    let (mut start, mut end) = (0usize, 0usize);
+    let mut frames = Frames::new(r);
     loop {
-        while end - start < 4 {
-            head.copy_within(start..end, 0);
-            end -= start;
-            start = 0;
-            match r.read(&mut head[end..]) {
-                Ok(0) => return Stop::Closed,
-                Ok(n) => end += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Stop::Failed(format!("read: {e}")),
-            }
-        }
-        let len = u32::from_be_bytes(head[start..start + 4].try_into().expect("4 bytes")) as usize;
-        if len == 0 || len > wire::MAX_FRAME {
-            return Stop::Failed(format!(
-                "protocol error: {}",
-                wire::WireError::TooLarge(len)
-            ));
-        }
-        let total = 4 + len;
-        let mut frame = Vec::with_capacity(total);
-        let have = (end - start).min(total);
-        frame.extend_from_slice(&head[start..start + have]);
-        start += have;
-        if frame.len() < total {
-            let rest = (total - frame.len()) as u64;
-            match r.take(rest).read_to_end(&mut frame) {
-                Ok(_) if frame.len() == total => {}
-                Ok(_) => return Stop::Closed,
-                Err(e) => return Stop::Failed(format!("read: {e}")),
-            }
-        }
+        let frame = match frames.next_len().and_then(|len| match len {
+            Some(total) => frames.frame(total),
+            None => Ok(None),
+        }) {
+            Ok(Some(frame)) => frame,
+            Ok(None) => return Stop::Closed,
+            Err(e) => return Stop::Failed(e),
+        };
         match f(frame) {
             Ok(true) => {}
             Ok(false) => return Stop::Handler,

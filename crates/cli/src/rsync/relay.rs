@@ -12,11 +12,12 @@
 //! whole while it is held, so frames never interleave.
 
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Mutex;
 
-use super::Stop;
+use super::link::cvt;
+use super::{Counted, Frames, Stop};
 use syncoid_rsync_core::wire::{self, ChunkHeader, CHUNK_HEAD};
 
 /// Bytes moved per splice into the receiver: the link's liveness clock
@@ -24,8 +25,6 @@ use syncoid_rsync_core::wire::{self, ChunkHeader, CHUNK_HEAD};
 const PIECE: usize = 64 << 10;
 /// The private pipe's size: a default chunk in one splice from the sender.
 const MID: usize = 1 << 20;
-/// Bytes read at a time for length prefixes and small frames.
-const HEAD_BUF: usize = 16 << 10;
 
 /// What the relay reports as it goes.
 pub struct Events<'a> {
@@ -44,14 +43,6 @@ pub enum Frame {
     Chunk(ChunkHeader),
     /// Anything else, whole (length prefix included), not forwarded.
     Other(Vec<u8>),
-}
-
-fn cvt(n: isize) -> io::Result<usize> {
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
 }
 
 fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
@@ -84,14 +75,15 @@ pub fn relay(
     ev: &Events,
     f: impl FnMut(Frame) -> Result<bool, String>,
 ) -> Stop {
-    Relay::new(src).run(dst, ev, f)
+    Relay::new(src, ev).run(dst, f)
 }
 
+/// The sender's stream, its reads reported as `Events::read`.
+type Source<'a> = Frames<Counted<&'a File, &'a (dyn Fn() + Sync)>>;
+
 struct Relay<'a> {
-    src: &'a File,
-    buf: Vec<u8>,
-    start: usize,
-    end: usize,
+    frames: Source<'a>,
+    ev: &'a Events<'a>,
     /// The private pipe (read end, write end), made at the first chunk.
     mid: Option<(OwnedFd, OwnedFd)>,
     /// Splicing was refused: payloads are copied.
@@ -99,25 +91,21 @@ struct Relay<'a> {
 }
 
 impl<'a> Relay<'a> {
-    fn new(src: &'a File) -> Relay<'a> {
+    fn new(src: &'a File, ev: &'a Events<'a>) -> Relay<'a> {
         Relay {
-            src,
-            buf: vec![0u8; HEAD_BUF],
-            start: 0,
-            end: 0,
+            frames: Frames::new(Counted {
+                r: src,
+                on_read: ev.read,
+            }),
+            ev,
             mid: None,
             copy: false,
         }
     }
 
-    fn run(
-        &mut self,
-        dst: &Mutex<File>,
-        ev: &Events,
-        mut f: impl FnMut(Frame) -> Result<bool, String>,
-    ) -> Stop {
+    fn run(&mut self, dst: &Mutex<File>, mut f: impl FnMut(Frame) -> Result<bool, String>) -> Stop {
         loop {
-            let frame = match self.next(dst, ev) {
+            let frame = match self.next(dst) {
                 Ok(Some(frame)) => frame,
                 Ok(None) => return Stop::Closed,
                 Err(e) => return Stop::Failed(e),
@@ -130,131 +118,89 @@ impl<'a> Relay<'a> {
         }
     }
 
-    /// Reads until at least `n` bytes are buffered; false at end of input.
-    fn fill(&mut self, n: usize, ev: &Events) -> Result<bool, String> {
-        while self.end - self.start < n {
-            self.buf.copy_within(self.start..self.end, 0);
-            self.end -= self.start;
-            self.start = 0;
-            match (&*self.src).read(&mut self.buf[self.end..]) {
-                Ok(0) => return Ok(false),
-                Ok(k) => {
-                    self.end += k;
-                    (ev.read)();
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(format!("read: {e}")),
-            }
-        }
-        Ok(true)
-    }
-
-    fn next(&mut self, dst: &Mutex<File>, ev: &Events) -> Result<Option<Frame>, String> {
-        if !self.fill(5, ev)? {
+    fn next(&mut self, dst: &Mutex<File>) -> Result<Option<Frame>, String> {
+        let Some(total) = self.frames.next_len()? else {
+            return Ok(None);
+        };
+        // A length is at least 1, so the type byte is there to read.
+        if !self.frames.fill(5)? {
             return Ok(None);
         }
-        let at = self.start;
-        let len = u32::from_be_bytes(self.buf[at..at + 4].try_into().expect("4 bytes")) as usize;
-        if len == 0 || len > wire::MAX_FRAME {
-            return Err(format!(
-                "protocol error: {}",
-                wire::WireError::TooLarge(len)
-            ));
-        }
-        let total = 4 + len;
-        if self.buf[at + 4] == 4 && total >= CHUNK_HEAD {
-            if !self.fill(CHUNK_HEAD, ev)? {
+        if self.frames.buffered()[4] == 4 && total >= CHUNK_HEAD {
+            if !self.frames.fill(CHUNK_HEAD)? {
                 return Ok(None);
             }
-            let head = &self.buf[self.start..self.start + CHUNK_HEAD];
+            let head = &self.frames.buffered()[..CHUNK_HEAD];
             let mut h = wire::chunk_header(head).expect("a chunk header");
             h.payload = total - CHUNK_HEAD;
-            self.forward(total, dst, ev)?;
+            self.forward(total, dst)?;
             return Ok(Some(Frame::Chunk(h)));
         }
-        let mut frame = Vec::with_capacity(total);
-        let have = (self.end - self.start).min(total);
-        frame.extend_from_slice(&self.buf[self.start..self.start + have]);
-        self.start += have;
-        if frame.len() < total {
-            let rest = (total - frame.len()) as u64;
-            match self.src.take(rest).read_to_end(&mut frame) {
-                Ok(_) if frame.len() == total => (ev.read)(),
-                Ok(_) => return Ok(None),
-                Err(e) => return Err(format!("read: {e}")),
-            }
-        }
-        Ok(Some(Frame::Other(frame)))
+        Ok(self.frames.frame(total)?.map(Frame::Other))
     }
 
     /// Writes the `total`-byte chunk frame that starts in the buffer to
-    /// `dst`: what is buffered, then the rest straight from the sender.
-    fn forward(&mut self, total: usize, dst: &Mutex<File>, ev: &Events) -> Result<(), String> {
+    /// `dst`: what is buffered first, then the rest spliced straight from
+    /// the sender (or, where splicing is refused, read into the buffer).
+    fn forward(&mut self, total: usize, dst: &Mutex<File>) -> Result<(), String> {
         let mut d = dst.lock().expect("receiver side");
-        let have = (self.end - self.start).min(total);
-        (ev.on_receiver)(true);
-        for piece in self.buf[self.start..self.start + have].chunks(PIECE) {
-            d.write_all(piece)
-                .map_err(|e| format!("receiver: write: {e}"))?;
-            (ev.wrote)();
-        }
-        (ev.on_receiver)(false);
-        self.start += have;
-        let mut left = total - have;
+        let mut left = total;
         while left > 0 {
-            left -= self.pass(left, &mut d, ev)?;
+            if self.frames.buffered().is_empty() {
+                if !self.copy {
+                    left -= self.splice_on(left, &d)?;
+                    continue;
+                }
+                if !self.frames.fill(1)? {
+                    return Err("read: connection closed mid-chunk".into());
+                }
+            }
+            let n = self.frames.buffered().len().min(left);
+            (self.ev.on_receiver)(true);
+            for piece in self.frames.buffered()[..n].chunks(PIECE) {
+                d.write_all(piece)
+                    .map_err(|e| format!("receiver: write: {e}"))?;
+                (self.ev.wrote)();
+            }
+            (self.ev.on_receiver)(false);
+            self.frames.consume(n);
+            left -= n;
         }
         Ok(())
     }
 
-    /// Moves up to `left` payload bytes from the sender to `d`; returns
-    /// how many (at least one).
-    fn pass(&mut self, left: usize, d: &mut File, ev: &Events) -> Result<usize, String> {
-        if !self.copy {
-            if self.mid.is_none() {
-                let (r, w) = super::link::pipe(0).map_err(|e| format!("pipe: {e}"))?;
-                crate::transfer::widen_pipe(&w);
-                self.mid = Some((r, w));
-            }
-            let (mid_r, mid_w) = self.mid.as_ref().expect("made");
-            let (mid_r, mid_w) = (mid_r.as_raw_fd(), mid_w.as_raw_fd());
-            match splice(self.src.as_raw_fd(), mid_w, left.min(MID)) {
-                Ok(0) => return Err("read: connection closed mid-chunk".into()),
-                Ok(got) => {
-                    (ev.read)();
-                    (ev.on_receiver)(true);
-                    let mut out = got;
-                    while out > 0 {
-                        let k = match splice(mid_r, d.as_raw_fd(), out.min(PIECE)) {
-                            Ok(0) => Err("receiver: write: connection closed".to_string()),
-                            Ok(k) => Ok(k),
-                            Err(e) => Err(format!("receiver: write: {e}")),
-                        }?;
-                        out -= k;
-                        (ev.wrote)();
-                    }
-                    (ev.on_receiver)(false);
-                    return Ok(got);
-                }
-                // The sender's end cannot be spliced from (nothing was
-                // moved): copy.
-                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => self.copy = true,
-                Err(e) => return Err(format!("read: {e}")),
-            }
+    /// Splices up to `left` payload bytes from the sender through the
+    /// private pipe into `d`; returns how many (0 when the sender's end
+    /// cannot be spliced from: nothing was moved, and `copy` is set).
+    fn splice_on(&mut self, left: usize, d: &File) -> Result<usize, String> {
+        if self.mid.is_none() {
+            let (r, w) = super::link::pipe(0).map_err(|e| format!("pipe: {e}"))?;
+            crate::transfer::widen_pipe(&w);
+            self.mid = Some((r, w));
         }
-        let want = left.min(self.buf.len());
-        let got = match (&*self.src).read(&mut self.buf[..want]) {
+        let (mid_r, mid_w) = self.mid.as_ref().expect("made");
+        let src = self.frames.get_ref().r.as_raw_fd();
+        let got = match splice(src, mid_w.as_raw_fd(), left.min(MID)) {
             Ok(0) => return Err("read: connection closed mid-chunk".into()),
-            Ok(k) => k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(0),
+            Ok(got) => got,
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                self.copy = true;
+                return Ok(0);
+            }
             Err(e) => return Err(format!("read: {e}")),
         };
-        (ev.read)();
-        (ev.on_receiver)(true);
-        d.write_all(&self.buf[..got])
-            .map_err(|e| format!("receiver: write: {e}"))?;
-        (ev.wrote)();
-        (ev.on_receiver)(false);
+        (self.ev.read)();
+        (self.ev.on_receiver)(true);
+        let mut out = got;
+        while out > 0 {
+            out -= match splice(mid_r.as_raw_fd(), d.as_raw_fd(), out.min(PIECE)) {
+                Ok(0) => Err("receiver: write: connection closed".to_string()),
+                Ok(k) => Ok(k),
+                Err(e) => Err(format!("receiver: write: {e}")),
+            }?;
+            (self.ev.wrote)();
+        }
+        (self.ev.on_receiver)(false);
         Ok(got)
     }
 }
@@ -262,6 +208,7 @@ impl<'a> Relay<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Read;
     use std::os::unix::net::UnixStream;
     use syncoid_rsync_core::fuzz::noise;
     use syncoid_rsync_core::wire::{encode, Chunk, Msg};
@@ -338,9 +285,9 @@ mod tests {
                 on_receiver: &|_| {},
             };
             let mut seen = Vec::new();
-            let mut r = Relay::new(&src_out);
+            let mut r = Relay::new(&src_out, &ev);
             r.copy = copy;
-            let stop = r.run(&dst, &ev, |f| {
+            let stop = r.run(&dst, |f| {
                 seen.push(match f {
                     Frame::Chunk(h) => format!("chunk {} {} {}", h.seq, h.end, h.payload),
                     Frame::Other(v) => match wire::decode_frame(&v).unwrap() {
