@@ -763,8 +763,8 @@ fn a_killed_coordinators_copy_of_the_binary_is_swept_once_stale() {
 
 /// A chunk that takes longer than the stall time to arrive comes over a
 /// live link: every read marks it alive, not only a complete frame. With a
-/// 2 s stall time, a 256 KiB chunk at --source-bwlimit=32K (6 s after the
-/// first burst) passes with no reconnect.
+/// 2 s stall time, a 256 KiB chunk at --source-bwlimit=32K (8 s, sent as a
+/// trickle of small pieces) passes with no reconnect.
 #[test]
 fn a_chunk_slower_than_the_stall_time_is_not_a_dead_link() {
     finishes_without_a_reconnect(

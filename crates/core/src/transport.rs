@@ -255,23 +255,36 @@ pub struct Pacer {
     rate: f64,
     burst: f64,
     tokens: f64,
+    piece: usize,
     last: Option<std::time::Duration>,
 }
 
 impl Pacer {
-    /// The piece size callers should send at a time.
+    /// The largest piece callers send at a time.
     pub const PIECE: usize = 64 << 10;
+    /// The smallest: below 10 KB/s pieces come less often than 20 a second.
+    const MIN_PIECE: usize = 512;
 
     /// `rate` in bytes per second (at least 1).
     pub fn new(rate: u64) -> Pacer {
         let rate = rate.max(1) as f64;
-        let burst = (rate / 20.0).max(Self::PIECE as f64);
+        // About 20 pieces a second: a slow limit sends a trickle, not a
+        // 64 KiB burst every few seconds (at 32 KB/s that would be a 2 s
+        // silence between writes, long enough to look like a dead link).
+        let piece = ((rate / 20.0) as usize).clamp(Self::MIN_PIECE, Self::PIECE);
+        let burst = (rate / 20.0).max(piece as f64);
         Pacer {
             rate,
             burst,
             tokens: burst,
+            piece,
             last: None,
         }
+    }
+
+    /// The piece size to send at a time at this rate.
+    pub fn piece(&self) -> usize {
+        self.piece
     }
 
     /// Accounts for `n` bytes about to be sent at `now`; returns how long

@@ -364,7 +364,8 @@ impl Paced {
         let Some(p) = &self.pacer else {
             return w.write_all(bytes);
         };
-        for piece in bytes.chunks(Pacer::PIECE) {
+        let size = p.lock().expect("pacer").0.piece();
+        for piece in bytes.chunks(size) {
             let wait = {
                 let mut g = p.lock().expect("pacer");
                 let now = g.1.elapsed();

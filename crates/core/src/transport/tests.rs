@@ -214,46 +214,52 @@ proptest! {
 #[test]
 fn pacer_holds_the_rate_over_every_second_not_just_on_average() {
     use std::time::Duration;
-    let rate = 1_000_000u64;
-    let mut p = Pacer::new(rate);
-    let mut now = Duration::ZERO;
-    let mut sends = Vec::new(); // (time, bytes)
-                                // A sender that always has data: 20 s of pieces, each sent after its wait.
-    while now < Duration::from_secs(20) {
-        now += p.take(now, Pacer::PIECE);
-        sends.push((now, Pacer::PIECE as u64));
-    }
-    let total: u64 = sends.iter().map(|s| s.1).sum();
-    let mean = total as f64 / now.as_secs_f64();
-    assert!(
-        (mean - rate as f64).abs() < rate as f64 * 0.05,
-        "mean {mean}"
-    );
-    // Any one-second window carries at most the rate plus the burst.
-    let burst = (rate / 20).max(Pacer::PIECE as u64);
-    for (i, (t0, _)) in sends.iter().enumerate() {
-        let window: u64 = sends[i..]
-            .iter()
-            .take_while(|(t, _)| *t < *t0 + Duration::from_secs(1))
-            .map(|s| s.1)
-            .sum();
+    for rate in [32_000u64, 1_000_000, 50_000_000] {
+        let mut p = Pacer::new(rate);
+        let piece = p.piece() as u64;
+        let mut now = Duration::ZERO;
+        let mut sends = Vec::new(); // (time, bytes)
+                                    // A sender that always has data: 10 s of pieces, each sent after its wait.
+        while now < Duration::from_secs(10) {
+            now += p.take(now, piece as usize);
+            sends.push((now, piece));
+        }
+        let total: u64 = sends.iter().map(|s| s.1).sum();
+        let mean = total as f64 / now.as_secs_f64();
         assert!(
-            window <= rate + burst + Pacer::PIECE as u64,
-            "burst of {window} bytes at {t0:?}"
+            (mean - rate as f64).abs() < rate as f64 * 0.05,
+            "{rate} B/s: mean {mean}"
+        );
+        // Any one-second window carries at most the rate plus the burst.
+        let burst = (rate / 20).max(piece);
+        for (i, (t0, _)) in sends.iter().enumerate() {
+            let window: u64 = sends[i..]
+                .iter()
+                .take_while(|(t, _)| *t < *t0 + Duration::from_secs(1))
+                .map(|s| s.1)
+                .sum();
+            assert!(
+                window <= rate + burst + piece,
+                "{rate} B/s: burst of {window} bytes at {t0:?}"
+            );
+        }
+        // A trickle, not bursts: no gap between writes is longer than a
+        // tenth of a second (at 32 KB/s, 64 KiB pieces left 2 s gaps).
+        let gap = sends.windows(2).map(|w| w[1].0 - w[0].0).max().unwrap();
+        assert!(gap <= Duration::from_millis(100), "{rate} B/s: gap {gap:?}");
+        // After idling, the credit is capped: no catch-up burst.
+        let idle = now + Duration::from_secs(60);
+        let mut at = idle;
+        let mut sent = 0u64;
+        while at < idle + Duration::from_secs(1) {
+            at += p.take(at, piece as usize);
+            sent += piece;
+        }
+        assert!(
+            sent <= rate + burst + 2 * piece,
+            "{rate} B/s: {sent} bytes in the first second after idling"
         );
     }
-    // After idling, the credit is capped: no catch-up burst.
-    let idle = now + Duration::from_secs(60);
-    let mut at = idle;
-    let mut sent = 0u64;
-    while at < idle + Duration::from_secs(1) {
-        at += p.take(at, Pacer::PIECE);
-        sent += Pacer::PIECE as u64;
-    }
-    assert!(
-        sent <= rate + burst + 2 * Pacer::PIECE as u64,
-        "{sent} bytes in the first second after idling"
-    );
 }
 
 /// A reader that hands out its bytes in the given piece sizes (a pipe
