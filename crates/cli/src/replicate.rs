@@ -1108,9 +1108,26 @@ fn rsync_transfer(
     let ropts = ctx.agent_opts(ctx.s.target_rate);
     let sopts = ctx.agent_opts(ctx.s.source_rate);
     // Both start at once; if one fails, the other is stopped.
+    let receiver = coordinator::Start {
+        host: th,
+        exe: &exes.target,
+        role: "receive",
+        key: &key,
+        opts: &ropts,
+        zfs_argv: recv_argv,
+    };
+    let sender = coordinator::Start {
+        host: sh,
+        exe: &exes.source,
+        role: "send",
+        opts: &sopts,
+        zfs_argv: send_argv,
+        ..receiver
+    };
+    let (patience, out) = (ctx.s.inactivity, &ctx.out);
     let (rdir, sdir) = at_once(
-        || coordinator::start_agent(th, &exes.target, "receive", &key, &ropts, recv_argv),
-        || coordinator::start_agent(sh, &exes.source, "send", &key, &sopts, send_argv),
+        || coordinator::start_or_find(&receiver, patience, out),
+        || coordinator::start_or_find(&sender, patience, out),
     );
     let ((rdir, r_conn), (sdir, s_conn)) = match (rdir, sdir) {
         (Ok(r), Ok(s)) => (r, s),

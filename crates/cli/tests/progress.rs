@@ -86,14 +86,16 @@ fn json_events_follow_the_documented_schema_through_an_outage() {
     let mut args: Vec<&str> = vec!["--rsync", "--json", "--chunk-size=256K", "--no-sync-snap"];
     args.extend(ssh.iter().map(String::as_str));
     args.extend(["src/data", "root@127.0.0.1:far/data"]);
-    // ~3 s of sending; the agent connections killed after about a second.
+    // ~3 s of sending; the agent connections killed after about a second
+    // of it (once the receiver is connected: a connection killed while the
+    // agent starts is a retried start, not an outage).
     let child = spawn(&local, &args, &[("FAKEZFS_SEND_RATE", "8M")]);
     let pid = child.id();
     let t = Instant::now();
     let mut killed = 0;
     while killed == 0 && t.elapsed() < Duration::from_secs(10) {
         std::thread::sleep(Duration::from_millis(300));
-        if t.elapsed() > Duration::from_millis(1200) {
+        if t.elapsed() > Duration::from_millis(1200) && receiver_connected(&far) {
             for p in agent_links(pid) {
                 kill(p, 9);
                 killed += 1;

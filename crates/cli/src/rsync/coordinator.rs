@@ -639,17 +639,139 @@ fn attempt(
     }
 }
 
+/// An agent to start: its host, our binary there, its role (`send` or
+/// `receive`), the transfer's key, its options and its zfs command.
+#[derive(Clone, Copy)]
+pub struct Start<'a> {
+    pub host: &'a Host,
+    pub exe: &'a str,
+    pub role: &'a str,
+    pub key: &'a str,
+    pub opts: &'a AgentOpts,
+    pub zfs_argv: &'a [String],
+}
+
+/// Why an agent did not start.
+#[derive(Debug)]
+pub enum StartError {
+    /// It ran and failed, or could not be run: trying again fails the
+    /// same way.
+    Failed(String),
+    /// The connection to its host failed or hung before the agent
+    /// answered: the agent may or may not be running.
+    Link(String),
+}
+
+/// Starts an agent, or finds the one an earlier try started: a
+/// connection that fails while an agent starts is retried (with capped
+/// backoff, each try on an ssh connection of its own) for up to
+/// `patience`, the inactivity timeout. Before each new start the host is
+/// asked for a live agent of this transfer and role, since the one a lost
+/// connection started may be running: two receivers must never compete
+/// for one dataset.
+pub fn start_or_find(
+    a: &Start,
+    patience: Duration,
+    out: &Out,
+) -> Result<(String, Option<Opened>), String> {
+    let deadline = Instant::now() + patience;
+    let mut via = Via::Master;
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        let mut why = match start_agent(a, via) {
+            Ok(started) => return Ok(started),
+            Err(StartError::Failed(e)) => return Err(e),
+            Err(StartError::Link(e)) => e,
+        };
+        via = Via::Own;
+        loop {
+            if Instant::now() + backoff > deadline {
+                return Err(format!(
+                    "{why}; gave up after {}s (inactivity timeout)",
+                    patience.as_secs()
+                ));
+            }
+            out.warn(&format!(
+                "{why}; trying again in {:.1}s",
+                backoff.as_secs_f64()
+            ));
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+            match find_agent(a) {
+                Ok(Some(dir)) => {
+                    out.info(&format!(
+                        "--rsync: the {} agent on {} was started before the connection failed: using it ({dir})",
+                        a.role,
+                        a.host.label()
+                    ));
+                    return Ok((dir, None));
+                }
+                Ok(None) => break,
+                Err(StartError::Failed(e)) => return Err(e),
+                Err(StartError::Link(e)) => why = e,
+            }
+        }
+    }
+}
+
+/// The session dir of the live agent of `a`'s role and transfer on its
+/// host, if there is one (`agent list`, on an ssh connection of its own).
+fn find_agent(a: &Start) -> Result<Option<String>, StartError> {
+    let argv = vec![a.exe.to_string(), "agent".into(), "list".into()];
+    let out = a
+        .host
+        .command_with(&OWN_SSH, &[argv])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| StartError::Failed(format!("ssh: {e}")))?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        let what = format!("listing the agents on {}", a.host.label());
+        return Err(start_error(&what, out.status, &stderr));
+    }
+    let found = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["role"] == a.role && v["key"] == a.key && v["alive"] == true)
+        .and_then(|v| v["dir"].as_str().map(str::to_string));
+    Ok(found)
+}
+
+/// What an ssh command that ended with `status` means: the link failed
+/// (ssh's own 255, or a signal) or the command on the far end did.
+fn start_error(what: &str, status: std::process::ExitStatus, stderr: &str) -> StartError {
+    use std::os::unix::process::ExitStatusExt;
+    let stderr = stderr.trim();
+    let how = match (status.code(), status.signal()) {
+        (_, Some(sig)) => format!("ssh ended by signal {sig}"),
+        (Some(code), _) => format!("exit status {code}"),
+        _ => "no exit status".into(),
+    };
+    let msg = if stderr.is_empty() {
+        format!("{what} failed ({how})")
+    } else {
+        format!("{what} failed ({how}): {stderr}")
+    };
+    if status.code() == Some(255) || status.signal().is_some() {
+        StartError::Link(msg)
+    } else {
+        StartError::Failed(msg)
+    }
+}
+
 /// Starts an agent; returns its session directory and, on a remote host,
 /// the first connection to it: the same ssh session that started it
 /// (`agent start --attach`), one session where start and connect took two.
-pub fn start_agent(
-    host: &Host,
-    exe: &str,
-    role: &str,
-    key: &str,
-    opts: &AgentOpts,
-    zfs_argv: &[String],
-) -> Result<(String, Option<Opened>), String> {
+/// An answer that does not come within the stall time is a hung link.
+fn start_agent(a: &Start, via: Via) -> Result<(String, Option<Opened>), StartError> {
+    let Start {
+        host,
+        exe,
+        role,
+        key,
+        opts,
+        zfs_argv,
+    } = *a;
     let mut argv = vec![
         exe.to_string(),
         "agent".into(),
@@ -668,49 +790,92 @@ pub fn start_agent(
         "--bwlimit".into(),
         opts.bwlimit.to_string(),
     ];
-    let failed = |stderr: &str| {
-        format!(
-            "starting the {role} agent on {} failed: {}",
-            host.label(),
-            stderr.trim()
-        )
-    };
+    let what = format!("starting the {role} agent on {}", host.label());
     if !host.is_remote() {
         argv.push("--".into());
         argv.extend(zfs_argv.iter().cloned());
-        let out = host.run(&argv).map_err(|e| e.to_string())?;
+        let out = host
+            .run(&argv)
+            .map_err(|e| StartError::Failed(e.to_string()))?;
         let dir = String::from_utf8_lossy(&out.stdout).trim().to_string();
         if !out.status.success() || dir.is_empty() {
-            return Err(failed(&String::from_utf8_lossy(&out.stderr)));
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            return Err(StartError::Failed(format!(
+                "{what} failed: {}",
+                stderr.trim()
+            )));
         }
         return Ok((dir, None));
     }
     argv.push("--attach".into());
     argv.push("--".into());
     argv.extend(zfs_argv.iter().cloned());
+    let own: &[&str] = match via {
+        Via::Master => &[],
+        Via::Own => &OWN_SSH,
+    };
     let mut child = host
-        .command(&[argv])
+        .command_with(own, &[argv])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| format!("ssh: {e}"))?;
+        .map_err(|e| StartError::Failed(format!("ssh: {e}")))?;
     let tail = StderrTail::drain(child.stderr.take().expect("piped"), false);
+    // A hung link (a blackhole on the master's connection) is cut after
+    // the stall time. The child is not reaped before the watchdog ends,
+    // so its pid cannot name another process.
+    let pid = child.id() as libc::pid_t;
+    let (answered, watch) = bounded::<()>(0);
+    let watchdog = std::thread::spawn(move || {
+        let hung = watch.recv_timeout(stall()).is_err_and(|e| e.is_timeout());
+        if hung {
+            // SAFETY: signalling our own unreaped child.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        hung
+    });
     // The session dir's line, read byte by byte: what follows it on this
     // pipe is the agent's protocol.
     let mut line = Vec::new();
     let mut byte = [0u8; 1];
     let stdout = child.stdout.as_mut().expect("piped");
-    while line.len() < 4096 && matches!(stdout.read(&mut byte), Ok(1)) && byte[0] != b'\n' {
-        line.push(byte[0]);
+    let mut ended = false;
+    loop {
+        match stdout.read(&mut byte) {
+            Ok(1) if byte[0] == b'\n' => break,
+            Ok(1) if line.len() < 4096 => line.push(byte[0]),
+            Ok(1) => break,
+            _ => {
+                ended = true;
+                break;
+            }
+        }
     }
+    drop(answered);
+    let hung = watchdog.join().unwrap_or(false);
     let dir = String::from_utf8_lossy(&line).trim().to_string();
-    if byte[0] != b'\n' || dir.is_empty() {
+    if !ended && byte[0] == b'\n' && !dir.is_empty() {
+        return Ok((dir, Some(ssh_ends(child))));
+    }
+    if hung {
+        let _ = child.wait();
+        return Err(StartError::Link(format!(
+            "{what}: no answer within {}s",
+            stall().as_secs()
+        )));
+    }
+    if !ended {
         let _ = child.kill();
         let _ = child.wait();
-        return Err(failed(&tail.finish()));
+        return Err(StartError::Failed(format!(
+            "{what} failed: an answer that is not a session directory"
+        )));
     }
-    Ok((dir, Some(ssh_ends(child))))
+    let status = child
+        .wait()
+        .map_err(|e| StartError::Failed(format!("ssh: {e}")))?;
+    Err(start_error(&what, status, &tail.finish()))
 }
 
 #[derive(Clone, Copy)]

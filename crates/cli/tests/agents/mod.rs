@@ -38,6 +38,26 @@ pub fn assert_fed_once(h: &Host) {
     }
 }
 
+/// A push of src/data from `local` to `dst` on `far` ended as it must: the
+/// data identical, one zfs receive fed each byte once, no session dir or
+/// copy of the binary left on either host.
+pub fn assert_one_clean_push(local: &Host, far: &Host, dst: &str) {
+    assert_eq!(far.files(dst), local.files("src/data"));
+    let receives = far
+        .log()
+        .iter()
+        .filter(|e| e["argv"][0] == "receive")
+        .count();
+    assert_eq!(receives, 1, "one zfs receive took the whole stream");
+    assert_fed_once(far);
+    assert!(
+        far.tmp_entries().is_empty() && local.tmp_entries().is_empty(),
+        "left behind: {:?} {:?}",
+        far.tmp_entries(),
+        local.tmp_entries()
+    );
+}
+
 pub fn synthetic(h: &Host, fs: &str, size: &str) {
     h.zfs(&["create", "-o", &format!("fakezfs:synthetic={size}"), fs])
         .ok();
@@ -244,6 +264,12 @@ pub fn start_then_kill_coordinator(
     kill(child.id() as i32, 9);
     let _ = finish(child);
     pids
+}
+
+/// Whether a coordinator has connected to the agent on `h` (its log says
+/// so): the agent's start is over.
+pub fn receiver_connected(h: &Host) -> bool {
+    agent_log(h).is_some_and(|l| l.contains("coordinator connected"))
 }
 
 /// The log of the (one) live agent on `h`, if any.
