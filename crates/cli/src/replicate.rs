@@ -4,13 +4,14 @@
 //! decides the exit status.
 
 use std::collections::BTreeSet;
+use std::sync::atomic::AtomicBool;
 
 use crate::config::Settings;
 use crate::gather;
 use crate::host::{at_once, CmdError, Host};
 use crate::output::{exit, readable, Out, Summary};
 use crate::progress::{Face, Progress};
-use crate::rsync::coordinator::{self, Agent, AgentOpts, Opened};
+use crate::rsync::coordinator::{self, Agent, AgentOpts, Opened, Retry};
 use crate::transfer::{self, Hosts};
 use syncoid_rsync_core::argv::{self, PipeOpts, Receive, SendWhat, Tools};
 use syncoid_rsync_core::inventory::{Inventory, Snap};
@@ -1019,7 +1020,12 @@ impl Ctx<'_> {
         }
         let (sh, th) = (&self.s.source_host, &self.s.target_host);
         let installed = &self.installed;
-        let provision = |h: &Host| coordinator::provision(h, installed.contains(&h.label()));
+        let (patience, out, quit) = (self.s.inactivity, &self.out, &AtomicBool::new(false));
+        let provision = |h: &Host| {
+            Retry::run(patience, quit, out, |retry| {
+                coordinator::provision(h, installed.contains(&h.label()), retry)
+            })
+        };
         let (a, b) = if th.label() != sh.label() {
             let (b, a) = at_once(|| provision(th), || provision(sh));
             (a, Some(b))
@@ -1124,11 +1130,13 @@ fn rsync_transfer(
         zfs_argv: send_argv,
         ..receiver
     };
-    let (patience, out) = (ctx.s.inactivity, &ctx.out);
-    let (rdir, sdir) = at_once(
-        || coordinator::start_or_find(&receiver, patience, out),
-        || coordinator::start_or_find(&sender, patience, out),
-    );
+    let (patience, out, quit) = (ctx.s.inactivity, &ctx.out, &AtomicBool::new(false));
+    let start = |a: &coordinator::Start| {
+        Retry::run(patience, quit, out, |retry| {
+            coordinator::start_or_find(a, retry)
+        })
+    };
+    let (rdir, sdir) = at_once(|| start(&receiver), || start(&sender));
     let ((rdir, r_conn), (sdir, s_conn)) = match (rdir, sdir) {
         (Ok(r), Ok(s)) => (r, s),
         (r, s) => {

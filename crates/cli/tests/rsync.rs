@@ -67,13 +67,19 @@ fn local_transfer_is_identical_fed_once_and_leaves_nothing_behind() {
     assert_eq!(h.tmp_entries(), Vec::<String>::new());
 }
 
-/// An `ssh` in front of the real one that fails the receive agent's
-/// start three ways in turn: no answer at all (hangs), connection refused
-/// (nothing ran), and the answer lost after the agent started (the
-/// session dir it printed is kept in `state/lost/dir`). Then it passes.
+/// An `ssh` in front of the real one that refuses the first copy of the
+/// binary, then fails the receive agent's start three ways in turn: no
+/// answer at all (hangs), connection refused (nothing ran), and the answer
+/// lost after the agent started (the session dir it printed is kept in
+/// `state/lost/dir`). Then it passes.
 const FLAKY_START_SSH: &str = r#"#!/bin/bash
 st="$(dirname "$0")/state"
-case "$*" in *"agent start receive"*)
+case "$*" in
+*"syncoid-rsync-bin.XXXXXXXX"*)
+  if mkdir "$st/copy" 2>/dev/null; then
+    echo "ssh: connect to host 127.0.0.1: Network is unreachable" >&2; exit 255
+  fi;;
+*"agent start receive"*)
   if mkdir "$st/hung" 2>/dev/null; then exec sleep 600; fi
   if mkdir "$st/refused" 2>/dev/null; then
     echo "ssh: connect to host 127.0.0.1: Connection refused" >&2; exit 255
@@ -89,12 +95,12 @@ esac
 exec /usr/bin/ssh "$@"
 "#;
 
-/// A connection that fails while an agent starts is retried, and the
-/// agent a lost answer started is found and used, not doubled: one zfs
-/// receive took the whole stream, each byte once, and nothing is left
-/// behind on either host.
+/// A connection that fails while the binary is copied or an agent starts
+/// is retried, and the agent a lost answer started is found and used, not
+/// doubled: one zfs receive took the whole stream, each byte once, and
+/// nothing is left behind on either host.
 #[test]
-fn a_connection_lost_while_an_agent_starts_is_retried_without_a_second_agent() {
+fn a_connection_lost_while_setting_up_is_retried_without_a_second_agent() {
     use std::os::unix::fs::PermissionsExt;
     let _serial = serial();
     let local = Host::new(&["src"]);
@@ -115,13 +121,14 @@ fn a_connection_lost_while_an_agent_starts_is_retried_without_a_second_agent() {
     let (code, out, err) = finish(spawn(&local, &args, &env));
     assert_eq!(code, 0, "{out}\n{err}");
     for what in [
+        "copying syncoid-rsync to root@127.0.0.1 failed (exit status 255): ssh: connect to host 127.0.0.1: Network is unreachable",
         "no answer within 2s",
         "(exit status 255): ssh: connect to host",
         "Connection reset by peer",
     ] {
         assert!(err.contains(what), "{what}: {err}");
     }
-    assert_eq!(err.matches("; trying again in").count(), 3, "{err}");
+    assert_eq!(err.matches("; trying again in").count(), 4, "{err}");
     assert_one_clean_push(&local, &far, "far/data");
     let lost = std::fs::read_to_string(wrap.join("state/lost/dir")).unwrap();
     assert!(lost.trim().starts_with('/'), "the lost answer: {lost:?}");

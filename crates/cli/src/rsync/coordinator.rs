@@ -12,6 +12,7 @@ use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::process::{Child, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -662,21 +663,70 @@ pub enum StartError {
     Link(String),
 }
 
+/// Tries again after a link failure in setting up a transfer: capped
+/// backoff, a warning each time, and an end when `patience` (the
+/// inactivity timeout) has passed or the other side gave up (`quit`).
+pub struct Retry<'a> {
+    deadline: Instant,
+    patience: Duration,
+    backoff: Duration,
+    quit: &'a AtomicBool,
+    out: &'a Out,
+}
+
+impl<'a> Retry<'a> {
+    /// Runs `f` with retries of its own; when it fails, the other side
+    /// (sharing `quit`) stops trying.
+    pub fn run<T>(
+        patience: Duration,
+        quit: &'a AtomicBool,
+        out: &'a Out,
+        f: impl FnOnce(&mut Retry) -> Result<T, String>,
+    ) -> Result<T, String> {
+        let mut retry = Retry {
+            deadline: Instant::now() + patience,
+            patience,
+            backoff: Duration::from_millis(250),
+            quit,
+            out,
+        };
+        let r = f(&mut retry);
+        if r.is_err() {
+            quit.store(true, Ordering::Relaxed);
+        }
+        r
+    }
+
+    /// Waits before the next try after `why`; Err (with `why`) when no
+    /// try is left.
+    fn wait(&mut self, why: &str) -> Result<(), String> {
+        if self.quit.load(Ordering::Relaxed) {
+            return Err(format!("{why}; not tried again: the other side failed"));
+        }
+        if Instant::now() + self.backoff > self.deadline {
+            return Err(format!(
+                "{why}; gave up after {}s (inactivity timeout)",
+                self.patience.as_secs()
+            ));
+        }
+        self.out.warn(&format!(
+            "{why}; trying again in {:.1}s",
+            self.backoff.as_secs_f64()
+        ));
+        std::thread::sleep(self.backoff);
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+        Ok(())
+    }
+}
+
 /// Starts an agent, or finds the one an earlier try started: a
-/// connection that fails while an agent starts is retried (with capped
-/// backoff, each try on an ssh connection of its own) for up to
-/// `patience`, the inactivity timeout. Before each new start the host is
+/// connection that fails while an agent starts is retried (`retry`, each
+/// try on an ssh connection of its own). Before each new start the host is
 /// asked for a live agent of this transfer and role, since the one a lost
 /// connection started may be running: two receivers must never compete
 /// for one dataset.
-pub fn start_or_find(
-    a: &Start,
-    patience: Duration,
-    out: &Out,
-) -> Result<(String, Option<Opened>), String> {
-    let deadline = Instant::now() + patience;
+pub fn start_or_find(a: &Start, retry: &mut Retry) -> Result<(String, Option<Opened>), String> {
     let mut via = Via::Master;
-    let mut backoff = Duration::from_millis(250);
     loop {
         let mut why = match start_agent(a, via) {
             Ok(started) => return Ok(started),
@@ -685,21 +735,10 @@ pub fn start_or_find(
         };
         via = Via::Own;
         loop {
-            if Instant::now() + backoff > deadline {
-                return Err(format!(
-                    "{why}; gave up after {}s (inactivity timeout)",
-                    patience.as_secs()
-                ));
-            }
-            out.warn(&format!(
-                "{why}; trying again in {:.1}s",
-                backoff.as_secs_f64()
-            ));
-            std::thread::sleep(backoff);
-            backoff = (backoff * 2).min(MAX_BACKOFF);
+            retry.wait(&why)?;
             match find_agent(a) {
                 Ok(Some(dir)) => {
-                    out.info(&format!(
+                    retry.out.info(&format!(
                         "--rsync: the {} agent on {} was started before the connection failed: using it ({dir})",
                         a.role,
                         a.host.label()
@@ -907,33 +946,43 @@ pub fn key(src: &str, dst: &str) -> String {
 /// pre-flight found this very version there, else a copy of this binary in
 /// a fresh private directory (pre-flight checked the architecture).
 /// Returns (exe, dir to remove).
-pub fn provision(host: &Host, installed: bool) -> Result<(String, Option<String>), String> {
+/// A copy whose connection failed is tried again (`retry`); the copy a
+/// lost answer made, if any, is removed by the agents' sweep once stale.
+pub fn provision(
+    host: &Host,
+    installed: bool,
+    retry: &mut Retry,
+) -> Result<(String, Option<String>), String> {
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
     if !host.is_remote() {
-        let me = std::env::current_exe().map_err(|e| e.to_string())?;
         return Ok((me.display().to_string(), None));
     }
     if installed {
         return Ok(("syncoid-rsync".into(), None));
     }
-    let me = std::env::current_exe().map_err(|e| e.to_string())?;
     // Beside the agents' session dirs, where their sweep finds a copy a
     // killed coordinator left behind.
     let script = "umask 077; d=$(mktemp -d \"${SYNCOID_RSYNC_TMP:-/tmp}/syncoid-rsync-bin.XXXXXXXX\") && cat > \"$d/syncoid-rsync\" && chmod 700 \"$d/syncoid-rsync\" && echo \"$d\"";
-    let mut cmd = host.command(&[vec!["sh".into(), "-c".into(), script.into()]]);
-    let file = std::fs::File::open(&me).map_err(|e| e.to_string())?;
-    let out = cmd
-        .stdin(Stdio::from(file))
-        .output()
-        .map_err(|e| format!("copying syncoid-rsync to {}: {e}", host.label()))?;
-    let dir = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    if !out.status.success() || !copy_dir(&dir) {
-        return Err(format!(
-            "copying syncoid-rsync to {} failed: {}",
-            host.label(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
+    let what = format!("copying syncoid-rsync to {}", host.label());
+    let mut own: &[&str] = &[];
+    loop {
+        let file = std::fs::File::open(&me).map_err(|e| e.to_string())?;
+        let out = host
+            .command_with(own, &[vec!["sh".into(), "-c".into(), script.into()]])
+            .stdin(Stdio::from(file))
+            .output()
+            .map_err(|e| format!("{what}: {e}"))?;
+        let dir = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if out.status.success() && copy_dir(&dir) {
+            return Ok((format!("{dir}/syncoid-rsync"), Some(dir)));
+        }
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        match start_error(&what, out.status, &stderr) {
+            StartError::Link(why) => retry.wait(&why)?,
+            StartError::Failed(e) => return Err(e),
+        }
+        own = &OWN_SSH;
     }
-    Ok((format!("{dir}/syncoid-rsync"), Some(dir)))
 }
 
 /// An absolute path ending in a copy directory's name (`provision`).
@@ -972,5 +1021,65 @@ fn kind(m: &Msg) -> &'static str {
         Msg::Pong { .. } => "pong",
         Msg::Error { .. } => "error",
         Msg::Bye => "bye",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn quiet() -> Out {
+        Out {
+            quiet: true,
+            debug: false,
+            json: false,
+        }
+    }
+
+    /// Tries are spaced by the backoff and end at the inactivity timeout,
+    /// with the last reason; a side that fails stops the other's tries.
+    #[test]
+    fn retries_end_at_the_timeout_or_when_the_other_side_failed() {
+        let (out, quit) = (quiet(), AtomicBool::new(false));
+        let t = Instant::now();
+        let mut tries = 0;
+        let r: Result<(), String> =
+            Retry::run(Duration::from_millis(900), &quit, &out, |retry| loop {
+                tries += 1;
+                retry.wait(&format!("try {tries} failed"))?;
+            });
+        // Waits of 0.25 and 0.5 s fit in 0.9 s; the next (1 s) does not.
+        assert_eq!(tries, 3);
+        assert_eq!(
+            r.unwrap_err(),
+            "try 3 failed; gave up after 0s (inactivity timeout)"
+        );
+        assert!(
+            t.elapsed() >= Duration::from_millis(750),
+            "{:?}",
+            t.elapsed()
+        );
+        assert!(
+            quit.load(Ordering::Relaxed),
+            "a failure tells the other side"
+        );
+
+        let t = Instant::now();
+        let r: Result<(), String> = Retry::run(Duration::from_secs(60), &quit, &out, |retry| {
+            retry.wait("refused")
+        });
+        assert_eq!(
+            r.unwrap_err(),
+            "refused; not tried again: the other side failed"
+        );
+        assert!(t.elapsed() < Duration::from_millis(100));
+
+        let quit = AtomicBool::new(false);
+        let r = Retry::run(Duration::from_secs(60), &quit, &out, |retry| {
+            retry.wait("once")?;
+            Ok(7)
+        });
+        assert_eq!(r, Ok(7));
+        assert!(!quit.load(Ordering::Relaxed));
     }
 }
