@@ -652,14 +652,15 @@ pub struct Start<'a> {
     pub zfs_argv: &'a [String],
 }
 
-/// Why an agent did not start.
+/// Why a step of setting up a transfer on a host (copying the binary,
+/// starting an agent, listing agents) failed.
 #[derive(Debug)]
-pub enum StartError {
-    /// It ran and failed, or could not be run: trying again fails the
-    /// same way.
+pub enum SetupError {
+    /// The command ran and failed, or could not be run: trying again fails
+    /// the same way.
     Failed(String),
-    /// The connection to its host failed or hung before the agent
-    /// answered: the agent may or may not be running.
+    /// The connection to the host failed or hung before the command
+    /// answered: it may or may not have run (an agent may be running).
     Link(String),
 }
 
@@ -730,8 +731,8 @@ pub fn start_or_find(a: &Start, retry: &mut Retry) -> Result<(String, Option<Ope
     loop {
         let mut why = match start_agent(a, via) {
             Ok(started) => return Ok(started),
-            Err(StartError::Failed(e)) => return Err(e),
-            Err(StartError::Link(e)) => e,
+            Err(SetupError::Failed(e)) => return Err(e),
+            Err(SetupError::Link(e)) => e,
         };
         via = Via::Own;
         loop {
@@ -746,8 +747,8 @@ pub fn start_or_find(a: &Start, retry: &mut Retry) -> Result<(String, Option<Ope
                     return Ok((dir, None));
                 }
                 Ok(None) => break,
-                Err(StartError::Failed(e)) => return Err(e),
-                Err(StartError::Link(e)) => why = e,
+                Err(SetupError::Failed(e)) => return Err(e),
+                Err(SetupError::Link(e)) => why = e,
             }
         }
     }
@@ -755,18 +756,18 @@ pub fn start_or_find(a: &Start, retry: &mut Retry) -> Result<(String, Option<Ope
 
 /// The session dir of the live agent of `a`'s role and transfer on its
 /// host, if there is one (`agent list`, on an ssh connection of its own).
-fn find_agent(a: &Start) -> Result<Option<String>, StartError> {
+fn find_agent(a: &Start) -> Result<Option<String>, SetupError> {
     let argv = vec![a.exe.to_string(), "agent".into(), "list".into()];
     let out = a
         .host
         .command_with(&OWN_SSH, &[argv])
         .stdin(Stdio::null())
         .output()
-        .map_err(|e| StartError::Failed(format!("ssh: {e}")))?;
+        .map_err(|e| SetupError::Failed(format!("ssh: {e}")))?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     if !out.status.success() {
         let what = format!("listing the agents on {}", a.host.label());
-        return Err(start_error(&what, out.status, &stderr));
+        return Err(setup_error(&what, out.status, &stderr));
     }
     let found = String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -778,7 +779,7 @@ fn find_agent(a: &Start) -> Result<Option<String>, StartError> {
 
 /// What an ssh command that ended with `status` means: the link failed
 /// (ssh's own 255, or a signal) or the command on the far end did.
-fn start_error(what: &str, status: std::process::ExitStatus, stderr: &str) -> StartError {
+fn setup_error(what: &str, status: std::process::ExitStatus, stderr: &str) -> SetupError {
     use std::os::unix::process::ExitStatusExt;
     let stderr = stderr.trim();
     let how = match (status.code(), status.signal()) {
@@ -792,9 +793,9 @@ fn start_error(what: &str, status: std::process::ExitStatus, stderr: &str) -> St
         format!("{what} failed ({how}): {stderr}")
     };
     if status.code() == Some(255) || status.signal().is_some() {
-        StartError::Link(msg)
+        SetupError::Link(msg)
     } else {
-        StartError::Failed(msg)
+        SetupError::Failed(msg)
     }
 }
 
@@ -802,7 +803,7 @@ fn start_error(what: &str, status: std::process::ExitStatus, stderr: &str) -> St
 /// the first connection to it: the same ssh session that started it
 /// (`agent start --attach`), one session where start and connect took two.
 /// An answer that does not come within the stall time is a hung link.
-fn start_agent(a: &Start, via: Via) -> Result<(String, Option<Opened>), StartError> {
+fn start_agent(a: &Start, via: Via) -> Result<(String, Option<Opened>), SetupError> {
     let Start {
         host,
         exe,
@@ -835,11 +836,11 @@ fn start_agent(a: &Start, via: Via) -> Result<(String, Option<Opened>), StartErr
         argv.extend(zfs_argv.iter().cloned());
         let out = host
             .run(&argv)
-            .map_err(|e| StartError::Failed(e.to_string()))?;
+            .map_err(|e| SetupError::Failed(e.to_string()))?;
         let dir = String::from_utf8_lossy(&out.stdout).trim().to_string();
         if !out.status.success() || dir.is_empty() {
             let stderr = String::from_utf8_lossy(&out.stderr);
-            return Err(StartError::Failed(format!(
+            return Err(SetupError::Failed(format!(
                 "{what} failed: {}",
                 stderr.trim()
             )));
@@ -859,7 +860,7 @@ fn start_agent(a: &Start, via: Via) -> Result<(String, Option<Opened>), StartErr
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| StartError::Failed(format!("ssh: {e}")))?;
+        .map_err(|e| SetupError::Failed(format!("ssh: {e}")))?;
     let tail = StderrTail::drain(child.stderr.take().expect("piped"), false);
     // A hung link (a blackhole on the master's connection) is cut after
     // the stall time. The child is not reaped before the watchdog ends,
@@ -899,7 +900,7 @@ fn start_agent(a: &Start, via: Via) -> Result<(String, Option<Opened>), StartErr
     }
     if hung {
         let _ = child.wait();
-        return Err(StartError::Link(format!(
+        return Err(SetupError::Link(format!(
             "{what}: no answer within {}s",
             stall().as_secs()
         )));
@@ -907,14 +908,14 @@ fn start_agent(a: &Start, via: Via) -> Result<(String, Option<Opened>), StartErr
     if !ended {
         let _ = child.kill();
         let _ = child.wait();
-        return Err(StartError::Failed(format!(
+        return Err(SetupError::Failed(format!(
             "{what} failed: an answer that is not a session directory"
         )));
     }
     let status = child
         .wait()
-        .map_err(|e| StartError::Failed(format!("ssh: {e}")))?;
-    Err(start_error(&what, status, &tail.finish()))
+        .map_err(|e| SetupError::Failed(format!("ssh: {e}")))?;
+    Err(setup_error(&what, status, &tail.finish()))
 }
 
 #[derive(Clone, Copy)]
@@ -977,9 +978,9 @@ pub fn provision(
             return Ok((format!("{dir}/syncoid-rsync"), Some(dir)));
         }
         let stderr = String::from_utf8_lossy(&out.stderr);
-        match start_error(&what, out.status, &stderr) {
-            StartError::Link(why) => retry.wait(&why)?,
-            StartError::Failed(e) => return Err(e),
+        match setup_error(&what, out.status, &stderr) {
+            SetupError::Link(why) => retry.wait(&why)?,
+            SetupError::Failed(e) => return Err(e),
         }
         own = &OWN_SSH;
     }
