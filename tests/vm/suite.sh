@@ -179,6 +179,22 @@ t_rsync_receiver_killed() {
   same_data vsrc/rr vdst/rr; same_guids vsrc/rr vdst/rr
   wait_for 10 '[ "$(agents)" = 0 ]'; no_sessions
 }
+t_rsync_receiver_gone_in_run() {  # the coordinator lives on and resumes by itself
+  zfs create vsrc/rg; rand /vsrc/rg/big 40000000; zfs snapshot vsrc/rg@s1
+  local args=(--rsync --compress=none --source-bwlimit=4M --no-sync-snap vsrc/rg vdst/rg)
+  local out=/var/tmp/rg.out
+  echo "+ syncoid-rsync ${args[*]} (receiver agent killed mid-way)" >>"$log"
+  "$SR" "${args[@]}" >"$out" 2>&1 & local pid=$!
+  wait_for 20 '[ "$(agents)" = 2 ]'; sleep 4
+  kill -9 "$(agent_pid receive)"
+  local rc=0; wait "$pid" || rc=$?
+  cat "$out" >>"$log"; [ "$rc" = 0 ]
+  grep -q "the receiver agent on local machine is gone" "$out"
+  grep -q "Resuming interrupted zfs send/receive" "$out"
+  [ "$(zfs get -H -o value receive_resume_token vdst/rg)" = "-" ]
+  same_data vsrc/rg vdst/rg; same_guids vsrc/rg vdst/rg
+  wait_for 10 '[ "$(agents)" = 0 ]'; no_sessions
+}
 
 setup_pools
 case_ full_and_incremental t_full_and_incremental
@@ -193,6 +209,7 @@ case_ rsync_local t_rsync_local
 case_ rsync_ssh_killed t_rsync_ssh_killed
 case_ rsync_coordinator_killed t_rsync_coordinator_killed
 case_ rsync_receiver_killed t_rsync_receiver_killed
+case_ rsync_receiver_gone_in_run t_rsync_receiver_gone_in_run
 for p in vsrc vdst; do zpool destroy -f "$p" >/dev/null 2>&1 || true; done
 rm -f /var/tmp/vsrc.img /var/tmp/vdst.img
 [ "$fail" -eq 0 ] || { echo "failed: ${failed[*]}"; echo "--- log"; tail -80 "$log"; }

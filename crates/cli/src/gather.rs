@@ -208,6 +208,12 @@ pub fn have_script(programs: &[&str]) -> String {
         .collect()
 }
 
+/// The datasets a running `zfs receive` on `host` writes to.
+pub fn receiving(host: &Host) -> Result<Vec<String>, CmdError> {
+    let argv = ["ps", "-Ao", "args="].map(String::from);
+    Ok(busy_in(&host.run_ok(&argv)?))
+}
+
 /// Datasets that a running `zfs receive` is writing to, from the lines
 /// of `ps -Ao args=`.
 fn busy_in(ps: &str) -> Vec<String> {

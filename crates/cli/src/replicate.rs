@@ -38,6 +38,9 @@ enum DsError {
     Conflict(Conflict),
     Cmd(Vec<CmdError>),
     Other(String),
+    /// --rsync: an agent is gone for good and the other was stopped; the
+    /// target's resume token carries the transfer on.
+    AgentGone(String),
 }
 
 impl From<CmdError> for DsError {
@@ -58,7 +61,7 @@ impl std::fmt::Display for DsError {
                 }
                 Ok(())
             }
-            DsError::Other(m) => f.write_str(m),
+            DsError::Other(m) | DsError::AgentGone(m) => f.write_str(m),
         }
     }
 }
@@ -474,9 +477,23 @@ fn sync_dataset(
         }
     }
     let mut replicated = false;
+    // --rsync: agents found gone (a host restarted) and replaced so far.
+    let mut gone = 0;
     // A zfs receive into the target may be our own --rsync agent's, left
     // by an interrupted run: finish that first; only a foreign one is busy.
-    if ctx.s.args.rsync && !ctx.dry() && reattach(ctx, src_fs, dst_fs)? {
+    let reattached = if ctx.s.args.rsync && !ctx.dry() {
+        match reattach(ctx, src_fs, dst_fs) {
+            Err(DsError::AgentGone(e)) => {
+                gone += 1;
+                carry_on_after_gone(ctx, dst_fs, &e)?;
+                true
+            }
+            r => r?,
+        }
+    } else {
+        false
+    };
+    if reattached {
         replicated = true;
         src = refresh(ctx, Side::Source, src_fs)?;
         dst = refresh(ctx, Side::Target, dst_fs)?;
@@ -486,7 +503,7 @@ fn sync_dataset(
         ));
         return Ok(Outcome::Busy);
     }
-    for _round in 0..4 {
+    for _round in 0..4 + 2 * MAX_GONE {
         let input = plan_input(ctx, &src, &dst, dst_fs, origin.clone());
         if ctx.s.args.dumpsnaps {
             dump(out, src_fs, &input);
@@ -514,6 +531,12 @@ fn sync_dataset(
         for step in &steps {
             match run_step(ctx, src_fs, dst_fs, &src, step) {
                 Ok(()) => {}
+                Err(DsError::AgentGone(e)) if gone < MAX_GONE => {
+                    gone += 1;
+                    carry_on_after_gone(ctx, dst_fs, &e)?;
+                    replan = true;
+                    break;
+                }
                 Err(DsError::Cmd(errs))
                     if matches!(step, Step::Resume { .. }) && source_gone(&errs) =>
                 {
@@ -541,6 +564,32 @@ fn sync_dataset(
     Err(DsError::Other(
         "gave up after repeated resume attempts".into(),
     ))
+}
+
+/// How many times one dataset's `--rsync` transfer goes on from the resume
+/// token after an agent was found gone, in one run.
+const MAX_GONE: usize = 5;
+
+/// After an agent was found gone (`e`) and the other stopped: copies of
+/// the binary are made afresh, and planning waits (up to a minute) until
+/// no `zfs receive` writes to `dst_fs`: the receive of an agent that died
+/// or was stopped ends when its input does, saving the resume token.
+fn carry_on_after_gone(ctx: &Ctx, dst_fs: &str, e: &str) -> Result<(), DsError> {
+    ctx.out.warn(&format!(
+        "{e}; the other agent was stopped: going on from the target's resume token"
+    ));
+    ctx.forget_exes();
+    let host = ctx.host(Side::Target);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while gather::receiving(host)?.iter().any(|b| b == dst_fs) {
+        if std::time::Instant::now() > deadline {
+            return Err(DsError::Other(format!(
+                "{dst_fs} is still the target of a zfs receive a minute after its agent was gone: run the same command again once it has ended"
+            )));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    Ok(())
 }
 
 fn source_gone(errs: &[CmdError]) -> bool {
@@ -1066,6 +1115,17 @@ impl Ctx<'_> {
         Ok(e)
     }
 
+    /// --rsync: after an agent is gone (its host may have restarted and
+    /// lost its /tmp), removes the copies of the binary and forgets them:
+    /// the next transfer copies afresh. Both agents are stopped by then.
+    fn forget_exes(&self) {
+        if let Some(exes) = self.exes.borrow_mut().take() {
+            for (host, dir) in &exes.copied {
+                coordinator::unprovision(host, dir);
+            }
+        }
+    }
+
     fn transfer_key(&self, src_fs: &str, dst_fs: &str) -> String {
         coordinator::key(
             &format!("{}:{src_fs}", self.s.source_host.label()),
@@ -1189,6 +1249,12 @@ fn finish_transfer(
     let outcome = match result {
         Ok(o) => o,
         Err(coordinator::RunError::Inactive(e)) => return Err(DsError::Other(e)),
+        Err(coordinator::RunError::Gone(e)) => {
+            // The survivor is stopped (a receiver closes zfs receive -s,
+            // keeping what it verified).
+            stop_both();
+            return Err(DsError::AgentGone(e));
+        }
         Err(coordinator::RunError::Fatal(e)) => {
             // Nothing more can come from these agents: stop both. The
             // receiver closes zfs receive -s, whose resume token keeps

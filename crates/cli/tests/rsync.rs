@@ -465,6 +465,101 @@ fn killed_receiver_agent_is_replaced_and_the_resume_token_used() {
     assert!(h.tmp_entries().is_empty(), "{:?}", h.tmp_entries());
 }
 
+/// An agent that dies while the coordinator runs (its host restarted,
+/// say) is noticed as gone, not waited on for the inactivity timeout: the
+/// other agent is stopped and the transfer goes on from the target's
+/// resume token in the same run; the first receive kept what it took and
+/// the second took the rest, each byte once; nothing is left behind.
+#[test]
+fn an_agent_gone_mid_transfer_is_replaced_from_the_resume_token_in_the_same_run() {
+    for role in ["receive", "send"] {
+        let _serial = serial();
+        let h = Host::new(&["src", "dst"]);
+        let _reap = Reaper(&h);
+        synthetic(&h, "src/data", "40M");
+        let args = [
+            "--rsync",
+            "--no-sync-snap",
+            "--chunk-size=256K",
+            "src/data",
+            "dst/data",
+        ];
+        let child = spawn(&h, &args, &[("FAKEZFS_SEND_RATE", "10M")]);
+        wait_until("both agents", 40, || agent_pids(&h).len() == 2);
+        std::thread::sleep(Duration::from_millis(1500));
+        let (_, pid) = agent_pids(&h).into_iter().find(|(r, _)| r == role).unwrap();
+        kill(pid, 9);
+        let (code, out, err) = finish(child);
+        assert_eq!(code, 0, "{role}: {out}\n{err}");
+        let who = if role == "send" { "sender" } else { "receiver" };
+        assert!(
+            err.contains(&format!("the {who} agent on local machine is gone")),
+            "{role}: {err}"
+        );
+        assert!(
+            err.contains("going on from the target's resume token"),
+            "{err}"
+        );
+        assert!(!err.contains("no progress for"), "{err}");
+        assert!(
+            out.contains("Resuming interrupted zfs send/receive"),
+            "{out}"
+        );
+        assert_eq!(h.files("dst/data"), h.files("src/data"), "{role}");
+        let f = fed(&h);
+        assert_eq!(f.len(), 2, "{role}: {f:?}");
+        assert!(
+            f[0].2 > 0,
+            "{role}: the first receive kept {} bytes",
+            f[0].2
+        );
+        assert_fed_once(&h);
+        assert!(h.tmp_entries().is_empty(), "{role}: {:?}", h.tmp_entries());
+    }
+}
+
+/// Through sshd the far end says the agent is gone (`agent bridge` finds
+/// nothing listening): the receiver's host is asked again, the binary
+/// copied afresh (a restarted host may have lost its /tmp), and the
+/// transfer goes on from the resume token in the same run.
+#[test]
+fn a_remote_receiver_gone_mid_transfer_is_replaced_in_the_same_run() {
+    let _serial = serial();
+    let local = Host::new(&["src"]);
+    let far = Host::new(&["far"]);
+    let sshd = Sshd::start(&far);
+    let (_r1, _r2) = (Reaper(&local), Reaper(&far));
+    synthetic(&local, "src/data", "40M");
+    let ssh = sshd.syncoid_args();
+    let mut args: Vec<&str> = vec!["--rsync", "--chunk-size=256K", "--no-sync-snap"];
+    args.extend(ssh.iter().map(String::as_str));
+    args.extend(["src/data", "root@127.0.0.1:far/data"]);
+    let child = spawn(&local, &args, &[("FAKEZFS_SEND_RATE", "10M")]);
+    wait_until("the receiver connected", 40, || receiver_connected(&far));
+    std::thread::sleep(Duration::from_millis(1500));
+    let (_, pid) = agent_pids(&far)
+        .into_iter()
+        .find(|(r, _)| r == "receive")
+        .unwrap();
+    kill(pid, 9);
+    let (code, out, err) = finish(child);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        err.contains("the receiver agent on root@127.0.0.1 is gone"),
+        "{err}"
+    );
+    assert!(
+        out.contains("Resuming interrupted zfs send/receive"),
+        "{out}"
+    );
+    assert_eq!(far.files("far/data"), local.files("src/data"));
+    let f = fed(&far);
+    assert_eq!(f.len(), 2, "{f:?}");
+    assert_fed_once(&far);
+    assert!(far.tmp_entries().is_empty(), "{:?}", far.tmp_entries());
+    assert!(local.tmp_entries().is_empty(), "{:?}", local.tmp_entries());
+}
+
 #[test]
 fn corrupted_chunks_are_detected_and_never_fed() {
     let _serial = serial();

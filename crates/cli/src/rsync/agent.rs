@@ -7,7 +7,7 @@
 //! find and end agents. An agent that hears nothing from a coordinator for
 //! its inactivity timeout stops its zfs process and removes its directory.
 
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -45,6 +45,11 @@ fn usage() -> ! {
     );
     std::process::exit(64);
 }
+
+/// `agent bridge`'s exit status when the agent is gone for good: its
+/// session dir does not exist, or nothing listens on its socket (the
+/// agent died or ended; a host that rebooted shows either).
+pub const GONE: i32 = 69;
 
 /// `syncoid-rsync agent ...`
 pub fn main(args: &[String]) -> i32 {
@@ -952,6 +957,12 @@ fn finish(
 fn bridge(dir: &str) -> i32 {
     let dir = match session::open(dir) {
         Ok(d) => d,
+        Err(e)
+            if std::fs::symlink_metadata(dir).is_err_and(|m| m.kind() == ErrorKind::NotFound) =>
+        {
+            eprintln!("bridge: no agent: {e}");
+            return GONE;
+        }
         Err(e) => {
             eprintln!("bridge: {e}");
             return 64;
@@ -961,12 +972,13 @@ fn bridge(dir: &str) -> i32 {
         Ok(s) => s,
         Err(e) => {
             eprintln!("bridge: no agent at {}: {e}", dir.display());
-            return 69;
+            let gone = matches!(e.kind(), ErrorKind::NotFound | ErrorKind::ConnectionRefused);
+            return if gone { GONE } else { 70 };
         }
     };
     if let Err(e) = link::send_stdio(&sock) {
         eprintln!("bridge: cannot hand the session to the agent: {e}");
-        return 69;
+        return 70;
     }
     // The agent holds the session's pipes now; ours go, so they close
     // when the agent closes its copies.

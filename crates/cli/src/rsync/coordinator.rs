@@ -354,11 +354,49 @@ fn deliver(tx: &Tx<Result<In, String>>, heard: &Mutex<Heard>, item: In) -> Resul
     }
 }
 
+/// Why a reader ended when the agent's side closed the connection.
+const CLOSED: &str = "connection closed";
+
+/// Whether the ssh session of a connection that closed before the
+/// greeting ended with `agent::GONE` (the far end found no agent) or
+/// without our binary to run.
+fn bridge_says_gone(c: &mut Conn) -> bool {
+    let Some(child) = c.child.as_mut() else {
+        return false;
+    };
+    // The session closed: ssh exits a moment later.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        match child.try_wait() {
+            // Our binary missing there (127) means no agent runs from it
+            // either: the host restarted and lost its /tmp.
+            Ok(Some(status)) => return matches!(status.code(), Some(super::agent::GONE | 127)),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            _ => return false,
+        }
+    }
+}
+
+/// Whether a local agent that could not be reached is gone for good: its
+/// session dir is missing, or nothing listens on its socket.
+fn local_agent_gone(a: &Agent) -> bool {
+    if a.host.is_remote() {
+        return false;
+    }
+    match UnixStream::connect(format!("{}/sock", a.dir)) {
+        Ok(_) => false,
+        Err(e) => matches!(
+            e.kind(),
+            std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+        ),
+    }
+}
+
 /// Tells the main loop why a reader ended (unless it asked it to).
 fn ended(tx: &Tx<Result<In, String>>, stop: super::Stop) {
     let why = match stop {
         super::Stop::Handler => return,
-        super::Stop::Closed => "connection closed".to_string(),
+        super::Stop::Closed => CLOSED.to_string(),
         super::Stop::Failed(e) => e,
     };
     let _ = tx.send(Err(why));
@@ -413,6 +451,8 @@ enum Step {
     /// The link failed; try again.
     Retry(String),
     Fatal(String),
+    /// An agent is gone for good (its host says so): nothing to reconnect to.
+    Gone(String),
 }
 
 fn hello(c: &Conn, role: Role) -> Result<Msg, String> {
@@ -438,6 +478,9 @@ pub enum RunError {
     Fatal(String),
     /// No progress for the inactivity timeout: the agents keep their state.
     Inactive(String),
+    /// An agent is gone for good (it died, or its host restarted): the
+    /// other can only be stopped, and the target's resume token used.
+    Gone(String),
 }
 
 /// Runs a transfer between two started agents to its end.
@@ -486,6 +529,7 @@ pub fn run(
         match step {
             Step::Finished(o) => return Ok(o),
             Step::Fatal(e) => return Err(RunError::Fatal(e)),
+            Step::Gone(e) => return Err(RunError::Gone(e)),
             Step::Retry(why) => {
                 if last_progress.elapsed() > inactivity {
                     return Err(RunError::Inactive(format!(
@@ -527,15 +571,35 @@ fn attempt(
     // The receiver's connection first: the sender's relays chunks into it.
     let r = r.map(|o| conn(o, QUEUE, None));
     let s = s.map(|o| conn(o, QUEUE, r.as_ref().ok()));
-    let greeted = |c: Result<Conn, String>, role: Role, who: &str| {
-        c.and_then(|c| hello(&c, role).map(|m| (c, m)))
-            .map_err(|e| format!("{who}: {e}"))
+    // A failed greeting is an outage, unless the agent is gone for good.
+    let greeted = |c: Result<Conn, String>, role: Role, who: &str, a: &Agent| {
+        let failed = |e: String, gone: bool| {
+            if gone {
+                Step::Gone(format!(
+                    "the {who} agent on {} is gone: nothing answers at {}",
+                    a.host.label(),
+                    a.dir
+                ))
+            } else {
+                Step::Retry(format!("{who}: {e}"))
+            }
+        };
+        match c {
+            Err(e) => Err(failed(e, local_agent_gone(a))),
+            Ok(mut c) => match hello(&c, role) {
+                Ok(m) => Ok((c, m)),
+                Err(e) => {
+                    let gone = e == CLOSED && bridge_says_gone(&mut c);
+                    Err(failed(e, gone))
+                }
+            },
+        }
     };
-    let s = match greeted(s, Role::Sender, "sender") {
+    let s = match greeted(s, Role::Sender, "sender", sender) {
         Ok((c, _)) => c,
-        Err(e) => return Step::Retry(e),
+        Err(step) => return step,
     };
-    let (r, next) = match greeted(r, Role::Receiver, "receiver") {
+    let (r, next) = match greeted(r, Role::Receiver, "receiver", receiver) {
         Ok((
             c,
             Msg::Welcome {
@@ -546,7 +610,7 @@ fn attempt(
             (c, next_seq)
         }
         Ok(_) => unreachable!("hello returns Welcome"),
-        Err(e) => return Step::Retry(e),
+        Err(step) => return step,
     };
     out.debug(&format!("agents connected; resuming at chunk {next}"));
     progress.link_ok();
