@@ -518,6 +518,62 @@ fn an_agent_gone_mid_transfer_is_replaced_from_the_resume_token_in_the_same_run(
     }
 }
 
+/// A rerun that finds an agent alive but unreachable (its socket removed,
+/// as a tmp cleaner might after days) treats it as gone: it is stopped
+/// with the other one and the transfer goes on from the resume token.
+#[test]
+fn a_rerun_that_cannot_reach_a_live_agent_goes_on_from_the_resume_token() {
+    let _serial = serial();
+    let h = Host::new(&["src", "dst"]);
+    let _reap = Reaper(&h);
+    synthetic(&h, "src/data", "40M");
+    let args = [
+        "--rsync",
+        "--no-sync-snap",
+        "--chunk-size=256K",
+        "src/data",
+        "dst/data",
+    ];
+    start_then_kill_coordinator(&h, &args, "10M", Duration::from_millis(1500));
+    let receiver = h
+        .tmp_entries()
+        .into_iter()
+        .map(|d| h.tmp().join(d))
+        .find(|d| {
+            std::fs::read_to_string(d.join(".syncoid-rsync-session"))
+                .is_ok_and(|m| m.contains("\"role\":\"receive\""))
+        })
+        .expect("the receiver's session dir");
+    std::fs::remove_file(receiver.join("sock")).unwrap();
+    let r = ok(&h, &args);
+    assert!(
+        r.stdout.contains("re-attaching to the live agents"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stderr
+            .contains("the receiver agent on local machine is gone"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stdout.contains("Resuming interrupted zfs send/receive"),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(h.files("dst/data"), h.files("src/data"));
+    let f = fed(&h);
+    assert_eq!(f.len(), 2, "{f:?}");
+    assert!(f[0].2 > 0, "the first receive kept {} bytes", f[0].2);
+    assert_fed_once(&h);
+    assert!(
+        agent_pids(&h).is_empty() && h.tmp_entries().is_empty(),
+        "{:?}",
+        h.tmp_entries()
+    );
+}
+
 /// Through sshd the far end says the agent is gone (`agent bridge` finds
 /// nothing listening): the receiver's host is asked again, the binary
 /// copied afresh (a restarted host may have lost its /tmp), and the
