@@ -452,17 +452,7 @@ fn killed_receiver_agent_is_replaced_and_the_resume_token_used() {
     });
     let r = ok(&h, &args);
     assert!(r.stderr.contains("stopping its sender"), "{}", r.stderr);
-    assert!(
-        r.stdout.contains("Resuming interrupted zfs send/receive"),
-        "{}",
-        r.stdout
-    );
-    assert_eq!(h.files("dst/data"), h.files("src/data"));
-    let f = fed(&h);
-    assert_eq!(f.len(), 2, "{f:?}");
-    assert!(f[0].2 > 0, "the first receive kept {} bytes", f[0].2);
-    assert_fed_once(&h);
-    assert!(h.tmp_entries().is_empty(), "{:?}", h.tmp_entries());
+    assert_resumed_from_token(&h, &h, "dst/data", &r.stdout);
 }
 
 /// An agent that dies while the coordinator runs (its host restarted,
@@ -501,20 +491,7 @@ fn an_agent_gone_mid_transfer_is_replaced_from_the_resume_token_in_the_same_run(
             "{err}"
         );
         assert!(!err.contains("no progress for"), "{err}");
-        assert!(
-            out.contains("Resuming interrupted zfs send/receive"),
-            "{out}"
-        );
-        assert_eq!(h.files("dst/data"), h.files("src/data"), "{role}");
-        let f = fed(&h);
-        assert_eq!(f.len(), 2, "{role}: {f:?}");
-        assert!(
-            f[0].2 > 0,
-            "{role}: the first receive kept {} bytes",
-            f[0].2
-        );
-        assert_fed_once(&h);
-        assert!(h.tmp_entries().is_empty(), "{role}: {:?}", h.tmp_entries());
+        assert_resumed_from_token(&h, &h, "dst/data", &out);
     }
 }
 
@@ -557,21 +534,7 @@ fn a_rerun_that_cannot_reach_a_live_agent_goes_on_from_the_resume_token() {
         "{}",
         r.stderr
     );
-    assert!(
-        r.stdout.contains("Resuming interrupted zfs send/receive"),
-        "{}",
-        r.stdout
-    );
-    assert_eq!(h.files("dst/data"), h.files("src/data"));
-    let f = fed(&h);
-    assert_eq!(f.len(), 2, "{f:?}");
-    assert!(f[0].2 > 0, "the first receive kept {} bytes", f[0].2);
-    assert_fed_once(&h);
-    assert!(
-        agent_pids(&h).is_empty() && h.tmp_entries().is_empty(),
-        "{:?}",
-        h.tmp_entries()
-    );
+    assert_resumed_from_token(&h, &h, "dst/data", &r.stdout);
 }
 
 /// Through sshd the far end says the agent is gone (`agent bridge` finds
@@ -604,16 +567,7 @@ fn a_remote_receiver_gone_mid_transfer_is_replaced_in_the_same_run() {
         err.contains("the receiver agent on root@127.0.0.1 is gone"),
         "{err}"
     );
-    assert!(
-        out.contains("Resuming interrupted zfs send/receive"),
-        "{out}"
-    );
-    assert_eq!(far.files("far/data"), local.files("src/data"));
-    let f = fed(&far);
-    assert_eq!(f.len(), 2, "{f:?}");
-    assert_fed_once(&far);
-    assert!(far.tmp_entries().is_empty(), "{:?}", far.tmp_entries());
-    assert!(local.tmp_entries().is_empty(), "{:?}", local.tmp_entries());
+    assert_resumed_from_token(&local, &far, "far/data", &out);
 }
 
 #[test]

@@ -58,6 +58,30 @@ pub fn assert_one_clean_push(local: &Host, far: &Host, dst: &str) {
     );
 }
 
+/// A transfer of src/data on `src` to `dst` on `far` that an agent's loss
+/// cut in two ended as it must: the rest was resumed from the target's
+/// token (`stdout` says so), the data is identical, the first receive kept
+/// what it took and the second took the rest, each byte once, and no
+/// agent or session dir is left.
+pub fn assert_resumed_from_token(src: &Host, far: &Host, dst: &str, stdout: &str) {
+    assert!(
+        stdout.contains("Resuming interrupted zfs send/receive"),
+        "{stdout}"
+    );
+    assert_eq!(far.files(dst), src.files("src/data"));
+    let f = fed(far);
+    assert_eq!(f.len(), 2, "{f:?}");
+    assert!(f[0].2 > 0, "the first receive kept {} bytes", f[0].2);
+    assert_fed_once(far);
+    for h in [src, far] {
+        assert!(
+            agent_pids(h).is_empty() && h.tmp_entries().is_empty(),
+            "left behind: {:?}",
+            h.tmp_entries()
+        );
+    }
+}
+
 pub fn synthetic(h: &Host, fs: &str, size: &str) {
     h.zfs(&["create", "-o", &format!("fakezfs:synthetic={size}"), fs])
         .ok();
