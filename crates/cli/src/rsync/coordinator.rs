@@ -378,18 +378,18 @@ fn bridge_says_gone(c: &mut Conn) -> bool {
 }
 
 /// Whether a local agent that could not be reached is gone for good: its
-/// session dir is missing, or nothing listens on its socket.
+/// session dir or socket is missing, or its process is not running. Read
+/// from the files, not by connecting: a connection would be taken for the
+/// coordinator's own.
 fn local_agent_gone(a: &Agent) -> bool {
     if a.host.is_remote() {
         return false;
     }
-    match UnixStream::connect(format!("{}/sock", a.dir)) {
-        Ok(_) => false,
-        Err(e) => matches!(
-            e.kind(),
-            std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
-        ),
+    let dir = std::path::Path::new(&a.dir);
+    if std::fs::symlink_metadata(dir.join("sock")).is_err() {
+        return true;
     }
+    session::read_marker(dir).is_none_or(|m| !session::alive(m.pid))
 }
 
 /// Tells the main loop why a reader ended (unless it asked it to).
