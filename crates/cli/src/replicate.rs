@@ -415,10 +415,7 @@ pub fn run(s: &Settings) -> Result<Summary, Fatal> {
             "exit_code": summary.exit_code(),
         }),
     );
-    if let Some(exes) = ctx.exes.borrow().as_ref() {
-        for (host, dir) in &exes.copied {
-            coordinator::unprovision(host, dir);
-        }
+    if ctx.forget_exes() {
         out.debug("copied binaries removed");
     }
     s.source_host.close();
@@ -1115,15 +1112,18 @@ impl Ctx<'_> {
         Ok(e)
     }
 
-    /// --rsync: after an agent is gone (its host may have restarted and
-    /// lost its /tmp), removes the copies of the binary and forgets them:
-    /// the next transfer copies afresh. Both agents are stopped by then.
-    fn forget_exes(&self) {
-        if let Some(exes) = self.exes.borrow_mut().take() {
-            for (host, dir) in &exes.copied {
-                coordinator::unprovision(host, dir);
-            }
+    /// --rsync: removes the copies of the binary and forgets them, at the
+    /// end of the run or after an agent is gone (its host may have
+    /// restarted and lost its /tmp: the next transfer copies afresh). No
+    /// agent runs from them by then. False when there was nothing to forget.
+    fn forget_exes(&self) -> bool {
+        let Some(exes) = self.exes.borrow_mut().take() else {
+            return false;
+        };
+        for (host, dir) in &exes.copied {
+            coordinator::unprovision(host, dir);
         }
+        true
     }
 
     fn transfer_key(&self, src_fs: &str, dst_fs: &str) -> String {

@@ -442,10 +442,7 @@ fn killed_receiver_agent_is_replaced_and_the_resume_token_used() {
         "dst/data",
     ];
     start_then_kill_coordinator(&h, &args, "10M", Duration::from_millis(1500));
-    let (_, receiver) = agent_pids(&h)
-        .into_iter()
-        .find(|(r, _)| r == "receive")
-        .unwrap();
+    let (_, receiver) = agent(&h, "receive");
     kill(receiver, 9);
     wait_until("a resume token", 10, || {
         token(&h, "dst/data").starts_with("1-")
@@ -477,7 +474,7 @@ fn an_agent_gone_mid_transfer_is_replaced_from_the_resume_token_in_the_same_run(
         let child = spawn(&h, &args, &[("FAKEZFS_SEND_RATE", "10M")]);
         wait_until("both agents", 40, || agent_pids(&h).len() == 2);
         std::thread::sleep(Duration::from_millis(1500));
-        let (_, pid) = agent_pids(&h).into_iter().find(|(r, _)| r == role).unwrap();
+        let (_, pid) = agent(&h, role);
         kill(pid, 9);
         let (code, out, err) = finish(child);
         assert_eq!(code, 0, "{role}: {out}\n{err}");
@@ -512,15 +509,7 @@ fn a_rerun_that_cannot_reach_a_live_agent_goes_on_from_the_resume_token() {
         "dst/data",
     ];
     start_then_kill_coordinator(&h, &args, "10M", Duration::from_millis(1500));
-    let receiver = h
-        .tmp_entries()
-        .into_iter()
-        .map(|d| h.tmp().join(d))
-        .find(|d| {
-            std::fs::read_to_string(d.join(".syncoid-rsync-session"))
-                .is_ok_and(|m| m.contains("\"role\":\"receive\""))
-        })
-        .expect("the receiver's session dir");
+    let (receiver, _) = agent(&h, "receive");
     std::fs::remove_file(receiver.join("sock")).unwrap();
     let r = ok(&h, &args);
     assert!(
@@ -556,10 +545,7 @@ fn a_remote_receiver_gone_mid_transfer_is_replaced_in_the_same_run() {
     let child = spawn(&local, &args, &[("FAKEZFS_SEND_RATE", "10M")]);
     wait_until("the receiver connected", 40, || receiver_connected(&far));
     std::thread::sleep(Duration::from_millis(1500));
-    let (_, pid) = agent_pids(&far)
-        .into_iter()
-        .find(|(r, _)| r == "receive")
-        .unwrap();
+    let (_, pid) = agent(&far, "receive");
     kill(pid, 9);
     let (code, out, err) = finish(child);
     assert_eq!(code, 0, "{out}\n{err}");

@@ -197,17 +197,28 @@ extern "C" {
 
 /// Agents' pids from the markers in a host's tmp.
 pub fn agent_pids(h: &Host) -> Vec<(String, i32)> {
+    agents_on(h).into_iter().map(|(_, r, p)| (r, p)).collect()
+}
+
+/// The session dir and pid of the `role` agent on `h`.
+pub fn agent(h: &Host, role: &str) -> (std::path::PathBuf, i32) {
+    agents_on(h)
+        .into_iter()
+        .find(|(_, r, _)| r == role)
+        .map(|(d, _, p)| (d, p))
+        .unwrap_or_else(|| panic!("no {role} agent on the host"))
+}
+
+/// The session dirs on `h` with their agents' role and pid (markers).
+fn agents_on(h: &Host) -> Vec<(std::path::PathBuf, String, i32)> {
     h.tmp_entries()
         .iter()
+        .map(|d| h.tmp().join(d))
         .filter_map(|d| {
-            std::fs::read_to_string(h.tmp().join(d).join(".syncoid-rsync-session")).ok()
-        })
-        .filter_map(|m| serde_json::from_str::<serde_json::Value>(&m).ok())
-        .map(|v| {
-            (
-                v["role"].as_str().unwrap_or("").to_string(),
-                v["pid"].as_i64().unwrap_or(0) as i32,
-            )
+            let m = std::fs::read_to_string(d.join(".syncoid-rsync-session")).ok()?;
+            let v = serde_json::from_str::<serde_json::Value>(&m).ok()?;
+            let role = v["role"].as_str().unwrap_or("").to_string();
+            Some((d, role, v["pid"].as_i64().unwrap_or(0) as i32))
         })
         .collect()
 }
