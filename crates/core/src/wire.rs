@@ -69,6 +69,13 @@ impl From<Vec<u8>> for Payload {
     }
 }
 
+impl Payload {
+    /// The buffer the payload is in (a decoded chunk's: its whole frame).
+    pub fn into_buffer(self) -> Vec<u8> {
+        self.buf
+    }
+}
+
 impl std::ops::Deref for Payload {
     type Target = [u8];
     fn deref(&self) -> &[u8] {

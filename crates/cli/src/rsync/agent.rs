@@ -7,6 +7,7 @@
 //! find and end agents. An agent that hears nothing from a coordinator for
 //! its inactivity timeout stops its zfs process and removes its directory.
 
+use std::borrow::Cow;
 use std::io::{ErrorKind, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -14,6 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use super::feed::{Buffers, Feed};
 use super::link::{self, Link};
 use super::session::{self, Marker};
 use crate::host::StderrTail;
@@ -366,8 +368,17 @@ impl Paced {
 
     /// Writes `bytes` whole, in pieces no faster than the limit.
     fn write(&self, w: &mut impl Write, bytes: &[u8]) -> std::io::Result<()> {
+        self.put(bytes, |piece| w.write_all(piece))
+    }
+
+    /// Hands `bytes` to `put` whole, in pieces no faster than the limit.
+    fn put(
+        &self,
+        bytes: &[u8],
+        mut put: impl FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
         let Some(p) = &self.pacer else {
-            return w.write_all(bytes);
+            return put(bytes);
         };
         let size = p.lock().expect("pacer").0.piece();
         for piece in bytes.chunks(size) {
@@ -377,7 +388,7 @@ impl Paced {
                 g.0.take(now, piece.len())
             };
             std::thread::sleep(wait);
-            w.write_all(piece)?;
+            put(piece)?;
         }
         Ok(())
     }
@@ -395,9 +406,10 @@ const READ_AHEAD: usize = 4;
 
 /// Reads messages from `s` until it closes or fails; calls `f` for each,
 /// in order, on this thread (a reader thread reads up to `READ_AHEAD`
-/// messages ahead).
+/// messages ahead, into buffers from `spare` when it has them).
 fn read_loop(
     mut s: Link,
+    spare: Option<Arc<Buffers>>,
     clock: &Arc<Clock>,
     writer: &Arc<Mutex<Link>>,
     beat: Duration,
@@ -408,7 +420,7 @@ fn read_loop(
     let shut = s.clone();
     let w = writer.clone();
     let reader = std::thread::spawn(move || {
-        let stop = super::read_msgs(&mut s, |m| {
+        let stop = super::read_msgs(&mut s, spare, |m| {
             touched.touch();
             // Answered here, not in turn: the coordinator hears from a
             // live agent even while the handler waits on zfs (a receive
@@ -517,7 +529,7 @@ fn run_sender(o: &StartOpts, listener: UnixListener, mut child: Child) -> (i32, 
         let writer = Arc::new(Mutex::new(s.clone()));
         let (shared2, writer2, clock2) = (shared.clone(), writer.clone(), clock.clone());
         std::thread::spawn(move || {
-            read_loop(s, &clock2, &writer2, super::heartbeat(), |m| {
+            read_loop(s, None, &clock2, &writer2, super::heartbeat(), |m| {
                 sender_msg(m, generation, &shared2, &writer2)
             });
         });
@@ -744,12 +756,15 @@ fn push_chunks(
             }
         };
         // A chunk goes out as its header and then its payload, straight
-        // from the spool (shared, not copied into a frame).
+        // from the spool: shared, not copied into a frame, and handed to
+        // the kernel by reference (`Link::write_pages`; the spool keeps it
+        // unchanged until the receiver has it).
         let wrote = w
             .lock()
             .map(|mut s| match &frame {
                 Out::Chunk(c) => {
-                    paced.write(&mut *s, &c.head()).is_ok() && paced.write(&mut *s, &c.data).is_ok()
+                    paced.write(&mut *s, &c.head()).is_ok()
+                        && paced.put(&c.data, |piece| s.write_pages(piece)).is_ok()
                 }
                 Out::Frame(f) => paced.write(&mut *s, f).is_ok(),
             })
@@ -780,7 +795,8 @@ fn run_receiver(o: &StartOpts, listener: UnixListener, mut child: Child) -> (i32
     let clock = Arc::new(Clock {
         last_heard: Mutex::new(Instant::now()),
     });
-    let stdin = Arc::new(Mutex::new(child.stdin.take()));
+    let stdin = Arc::new(Mutex::new(child.stdin.take().map(Feed::new)));
+    let buffers = Arc::new(Buffers::default());
     let tail = Arc::new(Mutex::new(Some(StderrTail::drain(
         child.stderr.take().expect("piped stderr"),
         false,
@@ -795,19 +811,27 @@ fn run_receiver(o: &StartOpts, listener: UnixListener, mut child: Child) -> (i32
     let done = || state.lock().expect("state").bye;
     let served = serve(&listener, &clock, o.timeout, &done, &|s| {
         let writer = Arc::new(Mutex::new(s.clone()));
-        let (state, stdin, child, tail, clock) = (
+        let (state, stdin, child, tail, clock, buffers) = (
             state.clone(),
             stdin.clone(),
             child.clone(),
             tail.clone(),
             clock.clone(),
+            buffers.clone(),
         );
         // Chunks are checked and fed under the state lock, so a connection
         // that lingers after being replaced can never feed out of order or
         // twice; it ends at its next socket operation.
         std::thread::spawn(move || {
-            read_loop(s, &clock, &writer, super::heartbeat(), |m| {
-                receiver_msg(m, &state, &stdin, &child, &tail, &writer)
+            let spare = Some(buffers.clone());
+            read_loop(s, spare, &clock, &writer, super::heartbeat(), |m| {
+                let zfs = Zfs {
+                    stdin: &stdin,
+                    child: &child,
+                    tail: &tail,
+                    buffers: &buffers,
+                };
+                receiver_msg(m, &state, &zfs, &writer)
             });
         });
     });
@@ -831,14 +855,16 @@ fn run_receiver(o: &StartOpts, listener: UnixListener, mut child: Child) -> (i32
     (0, last)
 }
 
-fn receiver_msg(
-    m: Msg,
-    state: &Mutex<RecvState>,
-    stdin: &Mutex<Option<std::process::ChildStdin>>,
-    child: &Mutex<Child>,
-    tail: &Mutex<Option<StderrTail>>,
-    w: &Mutex<Link>,
-) -> bool {
+/// The receiver's zfs receive: its stdin, the process, its stderr, and the
+/// buffers its stdin may still be reading from.
+struct Zfs<'a> {
+    stdin: &'a Mutex<Option<Feed<std::process::ChildStdin>>>,
+    child: &'a Mutex<Child>,
+    tail: &'a Mutex<Option<StderrTail>>,
+    buffers: &'a Buffers,
+}
+
+fn receiver_msg(m: Msg, state: &Mutex<RecvState>, zfs: &Zfs, w: &Mutex<Link>) -> bool {
     let mut st = state.lock().expect("state");
     let reply = match m {
         Msg::Hello { .. } => Msg::Welcome {
@@ -848,50 +874,13 @@ fn receiver_msg(
             offset: st.recv.offset(),
             produced: 0,
         },
-        Msg::Chunk(c) => {
-            if let Some((status, stderr)) = &st.done {
-                Msg::Done {
-                    status: *status,
-                    stderr: stderr.clone(),
-                }
-            } else {
-                match st.recv.check(&c) {
-                    Verdict::Feed(bytes) => {
-                        let wrote = stdin
-                            .lock()
-                            .expect("stdin")
-                            .as_mut()
-                            .map(|i| st.paced.write(i, &bytes));
-                        match wrote {
-                            Some(Ok(())) => {
-                                st.recv.fed(&c);
-                                Msg::Ack {
-                                    seq: st.recv.next_seq(),
-                                    offset: st.recv.offset(),
-                                }
-                            }
-                            _ => {
-                                // zfs receive is gone: report how it ended.
-                                let (status, stderr) = finish(stdin, child, tail);
-                                st.done = Some((status, stderr.clone()));
-                                Msg::Done { status, stderr }
-                            }
-                        }
-                    }
-                    Verdict::Duplicate => Msg::Ack {
-                        seq: st.recv.next_seq(),
-                        offset: st.recv.offset(),
-                    },
-                    Verdict::Gap { expected } => Msg::Nak { seq: expected },
-                    Verdict::Corrupt => {
-                        eprintln!("chunk {} failed verification: asking for it again", c.seq);
-                        Msg::Nak {
-                            seq: st.recv.next_seq(),
-                        }
-                    }
-                }
-            }
-        }
+        Msg::Chunk(c) => match &st.done {
+            Some((status, stderr)) => Msg::Done {
+                status: *status,
+                stderr: stderr.clone(),
+            },
+            None => receive_chunk(c, &mut st, zfs),
+        },
         Msg::End(e) => {
             if st.done.is_none() && st.recv.next_seq() < e.chunks {
                 // Chunks re-sent after a rewind are still on their way.
@@ -906,7 +895,7 @@ fn receiver_msg(
                     write_msg(w, &Msg::Error { msg: why });
                     return false;
                 }
-                let (status, stderr) = finish(stdin, child, tail);
+                let (status, stderr) = finish(zfs);
                 let stderr = if e.status != 0 {
                     format!("zfs send failed ({}): {}\n{stderr}", e.status, e.stderr)
                 } else {
@@ -928,20 +917,80 @@ fn receiver_msg(
     true
 }
 
-fn finish(
-    stdin: &Mutex<Option<std::process::ChildStdin>>,
-    child: &Mutex<Child>,
-    tail: &Mutex<Option<StderrTail>>,
-) -> (i32, String) {
-    stdin.lock().expect("stdin").take();
-    let status = child
+/// Checks a chunk and feeds it to zfs receive if it is the next one;
+/// the answer to the coordinator.
+fn receive_chunk(c: Chunk, st: &mut RecvState, zfs: &Zfs) -> Msg {
+    let ack = |st: &RecvState| Msg::Ack {
+        seq: st.recv.next_seq(),
+        offset: st.recv.offset(),
+    };
+    let answer = match st.recv.check(&c) {
+        Verdict::Feed(bytes) => {
+            let mut stdin = zfs.stdin.lock().expect("stdin");
+            let fed = stdin.as_mut().map(|f| {
+                let r = st.paced.put(&bytes, |piece| f.put(piece));
+                f.report(zfs.buffers);
+                r.map(|()| f.written)
+            });
+            drop(stdin);
+            let unpacked = match bytes {
+                Cow::Owned(v) => Some(v),
+                Cow::Borrowed(_) => None,
+            };
+            if let Some(Ok(_)) = fed {
+                st.recv.fed(&c);
+            }
+            // The memory zfs receive reads from (the frame, or the chunk
+            // unpacked) is kept unchanged until it has read it all (see
+            // `feed`).
+            let frame = c.data.into_buffer();
+            let (fed_from, spare) = match unpacked {
+                Some(v) => (v, Some(frame)),
+                None => (frame, None),
+            };
+            match fed {
+                Some(Ok(end)) => {
+                    zfs.buffers.give(end, fed_from);
+                    if let Some(b) = spare {
+                        zfs.buffers.give(0, b);
+                    }
+                    return ack(st);
+                }
+                _ => {
+                    // The pipe may hold part of it: never used again.
+                    std::mem::forget(fed_from);
+                    // zfs receive is gone: report how it ended.
+                    let (status, stderr) = finish(zfs);
+                    st.done = Some((status, stderr.clone()));
+                    return Msg::Done { status, stderr };
+                }
+            }
+        }
+        Verdict::Duplicate => ack(st),
+        Verdict::Gap { expected } => Msg::Nak { seq: expected },
+        Verdict::Corrupt => {
+            eprintln!("chunk {} failed verification: asking for it again", c.seq);
+            Msg::Nak {
+                seq: st.recv.next_seq(),
+            }
+        }
+    };
+    zfs.buffers.give(0, c.data.into_buffer());
+    answer
+}
+
+fn finish(zfs: &Zfs) -> (i32, String) {
+    zfs.stdin.lock().expect("stdin").take();
+    let status = zfs
+        .child
         .lock()
         .expect("child")
         .wait()
         .ok()
         .and_then(|s| s.code())
         .unwrap_or(-1);
-    let stderr = tail
+    let stderr = zfs
+        .tail
         .lock()
         .expect("tail")
         .take()
@@ -1081,6 +1130,7 @@ mod tests {
         let agent = std::thread::spawn(move || {
             read_loop(
                 link,
+                None,
                 &clock,
                 &writer,
                 Duration::from_millis(100),

@@ -13,7 +13,7 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// The byte `agent bridge` sends with the two descriptors. Never the first
@@ -39,6 +39,19 @@ struct Inner {
     /// The bridge's socket when the pipes were handed over: the bridge
     /// (and with it the ssh session) ends when this closes.
     hold: Option<UnixStream>,
+    /// How `write_pages` reaches `tx`.
+    pages: Mutex<Pages>,
+}
+
+/// How `write_pages` hands memory to the kernel.
+enum Pages {
+    /// `tx` is a pipe: straight into it.
+    Pipe,
+    /// `tx` is a socket: through a private pipe (read end, write end),
+    /// made at the first use, that is empty between calls.
+    Through(Option<(OwnedFd, OwnedFd)>),
+    /// The kernel refused: plain writes.
+    Copy,
 }
 
 pub(super) fn cvt(n: isize) -> io::Result<usize> {
@@ -105,6 +118,11 @@ impl Link {
             crate::transfer::widen_pipe(&tx);
         }
         let (wake_r, wake_w) = pipe(libc::O_NONBLOCK)?;
+        let pages = if is_pipe(tx.as_raw_fd()) {
+            Pages::Pipe
+        } else {
+            Pages::Through(None)
+        };
         Ok(Link(Arc::new(Inner {
             rx,
             tx,
@@ -112,6 +130,7 @@ impl Link {
             wake_w,
             cancelled: AtomicBool::new(false),
             hold,
+            pages: Mutex::new(pages),
         })))
     }
 
@@ -185,6 +204,108 @@ impl Link {
                 Err(e) => return Err(e),
             }
         }
+    }
+}
+
+impl Link {
+    /// Writes `bytes` whole, like `write_all`, but hands the kernel
+    /// references to their pages (`vmsplice(2)`) instead of copying them:
+    /// into `tx` when it is a pipe, else through a private pipe spliced
+    /// into the socket (emptied before this returns, so later writes stay
+    /// in order). Where the kernel refuses, the bytes are copied.
+    ///
+    /// The pipe (and whatever it is spliced on to) reads the caller's
+    /// memory until the bytes are consumed, after this returns: `bytes`
+    /// must not change until its reader is known to have them. The sender
+    /// agent writes chunks from its spool this way; a chunk leaves the
+    /// spool only once the receiver acknowledged it, which it does only
+    /// after verifying the bytes (and a chunk damaged on its way would be
+    /// refused by that same check).
+    pub fn write_pages(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let inner = self.0.clone();
+        let mut pages = inner.pages.lock().expect("pages");
+        let tx = inner.tx.as_raw_fd();
+        let mut done = 0;
+        while done < bytes.len() {
+            let rest = &bytes[done..];
+            let step = match &mut *pages {
+                Pages::Copy => return self.write_all(rest),
+                Pages::Pipe => self.vmsplice(tx, rest),
+                Pages::Through(mid) => {
+                    if mid.is_none() {
+                        let (r, w) = pipe(libc::O_NONBLOCK)?;
+                        crate::transfer::widen_pipe(&w);
+                        *mid = Some((r, w));
+                    }
+                    let (r, w) = mid.as_ref().expect("made");
+                    self.vmsplice(w.as_raw_fd(), rest).and_then(|n| {
+                        self.splice_all(r.as_raw_fd(), tx, n)?;
+                        Ok(n)
+                    })
+                }
+            };
+            match step {
+                Ok(n) => done += n,
+                // Nothing was moved when the kernel refuses the first step.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) && done == 0 => {
+                    *pages = Pages::Copy;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands up to all of `bytes` to the pipe `fd`; returns how many.
+    fn vmsplice(&self, fd: RawFd, bytes: &[u8]) -> io::Result<usize> {
+        let iov = libc::iovec {
+            iov_base: bytes.as_ptr() as *mut libc::c_void,
+            iov_len: bytes.len(),
+        };
+        // SAFETY: one iovec over the caller's live slice; the kernel only
+        // reads it (see `write_pages` for how long).
+        self.io(fd, libc::POLLOUT, || unsafe {
+            libc::vmsplice(fd, &iov, 1, libc::SPLICE_F_NONBLOCK)
+        })
+    }
+
+    /// Moves exactly `len` bytes from the private pipe `from` into `to`.
+    fn splice_all(&self, from: RawFd, to: RawFd, mut len: usize) -> io::Result<()> {
+        while len > 0 {
+            let n = self.io(to, libc::POLLOUT, || {
+                splice(from, to, len, libc::SPLICE_F_NONBLOCK | libc::SPLICE_F_MORE)
+            })?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            len -= n;
+        }
+        Ok(())
+    }
+}
+
+/// `splice(2)` of up to `len` bytes from `from` to `to` at their current
+/// positions (no offsets); the raw result.
+pub(super) fn splice(from: RawFd, to: RawFd, len: usize, flags: libc::c_uint) -> isize {
+    // SAFETY: splice between two descriptors the caller holds open; with
+    // null offsets the kernel touches no memory of ours.
+    unsafe {
+        libc::splice(
+            from,
+            std::ptr::null_mut(),
+            to,
+            std::ptr::null_mut(),
+            len,
+            flags,
+        )
+    }
+}
+
+fn is_pipe(fd: RawFd) -> bool {
+    // SAFETY: fstat into a zeroed stat of our own.
+    unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        libc::fstat(fd, &mut st) == 0 && st.st_mode & libc::S_IFMT == libc::S_IFIFO
     }
 }
 
@@ -397,6 +518,54 @@ mod tests {
             writer.join().unwrap().unwrap_err(),
             io::ErrorKind::ConnectionAborted
         );
+    }
+
+    /// Bytes handed over by reference arrive whole and in order with the
+    /// ones written around them, into a pipe and into a socket (through
+    /// the private pipe), in pieces larger and smaller than a pipe holds.
+    #[test]
+    fn pages_handed_over_arrive_in_order_with_writes() {
+        for socket in [false, true] {
+            let (mut link, mut peer): (Link, Box<dyn Read + Send>) = if socket {
+                let (a, b) = UnixStream::pair().unwrap();
+                (Link::direct(a).unwrap(), Box::new(b))
+            } else {
+                let (r, w) = pipe(0).unwrap();
+                let (_, unused) = pipe(0).unwrap();
+                let link = Link::new(unused, w, None).unwrap();
+                (link, Box::new(std::fs::File::from(r)))
+            };
+            let pieces: Vec<Vec<u8>> = [62usize, 3 << 20, 5, 70_000, 1 << 20]
+                .iter()
+                .enumerate()
+                .map(|(i, n)| syncoid_rsync_core::fuzz::noise(*n, i as u64))
+                .collect();
+            let want: Vec<u8> = pieces.concat();
+            let reader = std::thread::spawn(move || {
+                let mut v = Vec::new();
+                peer.read_to_end(&mut v).unwrap();
+                v
+            });
+            for (i, p) in pieces.iter().enumerate() {
+                if i % 2 == 0 {
+                    link.write_all(p).unwrap();
+                } else {
+                    link.write_pages(p).unwrap();
+                }
+            }
+            assert!(
+                matches!(
+                    *link.0.pages.lock().unwrap(),
+                    Pages::Pipe | Pages::Through(Some(_))
+                ),
+                "pages were copied ({socket})"
+            );
+            drop(link);
+            assert!(
+                reader.join().unwrap() == want,
+                "the bytes differ ({socket})"
+            );
+        }
     }
 
     /// Something that says it attaches but sends no descriptors is refused.

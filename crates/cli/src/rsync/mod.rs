@@ -3,11 +3,13 @@
 
 pub mod agent;
 pub mod coordinator;
+pub mod feed;
 pub mod link;
 pub mod relay;
 pub mod session;
 
 use std::io::Read;
+use std::sync::Arc;
 use std::time::Duration;
 use syncoid_rsync_core::wire::{self, Msg};
 
@@ -41,9 +43,16 @@ pub enum Stop {
 }
 
 /// Reads frames from `r` and hands each message to `f` until `f` returns
-/// false, the input ends or a frame is malformed.
-pub fn read_msgs(r: &mut impl Read, mut f: impl FnMut(Msg) -> bool) -> Stop {
-    read_frames(r, |frame| match wire::decode_owned(frame) {
+/// false, the input ends or a frame is malformed. Large frames are read
+/// into buffers from `spare` when it has one free.
+pub fn read_msgs(
+    r: &mut impl Read,
+    spare: Option<Arc<feed::Buffers>>,
+    mut f: impl FnMut(Msg) -> bool,
+) -> Stop {
+    let mut frames = Frames::new(r);
+    frames.spare = spare;
+    each_frame(frames, |frame| match wire::decode_owned(frame) {
         Ok(m) => Ok(f(m)),
         Err(e) => Err(format!("protocol error: {e}")),
     })
@@ -62,6 +71,8 @@ pub struct Frames<R> {
     buf: Vec<u8>,
     start: usize,
     end: usize,
+    /// Buffers used before, for frames larger than `HEAD_BUF`.
+    spare: Option<Arc<feed::Buffers>>,
 }
 
 impl<R: Read> Frames<R> {
@@ -71,6 +82,7 @@ impl<R: Read> Frames<R> {
             buf: vec![0u8; HEAD_BUF],
             start: 0,
             end: 0,
+            spare: None,
         }
     }
 
@@ -126,6 +138,23 @@ impl<R: Read> Frames<R> {
     /// The next frame, `total` bytes long, whole; None when the input
     /// ends within it.
     pub fn frame(&mut self, total: usize) -> Result<Option<Vec<u8>>, String> {
+        let used = match &self.spare {
+            Some(spare) if total > HEAD_BUF => spare.take(),
+            _ => None,
+        };
+        if let Some(mut frame) = used {
+            // Sized without clearing what it held (only a longer frame
+            // than before zeroes its new tail), then overwritten.
+            frame.resize(total, 0);
+            let have = self.buffered().len().min(total);
+            frame[..have].copy_from_slice(&self.buffered()[..have]);
+            self.consume(have);
+            return match self.r.read_exact(&mut frame[have..]) {
+                Ok(()) => Ok(Some(frame)),
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(None),
+                Err(e) => Err(format!("read: {e}")),
+            };
+        }
         let mut frame = Vec::with_capacity(total);
         let have = self.buffered().len().min(total);
         frame.extend_from_slice(&self.buffered()[..have]);
@@ -164,8 +193,14 @@ impl<R: Read, F: Fn()> Read for Counted<R, F> {
 /// or a frame is malformed. A chunk's payload is read into the frame's own
 /// buffer (copied at most `HEAD_BUF` bytes of it), never through a second
 /// buffer.
-pub fn read_frames(r: &mut impl Read, mut f: impl FnMut(Vec<u8>) -> Result<bool, String>) -> Stop {
-    let mut frames = Frames::new(r);
+pub fn read_frames(r: &mut impl Read, f: impl FnMut(Vec<u8>) -> Result<bool, String>) -> Stop {
+    each_frame(Frames::new(r), f)
+}
+
+fn each_frame<R: Read>(
+    mut frames: Frames<R>,
+    mut f: impl FnMut(Vec<u8>) -> Result<bool, String>,
+) -> Stop {
     loop {
         let frame = match frames.next_len().and_then(|len| match len {
             Some(total) => frames.frame(total),

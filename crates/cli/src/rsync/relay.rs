@@ -47,18 +47,7 @@ pub enum Frame {
 
 fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
     loop {
-        // SAFETY: splice between two descriptors we hold open, with no
-        // offsets (both are read and written at their current position).
-        let n = unsafe {
-            libc::splice(
-                from,
-                std::ptr::null_mut(),
-                to,
-                std::ptr::null_mut(),
-                len,
-                libc::SPLICE_F_MOVE | libc::SPLICE_F_MORE,
-            )
-        };
+        let n = super::link::splice(from, to, len, libc::SPLICE_F_MOVE | libc::SPLICE_F_MORE);
         match cvt(n) {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             r => return r,
