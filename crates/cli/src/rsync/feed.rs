@@ -67,6 +67,20 @@ impl Buffers {
     }
 }
 
+impl Drop for Spare {
+    /// A buffer the pipe may still hold is leaked, not freed: the agent
+    /// can let go of its buffers (a goodbye mid-transfer, the inactivity
+    /// timeout) while zfs receive still reads what it was given, and freed
+    /// memory would be reused by the allocator before the agent exits.
+    fn drop(&mut self) {
+        for (end, buf) in self.held.drain(..) {
+            if end > self.consumed {
+                std::mem::forget(buf);
+            }
+        }
+    }
+}
+
 /// zfs receive's stdin, fed by reference where the kernel allows.
 pub struct Feed<W> {
     w: W,
