@@ -240,6 +240,46 @@ fn reported_mb(stdout: &str, what: &str) -> f64 {
         * scale
 }
 
+/// A stream that compresses to almost nothing (zeros): every chunk comes
+/// as a tiny frame and is unpacked into a buffer of its own; those
+/// buffers are kept for reuse only up to a bound, so the receiver's
+/// memory stays flat (it grew by a chunk per chunk when they were all
+/// kept).
+#[test]
+fn a_stream_that_compresses_to_nothing_keeps_the_receivers_memory_flat() {
+    let _serial = serial();
+    let h = Host::new(&["src", "dst"]);
+    let _reap = Reaper(&h);
+    h.zfs(&["create", "src/zeros"]).ok();
+    h.write("src/zeros", "zeros.bin", &vec![0u8; 300 << 20]);
+    h.zfs(&["snapshot", "src/zeros@s1"]).ok();
+    let log = h.dir().join("rusage.log");
+    let log_env = log.to_str().unwrap();
+    let (code, out, err) = finish(spawn(
+        &h,
+        &["--rsync", "--no-sync-snap", "src/zeros", "dst/zeros"],
+        &[("SYNCOID_RSYNC_RUSAGE_LOG", log_env)],
+    ));
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(h.files("dst/zeros"), h.files("src/zeros"));
+    assert_fed_once(&h);
+    let wait = std::time::Instant::now();
+    let receiver = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(l) = text.lines().find(|l| l.starts_with("receive ")) {
+            break l.to_string();
+        }
+        assert!(wait.elapsed().as_secs() < 10, "no rusage line: {text}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    // "receive PID MAX_RSS_KIB ...": 300 chunks of 1 MiB went through.
+    let rss_kib: u64 = receiver.split_whitespace().nth(2).unwrap().parse().unwrap();
+    assert!(
+        rss_kib < 64 << 10,
+        "receiver peak RSS {rss_kib} KiB: {receiver}"
+    );
+}
+
 #[test]
 fn chunks_are_compressed_in_process_and_arrive_identical() {
     let _serial = serial();

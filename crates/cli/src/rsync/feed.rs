@@ -34,14 +34,15 @@ struct Spare {
 /// pipe holds and a few more. Beyond that a free buffer is released.
 const KEEP: usize = 12;
 
+/// A buffer never fed is kept only from this size: smaller frames (a
+/// chunk that compressed well) would only have to grow.
+const MIN_KEPT: usize = 64 << 10;
+
 impl Buffers {
     /// A buffer whose bytes the pipe's reader has all consumed, if any.
     pub fn take(&self) -> Option<Vec<u8>> {
         let mut s = self.0.lock().expect("buffers");
         let consumed = s.consumed;
-        while s.held.len() > KEEP && s.held.front().is_some_and(|(end, _)| *end <= consumed) {
-            s.held.pop_front();
-        }
         match s.held.front() {
             Some((end, _)) if *end <= consumed => s.held.pop_front().map(|(_, b)| b),
             _ => None,
@@ -49,15 +50,21 @@ impl Buffers {
     }
 
     /// Keeps `buf` until the pipe's reader has consumed up to `end` (0: it
-    /// was never fed, free at once).
+    /// was never fed, free at once). Free buffers beyond `KEEP` are let go.
     pub fn give(&self, end: u64, buf: Vec<u8>) {
         let mut s = self.0.lock().expect("buffers");
         // Positions only grow, so the queue stays in order of `end`; a
-        // buffer never fed goes first.
+        // buffer never fed goes first (or, small, goes at once).
         if end == 0 {
-            s.held.push_front((0, buf));
+            if buf.capacity() >= MIN_KEPT {
+                s.held.push_front((0, buf));
+            }
         } else {
             s.held.push_back((end, buf));
+        }
+        let consumed = s.consumed;
+        while s.held.len() > KEEP && s.held.front().is_some_and(|(end, _)| *end <= consumed) {
+            s.held.pop_front();
         }
     }
 
@@ -178,8 +185,36 @@ mod tests {
         assert!(got[..300_000] == a[..] && got[300_000..] == b[..]);
         assert!(buffers.take() == Some(a), "the read buffer came back");
         assert!(buffers.take().is_none());
-        buffers.give(0, b.clone());
-        assert!(buffers.take() == Some(b), "a buffer never fed is free");
+        let c = noise(70_000, 3);
+        buffers.give(0, c.clone());
+        assert!(buffers.take() == Some(c), "a buffer never fed is free");
+    }
+
+    /// However many buffers come back and however few are taken (chunks
+    /// that compressed well are read into frames of their own, and the
+    /// buffers they were unpacked into come back), the free ones kept stay
+    /// bounded; one the pipe may hold is never let go.
+    #[test]
+    fn the_buffers_kept_stay_bounded() {
+        let buffers = Buffers::default();
+        let mut end = 0;
+        for i in 0..200u64 {
+            end += 100_000;
+            buffers.give(end, vec![i as u8; 100_000]);
+            buffers.give(0, vec![0u8; 100]);
+            // The pipe's reader is three buffers behind.
+            buffers.consumed(end.saturating_sub(300_000));
+            let held = buffers.0.lock().unwrap().held.len();
+            assert!(held <= KEEP, "{held} buffers kept after {i}");
+        }
+        buffers.consumed(end);
+        buffers.give(end + 1, vec![9; 10]);
+        let s = buffers.0.lock().unwrap();
+        assert_eq!(s.held.back().map(|(e, _)| *e), Some(end + 1));
+        assert!(
+            s.held.iter().all(|(_, b)| b.len() != 100),
+            "a small frame kept"
+        );
     }
 
     /// Into something that is not a pipe the bytes are written (copied).
