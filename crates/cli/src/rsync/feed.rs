@@ -130,10 +130,7 @@ impl<W: Write + AsFd> Feed<W> {
                     bytes = &bytes[n..];
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                // Not a pipe (EBADF), or one the kernel cannot splice into.
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EBADF)) => {
-                    self.copy = true
-                }
+                Err(e) if super::link::refused(&e) => self.copy = true,
                 Err(e) => return Err(e),
             }
         }
@@ -215,6 +212,28 @@ mod tests {
             s.held.iter().all(|(_, b)| b.len() != 100),
             "a small frame kept"
         );
+    }
+
+    /// Where a seccomp filter forbids vmsplice the bytes are written.
+    #[test]
+    fn a_pipe_is_written_to_where_vmsplice_is_forbidden() {
+        std::thread::spawn(|| {
+            crate::rsync::link::tests::deny_splice_on_this_thread();
+            let (r, w) = super::super::link::pipe(0).unwrap();
+            let mut feed = Feed::new(std::fs::File::from(w));
+            let a = noise(300_000, 4);
+            let reader = std::thread::spawn(move || {
+                let mut v = Vec::new();
+                std::fs::File::from(r).read_to_end(&mut v).unwrap();
+                v
+            });
+            feed.put(&a).unwrap();
+            assert!(feed.copy, "vmsplice was refused");
+            drop(feed);
+            assert!(reader.join().unwrap() == a);
+        })
+        .join()
+        .unwrap();
     }
 
     /// Into something that is not a pipe the bytes are written (copied).

@@ -239,17 +239,15 @@ impl Link {
                     }
                     let (r, w) = mid.as_ref().expect("made");
                     self.vmsplice(w.as_raw_fd(), rest).and_then(|n| {
-                        self.splice_all(r.as_raw_fd(), tx, n)?;
-                        Ok(n)
+                        self.splice_all(r.as_raw_fd(), tx, n, &mut done)?;
+                        Ok(0)
                     })
                 }
             };
             match step {
                 Ok(n) => done += n,
-                // Nothing was moved when the kernel refuses the first step.
-                Err(e) if e.raw_os_error() == Some(libc::EINVAL) && done == 0 => {
-                    *pages = Pages::Copy;
-                }
+                // Refused before a byte reached `tx`: copy them all.
+                Err(e) if refused(&e) && done == 0 => *pages = Pages::Copy,
                 Err(e) => return Err(e),
             }
         }
@@ -269,8 +267,15 @@ impl Link {
         })
     }
 
-    /// Moves exactly `len` bytes from the private pipe `from` into `to`.
-    fn splice_all(&self, from: RawFd, to: RawFd, mut len: usize) -> io::Result<()> {
+    /// Moves exactly `len` bytes from the private pipe `from` into `to`,
+    /// counting them in `moved`.
+    fn splice_all(
+        &self,
+        from: RawFd,
+        to: RawFd,
+        mut len: usize,
+        moved: &mut usize,
+    ) -> io::Result<()> {
         while len > 0 {
             let n = self.io(to, libc::POLLOUT, || {
                 splice(from, to, len, libc::SPLICE_F_NONBLOCK | libc::SPLICE_F_MORE)
@@ -279,6 +284,7 @@ impl Link {
                 return Err(io::ErrorKind::WriteZero.into());
             }
             len -= n;
+            *moved += n;
         }
         Ok(())
     }
@@ -299,6 +305,17 @@ pub(super) fn splice(from: RawFd, to: RawFd, len: usize, flags: libc::c_uint) ->
             flags,
         )
     }
+}
+
+/// Whether the kernel refused to splice at all, rather than failed: the
+/// call does not apply to this descriptor (EINVAL; EBADF, not a pipe) or is
+/// not allowed here (EPERM, ENOSYS: a seccomp filter, an old kernel).
+/// Plain reads and writes do the same work.
+pub(super) fn refused(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EINVAL | libc::EBADF | libc::EPERM | libc::ENOSYS)
+    )
 }
 
 fn is_pipe(fd: RawFd) -> bool {
@@ -418,7 +435,7 @@ fn recv_pipes(s: &UnixStream) -> io::Result<(OwnedFd, OwnedFd)> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use std::os::unix::net::UnixListener;
 
@@ -566,6 +583,74 @@ mod tests {
                 "the bytes differ ({socket})"
             );
         }
+    }
+
+    /// Makes splice(2) and vmsplice(2) fail with EPERM on the calling
+    /// thread from now on, as a container's seccomp filter may (a seccomp
+    /// filter without TSYNC applies to the thread that installs it).
+    pub(in crate::rsync) fn deny_splice_on_this_thread() {
+        let insn = |code: u16, jt: u8, jf: u8, k: u32| libc::sock_filter { code, jt, jf, k };
+        const LD_W_ABS: u16 = 0x20;
+        const JEQ_K: u16 = 0x15;
+        const RET_K: u16 = 0x06;
+        let prog = [
+            // The syscall number (seccomp_data.nr, at offset 0).
+            insn(LD_W_ABS, 0, 0, 0),
+            insn(JEQ_K, 2, 0, libc::SYS_vmsplice as u32),
+            insn(JEQ_K, 1, 0, libc::SYS_splice as u32),
+            insn(RET_K, 0, 0, libc::SECCOMP_RET_ALLOW),
+            insn(RET_K, 0, 0, libc::SECCOMP_RET_ERRNO | libc::EPERM as u32),
+        ];
+        let fprog = libc::sock_fprog {
+            len: prog.len() as u16,
+            filter: prog.as_ptr() as *mut libc::sock_filter,
+        };
+        // SAFETY: prctl with a filter program that lives across the call;
+        // it only makes two syscalls fail on this thread.
+        unsafe {
+            assert_eq!(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), 0);
+            assert_eq!(
+                libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, &fprog),
+                0,
+                "seccomp: {}",
+                io::Error::last_os_error()
+            );
+        }
+    }
+
+    /// Where a seccomp filter forbids splicing, the bytes are written
+    /// instead, into a pipe and into a socket alike.
+    #[test]
+    fn pages_are_copied_where_splicing_is_forbidden() {
+        std::thread::spawn(|| {
+            deny_splice_on_this_thread();
+            let (a, mut b) = UnixStream::pair().unwrap();
+            let mut link = Link::direct(a).unwrap();
+            let data = syncoid_rsync_core::fuzz::noise(3 << 20, 9);
+            let reader = std::thread::spawn(move || {
+                let mut v = Vec::new();
+                b.read_to_end(&mut v).unwrap();
+                v
+            });
+            link.write_pages(&data).unwrap();
+            assert!(matches!(*link.0.pages.lock().unwrap(), Pages::Copy));
+            drop(link);
+            assert!(reader.join().unwrap() == data, "the bytes differ");
+            let (r, w) = pipe(0).unwrap();
+            let (_, unused) = pipe(0).unwrap();
+            let mut link = Link::new(unused, w, None).unwrap();
+            let reader = std::thread::spawn(move || {
+                let mut v = Vec::new();
+                std::fs::File::from(r).read_to_end(&mut v).unwrap();
+                v
+            });
+            link.write_pages(&data).unwrap();
+            assert!(matches!(*link.0.pages.lock().unwrap(), Pages::Copy));
+            drop(link);
+            assert!(reader.join().unwrap() == data, "the bytes differ");
+        })
+        .join()
+        .unwrap();
     }
 
     /// Something that says it attaches but sends no descriptors is refused.

@@ -172,7 +172,7 @@ impl<'a> Relay<'a> {
         let got = match splice(src, mid_w.as_raw_fd(), left.min(MID)) {
             Ok(0) => return Err("read: connection closed mid-chunk".into()),
             Ok(got) => got,
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            Err(e) if super::link::refused(&e) => {
                 self.copy = true;
                 return Ok(0);
             }
@@ -297,6 +297,45 @@ mod tests {
             );
             assert!(counts.into_inner() > 16);
         }
+    }
+
+    /// Where a seccomp filter forbids splice, chunks are copied through.
+    #[test]
+    fn chunks_are_copied_where_splicing_is_forbidden() {
+        std::thread::spawn(|| {
+            crate::rsync::link::tests::deny_splice_on_this_thread();
+            let c = Chunk::new(0, 0, noise(3 << 20, 5));
+            let mut frame = c.head().to_vec();
+            frame.extend_from_slice(&c.data);
+            let (mut src_in, src_out) = ends(true);
+            let (dst_in, mut dst_out) = ends(false);
+            let sent = frame.clone();
+            let feed = std::thread::spawn(move || src_in.write_all(&sent).unwrap());
+            let got = std::thread::spawn(move || {
+                let mut v = Vec::new();
+                dst_out.read_to_end(&mut v).unwrap();
+                v
+            });
+            let ev = Events {
+                read: &|| {},
+                wrote: &|| {},
+                on_receiver: &|_| {},
+            };
+            let dst = Mutex::new(dst_in);
+            let mut r = Relay::new(&src_out, &ev);
+            let stop = r.run(&dst, |_| Ok(true));
+            // Checked before joining the feeder, which a relay that
+            // failed early would leave blocked.
+            if let Stop::Failed(e) = &stop {
+                panic!("the relay failed: {e}");
+            }
+            assert!(r.copy, "splicing was refused");
+            feed.join().unwrap();
+            drop(dst);
+            assert!(got.join().unwrap() == frame, "the receiver's bytes differ");
+        })
+        .join()
+        .unwrap();
     }
 
     /// A sender that stops mid-chunk is an error, not a short chunk.
