@@ -93,7 +93,8 @@ pub struct Feed<W> {
     w: W,
     /// Bytes written into the pipe so far.
     pub written: u64,
-    /// The kernel refused vmsplice (not a pipe): plain writes.
+    /// vmsplice was refused (`link::refused`: not a pipe, or not
+    /// allowed): plain writes.
     copy: bool,
 }
 
