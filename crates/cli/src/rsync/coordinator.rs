@@ -42,6 +42,24 @@ const QUEUE: usize = 4;
 /// SYN within about 4 s.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
+/// The wait before the next try: 250 ms, doubled after each, at most
+/// `MAX_BACKOFF`. Shared by reconnecting (`run`) and setting up (`Retry`).
+struct Backoff(Duration);
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(250);
+
+    fn new() -> Backoff {
+        Backoff(Backoff::FIRST)
+    }
+
+    /// Sleeps the current wait, then doubles it (up to the cap).
+    fn sleep(&mut self) {
+        std::thread::sleep(self.0);
+        self.0 = (self.0 * 2).min(MAX_BACKOFF);
+    }
+}
+
 /// One live connection to an agent.
 struct Conn {
     tx: Tx<Vec<u8>>,
@@ -496,7 +514,7 @@ pub fn run(
 ) -> Result<Outcome, RunError> {
     let mut stats = Stats::default();
     let mut last_progress = Instant::now();
-    let mut backoff = Duration::from_millis(250);
+    let mut backoff = Backoff::new();
     let mut first = Some(first);
     loop {
         let opened = first.take();
@@ -524,7 +542,7 @@ pub fn run(
         );
         if stats.acked_bytes > before {
             // The link worked: the next failure is a new outage.
-            backoff = Duration::from_millis(250);
+            backoff = Backoff::new();
         }
         match step {
             Step::Finished(o) => return Ok(o),
@@ -542,11 +560,10 @@ pub fn run(
                 if progress.face() != Face::Bar {
                     out.warn(&format!(
                         "link to the agents lost ({why}); reconnecting in {:.1}s",
-                        backoff.as_secs_f64()
+                        backoff.0.as_secs_f64()
                     ));
                 }
-                std::thread::sleep(backoff);
-                backoff = (backoff * 2).min(MAX_BACKOFF);
+                backoff.sleep();
             }
         }
     }
@@ -734,7 +751,7 @@ pub enum SetupError {
 pub struct Retry<'a> {
     deadline: Instant,
     patience: Duration,
-    backoff: Duration,
+    backoff: Backoff,
     quit: &'a AtomicBool,
     out: &'a Out,
 }
@@ -751,7 +768,7 @@ impl<'a> Retry<'a> {
         let mut retry = Retry {
             deadline: Instant::now() + patience,
             patience,
-            backoff: Duration::from_millis(250),
+            backoff: Backoff::new(),
             quit,
             out,
         };
@@ -768,7 +785,7 @@ impl<'a> Retry<'a> {
         if self.quit.load(Ordering::Relaxed) {
             return Err(format!("{why}; not tried again: the other side failed"));
         }
-        if Instant::now() + self.backoff > self.deadline {
+        if Instant::now() + self.backoff.0 > self.deadline {
             return Err(format!(
                 "{why}; gave up after {}s (inactivity timeout)",
                 self.patience.as_secs()
@@ -776,10 +793,9 @@ impl<'a> Retry<'a> {
         }
         self.out.warn(&format!(
             "{why}; trying again in {:.1}s",
-            self.backoff.as_secs_f64()
+            self.backoff.0.as_secs_f64()
         ));
-        std::thread::sleep(self.backoff);
-        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+        self.backoff.sleep();
         Ok(())
     }
 }
