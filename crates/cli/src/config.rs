@@ -54,6 +54,16 @@ fn regexes(v: &[String], what: &str) -> Result<Vec<Regex>, UsageError> {
         .collect()
 }
 
+/// ssh's own liveness check for --rsync connections: a keepalive after 10 s
+/// without a word from the server, the connection given up after three
+/// unanswered.
+pub const SSH_KEEPALIVE: [&str; 4] = [
+    "-o",
+    "ServerAliveInterval=10",
+    "-o",
+    "ServerAliveCountMax=3",
+];
+
 fn ssh_base(a: &Args) -> Result<SshConfig, UsageError> {
     let dir = tempfile::Builder::new()
         .prefix("syncoid-rsync-ssh-")
@@ -72,6 +82,17 @@ fn ssh_base(a: &Args) -> Result<SshConfig, UsageError> {
     }
     for o in &a.sshoption {
         base.extend(["-o".to_string(), o.clone()]);
+    }
+    if a.rsync {
+        // The master carries the first connection to each agent and every
+        // zfs call around the transfer. Without a keepalive, a link that
+        // dies while ssh has nothing it may send (the far pool busy, so
+        // the channel window is used up) is noticed only at our stall
+        // time, and a control call can hang until TCP gives up (~15 min).
+        // A keepalive meets a reset link at once and a blackholed one
+        // within 30-40 s; --rsync reconnects either way. After the user's
+        // options, so theirs win (ssh takes the first value).
+        base.extend(SSH_KEEPALIVE.iter().map(|o| o.to_string()));
     }
     if let Some(p) = a.sshport {
         base.extend(["-p".to_string(), p.to_string()]);

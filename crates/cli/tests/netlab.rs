@@ -1,7 +1,8 @@
 //! `--rsync` across a link that really fails (../shared/netlab, network
 //! namespaces, root only): a 500 MB push survives the link blackholed for
 //! 60 s, brought down for 60 s, and reset (every TCP packet answered with
-//! RST for 20 s). Each run must finish with identical data, and the
+//! RST for 20 s); 200 MB ones a 15 s blackhole, and a reset while the far
+//! pool takes no writes. Each run must finish with identical data, and the
 //! emulator's log must show one `zfs receive` fed each byte exactly once.
 //! The time from heal to data flowing again is printed (docs/benchmarks.md
 //! has the measured numbers); the assertion only bounds it well below
@@ -13,21 +14,43 @@ use agents::*;
 use std::time::{Duration, Instant};
 use syncoid_rsync_testkit::{Host, Netlab};
 
-fn survives(mode: &str, lab_no: u32, hold: Duration) {
+/// What a run does: the outage, how long it holds, how much is sent, and
+/// whether the far pool stops taking writes just before the cut.
+struct Run {
+    mode: &'static str,
+    lab_no: u32,
+    hold: Duration,
+    size: &'static str,
+    /// `FAKEZFS_RECV_PAUSE` on the far host (`N:SECS`): zfs receive reads
+    /// N bytes, then nothing for SECS. The link is cut once it is full of
+    /// data the far end does not take: ssh's channel window is used up, so
+    /// the near end has nothing it may send that would meet the outage.
+    pause: Option<(u64, &'static str)>,
+}
+
+fn survives(run: Run) {
+    let Run {
+        mode,
+        lab_no,
+        hold,
+        size,
+        pause,
+    } = run;
     let local = Host::new(&["src"]);
     // Pools named per lab: the labs share one process table, and a target
     // that another lab's `zfs receive` names would count as busy.
     let pool = format!("far{lab_no}");
     let fs = format!("{pool}/data");
     let far = Host::new(&[&pool]);
-    let lab = Netlab::up(&far, lab_no);
+    let far_env: Vec<(&str, &str)> = pause.iter().map(|p| ("FAKEZFS_RECV_PAUSE", p.1)).collect();
+    let lab = Netlab::up_with(&far, lab_no, &far_env);
     let (_r1, _r2) = (Reaper(&local), Reaper(&far));
-    synthetic(&local, "src/data", "500M");
+    synthetic(&local, "src/data", size);
     let dest = format!("{}:{fs}", lab.dest());
     let mut args: Vec<String> = vec![
         "--rsync".into(),
         "--no-sync-snap".into(),
-        // ~16 s of sending, so the cut lands mid-way.
+        // ~16 s of sending 500 MB, so the cut lands mid-way.
         "--source-bwlimit=32M".into(),
     ];
     args.extend(lab.ssh_args());
@@ -35,12 +58,26 @@ fn survives(mode: &str, lab_no: u32, hold: Duration) {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut child = spawn(&local, &args, &[]);
     let t = Instant::now();
-    while lab.far_rx_bytes() < 100 << 20 {
+    // Cut when 100 MB went across; with the far pool pausing, once it
+    // paused and the link is full.
+    let first = pause.map_or(100 << 20, |p| p.0);
+    while lab.far_rx_bytes() < first {
         if child.try_wait().unwrap().is_some() || t.elapsed() > Duration::from_secs(90) {
             let (code, out, err) = finish(child);
-            panic!("no 100 MB across the link (exit {code}):\n{out}\n{err}");
+            panic!("no {first} bytes across the link (exit {code}):\n{out}\n{err}");
         }
         std::thread::sleep(Duration::from_millis(100));
+    }
+    if pause.is_some() {
+        let mut last = lab.far_rx_bytes();
+        loop {
+            std::thread::sleep(Duration::from_secs(1));
+            let now = lab.far_rx_bytes();
+            if now < last + (64 << 10) {
+                break;
+            }
+            last = now;
+        }
     }
     lab.cut(mode);
     std::thread::sleep(hold);
@@ -51,8 +88,13 @@ fn survives(mode: &str, lab_no: u32, hold: Duration) {
         lab.far_rx_bytes() > at_heal + (1 << 20)
     });
     let flowing = healed.elapsed();
+    let busy = if pause.is_some() {
+        " (far pool busy)"
+    } else {
+        ""
+    };
     eprintln!(
-        "netlab {mode} {}s: heal to data flowing {:.1}s",
+        "netlab {mode} {}s{busy}: heal to data flowing {:.1}s",
         hold.as_secs(),
         flowing.as_secs_f64()
     );
@@ -62,32 +104,80 @@ fn survives(mode: &str, lab_no: u32, hold: Duration) {
     if let Some(line) = out.lines().find(|l| l.contains("sent again")) {
         eprintln!("netlab {mode}: {line}");
     }
-    assert!(err.contains("link to the agents lost"), "{err}");
+    // The outage was noticed while it lasted: a first loss, then (in a
+    // long one) tries that failed against the cut link.
+    let lost = err.matches("link to the agents lost").count();
+    let least = if hold >= Duration::from_secs(20) {
+        2
+    } else {
+        1
+    };
+    assert!(
+        lost >= least,
+        "{mode}: the outage noticed {lost} time(s):\n{err}"
+    );
     assert_one_clean_push(&local, &far, &fs);
     assert_eq!(far.snapshot_guids(&fs), local.snapshot_guids("src/data"));
-    assert!(received_bytes(&far) > 500_000_000);
-    // The target is 5 s; measured 0.0-3 s, but once (CI, reset for 20 s)
-    // 10.6 s: the coordinator noticed the dead connection only at the
-    // 30 s stall time, after the heal (see the session 8 note). Until
-    // that is understood the bound stays at 20 s, far below TCP's own
-    // retransmission backoff.
+    let bytes = syncoid_rsync_core::units::parse_size(size).expect("size");
+    assert!(received_bytes(&far) >= bytes);
+    // The target is 5 s; measured 0.0-3 s. The bound is wider for loaded
+    // CI machines, and far below TCP's own retransmission backoff.
     assert!(
-        flowing < Duration::from_secs(20),
+        flowing < Duration::from_secs(10),
         "{mode}: {flowing:?} from heal to data flowing"
     );
 }
 
+/// A 500 MB run cut for `hold` in `mode`, with the far pool taking writes.
+fn plain(mode: &'static str, lab_no: u32, hold: Duration) -> Run {
+    Run {
+        mode,
+        lab_no,
+        hold,
+        size: "500M",
+        pause: None,
+    }
+}
+
 #[test]
 fn survives_a_60s_blackhole() {
-    survives("blackhole", 0, Duration::from_secs(60));
+    survives(plain("blackhole", 0, Duration::from_secs(60)));
 }
 
 #[test]
 fn survives_the_link_down_for_60s() {
-    survives("down", 1, Duration::from_secs(60));
+    survives(plain("down", 1, Duration::from_secs(60)));
 }
 
 #[test]
 fn survives_connections_reset() {
-    survives("reject", 2, Duration::from_secs(20));
+    survives(plain("reject", 2, Duration::from_secs(20)));
+}
+
+/// An outage shorter than the old 30 s stall time: the dead connection was
+/// left to TCP's doubling resends then, and data flowed again 11.5 s after
+/// the heal. The stall time (10 s) now ends such a connection first.
+#[test]
+fn survives_a_15s_blackhole() {
+    survives(Run {
+        size: "200M",
+        ..plain("blackhole", 4, Duration::from_secs(15))
+    });
+}
+
+/// The reset of a link that carries nothing at that moment: the far pool
+/// stopped taking writes, so ssh's channel is full and the near end has
+/// nothing it may send. Only ssh's keepalive meets the reset then (on the
+/// master, which carries the first connection); without it the dead link
+/// was noticed only at the stall time, 30 s then, after the heal: 9.7 s
+/// from heal to data flowing here, 10.6 s once in CI.
+#[test]
+fn survives_a_reset_while_the_far_pool_is_busy() {
+    survives(Run {
+        mode: "reject",
+        lab_no: 3,
+        hold: Duration::from_secs(20),
+        size: "200M",
+        pause: Some((40 << 20, "40M:12")),
+    });
 }

@@ -122,7 +122,7 @@ fn a_connection_lost_while_setting_up_is_retried_without_a_second_agent() {
     assert_eq!(code, 0, "{out}\n{err}");
     for what in [
         "copying syncoid-rsync to root@127.0.0.1 failed (exit status 255): ssh: connect to host 127.0.0.1: Network is unreachable",
-        "no answer within 2s",
+        "no answer within 6s",
         "(exit status 255): ssh: connect to host",
         "Connection reset by peer",
     ] {

@@ -34,6 +34,12 @@ impl Netlab {
     /// Panics with netlab's own output when it cannot (needs root and
     /// network namespaces).
     pub fn up(far: &Host, n: u32) -> Netlab {
+        Netlab::up_with(far, n, &[])
+    }
+
+    /// Like `up`, with more environment for the far host's sessions (a
+    /// fault of its zfs, such as `FAKEZFS_RECV_PAUSE`).
+    pub fn up_with(far: &Host, n: u32, extra_env: &[(&str, &str)]) -> Netlab {
         let scripts = netlab_dir();
         assert!(
             scripts.join("up.sh").is_file(),
@@ -48,6 +54,8 @@ impl Netlab {
         let setenv = far
             .envs()
             .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .chain(extra_env.iter().copied())
             .map(|(k, v)| format!("{k}={v}"))
             .collect::<Vec<_>>()
             .join(" ");

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::{heartbeat, relay, session, stall};
+use super::{heartbeat, relay, session, setup_wait, stall};
 use crate::host::{Host, StderrTail};
 use crate::output::Out;
 use crate::progress::{Face, Progress};
@@ -480,7 +480,7 @@ fn hello(c: &Conn, role: Role) -> Result<Msg, String> {
         session: String::new(),
     }))
     .map_err(|_| "connection closed".to_string())?;
-    match c.rx.recv_timeout(stall()) {
+    match c.rx.recv_timeout(setup_wait()) {
         Ok(Ok(In::Msg(m @ Msg::Welcome { .. }))) => Ok(m),
         Ok(Ok(In::Msg(Msg::Error { msg }))) => Err(msg),
         Ok(Ok(In::Msg(other))) => Err(format!("unexpected {} before the welcome", kind(&other))),
@@ -882,7 +882,7 @@ fn setup_error(what: &str, status: std::process::ExitStatus, stderr: &str) -> Se
 /// Starts an agent; returns its session directory and, on a remote host,
 /// the first connection to it: the same ssh session that started it
 /// (`agent start --attach`), one session where start and connect took two.
-/// An answer that does not come within the stall time is a hung link.
+/// An answer that does not come within the setup wait is a hung link.
 fn start_agent(a: &Start, via: Via) -> Result<(String, Option<Opened>), SetupError> {
     let Start {
         host,
@@ -943,12 +943,14 @@ fn start_agent(a: &Start, via: Via) -> Result<(String, Option<Opened>), SetupErr
         .map_err(|e| SetupError::Failed(format!("ssh: {e}")))?;
     let tail = StderrTail::drain(child.stderr.take().expect("piped"), false);
     // A hung link (a blackhole on the master's connection) is cut after
-    // the stall time. The child is not reaped before the watchdog ends,
+    // the setup wait. The child is not reaped before the watchdog ends,
     // so its pid cannot name another process.
     let pid = child.id() as libc::pid_t;
     let (answered, watch) = bounded::<()>(0);
     let watchdog = std::thread::spawn(move || {
-        let hung = watch.recv_timeout(stall()).is_err_and(|e| e.is_timeout());
+        let hung = watch
+            .recv_timeout(setup_wait())
+            .is_err_and(|e| e.is_timeout());
         if hung {
             // SAFETY: signalling our own unreaped child.
             unsafe { libc::kill(pid, libc::SIGKILL) };
@@ -982,7 +984,7 @@ fn start_agent(a: &Start, via: Via) -> Result<(String, Option<Opened>), SetupErr
         let _ = child.wait();
         return Err(SetupError::Link(format!(
             "{what}: no answer within {}s",
-            stall().as_secs()
+            setup_wait().as_secs()
         )));
     }
     if !ended {
