@@ -64,7 +64,7 @@ pub const SSH_KEEPALIVE: [&str; 4] = [
     "ServerAliveCountMax=3",
 ];
 
-fn ssh_base(a: &Args) -> Result<SshConfig, UsageError> {
+fn ssh_base(a: &Args, inactivity: std::time::Duration) -> Result<SshConfig, UsageError> {
     let dir = tempfile::Builder::new()
         .prefix("syncoid-rsync-ssh-")
         .tempdir()
@@ -84,6 +84,9 @@ fn ssh_base(a: &Args) -> Result<SshConfig, UsageError> {
         base.extend(["-o".to_string(), o.clone()]);
     }
     if a.rsync {
+        // A new master after an outage must not wait for TCP's own connect
+        // timeout (about 2 min) while the link is still down.
+        base.extend(["-o".to_string(), "ConnectTimeout=10".to_string()]);
         // The master carries the first connection to each agent and every
         // zfs call around the transfer. Without a keepalive, a link that
         // dies while ssh has nothing it may send (the far pool busy, so
@@ -110,8 +113,17 @@ fn ssh_base(a: &Args) -> Result<SshConfig, UsageError> {
         "-o".into(),
         "BatchMode=yes".into(),
     ]);
+    let again = a.rsync.then(|| {
+        let out = crate::output::Out {
+            quiet: a.quiet,
+            debug: a.debug,
+            json: a.json,
+        };
+        crate::again::Policy::new(inactivity, out)
+    });
     Ok(SshConfig {
         base,
+        again,
         _control_dir: dir,
     })
 }
@@ -257,7 +269,7 @@ pub fn settings(args: Args, local_pools: &dyn Fn() -> Vec<String>) -> Result<Set
     let include_snaps = regexes(&a.include_snaps, "include-snaps")?;
     let needs_ssh = source.remote.is_some() || target.remote.is_some();
     let ssh = if needs_ssh {
-        Some(Arc::new(ssh_base(a)?))
+        Some(Arc::new(ssh_base(a, inactivity)?))
     } else {
         None
     };

@@ -108,7 +108,7 @@ impl Listing {
     }
 
     pub fn run(&self, host: &Host) -> Result<State, CmdError> {
-        let out = host.run(&["sh".into(), "-c".into(), self.script()])?;
+        let out = host.run_read(&["sh".into(), "-c".into(), self.script()])?;
         self.parse(
             host,
             &String::from_utf8_lossy(&out.stdout),
@@ -192,7 +192,7 @@ pub fn available(host: &Host, programs: &[&str]) -> Result<BTreeSet<String>, Cmd
         "-c".to_string(),
         format!("{}true", have_script(programs)),
     ];
-    let out = host.run_ok(&argv)?;
+    let out = host.run_ok_read(&argv)?;
     Ok(out
         .lines()
         .filter_map(|l| l.strip_prefix("have "))

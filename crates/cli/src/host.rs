@@ -16,6 +16,8 @@ use syncoid_rsync_core::shell;
 #[derive(Debug)]
 pub struct SshConfig {
     pub base: Vec<String>,
+    /// --rsync: calls whose connection fails are tried again.
+    pub again: Option<crate::again::Policy>,
     /// Our private ControlPath directory (0700); held so it is removed on drop.
     pub _control_dir: tempfile::TempDir,
 }
@@ -199,17 +201,45 @@ impl Host {
     }
 
     pub fn run_stages(&self, stages: &[Vec<String>]) -> Result<Output, CmdError> {
-        let out = self
-            .command(stages)
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| self.error(stages, None, e.to_string()))?;
-        Ok(out)
+        self.run_as(stages, &crate::again::kind(stages))
+    }
+
+    /// Runs a command the caller knows only reads (a listing script): in
+    /// --rsync mode it is tried again when its connection fails.
+    pub fn run_read(&self, argv: &[String]) -> Result<Output, CmdError> {
+        self.run_as(&[argv.to_vec()], &crate::again::Kind::Read)
+    }
+
+    fn run_as(
+        &self,
+        stages: &[Vec<String>],
+        kind: &crate::again::Kind,
+    ) -> Result<Output, CmdError> {
+        let once = || {
+            self.command(stages)
+                .stdin(Stdio::null())
+                .output()
+                .map_err(|e| self.error(stages, None, e.to_string()))
+        };
+        if let Host::Remote { dest, ssh } = self {
+            if let Some(policy) = &ssh.again {
+                return policy.run(dest, &pipeline_line(stages), kind, once);
+            }
+        }
+        once()
     }
 
     /// Runs and requires success.
     pub fn run_ok(&self, argv: &[String]) -> Result<String, CmdError> {
-        let out = self.run(argv)?;
+        self.succeeded(argv, self.run(argv)?)
+    }
+
+    /// `run_read`, requiring success.
+    pub fn run_ok_read(&self, argv: &[String]) -> Result<String, CmdError> {
+        self.succeeded(argv, self.run_read(argv)?)
+    }
+
+    fn succeeded(&self, argv: &[String], out: Output) -> Result<String, CmdError> {
         if !out.status.success() {
             return Err(self.error(
                 &[argv.to_vec()],

@@ -1,5 +1,6 @@
 //! syncoid-rsync: parse, dispatch, and map every outcome to an exit status.
 
+mod again;
 mod args;
 mod config;
 mod gather;

@@ -95,7 +95,7 @@ fn probe(
     }
     script.push_str("; true");
     let argv = vec!["sh".to_string(), "-c".to_string(), script];
-    let out = host.run(&argv).map_err(|e| e.to_string())?;
+    let out = host.run_read(&argv).map_err(|e| e.to_string())?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     if !out.status.success() {

@@ -101,18 +101,13 @@ exec /usr/bin/ssh "$@"
 /// nothing is left behind on either host.
 #[test]
 fn a_connection_lost_while_setting_up_is_retried_without_a_second_agent() {
-    use std::os::unix::fs::PermissionsExt;
     let _serial = serial();
     let local = Host::new(&["src"]);
     let far = Host::new(&["far"]);
     let sshd = Sshd::start(&far);
     let (_r1, _r2) = (Reaper(&local), Reaper(&far));
     synthetic(&local, "src/data", "4M");
-    let wrap = local.dir().join("flaky-ssh");
-    std::fs::create_dir_all(wrap.join("state")).unwrap();
-    std::fs::write(wrap.join("ssh"), FLAKY_START_SSH).unwrap();
-    std::fs::set_permissions(wrap.join("ssh"), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let path = format!("{}:{}", wrap.display(), local.path_env());
+    let (wrap, path) = wrapped_ssh(&local, "flaky-ssh", FLAKY_START_SSH);
     let ssh = sshd.syncoid_args();
     let mut args: Vec<&str> = vec!["--rsync", "--chunk-size=256K", "--no-sync-snap"];
     args.extend(ssh.iter().map(String::as_str));
@@ -138,6 +133,72 @@ fn a_connection_lost_while_setting_up_is_retried_without_a_second_agent() {
             lost.trim()
         )),
         "{out}"
+    );
+}
+
+/// An ssh in front of the real one that loses calls around the transfer:
+/// the first `zfs snapshot` and `zfs destroy` run but their answers are
+/// lost, and the first size estimate is refused before it runs.
+const FLAKY_CALLS_SSH: &str = r#"#!/bin/bash
+st="$(dirname "$0")/state"
+lost() { /usr/bin/ssh "$@" >/dev/null 2>&1; echo "Connection reset by peer" >&2; exit 255; }
+case "$*" in
+*"zfs snapshot"*) if mkdir "$st/snapshot" 2>/dev/null; then lost "$@"; fi;;
+*"zfs destroy"*) if mkdir "$st/destroy" 2>/dev/null; then lost "$@"; fi;;
+*"zfs send -nvP"*) if mkdir "$st/estimate" 2>/dev/null; then
+  echo "ssh: connect to host 127.0.0.1 port 22: Connection refused" >&2; exit 255
+fi;;
+esac
+exec /usr/bin/ssh "$@"
+"#;
+
+/// With `--rsync`, the calls around the transfer survive a lost connection
+/// too: a read refused is asked again (the estimate, its size shown), and a snapshot made or pruned by
+/// a call whose answer was lost is not made twice nor reported failed (its
+/// repeat finds it done). Two pulls with sync snapshots: both succeed, the
+/// source keeps one sync snapshot, and both sides hold the same ones.
+#[test]
+fn calls_around_the_transfer_whose_connection_fails_are_tried_again() {
+    let _serial = serial();
+    let local = Host::new(&["dst"]);
+    let far = Host::new(&["far"]);
+    let sshd = Sshd::start(&far);
+    let (_r1, _r2) = (Reaper(&local), Reaper(&far));
+    synthetic(&far, "far/data", "2M");
+    let (_, path) = wrapped_ssh(&local, "flaky-calls-ssh", FLAKY_CALLS_SSH);
+    let ssh = sshd.syncoid_args();
+    let mut args: Vec<&str> = vec!["--rsync"];
+    args.extend(ssh.iter().map(String::as_str));
+    args.extend(["root@127.0.0.1:far/data", "dst/data"]);
+    let env = [("PATH", path.as_str())];
+    let (code, out, first) = finish(spawn(&local, &args, &env));
+    assert_eq!(code, 0, "{out}\n{first}");
+    for what in [
+        "lost its connection (ssh: connect to host 127.0.0.1 port 22: Connection refused)",
+        "was done by the try whose answer was lost (cannot create snapshot",
+        "of 2.0 MB",
+    ] {
+        assert!(first.contains(what), "{what}: {first}");
+    }
+    std::thread::sleep(Duration::from_millis(1100));
+    let (code, out, second) = finish(spawn(&local, &args, &env));
+    assert_eq!(code, 0, "{out}\n{second}");
+    assert!(
+        second.contains(
+            "was done by the try whose answer was lost (could not find any snapshots to destroy"
+        ),
+        "{second}"
+    );
+    assert!(!second.contains("pruning old sync snapshots"), "{second}");
+    let sync: Vec<String> = far
+        .snapshots("far/data")
+        .into_iter()
+        .filter(|s| s.starts_with("syncoid_"))
+        .collect();
+    assert_eq!(sync.len(), 1, "{sync:?}");
+    assert_eq!(
+        local.snapshot_guids("dst/data"),
+        far.snapshot_guids("far/data")
     );
 }
 

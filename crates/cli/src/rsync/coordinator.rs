@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::{heartbeat, relay, session, setup_wait, stall};
+use crate::again::Backoff;
 use crate::host::{Host, StderrTail};
 use crate::output::Out;
 use crate::progress::{Face, Progress};
@@ -36,29 +37,6 @@ pub struct Agent {
 /// sender's spool is what covers the link's round trip; these only smooth
 /// the hand-over between threads, and each holds up to a chunk.
 const QUEUE: usize = 4;
-
-/// Between connection attempts at most this long: with ssh's
-/// ConnectTimeout of 5 s (SYNs at 0, 1 and 3 s), a healed link sees a new
-/// SYN within about 4 s.
-const MAX_BACKOFF: Duration = Duration::from_secs(2);
-
-/// The wait before the next try: 250 ms, doubled after each, at most
-/// `MAX_BACKOFF`. Shared by reconnecting (`run`) and setting up (`Retry`).
-struct Backoff(Duration);
-
-impl Backoff {
-    const FIRST: Duration = Duration::from_millis(250);
-
-    fn new() -> Backoff {
-        Backoff(Backoff::FIRST)
-    }
-
-    /// Sleeps the current wait, then doubles it (up to the cap).
-    fn sleep(&mut self) {
-        std::thread::sleep(self.0);
-        self.0 = (self.0 * 2).min(MAX_BACKOFF);
-    }
-}
 
 /// One live connection to an agent.
 struct Conn {

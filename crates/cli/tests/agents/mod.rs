@@ -7,6 +7,20 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 use syncoid_rsync_testkit::Host;
 
+/// An ssh in front of the real one: `script` installed as `ssh` in a
+/// directory of `local`'s named `name`, with a `state` directory beside
+/// it for the script's marks. Returns that directory and a PATH that finds
+/// the wrapper first.
+pub fn wrapped_ssh(local: &Host, name: &str, script: &str) -> (std::path::PathBuf, String) {
+    use std::os::unix::fs::PermissionsExt;
+    let wrap = local.dir().join(name);
+    std::fs::create_dir_all(wrap.join("state")).unwrap();
+    std::fs::write(wrap.join("ssh"), script).unwrap();
+    std::fs::set_permissions(wrap.join("ssh"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!("{}:{}", wrap.display(), local.path_env());
+    (wrap, path)
+}
+
 /// Payload byte ranges fed to each `zfs receive` (from the emulator log).
 pub fn fed(h: &Host) -> Vec<(String, u64, u64)> {
     h.log()
