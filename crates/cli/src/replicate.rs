@@ -473,6 +473,25 @@ fn sync_dataset(
             }
         }
     }
+    // --rsync: one run per transfer on this machine (`rsync::lock`), held
+    // until this dataset is done.
+    let _lock = if ctx.s.args.rsync && !ctx.dry() {
+        match crate::rsync::lock::take(&ctx.transfer_key(src_fs, dst_fs)) {
+            Ok(lock) => Some(lock),
+            Err(crate::rsync::lock::Refused::Held(pid)) => {
+                let by = pid.map(|p| format!(" (pid {p})")).unwrap_or_default();
+                out.warn(&format!(
+                    "Cannot sync now: {dst_fs} is already being replicated from {src_fs} by another syncoid-rsync --rsync run on this machine{by}."
+                ));
+                return Ok(Outcome::Busy);
+            }
+            Err(crate::rsync::lock::Refused::Unsafe(e)) => {
+                return Err(DsError::Other(format!("--rsync: {e}")));
+            }
+        }
+    } else {
+        None
+    };
     let mut replicated = false;
     // --rsync: agents found gone (a host restarted) and replaced so far.
     let mut gone = 0;

@@ -478,6 +478,45 @@ fn killed_coordinator_is_rerun_and_reattaches_to_the_live_agents() {
     assert_eq!(h.tmp_entries(), Vec::<String>::new());
 }
 
+/// A second run of the same command while the first still transfers (cron
+/// starting the next run of a transfer that takes days) leaves the
+/// transfer to the first: it reports the dataset busy (exit 1), makes no
+/// sync snapshot and takes no connection from the agents. The first
+/// finishes with each byte fed once and no reconnection; a run after it
+/// works, and no lock is left behind.
+#[test]
+fn a_second_run_of_a_running_transfer_reports_it_busy_and_leaves_it_alone() {
+    let _serial = serial();
+    let h = Host::new(&["src", "dst"]);
+    let _reap = Reaper(&h);
+    synthetic(&h, "src/data", "40M");
+    let args = ["--rsync", "--chunk-size=256K", "src/data", "dst/data"];
+    let first = spawn(&h, &args, &[("FAKEZFS_SEND_RATE", "10M")]);
+    wait_until("both agents", 40, || agent_pids(&h).len() == 2);
+    wait_until("the first connection", 40, || receiver_connected(&h));
+    let snaps = h.snapshots("src/data");
+    let second = run_expect(&h, &args, 1);
+    assert!(
+        second.stderr.contains(
+            "Cannot sync now: dst/data is already being replicated from src/data by another syncoid-rsync --rsync run on this machine (pid "
+        ),
+        "{}",
+        second.stderr
+    );
+    assert_eq!(
+        h.snapshots("src/data"),
+        snaps,
+        "the busy run made a snapshot"
+    );
+    let (code, out, err) = finish(first);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(!err.contains("link to the agents lost"), "{err}");
+    assert_fed_once(&h);
+    assert_same_guids(&h, "src/data", "dst/data");
+    ok(&h, &args);
+    assert_eq!(h.tmp_entries(), Vec::<String>::new());
+}
+
 /// A recursive run looks for live agents once (in the pre-flight, not per
 /// dataset) and still finds the interrupted child's.
 #[test]
@@ -727,7 +766,12 @@ fn agents_give_up_after_their_inactivity_timeout_and_clean_up() {
         "dst/data",
     ];
     let pids = start_then_kill_coordinator(&h, &args, "2M", Duration::from_secs(2));
-    wait_until("the agents to time out", 20, || h.tmp_entries().is_empty());
+    // The killed coordinator's lock file stays until the next run.
+    wait_until("the agents to time out", 20, || {
+        h.tmp_entries()
+            .iter()
+            .all(|e| e.starts_with("syncoid-rsync-locks-"))
+    });
     for (role, pid) in pids {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
         let state = stat
@@ -745,6 +789,14 @@ fn agents_give_up_after_their_inactivity_timeout_and_clean_up() {
         token(&h, "dst/data").starts_with("1-")
     });
     assert!(received_bytes(&h) > 0);
+    let r = ok(&h, &args);
+    assert!(
+        r.stdout.contains("Resuming interrupted zfs send/receive"),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(h.files("dst/data"), h.files("src/data"));
+    assert_eq!(h.tmp_entries(), Vec::<String>::new());
 }
 
 #[test]

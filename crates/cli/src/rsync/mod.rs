@@ -5,6 +5,7 @@ pub mod agent;
 pub mod coordinator;
 pub mod feed;
 pub mod link;
+pub mod lock;
 pub mod relay;
 pub mod session;
 

@@ -63,7 +63,7 @@ pub fn touch(dir: &Path) {
     }
 }
 
-fn base() -> PathBuf {
+pub fn base() -> PathBuf {
     PathBuf::from(std::env::var_os("SYNCOID_RSYNC_TMP").unwrap_or_else(|| "/tmp".into()))
 }
 
