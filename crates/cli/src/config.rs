@@ -57,7 +57,7 @@ fn regexes(v: &[String], what: &str) -> Result<Vec<Regex>, UsageError> {
 /// ssh's own liveness check for --rsync connections: a keepalive after 10 s
 /// without a word from the server, the connection given up after three
 /// unanswered.
-pub const SSH_KEEPALIVE: [&str; 4] = [
+const SSH_KEEPALIVE: [&str; 4] = [
     "-o",
     "ServerAliveInterval=10",
     "-o",
