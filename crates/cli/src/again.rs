@@ -49,7 +49,7 @@ pub enum Kind {
     Never,
 }
 
-/// Whether `arg` is a cluster of short flags holding `flag` (`-nvP`).
+/// Whether one of `args` is a cluster of short flags holding `flag` (`-nvP`).
 fn has_flag(args: &[&str], flag: char) -> bool {
     args.iter()
         .any(|a| a.starts_with('-') && !a.starts_with("--") && a[1..].contains(flag))

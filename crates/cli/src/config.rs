@@ -54,10 +54,10 @@ fn regexes(v: &[String], what: &str) -> Result<Vec<Regex>, UsageError> {
         .collect()
 }
 
-/// ssh's own liveness check for --rsync connections: a keepalive after 10 s
-/// without a word from the server, the connection given up after three
-/// unanswered.
-const SSH_KEEPALIVE: [&str; 4] = [
+/// ssh's own liveness check for --rsync connections (the master's and each
+/// reconnection's own): a keepalive after 10 s without a word from the
+/// server, the connection given up after three unanswered.
+pub const SSH_KEEPALIVE: [&str; 4] = [
     "-o",
     "ServerAliveInterval=10",
     "-o",

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use super::{heartbeat, relay, session, setup_wait, stall};
 use crate::again::Backoff;
+use crate::config::SSH_KEEPALIVE;
 use crate::host::{Host, StderrTail};
 use crate::output::Out;
 use crate::progress::{Face, Progress};
@@ -142,10 +143,10 @@ const OWN_SSH: [&str; 10] = [
     "ControlMaster=no",
     "-o",
     "ControlPath=none",
-    "-o",
-    "ServerAliveInterval=10",
-    "-o",
-    "ServerAliveCountMax=3",
+    SSH_KEEPALIVE[0],
+    SSH_KEEPALIVE[1],
+    SSH_KEEPALIVE[2],
+    SSH_KEEPALIVE[3],
     "-o",
     "ConnectTimeout=5",
 ];

@@ -238,6 +238,8 @@ impl Link {
                         *mid = Some((r, w));
                     }
                     let (r, w) = mid.as_ref().expect("made");
+                    // Counted in `done` as they reach `tx`, so a failure
+                    // part-way knows whether any byte got there.
                     self.vmsplice(w.as_raw_fd(), rest).and_then(|n| {
                         self.splice_all(r.as_raw_fd(), tx, n, &mut done)?;
                         Ok(0)

@@ -15,7 +15,6 @@
 
 use std::fs::{self, File};
 use std::io::{Read, Seek, Write};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -73,7 +72,7 @@ fn take_in(base: &Path, key: &str) -> Result<Lock, Refused> {
             .create(true)
             .truncate(false)
             .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&path)
         {
             Ok(f) => f,
@@ -85,8 +84,7 @@ fn take_in(base: &Path, key: &str) -> Result<Lock, Refused> {
                 )))
             }
         };
-        // SAFETY: flock on a descriptor we own.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        if file.try_lock().is_err() {
             return Err(Refused::Held(owner(&file)));
         }
         // The file may have been removed by the run that held it, between
@@ -122,13 +120,12 @@ fn sweep(dir: &Path, keep: &str) {
         let path = dir.join(&name);
         let Ok(file) = fs::OpenOptions::new()
             .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&path)
         else {
             continue;
         };
-        // SAFETY: flock on a descriptor we own.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        if file.try_lock().is_ok() {
             // Held by us now, so nobody else can be using it; a run that
             // opened it before the removal sees another file when it checks.
             let _ = fs::remove_file(&path);
@@ -163,6 +160,7 @@ impl Drop for Lock {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsRawFd;
 
     #[test]
     fn one_run_holds_a_transfer_and_leaves_nothing_behind() {
