@@ -41,6 +41,10 @@ enum DsError {
     /// --rsync: an agent is gone for good and the other was stopped; the
     /// target's resume token carries the transfer on.
     AgentGone(String),
+    /// --rsync: another machine's run drives this transfer's agents; they
+    /// are left to it (the dataset counts as busy, as syncoid's busy
+    /// receive does).
+    Busy(String),
 }
 
 impl From<CmdError> for DsError {
@@ -61,7 +65,7 @@ impl std::fmt::Display for DsError {
                 }
                 Ok(())
             }
-            DsError::Other(m) | DsError::AgentGone(m) => f.write_str(m),
+            DsError::Other(m) | DsError::AgentGone(m) | DsError::Busy(m) => f.write_str(m),
         }
     }
 }
@@ -383,6 +387,13 @@ pub fn run(s: &Settings) -> Result<Summary, Fatal> {
             }
             Ok(Outcome::Busy) => {
                 summary.busy += 1;
+                ("busy", None)
+            }
+            Err(DsError::Busy(why)) => {
+                summary.busy += 1;
+                out.warn(&format!(
+                    "Cannot sync now: {dst_fs} is being replicated from {src_fs} by another syncoid-rsync --rsync run: {why}. Leaving the transfer to it."
+                ));
                 ("busy", None)
             }
             Err(e) => {
@@ -1220,10 +1231,10 @@ fn rsync_transfer(
         (Ok(r), Ok(s)) => (r, s),
         (r, s) => {
             if let Ok((d, _)) = &r {
-                coordinator::stop_agent(th, &exes.target, d);
+                let _ = coordinator::stop_agent(th, &exes.target, d);
             }
             if let Ok((d, _)) = &s {
-                coordinator::stop_agent(sh, &exes.source, d);
+                let _ = coordinator::stop_agent(sh, &exes.source, d);
             }
             let why = [r.err(), s.err()].into_iter().flatten().collect::<Vec<_>>();
             return Err(DsError::Other(why.join("\n")));
@@ -1250,9 +1261,11 @@ fn finish_transfer(
     estimate: u64,
 ) -> Result<(), DsError> {
     // Receiver first: it closes zfs receive -s, keeping what it verified.
+    // Err: one was driven by another machine's run, and left to it.
     let stop_both = || {
-        coordinator::stop_agent(&receiver.host, &receiver.exe, &receiver.dir);
-        coordinator::stop_agent(&sender.host, &sender.exe, &sender.dir);
+        let r = coordinator::stop_agent(&receiver.host, &receiver.exe, &receiver.dir);
+        let s = coordinator::stop_agent(&sender.host, &sender.exe, &sender.dir);
+        r.and(s)
     };
     ctx.progress.start_stream(src_fs, dst_fs, estimate);
     let result = coordinator::run(
@@ -1270,15 +1283,16 @@ fn finish_transfer(
         Err(coordinator::RunError::Inactive(e)) => return Err(DsError::Other(e)),
         Err(coordinator::RunError::Gone(e)) => {
             // The survivor is stopped (a receiver closes zfs receive -s,
-            // keeping what it verified).
-            stop_both();
+            // keeping what it verified), unless another run took it over.
+            stop_both().map_err(DsError::Busy)?;
             return Err(DsError::AgentGone(e));
         }
+        Err(coordinator::RunError::Busy(why)) => return Err(DsError::Busy(why)),
         Err(coordinator::RunError::Fatal(e)) => {
             // Nothing more can come from these agents: stop both. The
             // receiver closes zfs receive -s, whose resume token keeps
             // every verified byte for the next run.
-            stop_both();
+            let _ = stop_both();
             return Err(DsError::Other(format!(
                 "{e}\n  the target keeps what was received (resume token): run the same command again to continue"
             )));
@@ -1291,7 +1305,7 @@ fn finish_transfer(
     if !outcome.agents_gone {
         ctx.out
             .debug("an agent did not confirm its exit; stopping both");
-        stop_both();
+        let _ = stop_both();
     }
     let st = &outcome.stats;
     ctx.bytes.set(ctx.bytes.get() + st.acked_bytes);
@@ -1348,13 +1362,15 @@ fn reattach(ctx: &Ctx, src_fs: &str, dst_fs: &str) -> Result<bool, DsError> {
             Ok(true)
         }
         (Some(d), None) => {
+            // Unless another machine's run drives it: then its receiver is
+            // only out of our sight, not gone.
+            coordinator::stop_agent(sh, &exes.source, &d).map_err(DsError::Busy)?;
             ctx.out.warn(&format!("--rsync: the receiving agent of an earlier transfer is gone; stopping its sender ({d})"));
-            coordinator::stop_agent(sh, &exes.source, &d);
             Ok(false)
         }
         (None, Some(d)) => {
+            coordinator::stop_agent(th, &exes.target, &d).map_err(DsError::Busy)?;
             ctx.out.warn(&format!("--rsync: the sending agent of an earlier transfer is gone; stopping its receiver ({d})"));
-            coordinator::stop_agent(th, &exes.target, &d);
             Ok(false)
         }
         (None, None) => Ok(false),

@@ -1241,3 +1241,171 @@ fn rsync_pulls_and_relays_between_two_ssh_hosts() {
         assert_eq!(h.tmp_entries(), Vec::<String>::new());
     }
 }
+
+/// Session dirs left on `h` (a killed coordinator's copy of the binary
+/// is not one: it is swept once stale).
+fn sessions_left(h: &Host) -> Vec<String> {
+    h.tmp_entries()
+        .into_iter()
+        .filter(|e| !e.starts_with("syncoid-rsync-bin."))
+        .collect()
+}
+
+/// The relay `hosta -> hostb` that two machines of a lab run, with the
+/// sender held to 4 MB/s so that it lasts.
+fn relay_args(cfg: &str, extra: &[&str]) -> Vec<String> {
+    let mut args = vec![cfg, "--rsync", "--chunk-size=256K", "--source-bwlimit=4M"];
+    args.extend(extra);
+    args.extend(["root@hosta:pa/data", "root@hostb:pb/data"]);
+    args.into_iter().map(String::from).collect()
+}
+
+/// Two machines run the same remote-to-remote command (a second backup
+/// server, or the job moved while the first run still goes). The second
+/// finds the first's agents on both hosts, but they belong to a run that
+/// is alive elsewhere: they refuse it and name their owner. It reports
+/// the dataset busy (exit 1), makes no snapshot and takes no connection;
+/// the first finishes undisturbed, each byte fed once.
+#[test]
+fn another_machine_running_the_same_transfer_is_refused_by_its_agents() {
+    let _serial = serial();
+    let lab = lab();
+    let (local, a, b) = (&lab.local, &lab.a, &lab.b);
+    let other = Host::new(&["elsewhere"]);
+    let (_r1, _r2, _r3, _r4) = (Reaper(local), Reaper(a), Reaper(b), Reaper(&other));
+    synthetic(a, "pa/data", "32M");
+    let cfg = format!("--sshconfig={}", lab.config);
+    let args = relay_args(&cfg, &[]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let first = spawn(local, &args, &[]);
+    wait_until("the first run's receiver", 40, || receiver_connected(b));
+    let snaps = a.snapshots("pa/data");
+    let second = run_expect(&other, &args, 1);
+    assert!(
+        second.stderr.contains(
+            "Cannot sync now: pb/data is being replicated from pa/data by another syncoid-rsync --rsync run: the sender agent on root@hosta is driven by syncoid-rsync on "
+        ),
+        "{}",
+        second.stderr
+    );
+    assert!(
+        second.stderr.contains(&format!("(pid {})", first.id())),
+        "{}",
+        second.stderr
+    );
+    assert_eq!(
+        a.snapshots("pa/data"),
+        snaps,
+        "the refused run made a snapshot"
+    );
+    let (code, out, err) = finish(first);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(!err.contains("link to the agents lost"), "{err}");
+    assert!(out.contains(", 0 reconnects,"), "{out}");
+    assert_eq!(b.files("pb/data"), a.files("pa/data"));
+    assert_fed_once(b);
+    for h in [local, a, b, &other] {
+        assert_eq!(h.tmp_entries(), Vec::<String>::new());
+    }
+}
+
+/// A machine that sees only one agent of a transfer takes it for the
+/// remnant of an interrupted run of its own and stops it. When the other
+/// agent is in fact local to another machine whose run is alive (both
+/// push a dataset of the same name to the same target), the agent
+/// refuses to stop: the dataset is reported busy, and the first run
+/// finishes without losing its receiver.
+#[test]
+fn an_agent_driven_from_another_machine_is_not_stopped_as_a_lone_survivor() {
+    let _serial = serial();
+    let lab = lab();
+    let (local, b) = (&lab.local, &lab.b);
+    let other = Host::new(&["here"]);
+    let (_r1, _r2, _r3) = (Reaper(local), Reaper(b), Reaper(&other));
+    synthetic(local, "here/data", "32M");
+    synthetic(&other, "here/data", "1M");
+    let cfg = format!("--sshconfig={}", lab.config);
+    let args = [
+        cfg.as_str(),
+        "--rsync",
+        "--no-sync-snap",
+        "--chunk-size=256K",
+        "--target-bwlimit=4M",
+        "here/data",
+        "root@hostb:pb/data",
+    ];
+    let first = spawn(local, &args, &[]);
+    wait_until("the first run's receiver", 40, || receiver_connected(b));
+    let second = run_expect(&other, &args, 1);
+    assert!(
+        second.stderr.contains(
+            "Cannot sync now: pb/data is being replicated from here/data by another syncoid-rsync --rsync run: the agent on root@hostb is driven by syncoid-rsync on "
+        ),
+        "{}",
+        second.stderr
+    );
+    assert!(!second.stderr.contains("is gone"), "{}", second.stderr);
+    let (code, out, err) = finish(first);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains(", 0 reconnects,"), "{out}");
+    assert_eq!(b.files("pb/data"), local.files("here/data"));
+    let receives: Vec<_> = b
+        .log()
+        .into_iter()
+        .filter(|e| e["argv"][0] == "receive")
+        .collect();
+    assert_eq!(
+        receives.len(),
+        1,
+        "the first run's receive was stopped and replaced: {receives:?}"
+    );
+    assert_fed_once(b);
+    for h in [local, b, &other] {
+        assert_eq!(h.tmp_entries(), Vec::<String>::new());
+    }
+}
+
+/// The agents wait for their owner only so long: once it has been silent
+/// for the takeover wait (three stall times; 2 s stall here), a run from
+/// another machine takes the transfer over and finishes it, sending no
+/// byte twice. Before that, it is refused.
+#[test]
+fn another_machine_takes_a_transfer_over_once_its_coordinator_is_silent() {
+    let _serial = serial();
+    let stall = [("SYNCOID_RSYNC_STALL_SECS", "2")];
+    let lab = lab_with_env(&stall);
+    let (local, a, b) = (&lab.local, &lab.a, &lab.b);
+    let other = Host::new(&["elsewhere"]);
+    let (_r1, _r2, _r3, _r4) = (Reaper(local), Reaper(a), Reaper(b), Reaper(&other));
+    synthetic(a, "pa/data", "32M");
+    let cfg = format!("--sshconfig={}", lab.config);
+    let args = relay_args(&cfg, &["--no-sync-snap"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let first = spawn(local, &args, &stall);
+    wait_until("the first run's receiver", 40, || receiver_connected(b));
+    std::thread::sleep(Duration::from_secs(2));
+    kill(first.id() as i32, 9);
+    let killed = Instant::now();
+    let _ = finish(first);
+    let refused = run_expect(&other, &args, 1);
+    assert!(
+        refused.stderr.contains("is driven by syncoid-rsync on "),
+        "{}",
+        refused.stderr
+    );
+    let wait = Duration::from_secs(7);
+    std::thread::sleep(wait.saturating_sub(killed.elapsed()));
+    let (code, out, err) = finish(spawn(&other, &args, &stall));
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("re-attaching to the live agents"), "{out}");
+    assert_eq!(b.files("pb/data"), a.files("pa/data"));
+    assert_eq!(
+        b.log().iter().filter(|e| e["argv"][0] == "receive").count(),
+        1,
+        "the same zfs receive finished it"
+    );
+    assert_fed_once(b);
+    for h in [a, b] {
+        assert_eq!(sessions_left(h), Vec::<String>::new());
+    }
+}

@@ -10,6 +10,7 @@ pub mod fuzz;
 pub mod inventory;
 pub mod location;
 pub mod names;
+pub mod ownership;
 pub mod plan;
 pub mod shell;
 pub mod syncsnap;

@@ -13,7 +13,7 @@
 //!
 //! Nothing here does I/O.
 
-pub const VERSION: u16 = 3;
+pub const VERSION: u16 = 4;
 /// The largest frame we accept: a 16 MiB chunk plus headers.
 pub const MAX_FRAME: usize = (16 << 20) + 1024;
 
@@ -179,11 +179,12 @@ pub struct End {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Msg {
-    /// First message on every connection, from the coordinator.
+    /// First message on every connection, from the coordinator: who is
+    /// asking (see `ownership`).
     Hello {
         version: u16,
         role: Role,
-        session: String,
+        owner: Owner,
     },
     /// The agent's answer: where it stands.
     Welcome {
@@ -225,6 +226,24 @@ pub enum Msg {
     },
     /// Coordinator: the transfer is over; exit and clean up.
     Bye,
+    /// Agent: refused a Hello, because another coordinator (`label`)
+    /// drives this transfer and was heard `heard_ms` ago.
+    Busy {
+        label: String,
+        heard_ms: u64,
+    },
+}
+
+/// The coordinator a Hello comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Owner {
+    /// Where its run is alone (one machine, user and lock directory: see
+    /// `ownership`); empty for a tool such as `agent stop` run by hand.
+    pub domain: String,
+    /// Its run, random.
+    pub run: u64,
+    /// For people: host and pid.
+    pub label: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -309,12 +328,14 @@ pub fn encode(m: &Msg) -> Vec<u8> {
         Msg::Hello {
             version,
             role,
-            session,
+            owner,
         } => {
             w.u8(1);
             w.u16(*version);
             w.u8(*role as u8);
-            w.bytes(session.as_bytes());
+            w.bytes(owner.domain.as_bytes());
+            w.u64(owner.run);
+            w.bytes(owner.label.as_bytes());
         }
         Msg::Welcome {
             version,
@@ -370,6 +391,11 @@ pub fn encode(m: &Msg) -> Vec<u8> {
             w.bytes(msg.as_bytes());
         }
         Msg::Bye => w.u8(12),
+        Msg::Busy { label, heard_ms } => {
+            w.u8(13);
+            w.bytes(label.as_bytes());
+            w.u64(*heard_ms);
+        }
     }
     let len = (w.0.len() - 4) as u32;
     w.0[..4].copy_from_slice(&len.to_be_bytes());
@@ -455,7 +481,7 @@ impl<'a> R<'a> {
 fn decode_body(kind: u8, body: &[u8]) -> Result<Msg, WireError> {
     let names = [
         "", "hello", "welcome", "want", "chunk", "ack", "nak", "end", "done", "ping", "pong",
-        "error", "bye",
+        "error", "bye", "busy",
     ];
     let what = names.get(kind as usize).copied().unwrap_or("unknown");
     let mut r = R { b: body, what };
@@ -465,7 +491,11 @@ fn decode_body(kind: u8, body: &[u8]) -> Result<Msg, WireError> {
             Msg::Hello {
                 version,
                 role: r.role()?,
-                session: r.string()?,
+                owner: Owner {
+                    domain: r.string()?,
+                    run: r.u64()?,
+                    label: r.string()?,
+                },
             }
         }
         2 => Msg::Welcome {
@@ -501,6 +531,10 @@ fn decode_body(kind: u8, body: &[u8]) -> Result<Msg, WireError> {
         10 => Msg::Pong { nonce: r.u64()? },
         11 => Msg::Error { msg: r.string()? },
         12 => Msg::Bye,
+        13 => Msg::Busy {
+            label: r.string()?,
+            heard_ms: r.u64()?,
+        },
         k => return Err(WireError::UnknownType(k)),
     };
     r.done()?;

@@ -50,8 +50,8 @@ impl Sshd {
         Sshd::start_with_env(host, &[])
     }
 
-    /// Like `start`, with some of the sessions' variables (PATH, say)
-    /// replaced.
+    /// Like `start`, with some of the sessions' variables replaced (PATH,
+    /// say) or added (SYNCOID_RSYNC_STALL_SECS, say).
     pub fn start_with_env(host: &Host, overrides: &[(&str, &str)]) -> Sshd {
         let dir = host.dir().join("sshd");
         std::fs::create_dir_all(&dir).unwrap();
@@ -196,6 +196,12 @@ fn config(dir: &Path, port: u16, host: &Host, overrides: &[(&str, &str)]) -> Str
                 .map_or(v, |(_, o)| o.to_string());
             format!("{k}={v}")
         })
+        .chain(
+            overrides
+                .iter()
+                .filter(|(o, _)| !host.envs().iter().any(|(k, _)| k == o))
+                .map(|(k, v)| format!("{k}={v}")),
+        )
         .collect::<Vec<_>>()
         .join(" ");
     format!(

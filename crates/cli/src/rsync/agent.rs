@@ -19,8 +19,9 @@ use super::feed::{Buffers, Feed};
 use super::link::{self, Link};
 use super::session::{self, Marker};
 use crate::host::StderrTail;
+use syncoid_rsync_core::ownership::{self, Admit};
 use syncoid_rsync_core::transport::{Chunker, Lookup, Pacer, Receiver, Spool, Verdict};
-use syncoid_rsync_core::wire::{self, Chunk, End, Msg, Role};
+use syncoid_rsync_core::wire::{self, Chunk, End, Msg, Owner, Role};
 
 pub struct StartOpts {
     pub role: Role,
@@ -43,7 +44,7 @@ pub struct StartOpts {
 fn usage() -> ! {
     eprintln!(
         "usage: syncoid-rsync agent start send|receive --key KEY --timeout SECS [--attach] [--chunk-size N] [--spool-size N] [--compress-level N] [--bwlimit BYTES/S] -- ZFS-ARGV...\n\
-         \x20      syncoid-rsync agent bridge DIR | list | stop DIR | sweep"
+         \x20      syncoid-rsync agent bridge DIR | list | stop DIR [--owner DOMAIN:RUN:LABEL] | sweep"
     );
     std::process::exit(64);
 }
@@ -70,7 +71,7 @@ pub fn main(args: &[String]) -> i32 {
             }
             0
         }
-        Some("stop") if args.len() == 2 => stop(&args[1]),
+        Some("stop") if args.len() >= 2 => stop(&args[1..]),
         Some("sweep") => {
             println!("{}", session::sweep());
             0
@@ -300,21 +301,31 @@ impl Clock {
 struct TimedOut;
 
 /// Accepts coordinator connections until `done` says stop or the
-/// coordinator has been silent for the timeout. A new connection replaces
-/// the previous one. When done, returns the last connection: the agent
-/// holds it open until its session dir is gone, so the coordinator sees it
-/// close only once the agent has cleaned up.
+/// coordinator has been silent for the timeout. Each connection must
+/// first say Hello (read on its own thread, within `setup_wait`); the
+/// owner in it is admitted or refused (`ownership::admit`: a coordinator
+/// of another machine is refused while this agent's owner was heard
+/// within `takeover_wait`). An admitted connection replaces the previous
+/// one and goes to `handle` with its Hello; a refused one gets Busy and is
+/// closed, and the current connection goes on untouched. When done,
+/// returns the last connection: the agent holds it open until its session
+/// dir is gone, so the coordinator sees it close only once the agent has
+/// cleaned up.
 fn serve(
     listener: &UnixListener,
     clock: &Arc<Clock>,
     timeout: Duration,
     done: &dyn Fn() -> bool,
-    handle: &dyn Fn(Link),
+    handle: &dyn Fn(Link, Msg),
 ) -> Result<Option<Link>, TimedOut> {
     listener
         .set_nonblocking(true)
         .expect("nonblocking listener");
     let mut current: Option<Link> = None;
+    let mut owner: Option<Owner> = None;
+    let (greeted_tx, greeted) = crossbeam_channel::unbounded::<(Link, Owner, Msg)>();
+    // Connections whose Hello has not come yet, and since when.
+    let mut pending: Vec<(Instant, Link)> = Vec::new();
     loop {
         if done() {
             return Ok(current);
@@ -323,6 +334,66 @@ fn serve(
             eprintln!("no coordinator for {}s: giving up", timeout.as_secs());
             return Err(TimedOut);
         }
+        while let Ok((s, asker, hello)) = greeted.try_recv() {
+            pending.retain(|(_, p)| !p.same(&s));
+            let heard = clock.idle();
+            match ownership::admit(owner.as_ref(), heard, &asker, super::takeover_wait()) {
+                Admit::Refuse => {
+                    let label = owner.as_ref().map(|o| o.label.clone()).unwrap_or_default();
+                    eprintln!(
+                        "refused {}: this transfer is driven by {label}, heard {:.1}s ago",
+                        asker.label,
+                        heard.as_secs_f64()
+                    );
+                    let busy = Msg::Busy {
+                        label,
+                        heard_ms: heard.as_millis() as u64,
+                    };
+                    let mut s = s;
+                    let _ = s.write_all(&wire::encode(&busy));
+                    s.cancel();
+                    continue;
+                }
+                Admit::TakeOver => {
+                    eprintln!(
+                        "{} takes over from {} (heard {:.1}s ago)",
+                        asker.label,
+                        owner.as_ref().map(|o| o.label.as_str()).unwrap_or(""),
+                        heard.as_secs_f64()
+                    );
+                    owner = Some(asker);
+                }
+                Admit::First => owner = Some(asker),
+                Admit::Again | Admit::Tool => {}
+            }
+            clock.touch();
+            eprintln!(
+                "coordinator connected{}",
+                if s.attached() {
+                    " (ssh session attached)"
+                } else {
+                    ""
+                }
+            );
+            // A new connection replaces the old one, even if the old
+            // one is a half-dead ssh session that never sees its peer go.
+            if let Some(old) = current.take() {
+                old.cancel();
+            }
+            current = Some(s.clone());
+            handle(s, hello);
+        }
+        pending.retain(|(since, s)| {
+            let late = since.elapsed() > super::setup_wait();
+            if late {
+                eprintln!(
+                    "a connection said no hello within {:?}: closed",
+                    super::setup_wait()
+                );
+                s.cancel();
+            }
+            !late
+        });
         match listener.accept() {
             Ok((s, _)) => {
                 let s = match Link::accept(s) {
@@ -332,25 +403,54 @@ fn serve(
                         continue;
                     }
                 };
-                clock.touch();
-                eprintln!(
-                    "coordinator connected{}",
-                    if s.attached() {
-                        " (ssh session attached)"
+                pending.push((Instant::now(), s.clone()));
+                let tx = greeted_tx.clone();
+                std::thread::spawn(move || {
+                    if let Some((owner, hello)) = greet(&s) {
+                        let _ = tx.send((s, owner, hello));
                     } else {
-                        ""
+                        s.cancel();
                     }
-                );
-                // A new connection replaces the old one, even if the old
-                // one is a half-dead ssh session that never sees its peer go.
-                if let Some(old) = current.take() {
-                    old.cancel();
-                }
-                current = Some(s.clone());
-                handle(s);
+                });
             }
             Err(_) => std::thread::sleep(Duration::from_millis(20)),
         }
+    }
+}
+
+/// A Hello is small: its owner's domain, run and label.
+const HELLO_MAX: usize = 4096;
+
+/// Reads a connection's first frame, exactly (what follows stays unread
+/// for the connection's reader), and returns it if it is a Hello. Anything
+/// else gets an Error naming what was wrong (a version mismatch, say).
+fn greet(s: &Link) -> Option<(Owner, Msg)> {
+    let mut r = s.clone();
+    let mut frame = vec![0u8; 4];
+    r.read_exact(&mut frame).ok()?;
+    let len = u32::from_be_bytes(frame[..4].try_into().expect("4 bytes")) as usize;
+    let refuse = |msg: String| {
+        eprintln!("connection refused: {msg}");
+        let _ = s.clone().write_all(&wire::encode(&Msg::Error { msg }));
+        None
+    };
+    if len == 0 || len > HELLO_MAX {
+        return refuse(format!("a first frame of {len} bytes is not a hello"));
+    }
+    frame.resize(4 + len, 0);
+    r.read_exact(&mut frame[4..]).ok()?;
+    match wire::decode_frame(&frame) {
+        Ok(m @ Msg::Hello { .. }) => {
+            let Msg::Hello { owner, .. } = &m else {
+                unreachable!("matched a hello")
+            };
+            Some((owner.clone(), m))
+        }
+        Ok(_) => refuse(format!(
+            "the first message (type {}) was not a hello",
+            frame[4]
+        )),
+        Err(e) => refuse(format!("protocol error: {e}")),
     }
 }
 
@@ -404,11 +504,13 @@ fn write_msg(w: &Mutex<Link>, m: &Msg) -> bool {
 /// (sshd keeps decrypting) while a chunk is written to zfs receive.
 const READ_AHEAD: usize = 4;
 
-/// Reads messages from `s` until it closes or fails; calls `f` for each,
-/// in order, on this thread (a reader thread reads up to `READ_AHEAD`
+/// Calls `f` with `first` (the Hello `serve` read), then reads messages
+/// from `s` until it closes or fails and calls `f` for each, in order, on
+/// this thread (a reader thread reads up to `READ_AHEAD`
 /// messages ahead, into buffers from `spare` when it has them).
 fn read_loop(
     mut s: Link,
+    first: Msg,
     spare: Option<Arc<Buffers>>,
     clock: &Arc<Clock>,
     writer: &Arc<Mutex<Link>>,
@@ -459,7 +561,7 @@ fn read_loop(
             }
         }
     });
-    for m in rx.iter() {
+    for m in std::iter::once(first).chain(rx.iter()) {
         busy.store(true, std::sync::atomic::Ordering::SeqCst);
         let go_on = f(m);
         busy.store(false, std::sync::atomic::Ordering::SeqCst);
@@ -519,7 +621,7 @@ fn run_sender(o: &StartOpts, listener: UnixListener, mut child: Child) -> (i32, 
     };
     let timeout = o.timeout;
     let done = || shared.0.lock().expect("state").bye;
-    let served = serve(&listener, &clock, timeout, &done, &|s| {
+    let served = serve(&listener, &clock, timeout, &done, &|s, hello| {
         let generation = {
             let mut st = shared.0.lock().expect("state");
             st.generation += 1;
@@ -529,7 +631,7 @@ fn run_sender(o: &StartOpts, listener: UnixListener, mut child: Child) -> (i32, 
         let writer = Arc::new(Mutex::new(s.clone()));
         let (shared2, writer2, clock2) = (shared.clone(), writer.clone(), clock.clone());
         std::thread::spawn(move || {
-            read_loop(s, None, &clock2, &writer2, super::heartbeat(), |m| {
+            read_loop(s, hello, None, &clock2, &writer2, super::heartbeat(), |m| {
                 sender_msg(m, generation, &shared2, &writer2)
             });
         });
@@ -809,7 +911,7 @@ fn run_receiver(o: &StartOpts, listener: UnixListener, mut child: Child) -> (i32
         bye: false,
     }));
     let done = || state.lock().expect("state").bye;
-    let served = serve(&listener, &clock, o.timeout, &done, &|s| {
+    let served = serve(&listener, &clock, o.timeout, &done, &|s, hello| {
         let writer = Arc::new(Mutex::new(s.clone()));
         let (state, stdin, child, tail, clock, buffers) = (
             state.clone(),
@@ -824,7 +926,7 @@ fn run_receiver(o: &StartOpts, listener: UnixListener, mut child: Child) -> (i32
         // twice; it ends at its next socket operation.
         std::thread::spawn(move || {
             let spare = Some(buffers.clone());
-            read_loop(s, spare, &clock, &writer, super::heartbeat(), |m| {
+            read_loop(s, hello, spare, &clock, &writer, super::heartbeat(), |m| {
                 let zfs = Zfs {
                     stdin: &stdin,
                     child: &child,
@@ -1051,9 +1153,24 @@ fn null_stdin_stdout() {
     }
 }
 
-/// `agent stop DIR`: asks the agent to end (Bye), then makes sure.
-fn stop(dir: &str) -> i32 {
-    let dir: PathBuf = match session::open(dir) {
+/// `agent stop`'s exit status when the agent is driven by another
+/// coordinator (EX_TEMPFAIL): it was left alone.
+pub const HELD: i32 = 75;
+
+/// `agent stop DIR [--owner DOMAIN:RUN:LABEL]`: asks the agent to end
+/// (Bye), then makes sure. With an owner, the agent may refuse (another
+/// coordinator drives it): then it is left alone, and the status is
+/// `HELD`. Without one (by hand), the agent always obeys.
+fn stop(args: &[String]) -> i32 {
+    let owner = match args {
+        [_] => Owner::default(),
+        [_, flag, o] if flag == "--owner" => match parse_owner(o) {
+            Some(o) => o,
+            None => usage(),
+        },
+        _ => usage(),
+    };
+    let dir: PathBuf = match session::open(&args[0]) {
         Ok(d) => d,
         Err(e) => {
             eprintln!("stop: {e}");
@@ -1064,8 +1181,16 @@ fn stop(dir: &str) -> i32 {
         let _ = s.write_all(&wire::encode(&Msg::Hello {
             version: wire::VERSION,
             role: Role::Coordinator,
-            session: String::new(),
+            owner,
         }));
+        if let Some(Msg::Busy { label, heard_ms }) = first_answer(&mut s) {
+            eprintln!(
+                "stop: {} is driven by {label} (heard {:.1}s ago): left alone",
+                dir.display(),
+                heard_ms as f64 / 1000.0
+            );
+            return HELD;
+        }
         let _ = s.write_all(&wire::encode(&Msg::Bye));
     }
     for _ in 0..50 {
@@ -1086,12 +1211,48 @@ fn stop(dir: &str) -> i32 {
     0
 }
 
+/// The agent's answer to a Hello, if one comes within 5 s.
+fn first_answer(s: &mut UnixStream) -> Option<Msg> {
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let mut d = wire::Decoder::default();
+    let mut buf = [0u8; 4096];
+    loop {
+        match d.next_msg() {
+            Ok(Some(m)) => return Some(m),
+            Ok(None) => {}
+            Err(_) => return None,
+        }
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => d.push(&buf[..n]),
+        }
+    }
+}
+
+/// `DOMAIN:RUN:LABEL` (the label may hold colons), as
+/// `coordinator::stop_agent` writes it.
+pub fn parse_owner(s: &str) -> Option<Owner> {
+    let mut parts = s.splitn(3, ':');
+    let domain = parts.next()?.to_string();
+    let run = parts.next()?.parse().ok()?;
+    let label = parts.next()?.to_string();
+    (!domain.is_empty()).then_some(Owner { domain, run, label })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::io::Read;
     use std::os::unix::net::UnixStream;
     use syncoid_rsync_core::wire::Decoder;
+
+    fn hello() -> Msg {
+        Msg::Hello {
+            version: wire::VERSION,
+            role: Role::Sender,
+            owner: Owner::default(),
+        }
+    }
 
     /// The beats (Pong, nonce 0) the peer reads within `wait`.
     fn beats_within(peer: &mut UnixStream, wait: Duration) -> usize {
@@ -1115,6 +1276,147 @@ mod tests {
         beats
     }
 
+    fn owner(domain: &str, run: u64) -> Owner {
+        Owner {
+            domain: domain.into(),
+            run,
+            label: format!("{domain}/{run}"),
+        }
+    }
+
+    /// Connects to `sock`, says Hello as `o`, and returns the connection
+    /// with the agent's answer, if any came (a refusal comes at once; an
+    /// admitted connection hears nothing until it asks).
+    fn say_hello(sock: &Path, o: Owner) -> (UnixStream, Option<Msg>) {
+        let mut c = UnixStream::connect(sock).unwrap();
+        c.write_all(&wire::encode(&Msg::Hello {
+            version: wire::VERSION,
+            role: Role::Sender,
+            owner: o,
+        }))
+        .unwrap();
+        c.set_read_timeout(Some(Duration::from_millis(700)))
+            .unwrap();
+        let mut d = Decoder::default();
+        let mut buf = [0u8; 256];
+        while let Ok(n @ 1..) = c.read(&mut buf) {
+            d.push(&buf[..n]);
+        }
+        (c, d.next_msg().unwrap())
+    }
+
+    /// Whether the agent still serves `link` (a replaced connection is
+    /// cancelled: its writes fail).
+    fn served(link: &Link) -> bool {
+        link.clone()
+            .write_all(&wire::encode(&Msg::Pong { nonce: 0 }))
+            .is_ok()
+    }
+
+    /// An agent serves one coordinator. Another machine's coordinator is
+    /// refused (Busy, naming the owner) while the owner is heard, and the
+    /// owner's connection goes on; a later run of the owner's machine (it
+    /// holds the transfer lock there, so the old run ended) takes over at
+    /// once; a tool without an owner (`agent stop` by hand) is served but
+    /// owns nothing; a first message that is not a Hello is refused.
+    #[test]
+    fn one_owner_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("sock");
+        let listener = UnixListener::bind(&sock).unwrap();
+        let clock = Arc::new(Clock {
+            last_heard: Mutex::new(Instant::now()),
+        });
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (tx, handled) = crossbeam_channel::unbounded::<(Link, Msg)>();
+        let server = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let done = || stop.load(std::sync::atomic::Ordering::SeqCst);
+                let _ = serve(
+                    &listener,
+                    &clock,
+                    Duration::from_secs(60),
+                    &done,
+                    &|s, m| {
+                        tx.send((s, m)).unwrap();
+                    },
+                );
+            })
+        };
+        let next = |who: &str| {
+            let (link, m) = handled.recv_timeout(Duration::from_secs(5)).unwrap();
+            let Msg::Hello { owner, .. } = m else {
+                panic!("{who}: handled {m:?}")
+            };
+            (link, owner)
+        };
+
+        let (_a, answer) = say_hello(&sock, owner("m1", 1));
+        assert_eq!(answer, None, "the first owner is admitted silently");
+        let (a_link, seen) = next("a");
+        assert_eq!(seen, owner("m1", 1));
+
+        let (_b, answer) = say_hello(&sock, owner("m2", 9));
+        match answer {
+            Some(Msg::Busy { label, heard_ms }) => {
+                assert_eq!(label, "m1/1");
+                assert!(heard_ms < 5000, "{heard_ms}");
+            }
+            other => panic!("another machine's run was not refused: {other:?}"),
+        }
+        assert!(
+            handled.try_recv().is_err(),
+            "a refused connection was handled"
+        );
+        assert!(served(&a_link), "the refusal cut the owner's connection");
+
+        let (_t, answer) = say_hello(&sock, Owner::default());
+        assert_eq!(answer, None);
+        let (t_link, _) = next("tool");
+        assert!(
+            !served(&a_link),
+            "the tool's connection replaces the last one"
+        );
+        let (_b, answer) = say_hello(&sock, owner("m2", 9));
+        assert!(
+            matches!(&answer, Some(Msg::Busy { label, .. }) if label == "m1/1"),
+            "the tool took the agent: {answer:?}"
+        );
+
+        let (_c, answer) = say_hello(&sock, owner("m1", 2));
+        assert_eq!(
+            answer, None,
+            "a later run of the owner's machine is admitted"
+        );
+        let (c_link, seen) = next("c");
+        assert_eq!(seen.run, 2);
+        assert!(!served(&t_link));
+        assert!(served(&c_link));
+        let (_b, answer) = say_hello(&sock, owner("m2", 9));
+        assert!(
+            matches!(&answer, Some(Msg::Busy { label, .. }) if label == "m1/2"),
+            "{answer:?}"
+        );
+
+        let mut x = UnixStream::connect(&sock).unwrap();
+        x.write_all(&wire::encode(&Msg::Bye)).unwrap();
+        x.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut d = Decoder::default();
+        let mut buf = [0u8; 256];
+        while let Ok(n @ 1..) = x.read(&mut buf) {
+            d.push(&buf[..n]);
+        }
+        assert!(
+            matches!(d.next_msg(), Ok(Some(Msg::Error { msg })) if msg.contains("not a hello")),
+            "a connection that did not greet was not refused"
+        );
+        assert!(served(&c_link), "a bad connection cut the owner's");
+
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        server.join().unwrap();
+    }
+
     /// An agent beats while its handler is busy (a receive that stopped
     /// taking writes) and stays silent while it idles waiting for data:
     /// then only the coordinator's pings get answers, so a link stuck
@@ -1130,6 +1432,7 @@ mod tests {
         let agent = std::thread::spawn(move || {
             read_loop(
                 link,
+                hello(),
                 None,
                 &clock,
                 &writer,
@@ -1139,6 +1442,7 @@ mod tests {
                         std::thread::sleep(Duration::from_millis(1200));
                         true
                     }
+                    Msg::Hello { .. } => true,
                     _ => false,
                 },
             )

@@ -416,6 +416,8 @@ pub struct Stats {
     pub reconnects: u64,
     /// The highest chunk forwarded so far (to count re-sends).
     forwarded: Option<u64>,
+    /// Both agents welcomed this run at least once: it drives the transfer.
+    drove: bool,
 }
 
 pub struct Outcome {
@@ -450,17 +452,25 @@ enum Step {
     Fatal(String),
     /// An agent is gone for good (its host says so): nothing to reconnect to.
     Gone(String),
+    /// An agent refused us: another coordinator drives it (`ownership`).
+    /// `both`: the other agent refused us too.
+    Busy {
+        why: String,
+        both: bool,
+    },
 }
 
+/// Greets an agent: its Welcome, or its Busy when another coordinator
+/// drives it.
 fn hello(c: &Conn, role: Role) -> Result<Msg, String> {
     c.tx.send(wire::encode(&Msg::Hello {
         version: wire::VERSION,
         role,
-        session: String::new(),
+        owner: super::lock::owner().clone(),
     }))
     .map_err(|_| "connection closed".to_string())?;
     match c.rx.recv_timeout(setup_wait()) {
-        Ok(Ok(In::Msg(m @ Msg::Welcome { .. }))) => Ok(m),
+        Ok(Ok(In::Msg(m @ (Msg::Welcome { .. } | Msg::Busy { .. })))) => Ok(m),
         Ok(Ok(In::Msg(Msg::Error { msg }))) => Err(msg),
         Ok(Ok(In::Msg(other))) => Err(format!("unexpected {} before the welcome", kind(&other))),
         Ok(Ok(In::Chunk { .. })) => Err("unexpected chunk before the welcome".into()),
@@ -478,6 +488,10 @@ pub enum RunError {
     /// An agent is gone for good (it died, or its host restarted): the
     /// other can only be stopped, and the target's resume token used.
     Gone(String),
+    /// Another coordinator (another machine's run of the same transfer)
+    /// drives the agents: before this run ever drove them, or after it
+    /// lost both to it. The agents are left alone.
+    Busy(String),
 }
 
 /// Runs a transfer between two started agents to its end.
@@ -527,7 +541,12 @@ pub fn run(
             Step::Finished(o) => return Ok(o),
             Step::Fatal(e) => return Err(RunError::Fatal(e)),
             Step::Gone(e) => return Err(RunError::Gone(e)),
-            Step::Retry(why) => {
+            // A run that drove the transfer and finds only one agent taken
+            // (another run took it, found the other still ours and left)
+            // gets it back once that run has been silent for the takeover
+            // wait: an outage until then.
+            Step::Busy { why, both } if both || !stats.drove => return Err(RunError::Busy(why)),
+            Step::Retry(why) | Step::Busy { why, .. } => {
                 if last_progress.elapsed() > inactivity {
                     return Err(RunError::Inactive(format!(
                         "no progress for {}s (inactivity timeout); last error: {why}. The agents keep their state until their own timeout: run the same command again to resume",
@@ -583,6 +602,14 @@ fn attempt(
         match c {
             Err(e) => Err(failed(e, local_agent_gone(a))),
             Ok(mut c) => match hello(&c, role) {
+                Ok(Msg::Busy { label, heard_ms }) => Err(Step::Busy {
+                    why: format!(
+                        "the {who} agent on {} is driven by {label} (heard {:.1}s ago)",
+                        a.host.label(),
+                        heard_ms as f64 / 1000.0
+                    ),
+                    both: false,
+                }),
                 Ok(m) => Ok((c, m)),
                 Err(e) => {
                     let gone = e == CLOSED && bridge_says_gone(&mut c);
@@ -593,6 +620,17 @@ fn attempt(
     };
     let s = match greeted(s, Role::Sender, "sender", sender) {
         Ok((c, _)) => c,
+        Err(Step::Busy { why, .. }) => {
+            // A run that drove the transfer asks whether the receiver is
+            // taken too: then it lost both. A newcomer leaves at once,
+            // without touching the receiver.
+            let both = stats.drove
+                && matches!(
+                    greeted(r, Role::Receiver, "receiver", receiver),
+                    Err(Step::Busy { .. })
+                );
+            return Step::Busy { why, both };
+        }
         Err(step) => return step,
     };
     let (r, next) = match greeted(r, Role::Receiver, "receiver", receiver) {
@@ -608,6 +646,7 @@ fn attempt(
         Ok(_) => unreachable!("hello returns Welcome"),
         Err(step) => return step,
     };
+    stats.drove = true;
     out.debug(&format!("agents connected; resuming at chunk {next}"));
     progress.link_ok();
     if let Err(e) = s.send(wire::encode(&Msg::Want { seq: next })) {
@@ -989,13 +1028,31 @@ pub struct AgentOpts {
     pub bwlimit: u64,
 }
 
-pub fn stop_agent(host: &Host, exe: &str, dir: &str) {
-    let _ = host.run(&[
+/// Stops an agent of this run (or of an interrupted run of this machine).
+/// Err: the agent is driven by another machine's run (`ownership`), and
+/// was left alone; the message says by whom.
+pub fn stop_agent(host: &Host, exe: &str, dir: &str) -> Result<(), String> {
+    let o = super::lock::owner();
+    let out = host.run(&[
         exe.to_string(),
         "agent".into(),
         "stop".into(),
         dir.to_string(),
+        "--owner".into(),
+        format!("{}:{}:{}", o.domain, o.run, o.label),
     ]);
+    match out {
+        Ok(out) if out.status.code() == Some(super::agent::HELD) => {
+            // "stop: DIR is driven by LABEL (heard Ns ago): left alone"
+            let said = String::from_utf8_lossy(&out.stderr);
+            let by = said
+                .split_once(" is driven by ")
+                .map(|(_, by)| by.trim().trim_end_matches(": left alone"))
+                .unwrap_or("another run");
+            Err(format!("the agent on {} is driven by {by}", host.label()))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// The transfer key: which agents belong to replicating `src` to `dst`.
@@ -1083,6 +1140,7 @@ fn kind(m: &Msg) -> &'static str {
         Msg::Pong { .. } => "pong",
         Msg::Error { .. } => "error",
         Msg::Bye => "bye",
+        Msg::Busy { .. } => "busy",
     }
 }
 

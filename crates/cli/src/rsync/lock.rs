@@ -18,6 +18,8 @@ use std::io::{Read, Seek, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+use syncoid_rsync_core::wire::Owner;
+
 /// A held lock; released (and its file removed) on drop.
 #[derive(Debug)]
 pub struct Lock {
@@ -38,6 +40,27 @@ fn dir_in(base: &Path) -> PathBuf {
     // SAFETY: geteuid has no preconditions.
     let uid = unsafe { libc::geteuid() };
     base.join(format!("syncoid-rsync-locks-{uid}"))
+}
+
+/// This run as the agents see it (`ownership`). Its domain is where the
+/// lock is exclusive: this boot of this machine (a rebooted machine runs
+/// none of its old runs; cloned machines differ in boot id), its name (a
+/// container shares the boot id with its host), the user and the lock
+/// directory. So a later run of the same domain may take a transfer's
+/// agents over at once: holding the lock, it knows the earlier run ended.
+pub fn owner() -> &'static Owner {
+    static OWNER: std::sync::OnceLock<Owner> = std::sync::OnceLock::new();
+    OWNER.get_or_init(|| {
+        let host = crate::config::hostname();
+        let boot = fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+        let dir = dir_in(&super::session::base());
+        let domain = blake3::hash(format!("{host}\0{}\0{}", boot.trim(), dir.display()).as_bytes());
+        Owner {
+            domain: domain.to_hex()[..24].to_string(),
+            run: u64::from_str_radix(&super::session::random_id(), 16).unwrap_or(0),
+            label: format!("syncoid-rsync on {host} (pid {})", std::process::id()),
+        }
+    })
 }
 
 /// Takes the lock of transfer `key` (hex, from `coordinator::key`), beside
@@ -85,7 +108,7 @@ fn take_in(base: &Path, key: &str) -> Result<Lock, Refused> {
             }
         };
         if file.try_lock().is_err() {
-            return Err(Refused::Held(owner(&file)));
+            return Err(Refused::Held(holder(&file)));
         }
         // The file may have been removed by the run that held it, between
         // our open and our lock: then this lock guards nothing.
@@ -133,7 +156,7 @@ fn sweep(dir: &Path, keep: &str) {
     }
 }
 
-fn owner(mut file: &File) -> Option<u32> {
+fn holder(mut file: &File) -> Option<u32> {
     let mut text = String::new();
     file.read_to_string(&mut text).ok()?;
     text.trim().parse().ok()

@@ -48,6 +48,15 @@ pub fn setup_wait() -> Duration {
     stall() * 3
 }
 
+/// How long an agent's owner may be silent before a coordinator of
+/// another machine may take the agent over (`ownership`): three stall
+/// times (30 s). A live coordinator reconnects within a few seconds of a
+/// link coming back (its backoff is capped at 2 s), so only one that died
+/// or lost the agents for that long loses them.
+pub fn takeover_wait() -> Duration {
+    stall() * 3
+}
+
 /// Why `read_msgs` stopped.
 pub enum Stop {
     /// The handler asked to stop.

@@ -80,7 +80,7 @@ pub fn valid_id(id: &str) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
-fn random_id() -> String {
+pub(super) fn random_id() -> String {
     let mut buf = [0u8; 8];
     if let Ok(mut f) = fs::File::open("/dev/urandom") {
         use std::io::Read;

@@ -117,11 +117,16 @@ pub struct Lab {
 /// This machine (pool `here`), and two ssh hosts `hosta` (pool `pa`) and
 /// `hostb` (pool `pb`), each with its own emulator state.
 pub fn lab() -> Lab {
+    lab_with_env(&[])
+}
+
+/// `lab()` whose two servers give their sessions `env` as well.
+pub fn lab_with_env(env: &[(&str, &str)]) -> Lab {
     let local = Host::new(&["here"]);
     let a = Host::new(&["pa"]);
     let b = Host::new(&["pb"]);
-    let sa = Sshd::start(&a);
-    let sb = Sshd::start(&b);
+    let sa = Sshd::start_with_env(&a, env);
+    let sb = Sshd::start_with_env(&b, env);
     let config = local.dir().join("ssh_config");
     std::fs::write(
         &config,

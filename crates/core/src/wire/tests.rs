@@ -6,7 +6,11 @@ fn samples() -> Vec<Msg> {
         Msg::Hello {
             version: VERSION,
             role: Role::Sender,
-            session: "abc".into(),
+            owner: Owner {
+                domain: "d0m41n".into(),
+                run: u64::MAX - 3,
+                label: "backup1 pid 42".into(),
+            },
         },
         Msg::Welcome {
             version: VERSION,
@@ -34,6 +38,10 @@ fn samples() -> Vec<Msg> {
         Msg::Pong { nonce: 1 },
         Msg::Error { msg: "no".into() },
         Msg::Bye,
+        Msg::Busy {
+            label: "backup2 pid 7".into(),
+            heard_ms: 1500,
+        },
     ]
 }
 
@@ -102,7 +110,7 @@ fn bad_frames_are_errors() {
     let mut hello = encode(&Msg::Hello {
         version: 99,
         role: Role::Sender,
-        session: String::new(),
+        owner: Owner::default(),
     });
     d.push(&hello);
     assert_eq!(d.next_msg(), Err(WireError::Version(99)));
