@@ -323,7 +323,9 @@ fn serve(
         .expect("nonblocking listener");
     let mut current: Option<Link> = None;
     let mut owner: Option<Owner> = None;
-    let (greeted_tx, greeted) = crossbeam_channel::unbounded::<(Link, Owner, Msg)>();
+    // Each new connection comes back from its greeting thread with its
+    // Hello, or without one (refused there, and cancelled).
+    let (greeted_tx, greeted) = crossbeam_channel::unbounded::<(Link, Option<Msg>)>();
     // Connections whose Hello has not come yet, and since when.
     let mut pending: Vec<(Instant, Link)> = Vec::new();
     loop {
@@ -334,8 +336,13 @@ fn serve(
             eprintln!("no coordinator for {}s: giving up", timeout.as_secs());
             return Err(TimedOut);
         }
-        while let Ok((s, asker, hello)) = greeted.try_recv() {
+        while let Ok((s, hello)) = greeted.try_recv() {
             pending.retain(|(_, p)| !p.same(&s));
+            let Some(hello) = hello else { continue };
+            let Msg::Hello { owner: asker, .. } = &hello else {
+                continue;
+            };
+            let asker = asker.clone();
             let heard = clock.idle();
             match ownership::admit(owner.as_ref(), heard, &asker, super::takeover_wait()) {
                 Admit::Refuse => {
@@ -406,11 +413,11 @@ fn serve(
                 pending.push((Instant::now(), s.clone()));
                 let tx = greeted_tx.clone();
                 std::thread::spawn(move || {
-                    if let Some((owner, hello)) = greet(&s) {
-                        let _ = tx.send((s, owner, hello));
-                    } else {
+                    let hello = greet(&s);
+                    if hello.is_none() {
                         s.cancel();
                     }
+                    let _ = tx.send((s, hello));
                 });
             }
             Err(_) => std::thread::sleep(Duration::from_millis(20)),
@@ -424,7 +431,7 @@ const HELLO_MAX: usize = 4096;
 /// Reads a connection's first frame, exactly (what follows stays unread
 /// for the connection's reader), and returns it if it is a Hello. Anything
 /// else gets an Error naming what was wrong (a version mismatch, say).
-fn greet(s: &Link) -> Option<(Owner, Msg)> {
+fn greet(s: &Link) -> Option<Msg> {
     let mut r = s.clone();
     let mut frame = vec![0u8; 4];
     r.read_exact(&mut frame).ok()?;
@@ -440,12 +447,7 @@ fn greet(s: &Link) -> Option<(Owner, Msg)> {
     frame.resize(4 + len, 0);
     r.read_exact(&mut frame[4..]).ok()?;
     match wire::decode_frame(&frame) {
-        Ok(m @ Msg::Hello { .. }) => {
-            let Msg::Hello { owner, .. } = &m else {
-                unreachable!("matched a hello")
-            };
-            Some((owner.clone(), m))
-        }
+        Ok(m @ Msg::Hello { .. }) => Some(m),
         Ok(_) => refuse(format!(
             "the first message (type {}) was not a hello",
             frame[4]
