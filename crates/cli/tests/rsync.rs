@@ -1409,3 +1409,77 @@ fn another_machine_takes_a_transfer_over_once_its_coordinator_is_silent() {
         assert_eq!(sessions_left(h), Vec::<String>::new());
     }
 }
+
+/// An ssh that cannot reach hosta while `state/cut` exists: this
+/// machine's link to the source host is down.
+const CUT_HOSTA_SSH: &str = r#"#!/bin/bash
+st="$(dirname "$0")/state"
+case "$*" in
+*hosta*) if [ -e "$st/cut" ]; then
+  echo "ssh: connect to host hosta port 22: Connection timed out" >&2; exit 255
+fi;;
+esac
+exec /usr/bin/ssh "$@"
+"#;
+
+/// A run that cannot reach the agents for longer than the takeover wait
+/// loses the transfer to another machine's run that can: when its link
+/// comes back, both agents refuse it, and it leaves the transfer to the
+/// new owner (busy, exit 1) instead of taking the agents back. The new
+/// owner finishes it: one receive, each byte fed once.
+#[test]
+fn a_run_cut_off_for_longer_than_the_takeover_wait_leaves_the_transfer_to_the_new_owner() {
+    let _serial = serial();
+    let stall = [("SYNCOID_RSYNC_STALL_SECS", "2")];
+    let lab = lab_with_env(&stall);
+    let (local, a, b) = (&lab.local, &lab.a, &lab.b);
+    let other = Host::new(&["elsewhere"]);
+    let (_r1, _r2, _r3, _r4) = (Reaper(local), Reaper(a), Reaper(b), Reaper(&other));
+    synthetic(a, "pa/data", "64M");
+    let cfg = format!("--sshconfig={}", lab.config);
+    let args = relay_args(&cfg, &["--no-sync-snap"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (wrap, path) = wrapped_ssh(local, "cut-hosta-ssh", CUT_HOSTA_SSH);
+    let env = [stall[0], ("PATH", path.as_str())];
+    let first = spawn(local, &args, &env);
+    wait_until("the first run's receiver", 40, || receiver_connected(b));
+    std::thread::sleep(Duration::from_secs(1));
+    // The link to hosta goes down: its connection dies, and new ones fail.
+    std::fs::write(wrap.join("state/cut"), "").unwrap();
+    let to_hosta: Vec<i32> = agent_links(first.id())
+        .into_iter()
+        .filter(|p| {
+            std::fs::read(format!("/proc/{p}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains("hosta"))
+        })
+        .collect();
+    assert!(!to_hosta.is_empty(), "no connection to hosta");
+    for p in to_hosta {
+        kill(p, 9);
+    }
+    std::thread::sleep(Duration::from_secs(7));
+    let second = spawn(&other, &args, &stall);
+    wait_until("the takeover", 30, || {
+        agent_log(b).is_some_and(|l| l.contains("takes over from"))
+    });
+    std::fs::remove_file(wrap.join("state/cut")).unwrap();
+    let (code, out, err) = finish(first);
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(
+        err.contains(
+            "Cannot sync now: pb/data is being replicated from pa/data by another syncoid-rsync --rsync run: the sender agent on root@hosta is driven by syncoid-rsync on "
+        ),
+        "{err}"
+    );
+    assert!(err.contains(&format!("(pid {})", second.id())), "{err}");
+    let (code, out, err) = finish(second);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("re-attaching to the live agents"), "{out}");
+    assert_eq!(b.files("pb/data"), a.files("pa/data"));
+    let receives = b.log().iter().filter(|e| e["argv"][0] == "receive").count();
+    assert_eq!(receives, 1, "the same zfs receive finished it");
+    assert_fed_once(b);
+    for h in [a, b] {
+        assert_eq!(sessions_left(h), Vec::<String>::new());
+    }
+}
