@@ -1483,3 +1483,64 @@ fn a_run_cut_off_for_longer_than_the_takeover_wait_leaves_the_transfer_to_the_ne
         assert_eq!(sessions_left(h), Vec::<String>::new());
     }
 }
+
+/// `agent stop DIR --owner ...` (how a coordinator stops an agent) ends by
+/// its pid only an agent that welcomed it: one that takes the connection
+/// but does not answer may be another machine's agent, busy, and is left
+/// alone (exit 1, its directory kept). By hand (no owner) the same agent
+/// is ended and its directory removed, as before.
+#[test]
+fn a_coordinators_stop_never_kills_an_agent_that_did_not_answer() {
+    use std::os::unix::fs::PermissionsExt;
+    let _serial = serial();
+    let h = Host::new(&["src"]);
+    let _reap = Reaper(&h);
+    let mut agent = std::process::Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .unwrap();
+    let dir = h.tmp().join("syncoid-rsync-00000000000000e1");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::write(
+        dir.join(".syncoid-rsync-session"),
+        format!(
+            r#"{{"pid":{},"role":"receive","key":"00ff","created":0}}"#,
+            agent.id()
+        ),
+    )
+    .unwrap();
+    // Takes connections (the kernel queues them) and never answers.
+    let _mute = std::os::unix::net::UnixListener::bind(dir.join("sock")).unwrap();
+    let d = dir.display().to_string();
+    let t = Instant::now();
+    let r = run_expect(
+        &h,
+        &[
+            "agent",
+            "stop",
+            &d,
+            "--owner",
+            "d0m41n:7:syncoid-rsync on x (pid 1)",
+        ],
+        1,
+    );
+    assert!(
+        r.stderr
+            .contains("did not answer and is still running: left alone"),
+        "{}",
+        r.stderr
+    );
+    assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
+    assert!(
+        agent.try_wait().unwrap().is_none(),
+        "the agent was signalled"
+    );
+    assert!(
+        dir.join(".syncoid-rsync-session").exists(),
+        "its directory was removed"
+    );
+    ok(&h, &["agent", "stop", &d]);
+    assert!(agent.wait().unwrap().code().is_none(), "ended by a signal");
+    assert!(!dir.exists(), "the directory of the ended agent is left");
+}

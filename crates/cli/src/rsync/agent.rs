@@ -1179,21 +1179,35 @@ fn stop(args: &[String]) -> i32 {
             return 64;
         }
     };
-    if let Ok(mut s) = UnixStream::connect(dir.join("sock")) {
-        let _ = s.write_all(&wire::encode(&Msg::Hello {
-            version: wire::VERSION,
-            role: Role::Coordinator,
-            owner,
-        }));
-        if let Some(Msg::Busy { label, heard_ms }) = first_answer(&mut s) {
-            eprintln!(
-                "stop: {} is driven by {label} (heard {:.1}s ago): left alone",
-                dir.display(),
-                heard_ms as f64 / 1000.0
-            );
-            return HELD;
+    // Whether the agent may be ended by its pid if it lingers: always by
+    // hand; for a coordinator, only once the agent welcomed it (an agent
+    // that did not answer may be another machine's, busy), or when nothing
+    // answers at its socket (then no coordinator can reach it either).
+    let mut may_kill = owner.domain.is_empty();
+    match UnixStream::connect(dir.join("sock")) {
+        Ok(mut s) => {
+            let _ = s.write_all(&wire::encode(&Msg::Hello {
+                version: wire::VERSION,
+                role: Role::Coordinator,
+                owner,
+            }));
+            // By hand the agent obeys: no answer to wait for.
+            let answer = if may_kill { None } else { first_answer(&mut s) };
+            match answer {
+                Some(Msg::Busy { label, heard_ms }) => {
+                    eprintln!(
+                        "stop: {} is driven by {label} (heard {:.1}s ago): left alone",
+                        dir.display(),
+                        heard_ms as f64 / 1000.0
+                    );
+                    return HELD;
+                }
+                Some(Msg::Welcome { .. }) => may_kill = true,
+                _ => {}
+            }
+            let _ = s.write_all(&wire::encode(&Msg::Bye));
         }
-        let _ = s.write_all(&wire::encode(&Msg::Bye));
+        Err(_) => may_kill = true,
     }
     for _ in 0..50 {
         match session::read_marker(&dir) {
@@ -1202,6 +1216,13 @@ fn stop(args: &[String]) -> i32 {
         }
     }
     if let Some(m) = session::read_marker(&dir) {
+        if session::alive(m.pid) && !may_kill {
+            eprintln!(
+                "stop: {} did not answer and is still running: left alone (it ends at its inactivity timeout)",
+                dir.display()
+            );
+            return 1;
+        }
         if session::alive(m.pid) {
             // SAFETY: the marker in a directory we own names our agent.
             unsafe {
