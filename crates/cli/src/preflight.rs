@@ -37,6 +37,18 @@ struct Probe {
     mem_kib: Option<u64>,
 }
 
+/// An agent of an earlier run, alive on a host at pre-flight.
+#[derive(Debug, Clone)]
+pub struct LiveAgent {
+    pub dir: String,
+    /// "send" or "receive".
+    pub role: String,
+    /// Its transfer (`coordinator::key`).
+    pub key: String,
+    /// The wire protocol it speaks (0: from before markers said).
+    pub wire: u16,
+}
+
 /// Starts each extra script's output, on stdout and on stderr.
 const SECTION: &str = "#syncoid-rsync-section";
 const SECTION_OUT: &str = "\n#syncoid-rsync-section\n";
@@ -154,9 +166,8 @@ pub struct Report {
     /// `--rsync`: labels of the hosts where this very version of
     /// syncoid-rsync is installed (elsewhere it is copied in).
     pub installed: BTreeSet<String>,
-    /// `--rsync`: the live agents on each host (by label): (session dir,
-    /// role, transfer key).
-    pub agents: BTreeMap<String, Vec<(String, String, String)>>,
+    /// `--rsync`: the live agents on each host (by label).
+    pub agents: BTreeMap<String, Vec<LiveAgent>>,
     /// What the source's and the target's listing scripts printed
     /// (stdout, stderr).
     pub listed: [(String, String); 2],
@@ -240,7 +251,12 @@ pub fn run(s: &Settings, out: &Out, listings: (&str, &str)) -> Result<Report, Fa
             .filter_map(|(dir, marker)| {
                 let m: Marker = serde_json::from_str(marker).ok()?;
                 let id = Path::new(dir).file_name()?.to_str()?.strip_prefix(PREFIX)?;
-                valid_id(id).then(|| (dir.clone(), m.role, m.key))
+                valid_id(id).then(|| LiveAgent {
+                    dir: dir.clone(),
+                    role: m.role,
+                    key: m.key,
+                    wire: m.wire,
+                })
             })
             .collect();
         agents.insert(host.label(), live);

@@ -169,8 +169,8 @@ struct Ctx<'a> {
     live: std::cell::RefCell<LiveAgents>,
 }
 
-/// (session dir, role, transfer key) of each live agent on a host.
-type AgentList = Vec<(String, String, String)>;
+/// The live agents on a host.
+type AgentList = Vec<crate::preflight::LiveAgent>;
 
 struct LiveAgents {
     source: AgentList,
@@ -1337,8 +1337,8 @@ fn reattach(ctx: &Ctx, src_fs: &str, dst_fs: &str) -> Result<bool, DsError> {
     let (sh, th) = (&ctx.s.source_host, &ctx.s.target_host);
     // Each is handled once: taken out of the run's list.
     let take = |list: &mut AgentList, role: &str| {
-        let i = list.iter().position(|(_, r, k)| r == role && *k == key)?;
-        Some(list.remove(i).0)
+        let i = list.iter().position(|a| a.role == role && a.key == key)?;
+        Some(list.remove(i))
     };
     let (sdir, rdir) = {
         let mut live = ctx.live.borrow_mut();
@@ -1352,6 +1352,36 @@ fn reattach(ctx: &Ctx, src_fs: &str, dst_fs: &str) -> Result<bool, DsError> {
     }
     // Only now is our binary needed on the hosts.
     let exes = ctx.exes()?;
+    // Agents of another version (the package was upgraded while they
+    // ran) cannot understand us, nor we them: they are stopped as if by
+    // hand (ended by their pid), and the transfer goes on from the
+    // target's resume token, as after an agent gone for good.
+    let other: Vec<&crate::preflight::LiveAgent> = [&sdir, &rdir]
+        .into_iter()
+        .flatten()
+        .filter(|a| a.wire != syncoid_rsync_core::wire::VERSION)
+        .collect();
+    if let Some(a) = other.first() {
+        let what = if a.wire == 0 {
+            "an older syncoid-rsync".to_string()
+        } else {
+            format!("wire protocol version {}", a.wire)
+        };
+        ctx.out.warn(&format!(
+            "--rsync: the agents of an interrupted transfer of {src_fs} run {what}, which this one ({}) cannot talk to; stopping them",
+            env!("CARGO_PKG_VERSION")
+        ));
+        if let Some(r) = &rdir {
+            coordinator::stop_agent_by_hand(th, &exes.target, &r.dir);
+        }
+        if let Some(s) = &sdir {
+            coordinator::stop_agent_by_hand(sh, &exes.source, &s.dir);
+        }
+        return Err(DsError::AgentGone(format!(
+            "the agents of an interrupted transfer of {src_fs} ran {what}"
+        )));
+    }
+    let (sdir, rdir) = (sdir.map(|a| a.dir), rdir.map(|a| a.dir));
     match (sdir, rdir) {
         (Some(sdir), Some(rdir)) => {
             ctx.out.info(&format!(

@@ -1544,3 +1544,75 @@ fn a_coordinators_stop_never_kills_an_agent_that_did_not_answer() {
     assert!(agent.wait().unwrap().code().is_none(), "ended by a signal");
     assert!(!dir.exists(), "the directory of the ended agent is left");
 }
+
+/// Agents left by an interrupted run of an older syncoid-rsync (the
+/// package was upgraded while they ran) cannot understand this one's
+/// Hello: they drop the connection. Instead of reconnecting to them until
+/// the inactivity timeout, the run sees their version in their markers,
+/// stops them (ended by their pid, as `agent stop` by hand does) and goes
+/// on from the target's resume token: here a full send, as nothing was
+/// received yet.
+#[test]
+fn agents_of_an_older_version_are_stopped_and_the_transfer_goes_on() {
+    use std::os::unix::fs::PermissionsExt;
+    let _serial = serial();
+    let h = two_pools();
+    let _reap = Reaper(&h);
+    let key = blake3::hash(b"local machine:src/data\0local machine:dst/data");
+    let key = &key.to_hex()[..24];
+    let mut planted = Vec::new();
+    for (i, role) in ["send", "receive"].iter().enumerate() {
+        let agent = std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .unwrap();
+        let dir = h.tmp().join(format!("syncoid-rsync-00000000000000f{i}"));
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        // A marker as version 3 wrote it: no "wire".
+        std::fs::write(
+            dir.join(".syncoid-rsync-session"),
+            format!(
+                r#"{{"pid":{},"role":"{role}","key":"{key}","created":0}}"#,
+                agent.id()
+            ),
+        )
+        .unwrap();
+        // Like an old agent given a Hello it cannot decode: it reads and
+        // hangs up, every time.
+        let listener = std::os::unix::net::UnixListener::bind(dir.join("sock")).unwrap();
+        std::thread::spawn(move || {
+            for c in listener.incoming() {
+                let Ok(mut c) = c else { return };
+                let _ = std::io::Read::read(&mut c, &mut [0u8; 64]);
+            }
+        });
+        planted.push((agent, dir));
+    }
+    let r = ok(
+        &h,
+        &[
+            "--rsync",
+            "--no-sync-snap",
+            "--inactivity-timeout=60",
+            "src/data",
+            "dst/data",
+        ],
+    );
+    assert!(
+        r.stderr.contains(
+            "--rsync: the agents of an interrupted transfer of src/data run an older syncoid-rsync, which this one"
+        ),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stdout.contains("re-attaching"), "{}", r.stdout);
+    assert_eq!(h.files("dst/data"), h.files("src/data"));
+    for (mut agent, dir) in planted {
+        assert!(
+            agent.wait().unwrap().code().is_none(),
+            "not ended by a signal"
+        );
+        assert!(!dir.exists(), "{} left", dir.display());
+    }
+}

@@ -65,7 +65,7 @@ pub fn main(args: &[String]) -> i32 {
         Some("list") => {
             for (dir, m) in session::list() {
                 let line = serde_json::json!({
-                    "dir": dir, "role": m.role, "key": m.key, "pid": m.pid, "alive": session::alive(m.pid)
+                    "dir": dir, "role": m.role, "key": m.key, "pid": m.pid, "alive": session::alive(m.pid), "wire": m.wire
                 });
                 println!("{line}");
             }
@@ -227,6 +227,7 @@ fn daemon(o: StartOpts, dir: &Path, bin: Option<&Path>, ready_fd: i32) -> i32 {
             .map(|d| d.as_secs())
             .unwrap_or(0),
         bin: bin.map(|b| b.display().to_string()),
+        wire: wire::VERSION,
     };
     if let Err(e) = session::write_marker(dir, &marker) {
         return fail(&mut ready, e);

@@ -1028,6 +1028,17 @@ pub struct AgentOpts {
     pub bwlimit: u64,
 }
 
+/// Stops an agent as `agent stop DIR` by hand does: it is ended by its
+/// pid if it does not obey. For agents that cannot speak our protocol.
+pub fn stop_agent_by_hand(host: &Host, exe: &str, dir: &str) {
+    let _ = host.run(&[
+        exe.to_string(),
+        "agent".into(),
+        "stop".into(),
+        dir.to_string(),
+    ]);
+}
+
 /// Stops an agent of this run (or of an interrupted run of this machine).
 /// Err: the agent is driven by another machine's run (`ownership`), and
 /// was left alone; the message says by whom.

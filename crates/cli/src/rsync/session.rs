@@ -25,6 +25,10 @@ pub struct Marker {
     /// it runs from one: a copy in use is never swept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bin: Option<String>,
+    /// The wire protocol version the agent speaks; 0 in the markers of
+    /// agents from before it was written down (version 3 or older).
+    #[serde(default)]
+    pub wire: u16,
 }
 
 /// Directories the coordinator copies the binary into (`mktemp -d
