@@ -1356,12 +1356,11 @@ fn reattach(ctx: &Ctx, src_fs: &str, dst_fs: &str) -> Result<bool, DsError> {
     // ran) cannot understand us, nor we them: they are stopped as if by
     // hand (ended by their pid), and the transfer goes on from the
     // target's resume token, as after an agent gone for good.
-    let other: Vec<&crate::preflight::LiveAgent> = [&sdir, &rdir]
+    let other = [&sdir, &rdir]
         .into_iter()
         .flatten()
-        .filter(|a| a.wire != syncoid_rsync_core::wire::VERSION)
-        .collect();
-    if let Some(a) = other.first() {
+        .find(|a| a.wire != syncoid_rsync_core::wire::VERSION);
+    if let Some(a) = other {
         let what = if a.wire == 0 {
             "an older syncoid-rsync".to_string()
         } else {
