@@ -1251,13 +1251,34 @@ fn sessions_left(h: &Host) -> Vec<String> {
         .collect()
 }
 
-/// The relay `hosta -> hostb` that two machines of a lab run, with the
-/// sender held to 4 MB/s so that it lasts.
-fn relay_args(cfg: &str, extra: &[&str]) -> Vec<String> {
-    let mut args = vec![cfg, "--rsync", "--chunk-size=256K", "--source-bwlimit=4M"];
+/// A lab (servers' sessions given `env`) with a second machine, `other`
+/// (its own tmp, so its own lock directory and owner domain), both able
+/// to run `args`: the relay of `size` from hosta to hostb, its sender held
+/// to 4 MB/s so that it lasts.
+struct RelayLab {
+    lab: Lab,
+    other: Host,
+    args: Vec<String>,
+}
+
+fn relay_lab(env: &[(&str, &str)], size: &str, extra: &[&str]) -> RelayLab {
+    let lab = lab_with_env(env);
+    synthetic(&lab.a, "pa/data", size);
+    let cfg = format!("--sshconfig={}", lab.config);
+    let mut args = vec![
+        cfg.as_str(),
+        "--rsync",
+        "--chunk-size=256K",
+        "--source-bwlimit=4M",
+    ];
     args.extend(extra);
     args.extend(["root@hosta:pa/data", "root@hostb:pb/data"]);
-    args.into_iter().map(String::from).collect()
+    let args = args.into_iter().map(String::from).collect();
+    RelayLab {
+        lab,
+        other: Host::new(&["elsewhere"]),
+        args,
+    }
 }
 
 /// Two machines run the same remote-to-remote command (a second backup
@@ -1269,18 +1290,14 @@ fn relay_args(cfg: &str, extra: &[&str]) -> Vec<String> {
 #[test]
 fn another_machine_running_the_same_transfer_is_refused_by_its_agents() {
     let _serial = serial();
-    let lab = lab();
-    let (local, a, b) = (&lab.local, &lab.a, &lab.b);
-    let other = Host::new(&["elsewhere"]);
-    let (_r1, _r2, _r3, _r4) = (Reaper(local), Reaper(a), Reaper(b), Reaper(&other));
-    synthetic(a, "pa/data", "32M");
-    let cfg = format!("--sshconfig={}", lab.config);
-    let args = relay_args(&cfg, &[]);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let r = relay_lab(&[], "32M", &[]);
+    let (local, a, b, other) = (&r.lab.local, &r.lab.a, &r.lab.b, &r.other);
+    let (_r1, _r2, _r3, _r4) = (Reaper(local), Reaper(a), Reaper(b), Reaper(other));
+    let args: Vec<&str> = r.args.iter().map(String::as_str).collect();
     let first = spawn(local, &args, &[]);
     wait_until("the first run's receiver", 40, || receiver_connected(b));
     let snaps = a.snapshots("pa/data");
-    let second = run_expect(&other, &args, 1);
+    let second = run_expect(other, &args, 1);
     assert!(
         second.stderr.contains(
             "Cannot sync now: pb/data is being replicated from pa/data by another syncoid-rsync --rsync run: the sender agent on root@hosta is driven by syncoid-rsync on "
@@ -1304,7 +1321,7 @@ fn another_machine_running_the_same_transfer_is_refused_by_its_agents() {
     assert!(out.contains(", 0 reconnects,"), "{out}");
     assert_eq!(b.files("pb/data"), a.files("pa/data"));
     assert_fed_once(b);
-    for h in [local, a, b, &other] {
+    for h in [local, a, b, other] {
         assert_eq!(h.tmp_entries(), Vec::<String>::new());
     }
 }
@@ -1373,21 +1390,17 @@ fn an_agent_driven_from_another_machine_is_not_stopped_as_a_lone_survivor() {
 fn another_machine_takes_a_transfer_over_once_its_coordinator_is_silent() {
     let _serial = serial();
     let stall = [("SYNCOID_RSYNC_STALL_SECS", "2")];
-    let lab = lab_with_env(&stall);
-    let (local, a, b) = (&lab.local, &lab.a, &lab.b);
-    let other = Host::new(&["elsewhere"]);
-    let (_r1, _r2, _r3, _r4) = (Reaper(local), Reaper(a), Reaper(b), Reaper(&other));
-    synthetic(a, "pa/data", "32M");
-    let cfg = format!("--sshconfig={}", lab.config);
-    let args = relay_args(&cfg, &["--no-sync-snap"]);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let r = relay_lab(&stall, "32M", &["--no-sync-snap"]);
+    let (local, a, b, other) = (&r.lab.local, &r.lab.a, &r.lab.b, &r.other);
+    let (_r1, _r2, _r3, _r4) = (Reaper(local), Reaper(a), Reaper(b), Reaper(other));
+    let args: Vec<&str> = r.args.iter().map(String::as_str).collect();
     let first = spawn(local, &args, &stall);
     wait_until("the first run's receiver", 40, || receiver_connected(b));
     std::thread::sleep(Duration::from_secs(2));
     kill(first.id() as i32, 9);
     let killed = Instant::now();
     let _ = finish(first);
-    let refused = run_expect(&other, &args, 1);
+    let refused = run_expect(other, &args, 1);
     assert!(
         refused.stderr.contains("is driven by syncoid-rsync on "),
         "{}",
@@ -1395,7 +1408,7 @@ fn another_machine_takes_a_transfer_over_once_its_coordinator_is_silent() {
     );
     let wait = Duration::from_secs(7);
     std::thread::sleep(wait.saturating_sub(killed.elapsed()));
-    let (code, out, err) = finish(spawn(&other, &args, &stall));
+    let (code, out, err) = finish(spawn(other, &args, &stall));
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(out.contains("re-attaching to the live agents"), "{out}");
     assert_eq!(b.files("pb/data"), a.files("pa/data"));
@@ -1431,14 +1444,10 @@ exec /usr/bin/ssh "$@"
 fn a_run_cut_off_for_longer_than_the_takeover_wait_leaves_the_transfer_to_the_new_owner() {
     let _serial = serial();
     let stall = [("SYNCOID_RSYNC_STALL_SECS", "2")];
-    let lab = lab_with_env(&stall);
-    let (local, a, b) = (&lab.local, &lab.a, &lab.b);
-    let other = Host::new(&["elsewhere"]);
-    let (_r1, _r2, _r3, _r4) = (Reaper(local), Reaper(a), Reaper(b), Reaper(&other));
-    synthetic(a, "pa/data", "64M");
-    let cfg = format!("--sshconfig={}", lab.config);
-    let args = relay_args(&cfg, &["--no-sync-snap"]);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let r = relay_lab(&stall, "64M", &["--no-sync-snap"]);
+    let (local, a, b, other) = (&r.lab.local, &r.lab.a, &r.lab.b, &r.other);
+    let (_r1, _r2, _r3, _r4) = (Reaper(local), Reaper(a), Reaper(b), Reaper(other));
+    let args: Vec<&str> = r.args.iter().map(String::as_str).collect();
     let (wrap, path) = wrapped_ssh(local, "cut-hosta-ssh", CUT_HOSTA_SSH);
     let env = [stall[0], ("PATH", path.as_str())];
     let first = spawn(local, &args, &env);
@@ -1458,7 +1467,7 @@ fn a_run_cut_off_for_longer_than_the_takeover_wait_leaves_the_transfer_to_the_ne
         kill(p, 9);
     }
     std::thread::sleep(Duration::from_secs(7));
-    let second = spawn(&other, &args, &stall);
+    let second = spawn(other, &args, &stall);
     wait_until("the takeover", 30, || {
         agent_log(b).is_some_and(|l| l.contains("takes over from"))
     });

@@ -1238,24 +1238,21 @@ fn stop(args: &[String]) -> i32 {
 /// The agent's answer to a Hello, if one comes within 5 s.
 fn first_answer(s: &mut UnixStream) -> Option<Msg> {
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    let mut d = wire::Decoder::default();
-    let mut buf = [0u8; 4096];
-    loop {
-        match d.next_msg() {
-            Ok(Some(m)) => return Some(m),
-            Ok(None) => {}
-            Err(_) => return None,
-        }
-        match s.read(&mut buf) {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => d.push(&buf[..n]),
-        }
-    }
+    let mut answer = None;
+    super::read_msgs(s, None, |m| {
+        answer = Some(m);
+        false
+    });
+    answer
 }
 
-/// `DOMAIN:RUN:LABEL` (the label may hold colons), as
-/// `coordinator::stop_agent` writes it.
-pub fn parse_owner(s: &str) -> Option<Owner> {
+/// `agent stop`'s `--owner` argument for `o`: `DOMAIN:RUN:LABEL`.
+pub fn owner_arg(o: &Owner) -> String {
+    format!("{}:{}:{}", o.domain, o.run, o.label)
+}
+
+/// Reads `owner_arg` back (the label may hold colons).
+fn parse_owner(s: &str) -> Option<Owner> {
     let mut parts = s.splitn(3, ':');
     let domain = parts.next()?.to_string();
     let run = parts.next()?.parse().ok()?;
@@ -1278,8 +1275,9 @@ mod tests {
         }
     }
 
-    /// The beats (Pong, nonce 0) the peer reads within `wait`.
-    fn beats_within(peer: &mut UnixStream, wait: Duration) -> usize {
+    /// The messages the peer reads within `wait`, or until the agent
+    /// closes the connection.
+    fn msgs_within(peer: &mut UnixStream, wait: Duration) -> Vec<Msg> {
         let deadline = Instant::now() + wait;
         let mut d = Decoder::default();
         let mut buf = [0u8; 4096];
@@ -1292,12 +1290,16 @@ mod tests {
                 Err(_) => break,
             }
         }
-        let mut beats = 0;
-        while let Ok(Some(m)) = d.next_msg() {
+        std::iter::from_fn(|| d.next_msg().unwrap()).collect()
+    }
+
+    /// The beats (Pong, nonce 0) the peer reads within `wait`.
+    fn beats_within(peer: &mut UnixStream, wait: Duration) -> usize {
+        let msgs = msgs_within(peer, wait);
+        for m in &msgs {
             assert!(matches!(m, Msg::Pong { nonce: 0 }), "unexpected {m:?}");
-            beats += 1;
         }
-        beats
+        msgs.len()
     }
 
     fn owner(domain: &str, run: u64) -> Owner {
@@ -1319,14 +1321,10 @@ mod tests {
             owner: o,
         }))
         .unwrap();
-        c.set_read_timeout(Some(Duration::from_millis(700)))
-            .unwrap();
-        let mut d = Decoder::default();
-        let mut buf = [0u8; 256];
-        while let Ok(n @ 1..) = c.read(&mut buf) {
-            d.push(&buf[..n]);
-        }
-        (c, d.next_msg().unwrap())
+        let answer = msgs_within(&mut c, Duration::from_millis(700))
+            .into_iter()
+            .next();
+        (c, answer)
     }
 
     /// Whether the agent still serves `link` (a replaced connection is
@@ -1425,14 +1423,8 @@ mod tests {
 
         let mut x = UnixStream::connect(&sock).unwrap();
         x.write_all(&wire::encode(&Msg::Bye)).unwrap();
-        x.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let mut d = Decoder::default();
-        let mut buf = [0u8; 256];
-        while let Ok(n @ 1..) = x.read(&mut buf) {
-            d.push(&buf[..n]);
-        }
         assert!(
-            matches!(d.next_msg(), Ok(Some(Msg::Error { msg })) if msg.contains("not a hello")),
+            matches!(msgs_within(&mut x, Duration::from_secs(5)).first(), Some(Msg::Error { msg }) if msg.contains("not a hello")),
             "a connection that did not greet was not refused"
         );
         assert!(served(&c_link), "a bad connection cut the owner's");

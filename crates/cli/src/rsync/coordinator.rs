@@ -1028,32 +1028,31 @@ pub struct AgentOpts {
     pub bwlimit: u64,
 }
 
-/// Stops an agent as `agent stop DIR` by hand does: it is ended by its
-/// pid if it does not obey. For agents that cannot speak our protocol.
-pub fn stop_agent_by_hand(host: &Host, exe: &str, dir: &str) {
-    let _ = host.run(&[
+/// Runs `agent stop DIR` on `host`, with `more` arguments.
+fn run_stop(host: &Host, exe: &str, dir: &str, more: &[String]) -> Option<std::process::Output> {
+    let mut argv = vec![
         exe.to_string(),
         "agent".into(),
         "stop".into(),
         dir.to_string(),
-    ]);
+    ];
+    argv.extend_from_slice(more);
+    host.run(&argv).ok()
+}
+
+/// Stops an agent as `agent stop DIR` by hand does: it is ended by its
+/// pid if it does not obey. For agents that cannot speak our protocol.
+pub fn stop_agent_by_hand(host: &Host, exe: &str, dir: &str) {
+    run_stop(host, exe, dir, &[]);
 }
 
 /// Stops an agent of this run (or of an interrupted run of this machine).
 /// Err: the agent is driven by another machine's run (`ownership`), and
 /// was left alone; the message says by whom.
 pub fn stop_agent(host: &Host, exe: &str, dir: &str) -> Result<(), String> {
-    let o = super::lock::owner();
-    let out = host.run(&[
-        exe.to_string(),
-        "agent".into(),
-        "stop".into(),
-        dir.to_string(),
-        "--owner".into(),
-        format!("{}:{}:{}", o.domain, o.run, o.label),
-    ]);
-    match out {
-        Ok(out) if out.status.code() == Some(super::agent::HELD) => {
+    let owner = super::agent::owner_arg(super::lock::owner());
+    match run_stop(host, exe, dir, &["--owner".into(), owner]) {
+        Some(out) if out.status.code() == Some(super::agent::HELD) => {
             // "stop: DIR is driven by LABEL (heard Ns ago): left alone"
             let said = String::from_utf8_lossy(&out.stderr);
             let by = said
