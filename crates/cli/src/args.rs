@@ -62,6 +62,10 @@ pub struct Args {
     /// Hold the newest snapshot on both sides; release the previous hold
     #[arg(long, help_heading = "Sync snapshots")]
     pub use_hold: bool,
+    /// syncoid 2.1's: roll back without destroying clones. Always so here
+    /// (a forced receive never destroys a snapshot that has clones)
+    #[arg(long, help_heading = "Target safety")]
+    pub no_clone_rollback: bool,
 
     // --- Target safety ---
     /// Never roll the target back (no `zfs receive -F`); diverged targets are an error
@@ -202,13 +206,114 @@ pub struct Args {
     /// Do not check for mbuffer, pv and the compressor before starting
     #[arg(long, help_heading = "Output")]
     pub no_command_checks: bool,
-    /// Print the version in a monitoring-friendly form and exit
+    /// Alone: print the version in a monitoring-friendly form and exit.
+    /// With SOURCE and TARGET it does nothing (as in syncoid)
     #[arg(long, help_heading = "Output")]
     pub monitor_version: bool,
     /// Print the man page (man) or a shell completion script and exit
     #[arg(long, value_name = "WHAT", help_heading = "Output",
           value_parser = ["man", "bash", "zsh", "fish"])]
     pub generate: Option<String>,
+}
+
+/// syncoid parses its command line with Perl's Getopt::Long, which also
+/// takes long options with one dash (`-quiet`), in any case (`--Quiet`),
+/// and abbreviated to any unique prefix (`--no-priv`, `--ident=x`). This
+/// rewrites such words into the exact `--name` clap knows, so a syncoid
+/// command line works unchanged. Values (the word after an option that
+/// takes one) and everything after `--` are left alone. An abbreviation
+/// that fits several options is an error naming them.
+pub fn getopt_compat(argv: Vec<String>) -> Result<Vec<String>, String> {
+    use clap::CommandFactory;
+    let cmd = Args::command();
+    let longs: Vec<(String, bool)> = cmd
+        .get_arguments()
+        .filter_map(|a| {
+            let takes = a.get_action().takes_values();
+            a.get_long().map(|l| (l.to_string(), takes))
+        })
+        .collect();
+    let shorts_with_value: Vec<String> = cmd
+        .get_arguments()
+        .filter(|a| a.get_action().takes_values())
+        .filter_map(|a| a.get_short().map(|c| format!("-{c}")))
+        .collect();
+    let mut out = Vec::with_capacity(argv.len());
+    let mut words = argv.into_iter();
+    out.extend(words.next());
+    let mut value_next = false;
+    while let Some(w) = words.next() {
+        if std::mem::take(&mut value_next) {
+            out.push(w);
+            continue;
+        }
+        if w == "--" {
+            out.push(w);
+            out.extend(words);
+            break;
+        }
+        let (dashes, body) = match (w.strip_prefix("--"), w.strip_prefix('-')) {
+            (Some(b), _) => (2, b),
+            (None, Some(b)) if b.chars().count() > 1 => (1, b),
+            _ => {
+                value_next = shorts_with_value.contains(&w);
+                out.push(w);
+                continue;
+            }
+        };
+        let (name, value) = match body.split_once('=') {
+            Some((n, v)) => (n, Some(v)),
+            None => (body, None),
+        };
+        match resolve_long(&longs, name) {
+            Ok(Some((long, takes))) => {
+                value_next = takes && value.is_none();
+                out.push(match value {
+                    Some(v) => format!("--{long}={v}"),
+                    None => format!("--{long}"),
+                });
+            }
+            // One dash and no long option: a short one with its value
+            // attached (`-oBatchMode=yes`, `-caes128-ctr`).
+            Ok(None) if dashes == 1 => {
+                value_next = false;
+                out.push(w);
+            }
+            Ok(None) => out.push(w),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
+}
+
+/// The long option `name` stands for: itself in any case, or the one
+/// option it is a prefix of.
+fn resolve_long<'a>(
+    longs: &'a [(String, bool)],
+    name: &str,
+) -> Result<Option<(&'a str, bool)>, String> {
+    let lower = name.to_ascii_lowercase();
+    if lower.is_empty() {
+        return Ok(None);
+    }
+    if let Some((l, t)) = longs.iter().find(|(l, _)| *l == lower) {
+        return Ok(Some((l, *t)));
+    }
+    let fits: Vec<&(String, bool)> = longs
+        .iter()
+        .filter(|(l, _)| l.starts_with(&lower))
+        .collect();
+    match fits.as_slice() {
+        [] => Ok(None),
+        [(l, t)] => Ok(Some((l, *t))),
+        many => Err(format!(
+            "option --{name} is ambiguous: it could be {}",
+            many.iter()
+                .map(|(l, _)| format!("--{l}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+    }
 }
 
 /// `--generate man|bash|zsh|fish`: the man page or a completion script,
@@ -224,4 +329,132 @@ pub fn generate(what: &str, out: &mut dyn std::io::Write) -> std::io::Result<()>
     };
     clap_complete::generate(shell, &mut cmd, "syncoid-rsync", out);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn compat(words: &[&str]) -> Result<Vec<String>, String> {
+        let mut argv = vec!["syncoid-rsync".to_string()];
+        argv.extend(words.iter().map(|w| w.to_string()));
+        getopt_compat(argv).map(|v| v[1..].to_vec())
+    }
+
+    #[test]
+    fn getopt_long_forms_become_exact_long_options() {
+        assert_eq!(
+            compat(&[
+                "-quiet",
+                "--Quiet",
+                "--no-priv",
+                "--keep-sync",
+                "--ident=x",
+                "-DEBUG"
+            ])
+            .unwrap(),
+            [
+                "--quiet",
+                "--quiet",
+                "--no-privilege-elevation",
+                "--keep-sync-snap",
+                "--identifier=x",
+                "--debug"
+            ]
+        );
+        // An exact name wins over being a prefix of a longer one.
+        assert_eq!(compat(&["--exclude=a"]).unwrap(), ["--exclude=a"]);
+        assert_eq!(compat(&["-sshport", "22"]).unwrap(), ["--sshport", "22"]);
+    }
+
+    #[test]
+    fn values_shorts_and_operands_are_left_alone() {
+        assert_eq!(
+            compat(&[
+                "--sendoptions",
+                "-Lce",
+                "-r",
+                "-oBatchMode=yes",
+                "-caes128-ctr",
+                "-o",
+                "-quiet",
+                "src",
+                "dst"
+            ])
+            .unwrap(),
+            [
+                "--sendoptions",
+                "-Lce",
+                "-r",
+                "-oBatchMode=yes",
+                "-caes128-ctr",
+                "-o",
+                "-quiet",
+                "src",
+                "dst"
+            ]
+        );
+        assert_eq!(compat(&["--", "-quiet"]).unwrap(), ["--", "-quiet"]);
+        assert_eq!(compat(&["--bogus", "-"]).unwrap(), ["--bogus", "-"]);
+    }
+
+    #[test]
+    fn an_ambiguous_abbreviation_names_the_candidates() {
+        let e = compat(&["--no-s", "a", "b"]).unwrap_err();
+        assert!(
+            e.contains("--no-stream") && e.contains("--no-sync-snap"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn every_syncoid_2_1_and_2_3_option_is_accepted() {
+        // From syncoid's GetOptions calls (2.1.0 and the current source).
+        for o in [
+            "no-command-checks",
+            "monitor-version",
+            "compress=lz4",
+            "dumpsnaps",
+            "recursive",
+            "sendoptions=w",
+            "recvoptions=u",
+            "source-bwlimit=1m",
+            "target-bwlimit=1m",
+            "sshconfig=f",
+            "sshkey=k",
+            "sshport=22",
+            "sshcipher=c",
+            "sshoption=o",
+            "debug",
+            "quiet",
+            "no-stream",
+            "no-sync-snap",
+            "no-resume",
+            "exclude=x",
+            "skip-parent",
+            "identifier=i",
+            "no-clone-handling",
+            "no-privilege-elevation",
+            "force-delete",
+            "no-clone-rollback",
+            "no-rollback",
+            "create-bookmark",
+            "use-hold",
+            "pv-options=-p",
+            "keep-sync-snap",
+            "preserve-recordsize",
+            "mbuffer-size=1M",
+            "delete-target-snapshots",
+            "insecure-direct-connection=1.2.3.4:5",
+            "preserve-properties",
+            "include-snaps=a",
+            "exclude-snaps=b",
+            "exclude-datasets=c",
+        ] {
+            let argv = compat(&[&format!("--{o}"), "src", "dst"]).unwrap();
+            let mut full = vec!["syncoid-rsync".to_string()];
+            full.extend(argv);
+            assert!(Args::try_parse_from(full).is_ok(), "--{o}");
+        }
+    }
 }

@@ -2,7 +2,6 @@
 //! typed is checked here, before any host is contacted; a bad value is a
 //! clear message and exit status 64, with nothing changed anywhere.
 
-use regex::Regex;
 use std::sync::Arc;
 
 use crate::args::Args;
@@ -33,19 +32,36 @@ pub struct Settings {
     pub target_rate: u64,
     pub send_opts: Vec<ZfsOpt>,
     pub recv_opts: Vec<ZfsOpt>,
-    pub exclude_datasets: Vec<Regex>,
-    pub exclude_snaps: Vec<Regex>,
-    pub include_snaps: Vec<Regex>,
+    pub exclude_datasets: Vec<Pattern>,
+    pub exclude_snaps: Vec<Pattern>,
+    pub include_snaps: Vec<Pattern>,
     pub hostname: String,
     /// Run zfs through sudo on the source / target.
     pub source_sudo: bool,
     pub target_sudo: bool,
+    /// Things worth saying about the command line that do not stop it
+    /// (printed as INFO lines once output is set up).
+    pub notes: Vec<String>,
 }
 
-fn regexes(v: &[String], what: &str) -> Result<Vec<Regex>, UsageError> {
+/// A user's regular expression in Perl's syntax, as syncoid matches it
+/// (look-ahead and look-behind, back-references, lazy quantifiers).
+#[derive(Debug)]
+pub struct Pattern(fancy_regex::Regex);
+
+impl Pattern {
+    /// An expression that gives up on a name (backtracking past the
+    /// engine's limit) matches nothing: a pathological pattern never
+    /// excludes or includes by accident.
+    pub fn is_match(&self, name: &str) -> bool {
+        self.0.is_match(name).unwrap_or(false)
+    }
+}
+
+fn regexes(v: &[String], what: &str) -> Result<Vec<Pattern>, UsageError> {
     v.iter()
         .map(|r| {
-            Regex::new(r).map_err(|e| {
+            fancy_regex::Regex::new(r).map(Pattern).map_err(|e| {
                 UsageError(format!(
                     "--{what} '{r}' is not a valid regular expression: {e}"
                 ))
@@ -165,6 +181,7 @@ pub fn settings(args: Args, local_pools: &dyn Fn() -> Vec<String>) -> Result<Set
         location::parse(&raw_src, &pools).map_err(|e| UsageError(format!("SOURCE {e}")))?;
     let target =
         location::parse(&raw_dst, &pools).map_err(|e| UsageError(format!("TARGET {e}")))?;
+    same_place(&source, &target, a.recursive)?;
     if let Some(id) = &a.identifier {
         if !syncsnap::valid_identifier(id) {
             return Err(UsageError(format!(
@@ -210,20 +227,34 @@ pub fn settings(args: Args, local_pools: &dyn Fn() -> Vec<String>) -> Result<Set
             a.inactivity_timeout
         ))
     })?;
+    // Both modes check every value here, before any host is asked: a bad
+    // rate must not surface as mbuffer's error after a sync snapshot.
     let rate = |v: &Option<String>, what: &str| -> Result<u64, UsageError> {
         match v {
-            Some(r) if a.rsync => syncoid_rsync_core::units::parse_size(r)
+            Some(r) => syncoid_rsync_core::units::parse_size(r)
                 .filter(|n| *n >= 1024)
                 .ok_or_else(|| {
                     UsageError(format!(
                         "--{what} '{r}' is not a rate of at least 1K bytes per second (for example 500K, 10M)"
                     ))
                 }),
-            _ => Ok(0),
+            None => Ok(0),
         }
     };
+    if !valid_mbuffer_size(&a.mbuffer_size) {
+        return Err(UsageError(format!(
+            "--mbuffer-size '{}' is not a size of at least 4K (for example 16M, 1G) or a share of memory (5%)",
+            a.mbuffer_size
+        )));
+    }
     let source_rate = rate(&a.source_bwlimit, "source-bwlimit")?;
     let target_rate = rate(&a.target_bwlimit, "target-bwlimit")?;
+    let (source_rate, target_rate) = if a.rsync {
+        (source_rate, target_rate)
+    } else {
+        // Standard mode hands the user's text to mbuffer.
+        (0, 0)
+    };
     let rsync_level = if a.compress.is_none() {
         1
     } else {
@@ -241,10 +272,11 @@ pub fn settings(args: Args, local_pools: &dyn Fn() -> Vec<String>) -> Result<Set
             "zfs send -R (--sendoptions) and --recursive cannot be combined".into(),
         ));
     }
+    let mut notes = Vec::new();
     if a.create_bookmark && !a.no_sync_snap {
-        return Err(UsageError(
-            "--create-bookmark only works with --no-sync-snap".into(),
-        ));
+        // syncoid ignores it silently; a cron line that has it must not
+        // stop replicating.
+        notes.push("--create-bookmark does nothing without --no-sync-snap (as in syncoid): no bookmark is made".into());
     }
     let direct = match &a.insecure_direct_connection {
         None => None,
@@ -308,8 +340,43 @@ pub fn settings(args: Args, local_pools: &dyn Fn() -> Vec<String>) -> Result<Set
         exclude_snaps,
         include_snaps,
         hostname: hostname(),
+        notes,
         args,
     })
+}
+
+/// SOURCE and TARGET on one host must not overlap: a receive into the
+/// source itself (forced, it would discard the source's newest changes), a
+/// recursive run that would replicate the target into itself, or a target
+/// that holds the source (`--force-delete` would destroy the source).
+/// Hosts are compared by name; the same machine under two names is not
+/// recognised.
+fn same_place(source: &Location, target: &Location, recursive: bool) -> Result<(), UsageError> {
+    let host = |l: &Location| l.remote.as_ref().map(|r| r.host.clone());
+    if host(source) != host(target) {
+        return Ok(());
+    }
+    let (s, t) = (&source.dataset, &target.dataset);
+    let why = if s == t {
+        "SOURCE and TARGET are the same dataset"
+    } else if recursive && t.is_within(s) {
+        "TARGET is inside SOURCE: --recursive would replicate the target into itself"
+    } else if s.is_within(t) {
+        "SOURCE is inside TARGET: receiving into TARGET could roll back or destroy the source"
+    } else {
+        return Ok(());
+    };
+    Err(UsageError(format!(
+        "{why} ({source} -> {target}); nothing was done"
+    )))
+}
+
+/// mbuffer's `-m`: a size, or a percentage of memory (`5%`).
+fn valid_mbuffer_size(v: &str) -> bool {
+    match v.strip_suffix('%') {
+        Some(p) => p.parse::<u8>().is_ok_and(|p| (1..=90).contains(&p)),
+        None => syncoid_rsync_core::units::parse_size(v).is_some_and(|n| n >= 4096),
+    }
 }
 
 /// `90s`, `30m`, `2h`, `1d` or plain seconds.

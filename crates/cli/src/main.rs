@@ -58,7 +58,15 @@ fn main() {
     if argv.get(1).map(String::as_str) == Some("agent") {
         std::process::exit(rsync::agent::main(&argv[2..]));
     }
-    let args = match args::Args::try_parse() {
+    let argv = match args::getopt_compat(argv) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("syncoid-rsync: {e}");
+            eprintln!("Try 'syncoid-rsync --help' for more information.");
+            std::process::exit(exit::USAGE);
+        }
+    };
+    let args = match args::Args::try_parse_from(argv) {
         Ok(a) => a,
         Err(e) => {
             let code = match e.kind() {
@@ -81,7 +89,7 @@ fn main() {
         };
         std::process::exit(code);
     }
-    if args.monitor_version {
+    if args.monitor_version && args.source.is_none() {
         println!("OK: syncoid-rsync {}", env!("CARGO_PKG_VERSION"));
         std::process::exit(exit::OK);
     }
@@ -98,6 +106,9 @@ fn main() {
         debug: settings.args.debug,
         json: settings.args.json,
     };
+    for note in &settings.notes {
+        out.info(note);
+    }
     match replicate::run(&settings) {
         Ok(summary) => {
             // On a terminal, always; under cron only when something is

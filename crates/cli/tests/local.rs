@@ -625,3 +625,114 @@ fn output_options_debug_quiet_dumpsnaps_monitor_version_and_buffers() {
     assert!(r.stdout.starts_with("OK: syncoid-rsync "), "{}", r.stdout);
     assert_eq!(h.files("dst/a"), h.files("src/data"));
 }
+
+#[test]
+fn syncoid_command_line_forms_replicate() {
+    let _serial = serial();
+    let h = two_pools();
+    // Getopt::Long's forms, syncoid 2.1's --no-clone-rollback, and
+    // --create-bookmark without --no-sync-snap (ignored, as syncoid does).
+    let r = ok(
+        &h,
+        &[
+            "-debug",
+            "--Dumpsnaps",
+            "--no-clone-rollback",
+            "--create-bookmark",
+            "--ident=x",
+            "--keep-sync",
+            "--no-priv",
+            "src/data",
+            "dst/a",
+        ],
+    );
+    assert!(r.stdout.contains("DEBUG:"), "{}", r.stdout);
+    assert!(
+        r.stdout
+            .contains("--create-bookmark does nothing without --no-sync-snap"),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(h.files("dst/a"), h.files("src/data"));
+    assert!(sync_snaps(&h.snapshots("dst/a"))[0].starts_with("syncoid_x_"));
+    let r = run_expect(&h, &["--no-s", "src/data", "dst/b"], 64);
+    assert!(r.stderr.contains("ambiguous"), "{}", r.stderr);
+    // --monitor-version with SOURCE and TARGET does nothing: it replicates.
+    ok(&h, &["-quiet", "--monitor-version", "src/data", "dst/m"]);
+    assert_eq!(h.files("dst/m"), h.files("src/data"));
+}
+
+#[test]
+fn perl_regex_features_select_datasets_and_snapshots() {
+    let _serial = serial();
+    let h = two_pools();
+    for c in ["keep", "drop", "dropped"] {
+        h.zfs(&["create", &format!("src/data/{c}")]).ok();
+        h.zfs(&["snapshot", &format!("src/data/{c}@one")]).ok();
+    }
+    // Look-ahead: every child except keep is excluded.
+    ok(
+        &h,
+        &[
+            "-r",
+            "--no-sync-snap",
+            "--exclude-datasets=src/data/(?!keep)",
+            "--include-snaps=^(?!second$)(?<!x)",
+            "src/data",
+            "dst/data",
+        ],
+    );
+    assert!(h.exists("dst/data/keep"));
+    assert!(!h.exists("dst/data/drop") && !h.exists("dst/data/dropped"));
+    assert_eq!(h.snapshots("dst/data"), ["first"]);
+}
+
+#[test]
+fn overlapping_datasets_and_bad_values_are_refused_before_anything_runs() {
+    let _serial = serial();
+    let h = two_pools();
+    h.zfs(&["create", "src/data/sub"]).ok();
+    let before = h.log().len();
+    let cases: &[(&[&str], &str)] = &[
+        (&["src/data", "src/data"], "the same dataset"),
+        (
+            &["-r", "src/data", "src/data/sub/copy"],
+            "TARGET is inside SOURCE",
+        ),
+        (&["src/data/sub", "src/data"], "SOURCE is inside TARGET"),
+        (
+            &["--mbuffer-size=xyz", "src/data", "dst/x"],
+            "--mbuffer-size 'xyz'",
+        ),
+        (
+            &["--source-bwlimit=-5", "src/data", "dst/x"],
+            "--source-bwlimit '-5'",
+        ),
+        (
+            &["--target-bwlimit=xyz", "src/data", "dst/x"],
+            "--target-bwlimit 'xyz'",
+        ),
+        (
+            &[
+                "--insecure-direct-connection=127.0.0.1:99999",
+                "src/data",
+                "root@h:dst/x",
+            ],
+            "--insecure-direct-connection",
+        ),
+        (&["--", "-src/data", "dst/x"], "must begin with a letter"),
+        (&["src/data", "--", "-dst/x"], "must begin with a letter"),
+        (&["src/data@first", "dst/x"], "is a snapshot"),
+    ];
+    for (args, says) in cases {
+        let r = run_expect(&h, args, 64);
+        assert!(r.stderr.contains(says), "{args:?}: {}", r.stderr);
+    }
+    assert_eq!(
+        h.log().len(),
+        before,
+        "nothing ran: {:?}",
+        &h.log()[before..]
+    );
+    assert!(!h.exists("dst/x"));
+}

@@ -321,7 +321,12 @@ pub struct Direct {
 /// Parses `IP:PORT[,IP:PORT[,TIMEOUT[,mbuffer]]]` (connect, listen).
 pub fn parse_direct(s: &str) -> Option<Direct> {
     let parts: Vec<&str> = s.split(',').collect();
-    if parts.is_empty() || parts.len() > 4 || parts.iter().take(2).any(|p| !p.contains(':')) {
+    let addr_ok = |p: &&str| {
+        p.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty() && !host.starts_with('-') && port.parse::<u16>().is_ok_and(|n| n > 0)
+        })
+    };
+    if parts.is_empty() || parts.len() > 4 || !parts.iter().take(2).all(addr_ok) {
         return None;
     }
     let timeout = match parts.get(2) {

@@ -47,6 +47,8 @@ pub enum LocationError {
     BadName { arg: String, err: NameError },
     #[error("'{0}': invalid host name")]
     BadHost(String),
+    #[error("'{0}' is a snapshot: give the dataset (pool/fs); its snapshots are replicated")]
+    Snapshot(String),
 }
 
 fn valid_host(h: &str) -> bool {
@@ -74,9 +76,14 @@ pub fn is_ambiguous(arg: &str) -> bool {
 
 /// Parses a SOURCE or TARGET argument.
 pub fn parse(arg: &str, local_pools: &[String]) -> Result<Location, LocationError> {
-    let bad = |err| LocationError::BadName {
-        arg: arg.to_string(),
-        err,
+    let bad = |err| match err {
+        NameError::MultipleDelimiters if arg.contains('@') && !arg.contains('#') => {
+            LocationError::Snapshot(arg.to_string())
+        }
+        err => LocationError::BadName {
+            arg: arg.to_string(),
+            err,
+        },
     };
     let first = arg.split('/').next().unwrap_or("");
     let remote_split =
@@ -153,6 +160,19 @@ mod tests {
             "root@h:pool/$(x)",
         ] {
             assert!(parse(bad, &[]).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn a_pool_starting_with_a_dash_is_no_option_and_a_snapshot_is_named_so() {
+        let e = parse("-R", &[]).unwrap_err().to_string();
+        assert!(e.contains("must begin with a letter"), "{e}");
+        let e = parse("root@h:-x/fs", &[]).unwrap_err().to_string();
+        assert!(e.contains("must begin with a letter"), "{e}");
+        for snap in ["pool/fs@daily", "root@h:pool/fs@daily"] {
+            let e = parse(snap, &[]).unwrap_err();
+            assert_eq!(e, LocationError::Snapshot(snap.into()));
+            assert!(e.to_string().contains("is a snapshot"), "{e}");
         }
     }
 }

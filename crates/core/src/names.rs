@@ -28,6 +28,8 @@ pub enum NameError {
     LeadingSlash,
     #[error("trailing slash in name")]
     TrailingSlash,
+    #[error("a pool name must begin with a letter")]
+    PoolStart,
 }
 
 fn valid_component_char(c: char) -> bool {
@@ -63,6 +65,11 @@ impl DatasetName {
             return Err(NameError::TrailingSlash);
         }
         s.split('/').try_for_each(check_component)?;
+        // OpenZFS's pool_namecheck; a name starting with '-' would also
+        // reach zfs as an option.
+        if !s.starts_with(|c: char| c.is_ascii_alphabetic()) {
+            return Err(NameError::PoolStart);
+        }
         Ok(DatasetName(s.to_string()))
     }
 
@@ -197,7 +204,8 @@ mod tests {
         assert!(!d.is_pool_root());
         assert!(DatasetName::parse("tank").unwrap().is_pool_root());
         for bad in [
-            "", "tank/", "/tank", "tank//a", "tank@a", "tank/a$b", "t;a", "a`b",
+            "", "tank/", "/tank", "tank//a", "tank@a", "tank/a$b", "t;a", "a`b", "-tank", "-R/x",
+            "1tank/a", ".tank",
         ] {
             assert!(DatasetName::parse(bad).is_err(), "{bad:?} accepted");
         }

@@ -239,6 +239,12 @@ fn direct_connection_shapes() {
     assert!(d.mbuffer && d.timeout == 30 && d.listen == "0.0.0.0:5000");
     assert_eq!(parse_direct("a:1,b:2,x"), None);
     assert_eq!(parse_direct("a:1,b:2,3,4,5"), None);
+    // Ports outside 1-65535 (socat would wrap 99999 to 34463) and
+    // addresses that would reach socat or nc as options.
+    for bad in ["a:99999", "a:0", "a:-1", "a:1,b:65536", "-x:1", ":5", "a:"] {
+        assert_eq!(parse_direct(bad), None, "{bad}");
+    }
+    assert!(parse_direct("[::1]:65535").is_some());
     let mut o = popts(false, true);
     o.direct = parse_direct("127.0.0.1:9,127.0.0.1:9,5");
     let segs = pipeline(
