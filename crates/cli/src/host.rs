@@ -141,6 +141,38 @@ fn pipeline_line(stages: &[Vec<String>]) -> String {
         .join(" | ")
 }
 
+/// Where zfs lives on Linux (and FreeBSD), appended to PATH as syncoid
+/// does: cron's PATH (`/usr/bin:/bin`) and a non-login ssh session of a
+/// user other than root often lack them.
+pub const SBIN_DIRS: [&str; 3] = ["/usr/local/sbin", "/usr/sbin", "/sbin"];
+
+/// `path` with the sbin directories it lacks appended (its own order and
+/// entries first, so the user's choice of zfs wins).
+pub fn with_sbin(path: &str) -> String {
+    let mut out = path.to_string();
+    for dir in SBIN_DIRS {
+        if !path.split(':').any(|p| p == dir) {
+            if !out.is_empty() {
+                out.push(':');
+            }
+            out.push_str(dir);
+        }
+    }
+    out
+}
+
+/// What ssh runs on a remote host: the pipeline under `sh -c` (whatever
+/// the login shell is), with the sbin directories appended to PATH.
+fn remote_line(stages: &[Vec<String>]) -> String {
+    let path: Vec<String> = SBIN_DIRS.iter().map(|d| format!(":{d}")).collect();
+    let inner = format!(
+        "PATH=\"$PATH{}\"; export PATH; {}",
+        path.concat(),
+        pipeline_line(stages)
+    );
+    format!("sh -c {}", shell::quote(&inner))
+}
+
 impl Host {
     pub fn is_remote(&self) -> bool {
         matches!(self, Host::Remote { .. })
@@ -180,7 +212,7 @@ impl Host {
                     .args(&ssh.base)
                     .arg(dest)
                     .arg("--")
-                    .arg(pipeline_line(stages));
+                    .arg(remote_line(stages));
                 c
             }
         }
@@ -292,5 +324,46 @@ impl Running {
             Ok(s) => Err(self.host.error(&self.stages, s.code(), tail)),
             Err(e) => Err(self.host.error(&self.stages, None, format!("{e}\n{tail}"))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sbin_directories_are_appended_once_after_the_users_path() {
+        assert_eq!(
+            with_sbin("/usr/bin:/bin"),
+            "/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin"
+        );
+        assert_eq!(
+            with_sbin("/opt/zfs/bin:/usr/sbin:/usr/bin"),
+            "/opt/zfs/bin:/usr/sbin:/usr/bin:/usr/local/sbin:/sbin"
+        );
+    }
+
+    /// What the far login shell gets, run by a local sh as sshd would.
+    fn as_login_shell(stages: &[Vec<String>]) -> String {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(remote_line(stages))
+            .env("PATH", "/usr/bin:/bin")
+            .output()
+            .expect("sh");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    #[test]
+    fn remote_commands_run_under_sh_with_the_sbin_directories() {
+        let v = |w: &[&str]| w.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            as_login_shell(&[v(&["printenv", "PATH"])]),
+            "/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin\n"
+        );
+        assert_eq!(
+            as_login_shell(&[v(&["printf", "%s|", "a b'c", "$(x)"]), v(&["cat"])]),
+            "a b'c|$(x)|"
+        );
     }
 }

@@ -54,6 +54,10 @@ fn exit_with(code: i32) -> ! {
 
 fn main() {
     output::mark_start();
+    // Before any thread exists (set_var is not thread-safe): zfs is found
+    // in the sbin directories under cron's PATH too, here and in agents.
+    let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into());
+    std::env::set_var("PATH", host::with_sbin(&path));
     let argv: Vec<String> = std::env::args().collect();
     if argv.get(1).map(String::as_str) == Some("agent") {
         std::process::exit(rsync::agent::main(&argv[2..]));

@@ -177,7 +177,11 @@ pub struct Report {
 /// (source, target) scripts run in the same call as each side's probe;
 /// what they printed is in `Report::listed`.
 pub fn run(s: &Settings, out: &Out, listings: (&str, &str)) -> Result<Report, Fatal> {
-    let comp = if s.args.rsync {
+    // Local to local, syncoid's pipeline compresses nothing and buffers
+    // once, on the source side: a compressor is never used, and a missing
+    // mbuffer matters only when it should apply a bandwidth limit.
+    let local_only = !s.source_host.is_remote() && !s.target_host.is_remote();
+    let comp = if s.args.rsync || local_only {
         None
     } else {
         s.compress.program()
@@ -357,11 +361,17 @@ pub fn run(s: &Settings, out: &Out, listings: (&str, &str)) -> Result<Report, Fa
         local_pv: local.contains("pv"),
         compress,
     };
-    if !tools.source_mbuffer {
+    let limited = s.args.source_bwlimit.is_some() || s.args.target_bwlimit.is_some();
+    if local_only {
+        if !tools.source_mbuffer && limited {
+            out.warn("mbuffer not available on local machine - sync will continue without the bandwidth limit.");
+            hints.push(("source", "mbuffer"));
+        }
+    } else if !tools.source_mbuffer {
         out.warn("mbuffer not available on source - sync will continue without source buffering.");
         hints.push(("source", "mbuffer"));
     }
-    if !tools.target_mbuffer {
+    if !tools.target_mbuffer && !local_only {
         out.warn("mbuffer not available on target - sync will continue without target buffering.");
         hints.push(("target", "mbuffer"));
     }

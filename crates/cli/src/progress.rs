@@ -225,6 +225,10 @@ struct State {
     position: (usize, usize),
     last_draw: Option<Duration>,
     drawn: bool,
+    /// The stream's counters were updated at least once. A stream nothing
+    /// counts (standard mode without a terminal has no meter in its
+    /// pipeline) shows no progress, rather than "0 B".
+    counted: bool,
 }
 
 impl Progress {
@@ -243,6 +247,7 @@ impl Progress {
                 position: (0, 0),
                 last_draw: None,
                 drawn: false,
+                counted: false,
             }),
         }
     }
@@ -295,6 +300,7 @@ impl Progress {
         ));
         st.last_draw = None;
         st.drawn = false;
+        st.counted = false;
     }
 
     /// Updates the counters and redraws when due: `done` bytes taken by
@@ -303,6 +309,7 @@ impl Progress {
     pub fn tick(&self, done: u64, sent: u64, wire: u64, resent: u64) {
         let now = self.now();
         let mut st = self.state.lock().expect("progress");
+        st.counted = true;
         let Some((_, _, m)) = st.current.as_mut() else {
             return;
         };
@@ -368,7 +375,7 @@ impl Progress {
                 m.complete();
             }
         }
-        if st.current.is_some() {
+        if st.current.is_some() && (st.counted || st.drawn) {
             self.draw(&mut st, now, true);
             if self.face == Face::Bar && st.drawn {
                 eprintln!();

@@ -736,3 +736,72 @@ fn overlapping_datasets_and_bad_values_are_refused_before_anything_runs() {
     );
     assert!(!h.exists("dst/x"));
 }
+
+#[test]
+fn a_cron_run_without_a_terminal_prints_no_progress_and_no_needless_warnings() {
+    let _serial = serial();
+    let h = Host::new(&["src", "dst"]);
+    h.zfs(&["create", "-o", "fakezfs:synthetic=40M", "src/data"])
+        .ok();
+    h.zfs(&["snapshot", "src/data@s1"]).ok();
+    // No mbuffer, pv or compressor here: a local run uses none of them
+    // (the compressor never, mbuffer only for a bandwidth limit).
+    let out = h
+        .command(bin())
+        .env("PATH", restricted_path(&h, true))
+        .args(["src/data", "dst/data"])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert_eq!(stderr, "", "stdout:\n{stdout}");
+    assert!(!stdout.contains("progress"), "{stdout}");
+    assert_eq!(h.files("dst/data"), h.files("src/data"));
+    let r = h
+        .command(bin())
+        .env("PATH", restricted_path(&h, true))
+        .args([
+            "--source-bwlimit=10M",
+            "--no-sync-snap",
+            "src/data",
+            "dst/other",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert!(
+        stderr.contains("mbuffer not available on local machine - sync will continue without the bandwidth limit."),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("lzop"), "{stderr}");
+}
+
+/// Cron's PATH (`/usr/bin:/bin`) lacks the sbin directories where zfs
+/// lives; syncoid appends them, and so do we. A private mount namespace
+/// (root only, as CI runs) puts this host's zfs at /usr/local/sbin.
+#[test]
+fn under_crons_path_zfs_is_found_in_the_sbin_directories() {
+    let _serial = serial();
+    let h = two_pools();
+    let script = format!(
+        "mount --bind {} /usr/local/sbin && exec {} src/data dst/data",
+        h.bin.display(),
+        bin()
+    );
+    let out = h
+        .command("unshare")
+        .args(["-m", "sh", "-c", &script])
+        .env("PATH", "/usr/bin:/bin")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if stderr.contains("Operation not permitted") {
+        eprintln!("skipped: needs root for a private mount namespace");
+        return;
+    }
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(h.files("dst/data"), h.files("src/data"));
+}

@@ -200,26 +200,6 @@ fn sshkey_sshport_and_sshoption_reach_the_host() {
     assert_eq!(remote.files("far/data"), local.files("here/data"));
 }
 
-/// A directory of symlinks to only the given system tools: a PATH without
-/// mbuffer, the compressors (and, if left out, zfs).
-fn restricted_path(h: &Host, with_zfs: bool) -> String {
-    let dir = h.dir().join("restricted-bin");
-    std::fs::create_dir_all(&dir).unwrap();
-    for tool in ["sh", "bash", "ps", "uname", "awk", "cat", "true"] {
-        for base in ["/usr/bin", "/bin"] {
-            let from = std::path::Path::new(base).join(tool);
-            if from.exists() && !dir.join(tool).exists() {
-                std::os::unix::fs::symlink(&from, dir.join(tool)).unwrap();
-            }
-        }
-    }
-    if with_zfs {
-        format!("{}:{}", h.bin.display(), dir.display())
-    } else {
-        dir.display().to_string()
-    }
-}
-
 #[test]
 fn preflight_names_every_missing_optional_tool_with_what_to_install() {
     let _serial = serial();

@@ -110,12 +110,12 @@ impl Host {
             .unwrap_or_default()
     }
 
-    /// PATH for a process that should see this host's zfs first.
+    /// PATH for a process that should see this host's zfs first. Not
+    /// /usr/local/bin: a syncoid-rsync installed there (the README's install
+    /// command) would be taken for the host's own, and the tests that
+    /// check copying the binary to a host would see nothing copied.
     pub fn path_env(&self) -> String {
-        format!(
-            "{}:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
-            self.bin.display()
-        )
+        format!("{}:/usr/bin:/bin:/usr/sbin:/sbin", self.bin.display())
     }
 
     /// The environment a process on this host needs.
