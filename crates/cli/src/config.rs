@@ -81,43 +81,54 @@ pub const SSH_KEEPALIVE: [&str; 4] = [
 ];
 
 fn ssh_base(a: &Args, inactivity: std::time::Duration) -> Result<SshConfig, UsageError> {
+    // ssh's control socket path (dir + 40 hex digits + a temporary
+    // suffix) must fit a Unix socket's 108 bytes: a long TMPDIR falls back
+    // to /tmp.
+    let mut tmp = std::env::temp_dir();
+    if tmp.as_os_str().len() > 40 {
+        tmp = "/tmp".into();
+    }
     let dir = tempfile::Builder::new()
         .prefix("syncoid-rsync-ssh-")
-        .tempdir()
+        .tempdir_in(tmp)
         .map_err(|e| {
             UsageError(format!(
                 "cannot create a private ssh control directory: {e}"
             ))
         })?;
-    let mut base = Vec::new();
+    // The user's own options first, so theirs win over ours below (ssh
+    // takes the first value of an option).
+    let mut user = Vec::new();
     if let Some(f) = &a.sshconfig {
-        base.extend(["-F".to_string(), f.clone()]);
+        user.extend(["-F".to_string(), f.clone()]);
     }
     if let Some(c) = &a.sshcipher {
-        base.extend(["-c".to_string(), c.clone()]);
+        user.extend(["-c".to_string(), c.clone()]);
     }
     for o in &a.sshoption {
-        base.extend(["-o".to_string(), o.clone()]);
+        user.extend(["-o".to_string(), o.clone()]);
     }
+    if let Some(p) = a.sshport {
+        user.extend(["-p".to_string(), p.to_string()]);
+    }
+    if let Some(k) = &a.sshkey {
+        user.extend(["-i".to_string(), k.clone()]);
+    }
+    let mut base = user.clone();
+    // A host that is down, or accepts TCP and never answers, must not hang
+    // a cron run (TCP's own connect timeout is about 2 min, and a silent
+    // server none at all); for --rsync, a new master after an outage must
+    // not wait that long while the link is still down.
+    base.extend(["-o".to_string(), "ConnectTimeout=10".to_string()]);
     if a.rsync {
-        // A new master after an outage must not wait for TCP's own connect
-        // timeout (about 2 min) while the link is still down.
-        base.extend(["-o".to_string(), "ConnectTimeout=10".to_string()]);
         // The master carries the first connection to each agent and every
         // zfs call around the transfer. Without a keepalive, a link that
         // dies while ssh has nothing it may send (the far pool busy, so
         // the channel window is used up) is noticed only at our stall
         // time, and a control call can hang until TCP gives up (~15 min).
         // A keepalive meets a reset link at once and a blackholed one
-        // within 30-40 s; --rsync reconnects either way. After the user's
-        // options, so theirs win (ssh takes the first value).
+        // within 30-40 s; --rsync reconnects either way.
         base.extend(SSH_KEEPALIVE.iter().map(|o| o.to_string()));
-    }
-    if let Some(p) = a.sshport {
-        base.extend(["-p".to_string(), p.to_string()]);
-    }
-    if let Some(k) = &a.sshkey {
-        base.extend(["-i".to_string(), k.clone()]);
     }
     base.extend([
         "-o".into(),
@@ -139,8 +150,9 @@ fn ssh_base(a: &Args, inactivity: std::time::Duration) -> Result<SshConfig, Usag
     });
     Ok(SshConfig {
         base,
+        user,
         again,
-        _control_dir: dir,
+        control_dir: dir,
     })
 }
 
@@ -394,6 +406,18 @@ pub fn parse_duration(s: &str) -> Option<std::time::Duration> {
 }
 
 impl Settings {
+    /// Ends the ssh masters at once (not ControlPersist later) and removes
+    /// the private control directory: `std::process::exit` skips drops.
+    pub fn close_ssh(&self) {
+        self.source_host.close();
+        self.target_host.close();
+        for h in [&self.source_host, &self.target_host] {
+            if let Host::Remote { ssh, .. } = h {
+                let _ = std::fs::remove_dir_all(ssh.control_dir.path());
+            }
+        }
+    }
+
     /// syncoid's snapisincluded: excludes win over includes.
     pub fn snap_included(&self, name: &str) -> bool {
         if self.exclude_snaps.iter().any(|r| r.is_match(name)) {

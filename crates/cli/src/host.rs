@@ -16,10 +16,13 @@ use syncoid_rsync_core::shell;
 #[derive(Debug)]
 pub struct SshConfig {
     pub base: Vec<String>,
+    /// The user's own ssh options (-F, -c, -o, -p, -i): what a command
+    /// suggested to them must carry.
+    pub user: Vec<String>,
     /// --rsync: calls whose connection fails are tried again.
     pub again: Option<crate::again::Policy>,
     /// Our private ControlPath directory (0700); held so it is removed on drop.
-    pub _control_dir: tempfile::TempDir,
+    pub control_dir: tempfile::TempDir,
 }
 
 #[derive(Debug, Clone)]
@@ -214,6 +217,20 @@ impl Host {
                     .arg("--")
                     .arg(remote_line(stages));
                 c
+            }
+        }
+    }
+
+    /// The ssh command a user can try by hand to reach this host, with
+    /// their options: `ssh -p 2222 -i key user@host true`.
+    pub fn try_by_hand(&self) -> String {
+        match self {
+            Host::Local => "true".into(),
+            Host::Remote { dest, ssh } => {
+                let mut argv = vec!["ssh".to_string()];
+                argv.extend(ssh.user.iter().cloned());
+                argv.extend([dest.clone(), "true".into()]);
+                shell::join(&argv)
             }
         }
     }

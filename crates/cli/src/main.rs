@@ -113,14 +113,20 @@ fn main() {
     for note in &settings.notes {
         out.info(note);
     }
-    match replicate::run(&settings) {
+    let result = replicate::run(&settings);
+    // Whatever the outcome: the ssh masters end now (not ControlPersist
+    // later) and the private control directory goes with the settings;
+    // std::process::exit below would skip its drop.
+    settings.close_ssh();
+    out.debug("ssh connections closed");
+    let (quiet, json, debug) = (settings.args.quiet, settings.args.json, settings.args.debug);
+    drop(settings);
+    match result {
         Ok(summary) => {
             // On a terminal, always; under cron only when something is
             // wrong (as syncoid, a clean run mails nothing).
-            let tty = out.stderr_is_terminal() && !settings.args.quiet;
-            if !settings.args.json
-                && (summary.failed > 0 || summary.busy > 0 || settings.args.debug || tty)
-            {
+            let tty = out.stderr_is_terminal() && !quiet;
+            if !json && (summary.failed > 0 || summary.busy > 0 || debug || tty) {
                 eprintln!("syncoid-rsync: {}", summary.line());
             }
             exit_with(summary.exit_code());

@@ -111,9 +111,13 @@ fn probe(
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     if !out.status.success() {
-        return Err(host
-            .error(&[argv], out.status.code(), stderr.into_owned())
-            .to_string());
+        // ssh's own words; our probe script is no help to the reader.
+        let status = match out.status.code() {
+            Some(255) => "ssh failed".to_string(),
+            Some(c) => format!("the probe exited with status {c}"),
+            None => "ssh was killed by a signal".to_string(),
+        };
+        return Err(format!("{status}: {}", stderr.trim()));
     }
     let mut outs = stdout.split(SECTION_OUT);
     let mut errs = stderr.split(SECTION_ERR);
@@ -229,9 +233,9 @@ pub fn run(s: &Settings, out: &Out, listings: (&str, &str)) -> Result<Report, Fa
             Ok(p) => p,
             Err(e) => {
                 problems.push(format!(
-                    "{who}: cannot run commands there: {}\n      check the host name, user, port and key (try: ssh {} true)",
+                    "{who}: cannot run commands there: {}\n      check the host name, user, port and key (try: {})",
                     e.trim_end().replace('\n', "\n      "),
-                    host.label()
+                    host.try_by_hand()
                 ));
                 continue;
             }

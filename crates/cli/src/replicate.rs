@@ -429,9 +429,6 @@ pub fn run(s: &Settings) -> Result<Summary, Fatal> {
     if ctx.forget_exes() {
         out.debug("copied binaries removed");
     }
-    s.source_host.close();
-    s.target_host.close();
-    out.debug("ssh connections closed");
     Ok(summary)
 }
 

@@ -165,6 +165,15 @@ fn unreachable_host_fails_preflight_clearly() {
     );
     assert!(r.stderr.contains("pre-flight failed"), "{}", r.stderr);
     assert!(r.stderr.contains("target (root@127.0.0.1)"), "{}", r.stderr);
+    // ssh's own error and a command to try that carries the user's
+    // options; not our probe script.
+    assert!(
+        r.stderr
+            .contains("(try: ssh -o ConnectTimeout=3 -p 1 root@127.0.0.1 true)"),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stderr.contains("command -v"), "{}", r.stderr);
     assert_eq!(
         sync_snaps(&l.local.snapshots("here/data")).len(),
         0,
@@ -350,4 +359,89 @@ fn a_target_being_received_into_is_busy_and_left_alone() {
     busy_run(true);
     ok(&l.local, &args);
     assert_eq!(l.a.files("pa/busy"), l.local.files("here/data"));
+}
+
+/// Processes whose command line mentions `needle` (ours: ssh masters on a
+/// control path in a test's own directory).
+fn processes_mentioning(needle: &str) -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains(needle))
+        .collect()
+}
+
+/// After a remote run ends, successful or not, nothing of ours remains:
+/// no ssh control directory and no ssh master waiting out ControlPersist.
+#[test]
+fn a_remote_run_leaves_no_control_directory_and_no_ssh_master() {
+    let _serial = serial();
+    let l = lab();
+    let cfg = format!("--sshconfig={}", l.config);
+    seed(&l.local, "here/data");
+    // Short: the control socket's path must fit a Unix socket address.
+    let own_tmp = tempfile::Builder::new().prefix("srt").tempdir().unwrap();
+    let tmpdir = own_tmp.path().to_path_buf();
+    let tmp = tmpdir.display().to_string();
+    for (args, code) in [
+        (vec![cfg.as_str(), "here/data", "root@hosta:pa/data"], 0),
+        (vec![cfg.as_str(), "root@hosta:pa/nope", "here/x"], 2),
+    ] {
+        let out = l
+            .local
+            .command(bin())
+            .env("TMPDIR", &tmp)
+            .args(&args)
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let left: Vec<_> = std::fs::read_dir(&tmpdir).unwrap().flatten().collect();
+        assert!(left.is_empty(), "{args:?} left {left:?}");
+        assert_eq!(processes_mentioning(&tmp), Vec::<String>::new(), "{args:?}");
+    }
+    assert_eq!(l.a.files("pa/data"), l.local.files("here/data"));
+}
+
+/// A host that accepts the TCP connection and never speaks: standard mode
+/// gives up after ssh's ConnectTimeout (10 s unless the user sets one)
+/// instead of hanging a cron run.
+#[test]
+fn a_host_that_never_answers_fails_preflight_within_the_connect_timeout() {
+    let _serial = serial();
+    let h = Host::new(&["here"]);
+    seed(&h, "here/data");
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port().to_string();
+    let held = std::thread::spawn(move || {
+        let conns: Vec<_> = silent.incoming().take(1).collect();
+        std::thread::sleep(std::time::Duration::from_secs(40));
+        drop(conns);
+    });
+    let t = std::time::Instant::now();
+    let r = run_expect(
+        &h,
+        &[
+            "--sshport",
+            &port,
+            "-o",
+            "StrictHostKeyChecking=no",
+            "here/data",
+            "root@127.0.0.1:pa/x",
+        ],
+        69,
+    );
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(30),
+        "{:?}",
+        t.elapsed()
+    );
+    assert!(r.stderr.contains("pre-flight failed"), "{}", r.stderr);
+    drop(held);
 }
