@@ -33,11 +33,13 @@ impl Out {
     pub fn critical(&self, msg: &str) {
         eprintln!("CRITICAL ERROR: {msg}");
     }
-    /// Debug lines carry the time since the start, to show where it goes.
+    /// Debug lines start as syncoid's (`DEBUG: ` then the words, which
+    /// scripts grep) and end with the time since the start, to show where
+    /// it goes.
     pub fn debug(&self, msg: &str) {
         if self.debug && !self.json {
             let t = START.get_or_init(std::time::Instant::now).elapsed();
-            println!("DEBUG: [+{:.3}s] {msg}", t.as_secs_f64());
+            println!("DEBUG: {msg} [+{:.3}s]", t.as_secs_f64());
         }
     }
     /// Always printed (dry-run plans, dumps the user asked for).

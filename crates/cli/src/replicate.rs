@@ -699,6 +699,7 @@ fn run_step(ctx: &Ctx, src_fs: &str, dst_fs: &str, src: &View, step: &Step) -> R
     let out = &ctx.out;
     match step {
         Step::AbortPartialReceive => {
+            out.debug(&format!("reset partial receive state of {dst_fs}..."));
             out.warn(&format!(
                 "--no-resume: discarding the interrupted receive state on {dst_fs}"
             ));

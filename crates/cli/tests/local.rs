@@ -258,6 +258,32 @@ fn no_resume_discards_partial_state_and_starts_over() {
         .any(|e| e["argv"][0] == "send" && e["argv"][1] == "-t"));
 }
 
+/// `--no-resume` after a first full receive was cut: the partial dataset
+/// is discarded (`zfs receive -A`) and a full send starts over; `--debug`
+/// says so in syncoid's words.
+#[test]
+fn no_resume_after_a_cut_first_full_receive_starts_over() {
+    let _serial = serial();
+    let h = two_pools();
+    h.write("src/data", "big", &vec![5u8; 12 << 20]);
+    h.zfs(&["snapshot", "src/data@big"]).ok();
+    h.sh("zfs send src/data@big | head --bytes=4M | zfs receive -s dst/data");
+    assert!(h.get("receive_resume_token", "dst/data").starts_with("1-"));
+    let r = ok(&h, &["--no-resume", "--debug", "src/data", "dst/data"]);
+    assert!(
+        r.stdout
+            .contains("DEBUG: reset partial receive state of dst/data..."),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(h.files("dst/data"), h.files("src/data"));
+    assert_same_guids(&h, "src/data", "dst/data");
+    assert!(!h
+        .log()
+        .iter()
+        .any(|e| e["argv"][0] == "send" && e["argv"][1] == "-t"));
+}
+
 #[test]
 fn resume_whose_source_snapshot_is_gone_starts_a_normal_sync() {
     let _serial = serial();
@@ -607,9 +633,9 @@ fn output_options_debug_quiet_dumpsnaps_monitor_version_and_buffers() {
         ],
     );
     assert!(
-        r.stdout
-            .contains("s] zfs send src/data@first | mbuffer -R 50m -q -s 128k -m 4M | zfs receive")
-            && r.stdout.contains("DEBUG: [+"),
+        r.stdout.contains(
+            "DEBUG: zfs send src/data@first | mbuffer -R 50m -q -s 128k -m 4M | zfs receive"
+        ) && r.stdout.contains("s]\n"),
         "{}",
         r.stdout
     );

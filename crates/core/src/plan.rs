@@ -265,11 +265,17 @@ fn check_rollback(base: &str, rollback: Rollback, opts: &Options) -> Result<Roll
 /// Plans one dataset.
 pub fn plan(input: &Input, opts: &Options) -> Result<Plan, Conflict> {
     let mut steps = Vec::new();
-    if let Some(token) = input.target.as_ref().and_then(|t| t.resume_token.clone()) {
+    let mut target = input.target.as_ref();
+    if let Some(token) = target.and_then(|t| t.resume_token.clone()) {
         if opts.resume {
             return Ok(Plan::Steps(vec![Step::Resume { token }]));
         }
         steps.push(Step::AbortPartialReceive);
+        // A first full receive that was cut: `zfs receive -A` removes the
+        // dataset it was creating, so the target is new again.
+        if target.is_some_and(|t| t.snaps.is_empty()) {
+            target = None;
+        }
     }
     let newest = match &input.new_sync_snap {
         Some(n) => {
@@ -283,7 +289,7 @@ pub fn plan(input: &Input, opts: &Options) -> Result<Plan, Conflict> {
             .ok_or(Conflict::NoSourceSnapshots)?,
     };
     let mut base = None;
-    match &input.target {
+    match target {
         None => full_path(input, opts, &newest, &mut steps),
         Some(t) => match common(input, t) {
             Some(m) if m.name == newest => {

@@ -250,6 +250,24 @@ fn resume_token_comes_first_and_alone() {
 }
 
 #[test]
+fn no_resume_after_a_cut_first_full_receive_starts_over() {
+    // The partial dataset has no snapshot yet; `zfs receive -A` removes it.
+    let mut i = input(vec![s("a", 1, 5)], Some(vec![]));
+    i.target.as_mut().unwrap().resume_token = Some("1-x".into());
+    let o = Options {
+        resume: false,
+        ..opts()
+    };
+    let got = steps(plan(&i, &o));
+    assert_eq!(got[0], Step::AbortPartialReceive);
+    assert!(
+        got.iter()
+            .any(|st| matches!(st, Step::Full { snap } if snap == "a")),
+        "{got:?}"
+    );
+}
+
+#[test]
 fn only_own_older_sync_snaps_are_pruned() {
     let i = input(
         vec![
