@@ -16,6 +16,7 @@ use crate::transfer::{self, Hosts};
 use syncoid_rsync_core::argv::{self, PipeOpts, Receive, SendWhat, Tools};
 use syncoid_rsync_core::inventory::{Inventory, Snap};
 use syncoid_rsync_core::plan::{self, Conflict, Input, Plan, Rollback, Side, Step, TargetState};
+use syncoid_rsync_core::shell;
 use syncoid_rsync_core::syncsnap;
 
 /// A run-level failure: nothing (more) can be done.
@@ -766,12 +767,10 @@ fn destroy_target(ctx: &Ctx, dst_fs: &str) -> Result<(), DsError> {
             "refusing to destroy pool root {dst_fs}"
         )));
     }
+    // `destroy -n` changes nothing: a dry run lists what it would destroy
+    // as completely as the warning before a real run.
     let argv = ctx.zfs(Side::Target, &["destroy", "-r", "-n", "-v", dst_fs]);
-    let listing = if ctx.dry() {
-        String::new()
-    } else {
-        ctx.host(Side::Target).run_ok(&argv)?
-    };
+    let listing = ctx.host(Side::Target).run_ok_read(&argv)?;
     let doomed: Vec<&str> = listing
         .lines()
         .filter_map(|l| l.strip_prefix("would destroy "))
@@ -855,11 +854,17 @@ fn send_step(
         Step::Full { snap: n } => (
             SendWhat::Full { snap: snap(n) },
             Rollback::default(),
-            format!(
-                "Sending oldest full snapshot {} to new target filesystem {}",
-                snap(n),
-                dst_fs
-            ),
+            if s.args.no_stream {
+                format!(
+                    "--no-stream selected; sending newest full snapshot {} to new target filesystem {dst_fs}:",
+                    snap(n)
+                )
+            } else {
+                format!(
+                    "Sending oldest full snapshot {} to new target filesystem {dst_fs}",
+                    snap(n)
+                )
+            },
         ),
         Step::Clone { origin, snap: n } => (
             SendWhat::Incremental {
@@ -950,10 +955,28 @@ fn send_step(
         target_remote: s.target_host.is_remote(),
         direct: s.direct.clone(),
     };
-    let segments = argv::pipeline(send_argv, recv_argv, size, &pipe, &ctx.tools);
+    let segments = argv::pipeline(
+        send_argv.clone(),
+        recv_argv.clone(),
+        size,
+        &pipe,
+        &ctx.tools,
+    );
     if ctx.dry() {
-        ctx.out
-            .plain(&format!("  {}", transfer::describe(&segments, &hosts)));
+        let how = if s.args.rsync {
+            // No pipeline: agents hold zfs send and zfs receive open and
+            // chunks travel between them.
+            format!(
+                "{}  (sender agent on {})  =>  verified chunks  =>  {}  (receiver agent on {})",
+                shell::join(&send_argv),
+                s.source_host.label(),
+                shell::join(&recv_argv),
+                s.target_host.label()
+            )
+        } else {
+            transfer::describe(&segments, &hosts)
+        };
+        ctx.out.plain(&format!("  {how}"));
         return Ok(());
     }
     let est = if size == 0 {
@@ -961,7 +984,11 @@ fn send_step(
     } else {
         readable(size)
     };
-    ctx.out.info(&format!("{label} (~ {est}):"));
+    // syncoid's words: "...: (~ SIZE)" after --no-stream's label.
+    match label.strip_suffix(':') {
+        Some(l) => ctx.out.info(&format!("{l}: (~ {est})")),
+        None => ctx.out.info(&format!("{label} (~ {est}):")),
+    }
     let kind = match what {
         SendWhat::Full { .. } => "full",
         SendWhat::Incremental { .. } => "incremental",
@@ -975,8 +1002,6 @@ fn send_step(
         }),
     );
     if s.args.rsync {
-        let send_argv = argv::send(&what, &s.send_opts, s.source_sudo);
-        let recv_argv = argv::receive(dst_fs, &recv, &s.recv_opts, s.target_sudo);
         return rsync_transfer(ctx, src_fs, dst_fs, &send_argv, &recv_argv, size);
     }
     ctx.out.debug(&transfer::describe(&segments, &hosts));

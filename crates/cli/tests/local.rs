@@ -67,9 +67,14 @@ fn no_sync_snap_sends_existing_snapshots_and_then_has_nothing_to_do() {
 fn no_stream_sends_only_the_newest() {
     let _serial = serial();
     let h = two_pools();
-    ok(
+    let r = ok(
         &h,
         &["--no-stream", "--no-sync-snap", "src/data", "dst/data"],
+    );
+    assert!(
+        r.stdout.contains("INFO: --no-stream selected; sending newest full snapshot src/data@second to new target filesystem dst/data: (~ "),
+        "{}",
+        r.stdout
     );
     assert_eq!(h.snapshots("dst/data"), ["second"]);
     assert_eq!(h.files("dst/data"), h.files("src/data"));
@@ -209,7 +214,34 @@ fn force_delete_never_destroys_a_pool_root() {
     h.zfs(&["snapshot", "dst@unrelated"]).ok();
     let r = run_expect(&h, &["--force-delete", "src/data", "dst"], 2);
     assert!(r.stderr.contains("no snapshot in common"), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("never destroyed (not even with --force-delete)")
+            && !r.stderr.contains("Use --force-delete"),
+        "{}",
+        r.stderr
+    );
     assert!(destructive_calls(&h).is_empty());
+}
+
+/// `--dry-run --force-delete` lists everything a real run destroys, as the
+/// warning before a real run does, and destroys nothing.
+#[test]
+fn dry_run_force_delete_lists_everything_it_would_destroy() {
+    let _serial = serial();
+    let h = two_pools();
+    h.zfs(&["create", "dst/data"]).ok();
+    h.zfs(&["snapshot", "dst/data@old"]).ok();
+    h.zfs(&["create", "dst/data/kid"]).ok();
+    h.zfs(&["snapshot", "dst/data/kid@old"]).ok();
+    let r = ok(&h, &["--dry-run", "--force-delete", "src/data", "dst/data"]);
+    let all = "dst/data/kid@old, dst/data/kid, dst/data@old, dst/data";
+    assert!(r.stderr.contains(all), "{}", r.stderr);
+    assert!(destructive_calls(&h).is_empty());
+    assert!(h.exists("dst/data/kid"));
+    let r = ok(&h, &["--force-delete", "src/data", "dst/data"]);
+    assert!(r.stderr.contains(all), "{}", r.stderr);
+    assert!(!h.exists("dst/data/kid"));
 }
 
 #[test]
@@ -830,4 +862,27 @@ fn under_crons_path_zfs_is_found_in_the_sbin_directories() {
     }
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert_eq!(h.files("dst/data"), h.files("src/data"));
+}
+
+#[test]
+fn dry_run_with_rsync_shows_the_agents_not_a_pipeline() {
+    let _serial = serial();
+    let h = two_pools();
+    let r = ok(
+        &h,
+        &[
+            "--dry-run",
+            "--rsync",
+            "--no-sync-snap",
+            "src/data",
+            "dst/data",
+        ],
+    );
+    assert!(
+        r.stdout.contains("zfs send src/data@first  (sender agent on local machine)  =>  verified chunks  =>  zfs receive -s dst/data  (receiver agent on local machine)"),
+        "{}",
+        r.stdout
+    );
+    assert!(!r.stdout.contains("mbuffer"), "{}", r.stdout);
+    assert!(!h.exists("dst/data"));
 }

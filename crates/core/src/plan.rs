@@ -125,6 +125,9 @@ pub enum Conflict {
     NoCommonSnapshot {
         source: Vec<String>,
         target: Vec<String>,
+        /// The target is a pool's root, which `--force-delete` never
+        /// destroys: the way out is another target.
+        pool_root: bool,
     },
     /// `--no-rollback`, but reaching the source needs a rollback of the target.
     TargetDiverged { base: String, rollback: Rollback },
@@ -145,15 +148,28 @@ impl fmt::Display for Conflict {
             Conflict::NoSourceSnapshots => {
                 write!(f, "the source has no snapshots, and --no-sync-snap forbids creating one")
             }
-            Conflict::NoCommonSnapshot { source, target } => write!(
-                f,
-                "the target exists but has no snapshot in common with the source (matched by guid), \
-                 and no source bookmark matches a target snapshot.\n  source snapshots: {}\n  target snapshots: {}\n\
-                 Replicating would need destroying the target: refusing. Use --force-delete to destroy and \
-                 re-create it, or pick a new target (replication creates it).",
-                list(source),
-                list(target)
-            ),
+            Conflict::NoCommonSnapshot { source, target, pool_root } => {
+                write!(
+                    f,
+                    "the target exists but has no snapshot in common with the source (matched by guid), \
+                     and no source bookmark matches a target snapshot.\n  source snapshots: {}\n  target snapshots: {}\n",
+                    list(source),
+                    list(target)
+                )?;
+                if *pool_root {
+                    write!(
+                        f,
+                        "The target is a pool's root, which is never destroyed (not even with --force-delete): \
+                         pick a new target inside the pool (replication creates it)."
+                    )
+                } else {
+                    write!(
+                        f,
+                        "Replicating would need destroying the target: refusing. Use --force-delete to destroy and \
+                         re-create it, or pick a new target (replication creates it)."
+                    )
+                }
+            }
             Conflict::TargetDiverged { base, rollback } => {
                 write!(f, "the target has diverged from the common snapshot {base}:")?;
                 if !rollback.destroys.is_empty() {
@@ -315,6 +331,7 @@ pub fn plan(input: &Input, opts: &Options) -> Result<Plan, Conflict> {
                     return Err(Conflict::NoCommonSnapshot {
                         source: input.source.iter().map(|s| s.name.clone()).collect(),
                         target: t.snaps.iter().map(|s| s.name.clone()).collect(),
+                        pool_root: t.is_pool_root,
                     })
                 }
             },
