@@ -411,11 +411,22 @@ impl Settings {
     pub fn close_ssh(&self) {
         self.source_host.close();
         self.target_host.close();
-        for h in [&self.source_host, &self.target_host] {
-            if let Host::Remote { ssh, .. } = h {
-                let _ = std::fs::remove_dir_all(ssh.control_dir.path());
-            }
+        for d in self.control_dirs() {
+            let _ = std::fs::remove_dir_all(d);
         }
+    }
+
+    /// The private ssh control directories (one, when a side is remote).
+    pub fn control_dirs(&self) -> Vec<std::path::PathBuf> {
+        let mut dirs: Vec<_> = [&self.source_host, &self.target_host]
+            .into_iter()
+            .filter_map(|h| match h {
+                Host::Remote { ssh, .. } => Some(ssh.control_dir.path().to_path_buf()),
+                Host::Local => None,
+            })
+            .collect();
+        dirs.dedup();
+        dirs
     }
 
     /// syncoid's snapisincluded: excludes win over includes.

@@ -214,6 +214,42 @@ pub fn receiving(host: &Host) -> Result<Vec<String>, CmdError> {
     Ok(busy_in(&host.run_ok(&argv)?))
 }
 
+/// The pid of the `syncoid-rsync agent` whose `zfs receive` writes to
+/// `fs` on `host`, if that receive is an agent's (asked only when a target
+/// is found busy, to say whose it is).
+pub fn receiving_agent(host: &Host, fs: &str) -> Option<u32> {
+    let argv = ["ps", "-Ao", "pid=,ppid=,args="].map(String::from);
+    agent_receiving(&host.run_ok(&argv).ok()?, fs)
+}
+
+/// From `ps -Ao pid=,ppid=,args=`: the agent among the ancestors (up to
+/// sudo and a shell between them) of the `zfs receive` into `fs`.
+fn agent_receiving(ps: &str, fs: &str) -> Option<u32> {
+    let procs: Vec<(u32, u32, &str)> = ps
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            let pid = w.next()?.parse().ok()?;
+            let ppid = w.next()?.parse().ok()?;
+            let rest = l.trim_start();
+            let args = rest.split_once(char::is_whitespace)?.1.trim_start();
+            let args = args.split_once(char::is_whitespace)?.1.trim_start();
+            Some((pid, ppid, args))
+        })
+        .collect();
+    let (_, mut parent, _) = *procs
+        .iter()
+        .find(|(_, _, args)| busy_in(args).iter().any(|b| b == fs))?;
+    for _ in 0..3 {
+        let (pid, ppid, args) = *procs.iter().find(|(pid, _, _)| *pid == parent)?;
+        if args.contains("syncoid-rsync") && args.contains(" agent ") {
+            return Some(pid);
+        }
+        parent = ppid;
+    }
+    None
+}
+
 /// Datasets that a running `zfs receive` is writing to, from the lines
 /// of `ps -Ao args=`.
 fn busy_in(ps: &str) -> Vec<String> {
@@ -232,6 +268,19 @@ fn busy_in(ps: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_receive_is_traced_to_the_agent_that_runs_it() {
+        let ps = "    1     0 init
+  700     1 /tmp/syncoid-rsync-bin.Xy/syncoid-rsync agent start receive --key k
+  701   700 sudo zfs receive -s -F pool/data
+  702   701 zfs receive -s -F pool/data
+  800     1 zfs receive -s pool/other
+";
+        assert_eq!(agent_receiving(ps, "pool/data"), Some(700));
+        assert_eq!(agent_receiving(ps, "pool/other"), None);
+        assert_eq!(agent_receiving(ps, "pool/none"), None);
+    }
 
     /// Runs a listing's script with `zfs` and `ps` as shell functions
     /// (`fns`), and reads it as `Listing::run` does.

@@ -5,6 +5,7 @@ mod args;
 mod config;
 mod gather;
 mod host;
+mod interrupt;
 mod output;
 mod preflight;
 mod progress;
@@ -110,6 +111,10 @@ fn main() {
         debug: settings.args.debug,
         json: settings.args.json,
     };
+    interrupt::install(
+        vec![settings.source_host.clone(), settings.target_host.clone()],
+        settings.control_dirs(),
+    );
     for note in &settings.notes {
         out.info(note);
     }

@@ -9,6 +9,7 @@ use std::sync::atomic::AtomicBool;
 use crate::config::Settings;
 use crate::gather;
 use crate::host::{at_once, CmdError, Host};
+use crate::interrupt;
 use crate::output::{exit, readable, Out, Summary};
 use crate::progress::{Face, Progress};
 use crate::rsync::coordinator::{self, Agent, AgentOpts, Opened, Retry};
@@ -523,8 +524,18 @@ fn sync_dataset(
         src = refresh(ctx, Side::Source, src_fs)?;
         dst = refresh(ctx, Side::Target, dst_fs)?;
     } else if ctx.busy.iter().any(|b| b == dst_fs) {
+        let th = &ctx.s.target_host;
+        let whose = match gather::receiving_agent(th, dst_fs) {
+            Some(pid) => format!(
+                " It is a syncoid-rsync --rsync agent's (pid {pid} on {}): run the same command with --rsync to \
+                 drive that transfer on, or end it with `syncoid-rsync agent stop DIR` there \
+                 (`syncoid-rsync agent list` shows DIR; the target keeps what it received).",
+                th.label()
+            ),
+            None => String::new(),
+        };
         out.warn(&format!(
-            "Cannot sync now: {dst_fs} is already target of a zfs receive process."
+            "Cannot sync now: {dst_fs} is already target of a zfs receive process.{whose}"
         ));
         return Ok(Outcome::Busy);
     }
@@ -1006,7 +1017,12 @@ fn send_step(
     }
     ctx.out.debug(&transfer::describe(&segments, &hosts));
     ctx.progress.start_stream(src_fs, dst_fs, size);
+    interrupt::doing(Some(interrupt::Doing::Stream {
+        target: dst_fs.to_string(),
+        resumable: recv.resumable,
+    }));
     let result = transfer::run(&segments, &hosts, &ctx.progress);
+    interrupt::doing(None);
     ctx.progress.end_stream(result.is_ok());
     let bytes = result.map_err(DsError::Cmd)?;
     ctx.bytes.set(ctx.bytes.get() + bytes);
@@ -1290,6 +1306,14 @@ fn finish_transfer(
         let s = coordinator::stop_agent(&sender.host, &sender.exe, &sender.dir);
         r.and(s)
     };
+    let mut hosts = vec![sender.host.label(), receiver.host.label()];
+    hosts.dedup();
+    interrupt::doing(Some(interrupt::Doing::Agents {
+        source: format!("{}:{src_fs}", ctx.s.source_host.label()),
+        target: format!("{}:{dst_fs}", ctx.s.target_host.label()),
+        hosts,
+        timeout: ctx.s.args.inactivity_timeout.clone(),
+    }));
     ctx.progress.start_stream(src_fs, dst_fs, estimate);
     let result = coordinator::run(
         sender,
@@ -1299,6 +1323,7 @@ fn finish_transfer(
         &ctx.out,
         &ctx.progress,
     );
+    interrupt::doing(None);
     ctx.progress
         .end_stream(matches!(&result, Ok(o) if o.status == 0));
     let outcome = match result {

@@ -478,6 +478,50 @@ fn killed_coordinator_is_rerun_and_reattaches_to_the_live_agents() {
     assert_eq!(h.tmp_entries(), Vec::<String>::new());
 }
 
+/// Ctrl-C on an `--rsync` run says that the agents keep the transfer and
+/// how to resume or stop it (exit 130, the agents live on); a standard run
+/// that then finds the target busy names the agent whose receive it is;
+/// the same command again finishes the transfer, each byte fed once.
+#[test]
+fn ctrl_c_says_the_agents_keep_the_transfer_and_a_standard_run_names_them() {
+    let _serial = serial();
+    let h = Host::new(&["src", "dst"]);
+    let _reap = Reaper(&h);
+    synthetic(&h, "src/data", "40M");
+    let args = [
+        "--rsync",
+        "--no-sync-snap",
+        "--chunk-size=256K",
+        "src/data",
+        "dst/data",
+    ];
+    let run = spawn(&h, &args, &[("FAKEZFS_SEND_RATE", "10M")]);
+    wait_until("both agents", 40, || agent_pids(&h).len() == 2);
+    wait_until("the first connection", 40, || receiver_connected(&h));
+    kill(run.id() as i32, 2); // SIGINT, as Ctrl-C sends
+    let (code, out, err) = finish(run);
+    assert_eq!(code, 130, "{out}\n{err}");
+    for part in [
+        "interrupted (Ctrl-C): the --rsync agents on local machine keep the transfer of local machine:src/data to local machine:dst/data",
+        "Run the same command again to resume it where it stands",
+        "syncoid-rsync agent stop DIR",
+    ] {
+        assert!(err.contains(part), "{part}: {err}");
+    }
+    assert_eq!(agent_pids(&h).len(), 2, "the agents live on");
+    let r = run_expect(&h, &["--no-sync-snap", "src/data", "dst/data"], 1);
+    assert!(
+        r.stderr.contains("Cannot sync now: dst/data is already target of a zfs receive process. It is a syncoid-rsync --rsync agent's (pid ")
+            && r.stderr.contains("syncoid-rsync agent stop DIR"),
+        "{}",
+        r.stderr
+    );
+    ok(&h, &args);
+    assert_eq!(h.files("dst/data"), h.files("src/data"));
+    assert_fed_once(&h);
+    assert_eq!(h.tmp_entries(), Vec::<String>::new());
+}
+
 /// A second run of the same command while the first still transfers (cron
 /// starting the next run of a transfer that takes days) leaves the
 /// transfer to the first: it reports the dataset busy (exit 1), makes no
