@@ -71,6 +71,14 @@ const LIVE_AGENTS: &str = "for d in \"$t\"/syncoid-rsync-????????????????; do \
      echo \"agent $(cat \"$m\") $d\"; \
      done; ";
 
+/// sudo's words when it would prompt (`-n` refuses instead).
+fn sudo_wants_a_password(err: &str) -> bool {
+    err.starts_with("sudo:")
+        && ["password is required", "terminal is required", "askpass"]
+            .iter()
+            .any(|w| err.contains(w))
+}
+
 /// `rsync`: also what the agents need (our binary and architecture, their
 /// directory, memory), which the standard mode does not ask for.
 /// `extras`: more scripts to run in the same call (the side's listing);
@@ -83,9 +91,8 @@ fn probe(
     extras: &[&str],
 ) -> Result<Probe, String> {
     let mut script = crate::gather::have_script(programs);
-    if sudo {
-        script.push_str("sudo -n true 2>/dev/null && echo sudo ok; ");
-    }
+    // sudo is probed with a zfs command, the only kind we run through it:
+    // a backup user's rule often allows zfs and nothing else (not `true`).
     let zfs = if sudo { "sudo -n zfs" } else { "zfs" };
     script.push_str(&format!(
         "if command -v zfs >/dev/null 2>&1; then e=$({zfs} list -H -o name -d 0 2>&1 >/dev/null) && echo zfs ok || echo zfs error $e; fi; "
@@ -138,9 +145,12 @@ fn probe(
             "arch" => p.arch = rest.trim().to_string(),
             "ours" => p.ours = Some(rest.trim().to_string()),
             "tmp" => p.tmp_writable = true,
-            "sudo" => p.sudo_ok = true,
-            "zfs" if rest == "ok" => {}
-            "zfs" => p.zfs_error = Some(rest.trim_start_matches("error").trim().to_string()),
+            "zfs" if rest == "ok" => p.sudo_ok = true,
+            "zfs" => {
+                let e = rest.trim_start_matches("error").trim().to_string();
+                p.sudo_ok = !sudo_wants_a_password(&e);
+                p.zfs_error = Some(e);
+            }
             "mem" => p.mem_kib = rest.trim().parse().ok(),
             "agent" => {
                 if let Some((marker, dir)) = rest.split_once(' ') {

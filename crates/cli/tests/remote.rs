@@ -445,3 +445,62 @@ fn a_host_that_never_answers_fails_preflight_within_the_connect_timeout() {
     assert!(r.stderr.contains("pre-flight failed"), "{}", r.stderr);
     drop(held);
 }
+
+/// A sudo whose rule allows this user zfs and nothing else, without a
+/// password (the usual least-privilege rule for a backup user); it logs
+/// every call.
+const ZFS_ONLY_SUDO: &str = r#"#!/bin/bash
+echo "$*" >> "$(dirname "$0")/../sudo.log"
+[ "$1" = -n ] && shift
+case "$1" in
+  zfs) exec "$@" ;;
+  *) echo "Sorry, user backup is not allowed to execute '/usr/bin/$1' as root on hosta." >&2; exit 1 ;;
+esac
+"#;
+
+const PASSWORD_SUDO: &str = "#!/bin/sh\necho 'sudo: a password is required' >&2\nexit 1\n";
+
+fn fake_sudo(h: &Host, script: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let p = h.bin.join("sudo");
+    std::fs::write(&p, script).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// With a host given without `root@`, zfs runs through sudo there. A rule
+/// that allows zfs only (not `true`) is enough, in both modes: pre-flight
+/// probes sudo with a zfs command, and nothing but zfs goes through sudo.
+/// A sudo that would ask for a password is reported before anything runs.
+#[test]
+fn a_sudo_rule_that_allows_only_zfs_is_enough() {
+    let _serial = serial();
+    let l = lab();
+    let cfg = format!("--sshconfig={}", l.config);
+    seed(&l.local, "here/data");
+    fake_sudo(&l.a, ZFS_ONLY_SUDO);
+    ok(&l.local, &[&cfg, "here/data", "hosta:pa/std"]);
+    assert_eq!(l.a.files("pa/std"), l.local.files("here/data"));
+    ok(&l.local, &[&cfg, "--rsync", "here/data", "hosta:pa/rs"]);
+    assert_eq!(l.a.files("pa/rs"), l.local.files("here/data"));
+    ok(&l.local, &[&cfg, "--rsync", "hosta:pa/rs", "here/back"]);
+    assert_eq!(l.local.files("here/back"), l.local.files("here/data"));
+    let calls = std::fs::read_to_string(l.a.dir().join("sudo.log")).unwrap();
+    assert!(calls.lines().any(|c| c.contains("receive")), "{calls}");
+    assert!(calls.lines().any(|c| c.contains("send")), "{calls}");
+    assert!(
+        calls
+            .lines()
+            .all(|c| c.starts_with("zfs ") || c.starts_with("-n zfs ")),
+        "only zfs goes through sudo:\n{calls}"
+    );
+
+    fake_sudo(&l.a, PASSWORD_SUDO);
+    let r = run_expect(&l.local, &[&cfg, "here/data", "hosta:pa/pw"], 69);
+    assert!(
+        r.stderr
+            .contains("zfs needs root there and sudo asks for a password"),
+        "{}",
+        r.stderr
+    );
+    assert!(!l.a.exists("pa/pw"));
+}
