@@ -394,6 +394,11 @@ fn target_only_snapshots_for_delete_target_snapshots() {
 #[test]
 fn sync_snap_recognition() {
     assert!(is_own_sync_snap(OLD_SYNC, "syncoid_h"));
+    // syncoid 2.1-2.3 write a colon between date and time.
+    assert!(is_own_sync_snap(
+        "syncoid_h_2026-11-26:12:00:00-GMT00:00",
+        "syncoid_h"
+    ));
     assert!(!is_own_sync_snap(
         "syncoid_h2_2026-11-26_12:00:00-GMT00:00",
         "syncoid_h"
