@@ -17,6 +17,16 @@ t1=$(date +%s)
 t2=$(date +%s)
 (cd "$here" && cargo build --release --quiet -p syncoid-rsync)
 "$vm/ssh.sh" 'cat > /usr/local/bin/syncoid-rsync && chmod 0755 /usr/local/bin/syncoid-rsync' < "$here/target/release/syncoid-rsync"
+# The guest is offline and its image has no sudo: the suite's case for a
+# backup user whose sudo allows only zfs gets Debian's package from here.
+if ! "$vm/ssh.sh" 'command -v sudo' >/dev/null 2>&1; then
+  debs=$(mktemp -d)
+  (cd "$debs" && apt-get download sudo >/dev/null 2>&1) || true
+  for d in "$debs"/*.deb; do
+    [ -e "$d" ] && "$vm/ssh.sh" 'cat > /var/tmp/sudo.deb && dpkg -i /var/tmp/sudo.deb >/dev/null && rm /var/tmp/sudo.deb' < "$d"
+  done
+  rm -rf "$debs"
+fi
 rc=0
 "$vm/ssh.sh" 'bash -s' < "$here/tests/vm/suite.sh" || rc=$?
 t3=$(date +%s)

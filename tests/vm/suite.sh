@@ -196,6 +196,31 @@ t_rsync_receiver_gone_in_run() {  # the coordinator lives on and resumes by itse
   wait_for 10 '[ "$(agents)" = 0 ]'; no_sessions
 }
 
+# A non-root backup user over ssh whose sudo rule allows zfs only (not
+# `true`), in a non-login session whose PATH lacks /usr/sbin: standard
+# push, --rsync push and --rsync pull (vm-e2e.sh installs sudo's package).
+t_sudo_zfs_only_user() {
+  command -v sudo >/dev/null || { echo "sudo is not installed in the guest"; return 1; }
+  id backup >/dev/null 2>&1 || useradd -m -s /bin/bash backup
+  mkdir -p /root/.ssh; chmod 700 /root/.ssh
+  [ -f /root/.ssh/id_vm ] || ssh-keygen -q -t ed25519 -N '' -f /root/.ssh/id_vm
+  install -d -m 700 -o backup -g backup /home/backup/.ssh
+  install -m 600 -o backup -g backup /root/.ssh/id_vm.pub /home/backup/.ssh/authorized_keys
+  echo 'backup ALL=(root) NOPASSWD: /usr/sbin/zfs' > /etc/sudoers.d/backup; chmod 440 /etc/sudoers.d/backup
+  ! sudo -n -u backup sudo -n true 2>/dev/null || { echo "the rule allows more than zfs"; return 1; }
+  local ssh=(--sshkey /root/.ssh/id_vm --sshoption StrictHostKeyChecking=accept-new)
+  [ -z "$(ssh -i /root/.ssh/id_vm -o StrictHostKeyChecking=accept-new backup@localhost 'command -v zfs')" ] \
+    || { echo "zfs is in the session's PATH: not the case under test"; return 1; }
+  zfs create vsrc/su; rand /vsrc/su/f 3000000; zfs snapshot vsrc/su@s1
+  sr "${ssh[@]}" vsrc/su backup@localhost:vdst/su
+  same_data vsrc/su vdst/su; same_guids vsrc/su vdst/su
+  sr "${ssh[@]}" --rsync vsrc/su backup@localhost:vdst/sur
+  same_data vsrc/su vdst/sur
+  sr "${ssh[@]}" --rsync backup@localhost:vsrc/su vdst/sup
+  same_data vsrc/su vdst/sup
+  wait_for 10 no_sessions
+}
+
 setup_pools
 case_ full_and_incremental t_full_and_incremental
 case_ recursive_with_clone t_recursive_with_clone
@@ -210,6 +235,7 @@ case_ rsync_ssh_killed t_rsync_ssh_killed
 case_ rsync_coordinator_killed t_rsync_coordinator_killed
 case_ rsync_receiver_killed t_rsync_receiver_killed
 case_ rsync_receiver_gone_in_run t_rsync_receiver_gone_in_run
+case_ sudo_zfs_only_user t_sudo_zfs_only_user
 for p in vsrc vdst; do zpool destroy -f "$p" >/dev/null 2>&1 || true; done
 rm -f /var/tmp/vsrc.img /var/tmp/vdst.img
 [ "$fail" -eq 0 ] || { echo "failed: ${failed[*]}"; echo "--- log"; tail -80 "$log"; }

@@ -545,7 +545,13 @@ fn sync_dataset(
             dump(out, src_fs, &input);
         }
         let opts = plan_options(ctx);
-        let plan = plan::plan(&input, &opts).map_err(DsError::Conflict)?;
+        let plan = plan::plan(&input, &opts).map_err(|c| match c {
+            // syncoid's words, which scripts may grep.
+            Conflict::NoSourceSnapshots => DsError::Other(format!(
+                "no snapshots exist on source {src_fs}, and you asked for --no-sync-snap."
+            )),
+            c => DsError::Conflict(c),
+        })?;
         let steps = match plan {
             Plan::UpToDate { newest } => {
                 out.info(&format!("no snapshots on source newer than {newest} on target. Nothing to do, not syncing."));
@@ -576,7 +582,7 @@ fn sync_dataset(
                 Err(DsError::Cmd(errs))
                     if matches!(step, Step::Resume { .. }) && source_gone(&errs) =>
                 {
-                    out.warn("the snapshot the interrupted receive was sending no longer exists on the source: discarding the target's partial receive state (zfs receive -A) and starting a normal sync");
+                    out.warn("resetting partially receive state because the snapshot source no longer exists: discarding the target's partial receive state (zfs receive -A) and starting a normal sync");
                     ctx.zfs_run(Side::Target, &["receive", "-A", dst_fs])?;
                     replan = true;
                     break;
@@ -713,7 +719,7 @@ fn run_step(ctx: &Ctx, src_fs: &str, dst_fs: &str, src: &View, step: &Step) -> R
         Step::AbortPartialReceive => {
             out.debug(&format!("reset partial receive state of {dst_fs}..."));
             out.warn(&format!(
-                "--no-resume: discarding the interrupted receive state on {dst_fs}"
+                "resetting partially receive state (--no-resume): discarding the interrupted receive on {dst_fs}"
             ));
             ctx.zfs_run(Side::Target, &["receive", "-A", dst_fs])?;
         }
@@ -786,6 +792,9 @@ fn destroy_target(ctx: &Ctx, dst_fs: &str) -> Result<(), DsError> {
         .lines()
         .filter_map(|l| l.strip_prefix("would destroy "))
         .collect();
+    ctx.out.info(&format!(
+        "Removing {dst_fs} because no matching snapshots were found"
+    ));
     ctx.out.warn(&format!(
         "--force-delete: {dst_fs} shares no snapshot with the source; destroying it and everything in it: {}",
         if doomed.is_empty() { dst_fs.to_string() } else { doomed.join(", ") }

@@ -204,6 +204,12 @@ fn unrelated_target_is_refused_without_force_delete_and_replaced_with_it() {
         "{}",
         r.stderr
     );
+    assert!(
+        r.stdout
+            .contains("INFO: Removing dst/data because no matching snapshots were found"),
+        "{}",
+        r.stdout
+    );
     assert_eq!(h.files("dst/data"), h.files("src/data"));
 }
 
@@ -279,7 +285,7 @@ fn no_resume_discards_partial_state_and_starts_over() {
     assert!(h.get("receive_resume_token", "dst/data").starts_with("1-"));
     let r = ok(&h, &["--no-resume", "src/data", "dst/data"]);
     assert!(
-        r.stderr.contains("discarding the interrupted receive"),
+        r.stderr.contains("resetting partially receive state (--no-resume): discarding the interrupted receive on dst/data"),
         "{}",
         r.stderr
     );
@@ -327,7 +333,9 @@ fn resume_whose_source_snapshot_is_gone_starts_a_normal_sync() {
     h.zfs(&["destroy", "src/data@big"]).ok();
     let r = ok(&h, &["src/data", "dst/data"]);
     assert!(
-        r.stderr.contains("no longer exists on the source"),
+        r.stderr.contains(
+            "resetting partially receive state because the snapshot source no longer exists"
+        ),
         "{}",
         r.stderr
     );
@@ -885,4 +893,18 @@ fn dry_run_with_rsync_shows_the_agents_not_a_pipeline() {
     );
     assert!(!r.stdout.contains("mbuffer"), "{}", r.stdout);
     assert!(!h.exists("dst/data"));
+}
+
+#[test]
+fn syncoids_words_are_kept_where_scripts_grep_them() {
+    let _serial = serial();
+    let h = two_pools();
+    h.zfs(&["create", "src/empty"]).ok();
+    let r = run_expect(&h, &["--no-sync-snap", "src/empty", "dst/empty"], 2);
+    assert!(
+        r.stderr
+            .contains("no snapshots exist on source src/empty, and you asked for --no-sync-snap."),
+        "{}",
+        r.stderr
+    );
 }
