@@ -369,31 +369,18 @@ mod tests {
 
     #[test]
     fn values_shorts_and_operands_are_left_alone() {
-        assert_eq!(
-            compat(&[
-                "--sendoptions",
-                "-Lce",
-                "-r",
-                "-oBatchMode=yes",
-                "-caes128-ctr",
-                "-o",
-                "-quiet",
-                "src",
-                "dst"
-            ])
-            .unwrap(),
-            [
-                "--sendoptions",
-                "-Lce",
-                "-r",
-                "-oBatchMode=yes",
-                "-caes128-ctr",
-                "-o",
-                "-quiet",
-                "src",
-                "dst"
-            ]
-        );
+        let words = [
+            "--sendoptions",
+            "-Lce",
+            "-r",
+            "-oBatchMode=yes",
+            "-caes128-ctr",
+            "-o",
+            "-quiet",
+            "src",
+            "dst",
+        ];
+        assert_eq!(compat(&words).unwrap(), words);
         assert_eq!(compat(&["--", "-quiet"]).unwrap(), ["--", "-quiet"]);
         assert_eq!(compat(&["--bogus", "-"]).unwrap(), ["--bogus", "-"]);
     }
