@@ -149,6 +149,13 @@ fn begin(
         skip: false,
     };
     let exists = st.datasets.get(fs);
+    // Real zfs opens the pool first (golden case 068).
+    let pool = fs.split('/').next().unwrap_or(fs);
+    if exists.is_none() && st.ds(pool).is_none() {
+        return fail(format!(
+            "cannot open '{pool}': dataset does not exist\ncannot receive {k} stream: unable to restore to destination"
+        ));
+    }
     if h.resume_offset > 0 {
         let p = exists.and_then(|d| d.partial.as_ref()).ok_or_else(|| {
             Fail::new(1, format!("cannot receive resume stream: destination {fs} does not contain partially-complete state"))
