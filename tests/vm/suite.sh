@@ -28,6 +28,8 @@ same_guids() {  # every target snapshot has the source's guid
 sr() { echo "+ syncoid-rsync $*" >>"$log"; "$SR" "$@" >>"$log" 2>&1; }
 case_() {  # name, function; set -e holds in the subshell (not inside an `if`)
   local rc
+  # ONLY=GLOB runs the matching cases alone (while working on one).
+  case "$1" in ${ONLY:-*}) ;; *) return 0;; esac
   echo "=== $1" >>"$log"
   ( set -e; "$2" ) >>"$log" 2>&1; rc=$?
   if [ "$rc" = 0 ]; then pass=$((pass+1)); echo "PASS $1"
@@ -201,22 +203,27 @@ t_rsync_receiver_gone_in_run() {  # the coordinator lives on and resumes by itse
 # push, --rsync push and --rsync pull (vm-e2e.sh installs sudo's package).
 t_sudo_zfs_only_user() {
   command -v sudo >/dev/null || { echo "sudo is not installed in the guest"; return 1; }
-  id backup >/dev/null 2>&1 || useradd -m -s /bin/bash backup
+  # (Debian has a system user "backup" already.) '*': no password, but not
+  # locked ('!'), which sshd would refuse.
+  id zbackup >/dev/null 2>&1 || useradd -m -s /bin/bash -p '*' zbackup
   mkdir -p /root/.ssh; chmod 700 /root/.ssh
   [ -f /root/.ssh/id_vm ] || ssh-keygen -q -t ed25519 -N '' -f /root/.ssh/id_vm
-  install -d -m 700 -o backup -g backup /home/backup/.ssh
-  install -m 600 -o backup -g backup /root/.ssh/id_vm.pub /home/backup/.ssh/authorized_keys
-  echo 'backup ALL=(root) NOPASSWD: /usr/sbin/zfs' > /etc/sudoers.d/backup; chmod 440 /etc/sudoers.d/backup
-  ! sudo -n -u backup sudo -n true 2>/dev/null || { echo "the rule allows more than zfs"; return 1; }
+  install -d -m 700 -o zbackup -g zbackup /home/zbackup/.ssh
+  install -m 600 -o zbackup -g zbackup /root/.ssh/id_vm.pub /home/zbackup/.ssh/authorized_keys
+  echo 'zbackup ALL=(root) NOPASSWD: /usr/sbin/zfs' > /etc/sudoers.d/zbackup; chmod 440 /etc/sudoers.d/zbackup
+  ! sudo -n -u zbackup sudo -n true 2>/dev/null || { echo "the rule allows more than zfs"; return 1; }
+  # Debian 12's zfsutils also links /usr/bin/zfs; other systems have zfs
+  # in the sbin directories only. Put the link aside for this case.
+  if [ -L /usr/bin/zfs ]; then mv /usr/bin/zfs /usr/bin/zfs.aside; trap 'mv /usr/bin/zfs.aside /usr/bin/zfs' EXIT; fi
   local ssh=(--sshkey /root/.ssh/id_vm --sshoption StrictHostKeyChecking=accept-new)
-  [ -z "$(ssh -i /root/.ssh/id_vm -o StrictHostKeyChecking=accept-new backup@localhost 'command -v zfs')" ] \
+  [ -z "$(ssh -i /root/.ssh/id_vm -o StrictHostKeyChecking=accept-new zbackup@localhost 'command -v zfs')" ] \
     || { echo "zfs is in the session's PATH: not the case under test"; return 1; }
   zfs create vsrc/su; rand /vsrc/su/f 3000000; zfs snapshot vsrc/su@s1
-  sr "${ssh[@]}" vsrc/su backup@localhost:vdst/su
+  sr "${ssh[@]}" vsrc/su zbackup@localhost:vdst/su
   same_data vsrc/su vdst/su; same_guids vsrc/su vdst/su
-  sr "${ssh[@]}" --rsync vsrc/su backup@localhost:vdst/sur
+  sr "${ssh[@]}" --rsync vsrc/su zbackup@localhost:vdst/sur
   same_data vsrc/su vdst/sur
-  sr "${ssh[@]}" --rsync backup@localhost:vsrc/su vdst/sup
+  sr "${ssh[@]}" --rsync zbackup@localhost:vsrc/su vdst/sup
   same_data vsrc/su vdst/sup
   wait_for 10 no_sessions
 }
