@@ -9,12 +9,14 @@ if ! command -v cargo >/dev/null 2>&1; then
   echo "cargo (Rust) is needed to build syncoid-rsync: install it from https://rustup.rs or your distribution" >&2
   exit 1
 fi
-cargo build --release --workspace --quiet
+# Static on glibc targets (scripts/build-release.sh): the binary --rsync
+# copies to other hosts starts there whatever their glibc.
+out=$(bash scripts/build-release.sh)
 install -d "$PREFIX/bin"
-install -m 0755 target/release/syncoid-rsync "$PREFIX/bin/syncoid-rsync"
-install -m 0755 target/release/fakezfs "$PREFIX/bin/fakezfs"
+install -m 0755 "$out/syncoid-rsync" "$PREFIX/bin/syncoid-rsync"
+install -m 0755 "$out/fakezfs" "$PREFIX/bin/fakezfs"
 # Man page and shell completions, generated from the same definitions as --help.
-sr=target/release/syncoid-rsync
+sr=$out/syncoid-rsync
 install -d "$PREFIX/share/man/man1" "$PREFIX/share/bash-completion/completions" \
   "$PREFIX/share/zsh/site-functions" "$PREFIX/share/fish/vendor_completions.d"
 "$sr" --generate man > "$PREFIX/share/man/man1/syncoid-rsync.1"

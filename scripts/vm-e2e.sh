@@ -15,8 +15,9 @@ t0=$(date +%s)
 t1=$(date +%s)
 "$vm/start.sh" >/dev/null
 t2=$(date +%s)
-(cd "$here" && cargo build --release --quiet -p syncoid-rsync)
-"$vm/ssh.sh" 'cat > /usr/local/bin/syncoid-rsync && chmod 0755 /usr/local/bin/syncoid-rsync' < "$here/target/release/syncoid-rsync"
+# The binary users install: static on glibc (scripts/build-release.sh).
+out=$(cd "$here" && bash scripts/build-release.sh)
+"$vm/ssh.sh" 'cat > /usr/local/bin/syncoid-rsync && chmod 0755 /usr/local/bin/syncoid-rsync' < "$here/$out/syncoid-rsync"
 # The guest is offline and its image has no sudo: the suite's case for a
 # backup user whose sudo allows only zfs gets Debian's package from here.
 if ! "$vm/ssh.sh" 'command -v sudo' >/dev/null 2>&1; then
