@@ -32,6 +32,8 @@ struct Probe {
     /// stdout and stderr of each extra script.
     extra: Vec<(String, String)>,
     tmp_writable: bool,
+    /// A program in the agents' directory can run (not a noexec mount).
+    tmp_exec: bool,
     sudo_ok: bool,
     zfs_error: Option<String>,
     mem_kib: Option<u64>,
@@ -102,6 +104,8 @@ fn probe(
             "echo arch $(uname -m); \
              v=$(syncoid-rsync --version 2>/dev/null) && echo ours $v; \
              t=${SYNCOID_RSYNC_TMP:-/tmp}; [ -d \"$t\" ] && [ -w \"$t\" ] && echo tmp ok; \
+             f=\"$t/.syncoid-rsync-exec-$$\"; printf '#!/bin/sh\\nexit 0\\n' > \"$f\" 2>/dev/null \
+             && chmod 700 \"$f\" && \"$f\" 2>/dev/null && echo tmp exec; rm -f \"$f\"; \
              awk '/^MemAvailable:/ {print \"mem \" $2}' /proc/meminfo 2>/dev/null; ",
         );
         script.push_str(LIVE_AGENTS);
@@ -144,6 +148,7 @@ fn probe(
             }
             "arch" => p.arch = rest.trim().to_string(),
             "ours" => p.ours = Some(rest.trim().to_string()),
+            "tmp" if rest == "exec" => p.tmp_exec = true,
             "tmp" => p.tmp_writable = true,
             "zfs" if rest == "ok" => p.sudo_ok = true,
             "zfs" => {
@@ -289,11 +294,16 @@ pub fn run(s: &Settings, out: &Out, listings: (&str, &str)) -> Result<Report, Fa
                     "{who}: the agents' directory (/tmp, or $SYNCOID_RSYNC_TMP) is not writable"
                 ));
             }
-            if host.is_remote()
-                && p.ours.as_deref() != Some(want.as_str())
-                && !p.arch.is_empty()
-                && p.arch != std::env::consts::ARCH
-            {
+            let copied = host.is_remote() && p.ours.as_deref() != Some(want.as_str());
+            if copied && p.tmp_writable && !p.tmp_exec {
+                problems.push(format!(
+                    "{who}: programs cannot run from the agents' directory (/tmp, or $SYNCOID_RSYNC_TMP: mounted noexec?), \
+                     where the copy of syncoid-rsync it lacks would go: install syncoid-rsync {} there \
+                     (then nothing is copied), or allow exec on that directory",
+                    env!("CARGO_PKG_VERSION")
+                ));
+            }
+            if copied && !p.arch.is_empty() && p.arch != std::env::consts::ARCH {
                 problems.push(format!(
                     "{who}: runs {}, this syncoid-rsync is built for {}: install syncoid-rsync {} there",
                     p.arch,

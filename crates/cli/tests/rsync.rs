@@ -202,6 +202,58 @@ fn calls_around_the_transfer_whose_connection_fails_are_tried_again() {
     );
 }
 
+/// A noexec mount over a directory the test made, unmounted when dropped.
+struct NoexecMount(std::path::PathBuf);
+
+impl Drop for NoexecMount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// A host whose /tmp (its agents' directory) is mounted noexec and has no
+/// syncoid-rsync installed: the copy could not run there. Pre-flight says
+/// so and what to do (exit 69) before anything changes: no sync snapshot,
+/// nothing copied, no agent.
+#[test]
+fn a_host_whose_tmp_is_noexec_is_refused_before_anything_changes() {
+    let _serial = serial();
+    let local = Host::new(&["src"]);
+    let far = Host::new(&["far"]);
+    let st = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "noexec,mode=0700", "tmpfs"])
+        .arg(far.tmp())
+        .status()
+        .unwrap();
+    if !st.success() {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    }
+    let _mount = NoexecMount(far.tmp());
+    let sshd = Sshd::start(&far);
+    synthetic(&local, "src/data", "2M");
+    let snaps = local.snapshots("src/data");
+    let ssh = sshd.syncoid_args();
+    let mut args: Vec<&str> = vec!["--rsync"];
+    args.extend(ssh.iter().map(String::as_str));
+    args.extend(["src/data", "root@127.0.0.1:far/data"]);
+    let r = run_expect(&local, &args, 69);
+    assert!(
+        r.stderr
+            .contains("programs cannot run from the agents' directory")
+            && r.stderr.contains("install syncoid-rsync"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(
+        local.snapshots("src/data"),
+        snaps,
+        "a sync snapshot was made"
+    );
+    assert!(!far.exists("far/data"));
+    assert_eq!(far.tmp_entries(), Vec::<String>::new());
+}
+
 #[test]
 fn push_through_sshd_provisions_itself_and_survives_killed_connections() {
     let _serial = serial();
