@@ -9,7 +9,7 @@ set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 pkgs=(openssh-server openssh-client mbuffer pv lzop zstd lz4 pigz xz-utils gzip
       libcapture-tiny-perl libconfig-inifiles-perl procps tmux socat busybox
-      iproute2 nftables netcat-openbsd)
+      iproute2 nftables netcat-openbsd python3-prometheus-client)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

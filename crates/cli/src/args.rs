@@ -203,6 +203,11 @@ pub struct Args {
     /// summary; see docs/json-events.md). Warnings and errors stay on stderr
     #[arg(long, help_heading = "Output")]
     pub json: bool,
+    /// Write Prometheus metrics (textfile collector format) to PATH at the
+    /// end of each run: per dataset the outcome, bytes, duration and last
+    /// success time; the run's exit status
+    #[arg(long, value_name = "PATH", help_heading = "Output")]
+    pub metrics_file: Option<String>,
     /// Do not check for mbuffer, pv and the compressor before starting
     #[arg(long, help_heading = "Output")]
     pub no_command_checks: bool,

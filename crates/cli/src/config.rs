@@ -284,6 +284,15 @@ pub fn settings(args: Args, local_pools: &dyn Fn() -> Vec<String>) -> Result<Set
             "zfs send -R (--sendoptions) and --recursive cannot be combined".into(),
         ));
     }
+    if let Some(m) = &a.metrics_file {
+        let p = std::path::Path::new(m);
+        let dir = p.parent().filter(|d| !d.as_os_str().is_empty());
+        if m.is_empty() || p.is_dir() || !dir.unwrap_or(std::path::Path::new(".")).is_dir() {
+            return Err(UsageError(format!(
+                "--metrics-file '{m}' must name a file in an existing directory"
+            )));
+        }
+    }
     let mut notes = Vec::new();
     if a.create_bookmark && !a.no_sync_snap {
         // syncoid ignores it silently; a cron line that has it must not

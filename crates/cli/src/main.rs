@@ -6,6 +6,7 @@ mod config;
 mod gather;
 mod host;
 mod interrupt;
+mod metrics;
 mod output;
 mod preflight;
 mod progress;
@@ -51,6 +52,36 @@ pub fn log_rusage(role: &str) {
 fn exit_with(code: i32) -> ! {
     log_rusage("coordinator");
     std::process::exit(code)
+}
+
+/// `--metrics-file`: the run's metrics, also when it failed before any
+/// dataset (the last success times of earlier runs are kept).
+fn write_metrics(
+    s: &config::Settings,
+    path: &str,
+    result: &Result<output::Summary, replicate::Fatal>,
+    out: &output::Out,
+) {
+    let path = std::path::Path::new(path);
+    let previous = std::fs::read_to_string(path).unwrap_or_default();
+    let ended = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
+    let (datasets, exit_code, seconds) = match result {
+        Ok(sum) => (sum.datasets.as_slice(), sum.exit_code(), sum.seconds),
+        Err(f) => (&[][..], f.code, output::since_start().as_secs_f64()),
+    };
+    let run = metrics::Run {
+        mode: if s.args.rsync { "rsync" } else { "standard" },
+        exit_code,
+        seconds,
+        ended,
+    };
+    let text = metrics::render(&run, datasets, &previous);
+    if let Err(e) = metrics::write(path, &text) {
+        out.warn(&format!("--metrics-file {}: {e}", path.display()));
+    }
 }
 
 fn main() {
@@ -125,6 +156,9 @@ fn main() {
     settings.close_ssh();
     out.debug("ssh connections closed");
     let (quiet, json, debug) = (settings.args.quiet, settings.args.json, settings.args.debug);
+    if let Some(path) = &settings.args.metrics_file {
+        write_metrics(&settings, path, &result, &out);
+    }
     drop(settings);
     match result {
         Ok(summary) => {

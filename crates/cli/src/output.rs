@@ -5,6 +5,11 @@ use std::io::IsTerminal;
 
 static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
 
+/// Time since the start of the run.
+pub fn since_start() -> std::time::Duration {
+    START.get_or_init(std::time::Instant::now).elapsed()
+}
+
 /// Marks the start of the run for debug timestamps.
 pub fn mark_start() {
     START.get_or_init(std::time::Instant::now);
@@ -77,6 +82,8 @@ pub struct Summary {
     pub bytes: u64,
     pub reconnects: u64,
     pub seconds: f64,
+    /// Each dataset's result, for `--metrics-file`.
+    pub datasets: Vec<crate::metrics::Dataset>,
 }
 
 impl Summary {

@@ -161,6 +161,8 @@ struct Ctx<'a> {
     /// Bytes received and reconnects over the run (for the summary).
     bytes: std::cell::Cell<u64>,
     reconnects: std::cell::Cell<u64>,
+    /// --rsync: payload bytes sent again after outages.
+    resent: std::cell::Cell<u64>,
     tools: Tools,
     busy: Vec<String>,
     /// --rsync: the syncoid-rsync binary on (source, target), and the
@@ -336,6 +338,7 @@ pub fn run(s: &Settings) -> Result<Summary, Fatal> {
         progress: Progress::new(face),
         bytes: std::cell::Cell::new(0),
         reconnects: std::cell::Cell::new(0),
+        resent: std::cell::Cell::new(0),
         tools,
         installed,
         busy,
@@ -374,6 +377,7 @@ pub fn run(s: &Settings) -> Result<Summary, Fatal> {
         let dst = view(dst_inv.as_ref(), &dst_fs);
         let t = std::time::Instant::now();
         let before = ctx.bytes.get();
+        let (reconnects_before, resent_before) = (ctx.reconnects.get(), ctx.resent.get());
         let (status, error) = match sync_dataset(&ctx, &src_fs, &dst_fs, origin, src, dst) {
             Ok(Outcome::Replicated) => {
                 summary.replicated += 1;
@@ -404,6 +408,18 @@ pub fn run(s: &Settings) -> Result<Summary, Fatal> {
                 ("failed", Some(e.to_string()))
             }
         };
+        summary.datasets.push(crate::metrics::Dataset {
+            source: location_of(&s.source_host, &src_fs),
+            target: location_of(&s.target_host, &dst_fs),
+            outcome: status,
+            // Counted with --rsync, or by the meter standard mode puts in
+            // its pipeline on a terminal or with --json.
+            bytes: (s.args.rsync || matches!(ctx.progress.face(), Face::Bar | Face::Json))
+                .then(|| ctx.bytes.get() - before),
+            seconds: t.elapsed().as_secs_f64(),
+            reconnects: ctx.reconnects.get() - reconnects_before,
+            resent_bytes: ctx.resent.get() - resent_before,
+        });
         ctx.progress.json(
             "dataset_done",
             serde_json::json!({
@@ -432,6 +448,14 @@ pub fn run(s: &Settings) -> Result<Summary, Fatal> {
         out.debug("copied binaries removed");
     }
     Ok(summary)
+}
+
+/// `host:fs`, or `fs` on this machine (as the user wrote SOURCE/TARGET).
+fn location_of(host: &Host, fs: &str) -> String {
+    match host {
+        Host::Local => fs.to_string(),
+        Host::Remote { dest, .. } => format!("{dest}:{fs}"),
+    }
 }
 
 enum Outcome {
@@ -1367,6 +1391,7 @@ fn finish_transfer(
     let st = &outcome.stats;
     ctx.bytes.set(ctx.bytes.get() + st.acked_bytes);
     ctx.reconnects.set(ctx.reconnects.get() + st.reconnects);
+    ctx.resent.set(ctx.resent.get() + st.resent_bytes);
     ctx.out.info(&format!(
         "--rsync: {} received and verified ({} on the wire), {} reconnects, {} chunks ({}) sent again",
         readable(st.acked_bytes),

@@ -908,3 +908,110 @@ fn syncoids_words_are_kept_where_scripts_grep_them() {
         r.stderr
     );
 }
+
+/// Parses a Prometheus text file with the reference client's parser
+/// (Debian's python3-prometheus-client): `name{labels} value` lines.
+fn prometheus_samples(path: &std::path::Path) -> Vec<String> {
+    let out = std::process::Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(
+            "import sys\nfrom prometheus_client.parser import text_string_to_metric_families as f\n\
+             for fam in f(open(sys.argv[1]).read()):\n    for s in fam.samples:\n        \
+             print(s.name + '{' + ','.join(k + '=' + v for k, v in sorted(s.labels.items())) + '} ' + repr(s.value))",
+        )
+        .arg(path)
+        .output()
+        .expect("python3 with prometheus_client (scripts/install-test-deps.sh)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
+/// `--metrics-file` after a success, a failure and a busy dataset: the
+/// file parses as Prometheus text, says each outcome and exit status, and
+/// keeps a failing dataset's last success time.
+#[test]
+fn metrics_file_reports_success_failure_and_busy_for_prometheus() {
+    let _serial = serial();
+    let h = two_pools();
+    let prom = h.dir().join("syncoid.prom");
+    let m = format!("--metrics-file={}", prom.display());
+    ok(&h, &[&m, "src/data", "dst/data"]);
+    let first = prometheus_samples(&prom);
+    let has = |samples: &[String], s: &str| samples.iter().any(|l| l == s);
+    assert!(
+        has(
+            &first,
+            "syncoid_rsync_dataset_outcome{outcome=replicated,source=src/data,target=dst/data} 1.0"
+        ),
+        "{first:?}"
+    );
+    assert!(
+        has(&first, "syncoid_rsync_last_run_exit_code{} 0.0"),
+        "{first:?}"
+    );
+    let success = |samples: &[String]| {
+        samples
+            .iter()
+            .find(|l| l.starts_with("syncoid_rsync_dataset_last_success_timestamp_seconds{source=src/data,target=dst/data}"))
+            .cloned()
+            .unwrap_or_else(|| panic!("no last success: {samples:?}"))
+    };
+    let succeeded_at = success(&first);
+
+    // A failure: the target diverged and --no-rollback forbids the fix.
+    h.write("dst/data", "stray", b"x");
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    run_expect(&h, &[&m, "--no-rollback", "src/data", "dst/data"], 2);
+    let failed = prometheus_samples(&prom);
+    assert!(
+        has(
+            &failed,
+            "syncoid_rsync_dataset_outcome{outcome=failed,source=src/data,target=dst/data} 1.0"
+        ),
+        "{failed:?}"
+    );
+    assert!(
+        has(&failed, "syncoid_rsync_last_run_exit_code{} 2.0"),
+        "{failed:?}"
+    );
+    assert_eq!(
+        success(&failed),
+        succeeded_at,
+        "the last success time is kept"
+    );
+
+    // Busy: a zfs receive into the target is running.
+    let mut busy = h
+        .command("zfs")
+        .args(["receive", "-s", "dst/data"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let r = run(&h, &[&m, "src/data", "dst/data"]);
+    let _ = busy.kill();
+    let _ = busy.wait();
+    assert_eq!(r.status, 1, "{}", r.stderr);
+    let b = prometheus_samples(&prom);
+    assert!(
+        has(
+            &b,
+            "syncoid_rsync_dataset_outcome{outcome=busy,source=src/data,target=dst/data} 1.0"
+        ),
+        "{b:?}"
+    );
+    assert!(has(&b, "syncoid_rsync_last_run_exit_code{} 1.0"), "{b:?}");
+    let left: Vec<_> = std::fs::read_dir(h.dir())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains("metrics"))
+        .collect();
+    assert!(left.is_empty(), "temporary files left: {left:?}");
+}
