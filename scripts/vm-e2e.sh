@@ -18,6 +18,10 @@ t2=$(date +%s)
 # The binary users install: static on glibc (scripts/build-release.sh).
 out=$(cd "$here" && bash scripts/build-release.sh)
 "$vm/ssh.sh" 'cat > /usr/local/bin/syncoid-rsync && chmod 0755 /usr/local/bin/syncoid-rsync' < "$here/$out/syncoid-rsync"
+# The Debian package (scripts/package.sh): the suite installs it, replicates
+# with it and removes it.
+deb=$(cd "$here" && bash scripts/package.sh)
+"$vm/ssh.sh" 'cat > /var/tmp/syncoid-rsync.deb' < "$here/$deb"
 # The guest is offline and its image has no sudo: the suite's case for a
 # backup user whose sudo allows only zfs gets Debian's package from here.
 if ! "$vm/ssh.sh" 'command -v sudo' >/dev/null 2>&1; then

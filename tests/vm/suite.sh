@@ -228,6 +228,25 @@ t_sudo_zfs_only_user() {
   wait_for 10 no_sessions
 }
 
+# The package from scripts/package.sh (vm-e2e.sh copies it in): dpkg -i,
+# replicate with the packaged binary (standard and --rsync), dpkg -r leaves
+# nothing of it behind.
+t_deb_package() {
+  [ -f /var/tmp/syncoid-rsync.deb ] || { echo "no package in /var/tmp"; return 1; }
+  dpkg -i /var/tmp/syncoid-rsync.deb
+  /usr/bin/syncoid-rsync --version
+  [ -f /usr/share/man/man1/syncoid-rsync.1.gz ] && [ -f /usr/share/bash-completion/completions/syncoid-rsync ]
+  zfs create vsrc/deb; rand /vsrc/deb/f 2000000; zfs snapshot vsrc/deb@s1
+  SR=/usr/bin/syncoid-rsync sr vsrc/deb vdst/deb
+  same_data vsrc/deb vdst/deb; same_guids vsrc/deb vdst/deb
+  # A second target of the same source: its own identifier (syncoid's rule).
+  SR=/usr/bin/syncoid-rsync sr --rsync --identifier=r vsrc/deb vdst/debr
+  same_data vsrc/deb vdst/debr; same_guids vsrc/deb vdst/debr
+  dpkg -r syncoid-rsync
+  [ ! -e /usr/bin/syncoid-rsync ] && [ ! -e /usr/share/doc/syncoid-rsync ] && [ ! -e /usr/share/man/man1/syncoid-rsync.1.gz ]
+  ! dpkg -L syncoid-rsync >/dev/null 2>&1
+}
+
 setup_pools
 case_ full_and_incremental t_full_and_incremental
 case_ recursive_with_clone t_recursive_with_clone
@@ -243,6 +262,7 @@ case_ rsync_coordinator_killed t_rsync_coordinator_killed
 case_ rsync_receiver_killed t_rsync_receiver_killed
 case_ rsync_receiver_gone_in_run t_rsync_receiver_gone_in_run
 case_ sudo_zfs_only_user t_sudo_zfs_only_user
+case_ deb_package t_deb_package
 for p in vsrc vdst; do zpool destroy -f "$p" >/dev/null 2>&1 || true; done
 rm -f /var/tmp/vsrc.img /var/tmp/vdst.img
 [ "$fail" -eq 0 ] || { echo "failed: ${failed[*]}"; echo "--- log"; tail -80 "$log"; }
