@@ -33,7 +33,14 @@ if ! "$vm/ssh.sh" 'command -v sudo' >/dev/null 2>&1; then
   rm -rf "$debs"
 fi
 rc=0
-"$vm/ssh.sh" 'bash -s' < "$here/tests/vm/suite.sh" || rc=$?
+suite_out=$(mktemp)
+"$vm/ssh.sh" 'bash -s' < "$here/tests/vm/suite.sh" | tee "$suite_out" || rc=$?
+# The suite ends with its count; a suite cut short (a command in it that
+# swallowed the rest of its standard input) must not pass silently.
+if [ "$rc" = 0 ] && ! tail -1 "$suite_out" | grep -Eq '^[0-9]+ passed, 0 failed$'; then
+  echo "vm-e2e: the suite did not run to its end" >&2; rc=1
+fi
+rm -f "$suite_out"
 t3=$(date +%s)
 if [ "$golden" = 1 ] && [ "$rc" = 0 ]; then
   "$here/scripts/capture-golden.sh"

@@ -1,4 +1,6 @@
 #!/usr/bin/env bash
+# (It is read from standard input by `bash -s`: a command in it that reads
+# standard input, such as ssh without -n, would swallow the rest of it.)
 # The end-to-end suite on REAL OpenZFS (runs inside the zfsvm guest, as
 # root, with syncoid-rsync at /usr/local/bin). File-backed pools vsrc and
 # vdst are created fresh. Every case checks the target's data (sha256 of
@@ -216,7 +218,7 @@ t_sudo_zfs_only_user() {
   # in the sbin directories only. Put the link aside for this case.
   if [ -L /usr/bin/zfs ]; then mv /usr/bin/zfs /usr/bin/zfs.aside; trap 'mv /usr/bin/zfs.aside /usr/bin/zfs' EXIT; fi
   local ssh=(--sshkey /root/.ssh/id_vm --sshoption StrictHostKeyChecking=accept-new)
-  [ -z "$(ssh -i /root/.ssh/id_vm -o StrictHostKeyChecking=accept-new zbackup@localhost 'command -v zfs')" ] \
+  [ -z "$(ssh -n -i /root/.ssh/id_vm -o StrictHostKeyChecking=accept-new zbackup@localhost 'command -v zfs')" ] \
     || { echo "zfs is in the session's PATH: not the case under test"; return 1; }
   zfs create vsrc/su; rand /vsrc/su/f 3000000; zfs snapshot vsrc/su@s1
   sr "${ssh[@]}" vsrc/su zbackup@localhost:vdst/su
@@ -233,7 +235,7 @@ t_sudo_zfs_only_user() {
 # nothing of it behind.
 t_deb_package() {
   [ -f /var/tmp/syncoid-rsync.deb ] || { echo "no package in /var/tmp"; return 1; }
-  dpkg -i /var/tmp/syncoid-rsync.deb
+  dpkg -i /var/tmp/syncoid-rsync.deb </dev/null
   /usr/bin/syncoid-rsync --version
   [ -f /usr/share/man/man1/syncoid-rsync.1.gz ] && [ -f /usr/share/bash-completion/completions/syncoid-rsync ]
   zfs create vsrc/deb; rand /vsrc/deb/f 2000000; zfs snapshot vsrc/deb@s1
@@ -242,7 +244,7 @@ t_deb_package() {
   # A second target of the same source: its own identifier (syncoid's rule).
   SR=/usr/bin/syncoid-rsync sr --rsync --identifier=r vsrc/deb vdst/debr
   same_data vsrc/deb vdst/debr; same_guids vsrc/deb vdst/debr
-  dpkg -r syncoid-rsync
+  dpkg -r syncoid-rsync </dev/null
   [ ! -e /usr/bin/syncoid-rsync ] && [ ! -e /usr/share/doc/syncoid-rsync ] && [ ! -e /usr/share/man/man1/syncoid-rsync.1.gz ]
   ! dpkg -L syncoid-rsync >/dev/null 2>&1
 }
