@@ -81,21 +81,11 @@ pub const SSH_KEEPALIVE: [&str; 4] = [
 ];
 
 fn ssh_base(a: &Args, inactivity: std::time::Duration) -> Result<SshConfig, UsageError> {
-    // ssh's control socket path (dir + 40 hex digits + a temporary
-    // suffix) must fit a Unix socket's 108 bytes: a long TMPDIR falls back
-    // to /tmp.
-    let mut tmp = std::env::temp_dir();
-    if tmp.as_os_str().len() > 40 {
-        tmp = "/tmp".into();
-    }
-    let dir = tempfile::Builder::new()
-        .prefix("syncoid-rsync-ssh-")
-        .tempdir_in(tmp)
-        .map_err(|e| {
-            UsageError(format!(
-                "cannot create a private ssh control directory: {e}"
-            ))
-        })?;
+    let dir = crate::host::control_dir().map_err(|e| {
+        UsageError(format!(
+            "cannot create a private ssh control directory: {e}"
+        ))
+    })?;
     // The user's own options first, so theirs win over ours below (ssh
     // takes the first value of an option).
     let mut user = Vec::new();

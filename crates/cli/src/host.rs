@@ -144,6 +144,50 @@ fn pipeline_line(stages: &[Vec<String>]) -> String {
         .join(" | ")
 }
 
+/// Our ssh control directories: `syncoid-rsync-ssh-PID-XXXXXX`.
+const CONTROL_PREFIX: &str = "syncoid-rsync-ssh-";
+
+/// A private (0700) ssh control directory for this run, named with our
+/// pid. Those of runs that are gone (killed before they could remove
+/// theirs) are swept first: ours, real directories, their pid not running.
+pub fn control_dir() -> std::io::Result<tempfile::TempDir> {
+    // ssh's control socket path (dir + 40 hex digits + a temporary
+    // suffix) must fit a Unix socket's 108 bytes: a long TMPDIR falls back
+    // to /tmp.
+    let mut tmp = std::env::temp_dir();
+    if tmp.as_os_str().len() > 40 {
+        tmp = "/tmp".into();
+    }
+    sweep_control_dirs(&tmp);
+    use std::os::unix::fs::PermissionsExt;
+    tempfile::Builder::new()
+        .prefix(&format!("{CONTROL_PREFIX}{}-", std::process::id()))
+        .permissions(std::fs::Permissions::from_mode(0o700))
+        .tempdir_in(tmp)
+}
+
+/// Removes the control directories in `dir` whose run is gone.
+fn sweep_control_dirs(dir: &std::path::Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let pid = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(CONTROL_PREFIX))
+            .and_then(|rest| rest.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<u32>().ok());
+        let Some(pid) = pid else { continue };
+        let ours = std::fs::symlink_metadata(e.path())
+            .is_ok_and(|m| m.is_dir() && m.uid() == crate::rsync::session::euid());
+        if ours && !crate::rsync::session::alive(pid) {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
 /// Where zfs lives on Linux (and FreeBSD), appended to PATH as syncoid
 /// does: cron's PATH (`/usr/bin:/bin`) and a non-login ssh session of a
 /// user other than root often lack them.
@@ -347,6 +391,44 @@ impl Running {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_dirs_are_private_and_those_of_gone_runs_are_swept() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let mut gone = Command::new("true").spawn().unwrap();
+        let gone_pid = gone.id();
+        gone.wait().unwrap();
+        let dead = tmp.path().join(format!("{CONTROL_PREFIX}{gone_pid}-abc"));
+        let live = tmp
+            .path()
+            .join(format!("{CONTROL_PREFIX}{}-abc", std::process::id()));
+        let old_form = tmp.path().join(format!("{CONTROL_PREFIX}Xy12ab"));
+        for d in [&dead, &live, &old_form] {
+            std::fs::create_dir(d).unwrap();
+        }
+        let link = tmp.path().join(format!("{CONTROL_PREFIX}{gone_pid}-link"));
+        std::os::unix::fs::symlink(&live, &link).unwrap();
+        sweep_control_dirs(tmp.path());
+        assert!(!dead.exists(), "a gone run's directory is swept");
+        assert!(
+            live.exists() && old_form.exists(),
+            "a live run's and unknown ones stay"
+        );
+        assert!(
+            link.symlink_metadata().is_ok(),
+            "a symlink is never followed or removed"
+        );
+        let ours = control_dir().unwrap();
+        let mode = ours.path().metadata().unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        assert!(ours
+            .path()
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with(&format!("{CONTROL_PREFIX}{}-", std::process::id())));
+    }
 
     #[test]
     fn sbin_directories_are_appended_once_after_the_users_path() {

@@ -71,7 +71,7 @@ pub fn base() -> PathBuf {
     PathBuf::from(std::env::var_os("SYNCOID_RSYNC_TMP").unwrap_or_else(|| "/tmp".into()))
 }
 
-fn euid() -> u32 {
+pub fn euid() -> u32 {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() }
 }
