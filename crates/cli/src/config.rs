@@ -405,27 +405,10 @@ pub fn parse_duration(s: &str) -> Option<std::time::Duration> {
 }
 
 impl Settings {
-    /// Ends the ssh masters at once (not ControlPersist later) and removes
-    /// the private control directory: `std::process::exit` skips drops.
+    /// Ends the ssh masters and removes the control directory
+    /// (`host::close_all`).
     pub fn close_ssh(&self) {
-        self.source_host.close();
-        self.target_host.close();
-        for d in self.control_dirs() {
-            let _ = std::fs::remove_dir_all(d);
-        }
-    }
-
-    /// The private ssh control directories (one, when a side is remote).
-    pub fn control_dirs(&self) -> Vec<std::path::PathBuf> {
-        let mut dirs: Vec<_> = [&self.source_host, &self.target_host]
-            .into_iter()
-            .filter_map(|h| match h {
-                Host::Remote { ssh, .. } => Some(ssh.control_dir.path().to_path_buf()),
-                Host::Local => None,
-            })
-            .collect();
-        dirs.dedup();
-        dirs
+        crate::host::close_all(&[self.source_host.clone(), self.target_host.clone()]);
     }
 
     /// syncoid's snapisincluded: excludes win over includes.

@@ -367,6 +367,21 @@ impl Host {
     }
 }
 
+/// Ends the ssh masters of `hosts` at once (not ControlPersist later) and
+/// removes their private control directories. `std::process::exit` skips
+/// the directories' drops, and the masters must all be told to exit before
+/// a directory they share goes.
+pub fn close_all(hosts: &[Host]) {
+    for h in hosts {
+        h.close();
+    }
+    for h in hosts {
+        if let Host::Remote { ssh, .. } = h {
+            let _ = std::fs::remove_dir_all(ssh.control_dir.path());
+        }
+    }
+}
+
 /// A spawned child with its stderr being drained.
 pub struct Running {
     pub child: Child,

@@ -79,10 +79,10 @@ extern "C" fn on_signal(sig: libc::c_int) {
     }
 }
 
-/// Installs the handlers. `hosts`: whose ssh masters to end;
-/// `control_dirs`: our private ssh control directories. The message is
-/// printed under --quiet too: it says why the run ended.
-pub fn install(hosts: Vec<Host>, control_dirs: Vec<std::path::PathBuf>) {
+/// Installs the handlers. `hosts`: whose ssh masters to end and control
+/// directories to remove. The message is printed under --quiet too: it
+/// says why the run ended.
+pub fn install(hosts: Vec<Host>) {
     *HOSTS.lock().unwrap_or_else(|e| e.into_inner()) = hosts;
     let mut fds = [0; 2];
     // SAFETY: pipe2 fills the two fds we pass.
@@ -103,12 +103,7 @@ pub fn install(hosts: Vec<Host>, control_dirs: Vec<std::path::PathBuf>) {
         };
         let d = DOING.lock().unwrap_or_else(|e| e.into_inner()).clone();
         eprintln!("\nsyncoid-rsync: {}", message(name, d.as_ref()));
-        for h in HOSTS.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-            h.close();
-        }
-        for d in &control_dirs {
-            let _ = std::fs::remove_dir_all(d);
-        }
+        crate::host::close_all(&HOSTS.lock().unwrap_or_else(|e| e.into_inner()));
         crate::log_rusage("coordinator");
         std::process::exit(128 + sig);
     });

@@ -142,10 +142,10 @@ fn main() {
         debug: settings.args.debug,
         json: settings.args.json,
     };
-    interrupt::install(
-        vec![settings.source_host.clone(), settings.target_host.clone()],
-        settings.control_dirs(),
-    );
+    interrupt::install(vec![
+        settings.source_host.clone(),
+        settings.target_host.clone(),
+    ]);
     for note in &settings.notes {
         out.info(note);
     }
