@@ -1,0 +1,335 @@
+//! `--rsync` for one dataset: our binary on both hosts, the two agents
+//! started (or found alive after an interrupted run and re-attached to),
+//! the transfer driven to its end, and what remains of an agent that is
+//! gone. The protocol itself is `rsync::coordinator`'s.
+
+use super::*;
+
+impl Ctx<'_> {
+    /// --rsync: our binary on both hosts (copied there when missing; to
+    /// two hosts at once).
+    fn exes(&self) -> Result<Exes, DsError> {
+        if let Some(e) = self.exes.borrow().as_ref() {
+            return Ok(e.clone());
+        }
+        let (sh, th) = (&self.s.source_host, &self.s.target_host);
+        let installed = &self.installed;
+        let (patience, out, quit) = (self.s.inactivity, &self.out, &AtomicBool::new(false));
+        let provision = |h: &Host| {
+            Retry::run(patience, quit, out, |retry| {
+                coordinator::provision(h, installed.contains(&h.label()), retry)
+            })
+        };
+        let (a, b) = if th.label() != sh.label() {
+            let (b, a) = at_once(|| provision(th), || provision(sh));
+            (a, Some(b))
+        } else {
+            (provision(sh), None)
+        };
+        let mut copied = Vec::new();
+        let mut take = |host: &Host, r: Result<(String, Option<String>), String>| {
+            let (exe, dir) = r?;
+            if let Some(d) = dir {
+                self.out
+                    .debug(&format!("copied syncoid-rsync to {}:{d}", host.label()));
+                copied.push((host.clone(), d));
+            }
+            Ok::<_, String>(exe)
+        };
+        let source = take(sh, a);
+        let target = match b {
+            Some(b) => take(th, b),
+            None => source.clone(),
+        };
+        let (source, target) = match (source, target) {
+            (Ok(s), Ok(t)) => (s, t),
+            (Err(e), _) | (_, Err(e)) => {
+                // Nothing is left behind by a half-done provisioning.
+                for (host, dir) in &copied {
+                    coordinator::unprovision(host, dir);
+                }
+                return Err(DsError::Other(e));
+            }
+        };
+        let e = Exes {
+            source,
+            target,
+            copied,
+        };
+        *self.exes.borrow_mut() = Some(e.clone());
+        Ok(e)
+    }
+
+    /// --rsync: removes the copies of the binary and forgets them, at the
+    /// end of the run or after an agent is gone (its host may have
+    /// restarted and lost its /tmp: the next transfer copies afresh). No
+    /// agent runs from them by then. False when there was nothing to forget.
+    pub(super) fn forget_exes(&self) -> bool {
+        let Some(exes) = self.exes.borrow_mut().take() else {
+            return false;
+        };
+        for (host, dir) in &exes.copied {
+            coordinator::unprovision(host, dir);
+        }
+        true
+    }
+
+    pub(super) fn transfer_key(&self, src_fs: &str, dst_fs: &str) -> String {
+        coordinator::key(
+            &format!("{}:{src_fs}", self.s.source_host.label()),
+            &format!("{}:{dst_fs}", self.s.target_host.label()),
+        )
+    }
+
+    /// The sender and receiver agents living in these session dirs.
+    fn agents(&self, exes: &Exes, sdir: String, rdir: String) -> (Agent, Agent) {
+        let sender = Agent {
+            host: self.s.source_host.clone(),
+            exe: exes.source.clone(),
+            dir: sdir,
+        };
+        let receiver = Agent {
+            host: self.s.target_host.clone(),
+            exe: exes.target.clone(),
+            dir: rdir,
+        };
+        (sender, receiver)
+    }
+
+    fn agent_opts(&self, bwlimit: u64) -> AgentOpts {
+        AgentOpts {
+            timeout: self.s.inactivity,
+            chunk_size: self.s.chunk_size,
+            spool_size: self.s.spool_size,
+            compress_level: self.s.rsync_level,
+            bwlimit,
+        }
+    }
+}
+
+/// Moves one stream through agents on both hosts.
+pub(super) fn rsync_transfer(
+    ctx: &Ctx,
+    src_fs: &str,
+    dst_fs: &str,
+    send_argv: &[String],
+    recv_argv: &[String],
+    estimate: u64,
+) -> Result<(), DsError> {
+    let exes = ctx.exes()?;
+    let key = ctx.transfer_key(src_fs, dst_fs);
+    let (sh, th) = (&ctx.s.source_host, &ctx.s.target_host);
+    let ropts = ctx.agent_opts(ctx.s.target_rate);
+    let sopts = ctx.agent_opts(ctx.s.source_rate);
+    // Both start at once; if one fails, the other is stopped.
+    let receiver = coordinator::Start {
+        host: th,
+        exe: &exes.target,
+        role: "receive",
+        key: &key,
+        opts: &ropts,
+        zfs_argv: recv_argv,
+    };
+    let sender = coordinator::Start {
+        host: sh,
+        exe: &exes.source,
+        role: "send",
+        opts: &sopts,
+        zfs_argv: send_argv,
+        ..receiver
+    };
+    let (patience, out, quit) = (ctx.s.inactivity, &ctx.out, &AtomicBool::new(false));
+    let start = |a: &coordinator::Start| {
+        Retry::run(patience, quit, out, |retry| {
+            coordinator::start_or_find(a, retry)
+        })
+    };
+    let (rdir, sdir) = at_once(|| start(&receiver), || start(&sender));
+    let ((rdir, r_conn), (sdir, s_conn)) = match (rdir, sdir) {
+        (Ok(r), Ok(s)) => (r, s),
+        (r, s) => {
+            if let Ok((d, _)) = &r {
+                let _ = coordinator::stop_agent(th, &exes.target, d);
+            }
+            if let Ok((d, _)) = &s {
+                let _ = coordinator::stop_agent(sh, &exes.source, d);
+            }
+            let why = [r.err(), s.err()].into_iter().flatten().collect::<Vec<_>>();
+            return Err(DsError::Other(why.join("\n")));
+        }
+    };
+    ctx.out.debug(&format!(
+        "agents: sender {}:{sdir}, receiver {}:{rdir}",
+        sh.label(),
+        th.label()
+    ));
+    let (sender, receiver) = ctx.agents(&exes, sdir, rdir);
+    let first = (s_conn, r_conn);
+    finish_transfer(ctx, (&sender, &receiver), first, src_fs, dst_fs, estimate)
+}
+
+/// Runs the transfer between two live agents; `first`: connections to
+/// them opened when they were started.
+fn finish_transfer(
+    ctx: &Ctx,
+    (sender, receiver): (&Agent, &Agent),
+    first: (Option<Opened>, Option<Opened>),
+    src_fs: &str,
+    dst_fs: &str,
+    estimate: u64,
+) -> Result<(), DsError> {
+    // Receiver first: it closes zfs receive -s, keeping what it verified.
+    // Err: one was driven by another machine's run, and left to it.
+    let stop_both = || {
+        let r = coordinator::stop_agent(&receiver.host, &receiver.exe, &receiver.dir);
+        let s = coordinator::stop_agent(&sender.host, &sender.exe, &sender.dir);
+        r.and(s)
+    };
+    let mut hosts = vec![sender.host.label(), receiver.host.label()];
+    hosts.dedup();
+    interrupt::doing(Some(interrupt::Doing::Agents {
+        source: format!("{}:{src_fs}", ctx.s.source_host.label()),
+        target: format!("{}:{dst_fs}", ctx.s.target_host.label()),
+        hosts,
+        timeout: ctx.s.args.inactivity_timeout.clone(),
+    }));
+    ctx.progress.start_stream(src_fs, dst_fs, estimate);
+    let result = coordinator::run(
+        sender,
+        receiver,
+        first,
+        ctx.s.inactivity,
+        &ctx.out,
+        &ctx.progress,
+    );
+    interrupt::doing(None);
+    ctx.progress
+        .end_stream(matches!(&result, Ok(o) if o.status == 0));
+    let outcome = match result {
+        Ok(o) => o,
+        Err(coordinator::RunError::Inactive(e)) => return Err(DsError::Other(e)),
+        Err(coordinator::RunError::Gone(e)) => {
+            // The survivor is stopped (a receiver closes zfs receive -s,
+            // keeping what it verified), unless another run took it over.
+            stop_both().map_err(DsError::Busy)?;
+            return Err(DsError::AgentGone(e));
+        }
+        Err(coordinator::RunError::Busy(why)) => return Err(DsError::Busy(why)),
+        Err(coordinator::RunError::Fatal(e)) => {
+            // Nothing more can come from these agents: stop both. The
+            // receiver closes zfs receive -s, whose resume token keeps
+            // every verified byte for the next run.
+            let _ = stop_both();
+            return Err(DsError::Other(format!(
+                "{e}\n  the target keeps what was received (resume token): run the same command again to continue"
+            )));
+        }
+    };
+    // Both agents were told the transfer is over. One that did not close
+    // its connection (it does once its session dir is gone) may have
+    // missed the goodbye: stop it, rather than let it linger until its
+    // timeout.
+    if !outcome.agents_gone {
+        ctx.out
+            .debug("an agent did not confirm its exit; stopping both");
+        let _ = stop_both();
+    }
+    let st = &outcome.stats;
+    ctx.bytes.set(ctx.bytes.get() + st.acked_bytes);
+    ctx.reconnects.set(ctx.reconnects.get() + st.reconnects);
+    ctx.resent.set(ctx.resent.get() + st.resent_bytes);
+    ctx.out.info(&format!(
+        "--rsync: {} received and verified ({} on the wire), {} reconnects, {} chunks ({}) sent again",
+        readable(st.acked_bytes),
+        readable(st.wire_bytes),
+        st.reconnects,
+        st.resent_chunks,
+        readable(st.resent_bytes)
+    ));
+    if outcome.status != 0 {
+        return Err(DsError::Other(format!(
+            "zfs receive on {} failed (exit status {}):\n    {}",
+            receiver.host.label(),
+            outcome.status,
+            outcome.stderr.trim_end().replace('\n', "\n    ")
+        )));
+    }
+    Ok(())
+}
+
+/// --rsync: finishes a transfer whose coordinator was interrupted, if both
+/// its agents are still alive; stops a lone survivor (the target's resume
+/// token then carries the transfer on). True when a transfer was finished.
+pub(super) fn reattach(ctx: &Ctx, src_fs: &str, dst_fs: &str) -> Result<bool, DsError> {
+    let key = ctx.transfer_key(src_fs, dst_fs);
+    let (sh, th) = (&ctx.s.source_host, &ctx.s.target_host);
+    // Each is handled once: taken out of the run's list.
+    let take = |list: &mut AgentList, role: &str| {
+        let i = list.iter().position(|a| a.role == role && a.key == key)?;
+        Some(list.remove(i))
+    };
+    let (sdir, rdir) = {
+        let mut live = ctx.live.borrow_mut();
+        (
+            take(&mut live.source, "send"),
+            take(&mut live.target, "receive"),
+        )
+    };
+    if sdir.is_none() && rdir.is_none() {
+        return Ok(false);
+    }
+    // Only now is our binary needed on the hosts.
+    let exes = ctx.exes()?;
+    // Agents of another version (the package was upgraded while they
+    // ran) cannot understand us, nor we them: they are stopped as if by
+    // hand (ended by their pid), and the transfer goes on from the
+    // target's resume token, as after an agent gone for good.
+    let other = [&sdir, &rdir]
+        .into_iter()
+        .flatten()
+        .find(|a| a.wire != syncoid_rsync_core::wire::VERSION);
+    if let Some(a) = other {
+        let what = if a.wire == 0 {
+            "an older syncoid-rsync".to_string()
+        } else {
+            format!("wire protocol version {}", a.wire)
+        };
+        ctx.out.warn(&format!(
+            "--rsync: the agents of an interrupted transfer of {src_fs} run {what}, which this one ({}) cannot talk to; stopping them",
+            env!("CARGO_PKG_VERSION")
+        ));
+        if let Some(r) = &rdir {
+            coordinator::stop_agent_by_hand(th, &exes.target, &r.dir);
+        }
+        if let Some(s) = &sdir {
+            coordinator::stop_agent_by_hand(sh, &exes.source, &s.dir);
+        }
+        return Err(DsError::AgentGone(format!(
+            "the agents of an interrupted transfer of {src_fs} ran {what}"
+        )));
+    }
+    let (sdir, rdir) = (sdir.map(|a| a.dir), rdir.map(|a| a.dir));
+    match (sdir, rdir) {
+        (Some(sdir), Some(rdir)) => {
+            ctx.out.info(&format!(
+                "--rsync: re-attaching to the live agents of an interrupted transfer of {src_fs}"
+            ));
+            let (sender, receiver) = ctx.agents(&exes, sdir, rdir);
+            finish_transfer(ctx, (&sender, &receiver), (None, None), src_fs, dst_fs, 0)?;
+            Ok(true)
+        }
+        (Some(d), None) => {
+            // Unless another machine's run drives it: then its receiver is
+            // only out of our sight, not gone.
+            coordinator::stop_agent(sh, &exes.source, &d).map_err(DsError::Busy)?;
+            ctx.out.warn(&format!("--rsync: the receiving agent of an earlier transfer is gone; stopping its sender ({d})"));
+            Ok(false)
+        }
+        (None, Some(d)) => {
+            coordinator::stop_agent(th, &exes.target, &d).map_err(DsError::Busy)?;
+            ctx.out.warn(&format!("--rsync: the sending agent of an earlier transfer is gone; stopping its receiver ({d})"));
+            Ok(false)
+        }
+        (None, None) => Ok(false),
+    }
+}
