@@ -6,7 +6,10 @@
 #   1. syncoid-rsync --version and a local --rsync replication run inside it;
 #   2. an sshd chrooted into it, whose PATH has no syncoid-rsync, takes an
 #      --rsync push from this machine: the coordinator copies itself there,
-#      the agent runs on glibc 2.31, the data arrives identical.
+#      the agent runs on glibc 2.31, the data arrives identical;
+#   3. the ordinary dynamic build (glibc 2.34 symbols) pushing there is
+#      refused by pre-flight with the loader's own words, exit 69, before
+#      anything changes: no sync snapshot, no dataset, no copy left.
 # Debian 10 is no longer on the mirror this machine reaches (buster moved
 # to Debian's archive), so Debian 11 is the oldest root here.
 # As root (debootstrap, chroot, mounts in a private mount namespace).
@@ -106,4 +109,21 @@ far_sums=$(ssh -p "$port" -i "$work/key" -o StrictHostKeyChecking=no -o UserKnow
   root@127.0.0.1 'cd /var/tmp/fz2/mnt/far/data && find . -type f -print0 | sort -z | xargs -0 sha256sum')
 here_sums=$(cd "$FAKEZFS_MOUNT_BASE/here/data" && find . -type f -print0 | sort -z | xargs -0 sha256sum)
 [ "$far_sums" = "$here_sums" ] || { echo "pushed data differs" >&2; exit 1; }
-echo "old-root-e2e: $suite: local --rsync and a push with the binary copied in: identical" >&2
+
+echo "== 3. the dynamic build's copy cannot start there: refused before anything changes" >&2
+dyn=$(cd "$here" && DYNAMIC=1 bash scripts/build-release.sh)
+zfs create -o fakezfs:synthetic=4M here/data2; zfs snapshot here/data2@s1
+before=$(zfs list -H -o name -t snapshot here/data2)
+rc=0
+"$here/$dyn/syncoid-rsync" --rsync --sshport "$port" --sshkey "$work/key" \
+  -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR \
+  here/data2 root@127.0.0.1:far/data2 >"$work/dyn.log" 2>&1 || rc=$?
+cat "$work/dyn.log" >&2
+[ "$rc" = 69 ] || { echo "the dynamic build's push exited $rc, not 69" >&2; exit 1; }
+grep -q "cannot run on root@127.0.0.1" "$work/dyn.log" && grep -q "GLIBC_2\.3" "$work/dyn.log" \
+  || { echo "the refusal does not carry the loader's words" >&2; exit 1; }
+[ "$(zfs list -H -o name -t snapshot here/data2)" = "$before" ] || { echo "a sync snapshot was made" >&2; exit 1; }
+left=$(ssh -p "$port" -i "$work/key" -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR \
+  root@127.0.0.1 'ls -A /tmp; zfs list -H -o name far/data2 2>/dev/null || true')
+[ -z "$left" ] || { echo "left on the far host: $left" >&2; exit 1; }
+echo "old-root-e2e: $suite: local --rsync and a push with the binary copied in: identical; a copy that cannot start: refused, nothing changed" >&2

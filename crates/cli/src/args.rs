@@ -167,6 +167,17 @@ pub struct Args {
         help_heading = "--rsync mode"
     )]
     pub inactivity_timeout: String,
+    /// --rsync: the syncoid-rsync binary to run on remote hosts (one built
+    /// for their architecture or system), instead of the installed one or a
+    /// copy of this one; it must be this version
+    #[arg(long, value_name = "PATH", help_heading = "--rsync mode")]
+    pub agent_path: Option<String>,
+    /// --rsync: like --agent-path, for the source host only
+    #[arg(long, value_name = "PATH", help_heading = "--rsync mode")]
+    pub source_agent_path: Option<String>,
+    /// --rsync: like --agent-path, for the target host only
+    #[arg(long, value_name = "PATH", help_heading = "--rsync mode")]
+    pub target_agent_path: Option<String>,
 
     // --- SSH ---
     /// ssh_config(5) file for ssh -F

@@ -24,6 +24,9 @@ pub struct Settings {
     pub direct: Option<Direct>,
     pub chunk_size: usize,
     pub spool_size: usize,
+    /// --rsync: the binary to run on the (source, target) host when it is
+    /// remote (`--agent-path` and its per-side forms).
+    pub agent_paths: (Option<String>, Option<String>),
     pub inactivity: std::time::Duration,
     /// --rsync: zstd level of chunks (0: raw) and bandwidth limits in
     /// bytes per second (0: none).
@@ -79,6 +82,59 @@ pub const SSH_KEEPALIVE: [&str; 4] = [
     "-o",
     "ServerAliveCountMax=3",
 ];
+
+/// The binary `--agent-path` (both sides) or `--source-agent-path` /
+/// `--target-agent-path` name for each remote side.
+fn agent_paths(
+    a: &Args,
+    source_remote: bool,
+    target_remote: bool,
+) -> Result<(Option<String>, Option<String>), UsageError> {
+    let given = [
+        ("agent-path", &a.agent_path),
+        ("source-agent-path", &a.source_agent_path),
+        ("target-agent-path", &a.target_agent_path),
+    ];
+    for (name, p) in given {
+        let Some(p) = p else { continue };
+        if !a.rsync {
+            return Err(UsageError(format!(
+                "--{name} is for --rsync (the agents' binary)"
+            )));
+        }
+        if !p.starts_with('/') || p.contains('\n') {
+            return Err(UsageError(format!(
+                "--{name} '{p}' must be an absolute path on the remote host"
+            )));
+        }
+    }
+    let side = |own: &Option<String>, name: &str, remote: bool, role: &str| match (own, remote) {
+        (Some(_), false) => Err(UsageError(format!(
+            "--{name}: the {role} is this machine, which runs this very binary"
+        ))),
+        (Some(p), true) => Ok(Some(p.clone())),
+        (None, true) => Ok(a.agent_path.clone()),
+        (None, false) => Ok(None),
+    };
+    let source = side(
+        &a.source_agent_path,
+        "source-agent-path",
+        source_remote,
+        "source",
+    )?;
+    let target = side(
+        &a.target_agent_path,
+        "target-agent-path",
+        target_remote,
+        "target",
+    )?;
+    if a.agent_path.is_some() && !source_remote && !target_remote {
+        return Err(UsageError(
+            "--agent-path names the binary for remote hosts, and both are this machine".into(),
+        ));
+    }
+    Ok((source, target))
+}
 
 fn ssh_base(a: &Args, inactivity: std::time::Duration) -> Result<SshConfig, UsageError> {
     let dir = crate::host::control_dir().map_err(|e| {
@@ -274,6 +330,7 @@ pub fn settings(args: Args, local_pools: &dyn Fn() -> Vec<String>) -> Result<Set
             "zfs send -R (--sendoptions) and --recursive cannot be combined".into(),
         ));
     }
+    let agent_paths = agent_paths(a, source.remote.is_some(), target.remote.is_some())?;
     if let Some(m) = &a.metrics_file {
         let p = std::path::Path::new(m);
         let dir = p.parent().filter(|d| !d.as_os_str().is_empty());
@@ -341,6 +398,7 @@ pub fn settings(args: Args, local_pools: &dyn Fn() -> Vec<String>) -> Result<Set
         direct,
         chunk_size,
         spool_size,
+        agent_paths,
         inactivity,
         rsync_level,
         source_rate,

@@ -42,6 +42,12 @@ pub struct CmdError {
 }
 
 impl CmdError {
+    /// ssh lost (or never made) its connection to a remote host: status
+    /// 255, which our remote commands never use themselves.
+    pub fn link_lost(&self) -> bool {
+        self.status == Some(255) && self.host != Host::Local.label()
+    }
+
     fn describe(&self) -> String {
         let status = match self.status {
             Some(s) => format!("exit status {s}"),

@@ -36,7 +36,14 @@ pub struct Run {
     pub ended: f64,
 }
 
-const OUTCOMES: [&str; 5] = ["replicated", "up_to_date", "skipped", "busy", "failed"];
+const OUTCOMES: [&str; 6] = [
+    "replicated",
+    "up_to_date",
+    "skipped",
+    "busy",
+    "link_lost",
+    "failed",
+];
 const LAST_SUCCESS: &str = "syncoid_rsync_dataset_last_success_timestamp_seconds";
 
 fn escape(v: &str) -> String {

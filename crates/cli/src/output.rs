@@ -61,9 +61,12 @@ impl Out {
 /// Exit statuses, decided here only.
 pub mod exit {
     pub const OK: i32 = 0;
-    /// Some datasets were skipped (a receive already running on the target).
-    pub const SKIPPED: i32 = 1;
-    /// At least one dataset could not be replicated.
+    /// Transient, retry later: some datasets were busy (a receive already
+    /// running on the target) or lost their link for the whole inactivity
+    /// timeout (the next run resumes); none needs a human.
+    pub const RETRY: i32 = 1;
+    /// Needs a human: at least one dataset could not be replicated for a
+    /// reason that a later run does not cure by itself.
     pub const FAILED: i32 = 2;
     /// Bad command line: nothing was done.
     pub const USAGE: i32 = 64;
@@ -78,6 +81,8 @@ pub struct Summary {
     pub skipped: usize,
     pub failed: usize,
     pub busy: usize,
+    /// Of `failed`, those for a lost link alone (the next run resumes).
+    pub link_lost: usize,
     /// `--rsync`: stream bytes received, and reconnects.
     pub bytes: u64,
     pub reconnects: u64,
@@ -88,10 +93,10 @@ pub struct Summary {
 
 impl Summary {
     pub fn exit_code(&self) -> i32 {
-        if self.failed > 0 {
+        if self.failed > self.link_lost {
             exit::FAILED
-        } else if self.busy > 0 {
-            exit::SKIPPED
+        } else if self.busy > 0 || self.link_lost > 0 {
+            exit::RETRY
         } else {
             exit::OK
         }
@@ -102,6 +107,12 @@ impl Summary {
             "{} replicated, {} already up to date, {} skipped, {} busy, {} failed",
             self.replicated, self.up_to_date, self.skipped, self.busy, self.failed
         );
+        if self.link_lost > 0 {
+            s.push_str(&format!(
+                " ({} of them for a lost link: run again later)",
+                self.link_lost
+            ));
+        }
         if self.bytes > 0 {
             let rate = self.bytes as f64 / self.seconds.max(0.001);
             s.push_str(&format!(
@@ -128,5 +139,30 @@ pub fn readable(bytes: u64) -> String {
         format!("{} KB", bytes / 1024)
     } else {
         format!("{bytes} B")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A lost link or a busy dataset alone is "retry later" (1); any other
+    /// failure needs a human (2), whatever else happened.
+    #[test]
+    fn exit_status_tells_retry_later_from_needs_a_human() {
+        let s = |failed, link_lost, busy| Summary {
+            replicated: 3,
+            failed,
+            link_lost,
+            busy,
+            ..Summary::default()
+        };
+        assert_eq!(s(0, 0, 0).exit_code(), exit::OK);
+        assert_eq!(s(0, 0, 1).exit_code(), exit::RETRY);
+        assert_eq!(s(2, 2, 0).exit_code(), exit::RETRY);
+        assert_eq!(s(2, 1, 1).exit_code(), exit::FAILED);
+        assert!(s(2, 2, 0)
+            .line()
+            .contains("2 failed (2 of them for a lost link: run again later)"));
     }
 }

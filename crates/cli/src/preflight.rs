@@ -20,6 +20,7 @@ use crate::replicate::{fatal, Fatal};
 use crate::rsync::session::{valid_id, Marker, PREFIX};
 use std::path::Path;
 use syncoid_rsync_core::argv::Tools;
+use syncoid_rsync_core::shell;
 
 /// What one host has, from one shell call.
 #[derive(Debug, Default)]
@@ -32,8 +33,15 @@ struct Probe {
     /// stdout and stderr of each extra script.
     extra: Vec<(String, String)>,
     tmp_writable: bool,
-    /// A program in the agents' directory can run (not a noexec mount).
-    tmp_exec: bool,
+    /// Where a copy of the binary could go (`session::bin_bases`), each
+    /// with what the probe found: "ok" (then the KiB free, if known),
+    /// "noexec" or "notwritable".
+    bases: Vec<(String, String, Option<u64>)>,
+    /// Copies of the binary there that name their run: (owner, dir).
+    copies: Vec<(String, String)>,
+    /// `--agent-path`: Ok(what its `--version` printed), or Err(its exit
+    /// status and what it printed).
+    at_path: Option<Result<String, String>>,
     sudo_ok: bool,
     zfs_error: Option<String>,
     mem_kib: Option<u64>,
@@ -49,6 +57,26 @@ pub struct LiveAgent {
     pub key: String,
     /// The wire protocol it speaks (0: from before markers said).
     pub wire: u16,
+    /// The copy of the binary it runs from, if it runs from one.
+    pub bin: Option<String>,
+}
+
+/// What a host runs as the agents' binary (`--rsync`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Binary {
+    /// This machine: the running executable.
+    Own,
+    /// A binary of this version on the host: the installed one, or the
+    /// one `--agent-path` names.
+    At(String),
+    /// None there: a copy of this one goes into a fresh private directory
+    /// in this one, which lets programs run and has room for it.
+    CopyInto(String),
+}
+
+/// This version, as `syncoid-rsync --version` prints it.
+fn our_version() -> String {
+    format!("syncoid-rsync {}", env!("CARGO_PKG_VERSION"))
 }
 
 /// Starts each extra script's output, on stdout and on stderr.
@@ -85,11 +113,20 @@ fn sudo_wants_a_password(err: &str) -> bool {
 /// directory, memory), which the standard mode does not ask for.
 /// `extras`: more scripts to run in the same call (the side's listing);
 /// their stdout and stderr come back in `Probe::extra`, in order.
+/// `--rsync`: what to ask a host about the agents' binary.
+#[derive(Clone, Copy)]
+struct Agents<'a> {
+    /// `--agent-path` for this host.
+    at_path: Option<&'a str>,
+    /// KiB a copy of the binary needs.
+    copy_kib: u64,
+}
+
 fn probe(
     host: &Host,
     programs: &[&str],
     sudo: bool,
-    rsync: bool,
+    rsync: Option<Agents>,
     extras: &[&str],
 ) -> Result<Probe, String> {
     let mut script = crate::gather::have_script(programs);
@@ -99,15 +136,23 @@ fn probe(
     script.push_str(&format!(
         "if command -v zfs >/dev/null 2>&1; then e=$({zfs} list -H -o name -d 0 2>&1 >/dev/null) && echo zfs ok || echo zfs error $e; fi; "
     ));
-    if rsync {
+    if let Some(agents) = rsync {
         script.push_str(
             "echo arch $(uname -m); \
              v=$(syncoid-rsync --version 2>/dev/null) && echo ours $v; \
              t=${SYNCOID_RSYNC_TMP:-/tmp}; [ -d \"$t\" ] && [ -w \"$t\" ] && echo tmp ok; \
-             f=\"$t/.syncoid-rsync-exec-$$\"; printf '#!/bin/sh\\nexit 0\\n' > \"$f\" 2>/dev/null \
-             && chmod 700 \"$f\" && \"$f\" 2>/dev/null && echo tmp exec; rm -f \"$f\"; \
              awk '/^MemAvailable:/ {print \"mem \" $2}' /proc/meminfo 2>/dev/null; ",
         );
+        if let Some(p) = agents.at_path {
+            // One line of what it printed, whatever happened.
+            script.push_str(&format!(
+                "if v=$({} --version 2>&1); then echo \"atpath ok $(printf %s \"$v\" | tr '\\n' ' ')\"; \
+                 else echo \"atpath failed $?: $(printf %s \"$v\" | tr '\\n' ' ')\"; fi; ",
+                shell::quote(p)
+            ));
+        } else {
+            script.push_str(&bases_script(agents.copy_kib));
+        }
         script.push_str(LIVE_AGENTS);
     }
     script.push_str("true");
@@ -148,8 +193,26 @@ fn probe(
             }
             "arch" => p.arch = rest.trim().to_string(),
             "ours" => p.ours = Some(rest.trim().to_string()),
-            "tmp" if rest == "exec" => p.tmp_exec = true,
             "tmp" => p.tmp_writable = true,
+            "base" => {
+                // "base STATUS KIB DIR"
+                let mut w = rest.splitn(3, ' ');
+                if let (Some(st), Some(kib), Some(dir)) = (w.next(), w.next(), w.next()) {
+                    p.bases
+                        .push((dir.to_string(), st.to_string(), kib.parse().ok()));
+                }
+            }
+            "copy" => {
+                if let Some((owner, dir)) = rest.split_once(' ') {
+                    p.copies.push((owner.to_string(), dir.to_string()));
+                }
+            }
+            "atpath" => {
+                p.at_path = Some(match rest.split_once(' ') {
+                    Some(("ok", v)) => Ok(v.trim().to_string()),
+                    _ => Err(rest.trim_start_matches("failed").trim().to_string()),
+                });
+            }
             "zfs" if rest == "ok" => p.sudo_ok = true,
             "zfs" => {
                 let e = rest.trim_start_matches("error").trim().to_string();
@@ -168,6 +231,114 @@ fn probe(
     Ok(p)
 }
 
+/// For each place a copy of the binary may go, in order: whether it is
+/// writable, lets a program run (a noexec mount does not) and has
+/// `need_kib` free; and the copies of earlier runs there that name their
+/// run (ours, real directories), for `leftovers`.
+fn bases_script(need_kib: u64) -> String {
+    format!(
+        "for b in {bases}; do \
+           [ -n \"$b\" ] && [ -d \"$b\" ] || continue; \
+           if [ ! -w \"$b\" ]; then echo \"base notwritable - $b\"; continue; fi; \
+           f=\"$b/.syncoid-rsync-exec-$$\"; \
+           if {{ printf '#!/bin/sh\\nexit 0\\n' > \"$f\" && chmod 700 \"$f\" && \"$f\"; }} 2>/dev/null; \
+           then k=$(df -Pk \"$b\" 2>/dev/null | awk 'NR==2 {{print $4}}'); \
+             if [ -n \"$k\" ] && [ \"$k\" -lt {need_kib} ]; then echo \"base full $k $b\"; else echo \"base ok ${{k:--}} $b\"; fi; \
+           else echo \"base noexec - $b\"; fi; rm -f \"$f\"; \
+           for c in \"$b\"/{prefix}????????; do \
+             [ -d \"$c\" ] && [ ! -L \"$c\" ] && [ -O \"$c\" ] && [ -f \"$c/{owner}\" ] || continue; \
+             echo \"copy $(head -c 100 \"$c/{owner}\" | tr -cd '0-9a-f:') $c\"; \
+           done; \
+         done; ",
+        bases = crate::rsync::session::BIN_BASES_SH,
+        prefix = crate::rsync::session::BIN_PREFIX,
+        owner = crate::rsync::session::BIN_OWNER,
+    )
+}
+
+/// The binary `host` runs as the agents' (`--rsync`), from its probe; Err:
+/// why there is none, with what to do.
+fn binary(host: &Host, p: &Probe, at_path: Option<&str>) -> Result<Binary, String> {
+    let ours = our_version();
+    if !host.is_remote() {
+        return Ok(Binary::Own);
+    }
+    if let Some(path) = at_path {
+        return match &p.at_path {
+            Some(Ok(v)) if *v == ours => Ok(Binary::At(path.to_string())),
+            Some(Ok(v)) => Err(format!(
+                "{path} --version says '{}', not '{ours}': both hosts' agents must be this version",
+                short(v)
+            )),
+            Some(Err(e)) => Err(format!(
+                "{path} cannot run there (--agent-path): exit status {}",
+                short(e)
+            )),
+            None => Err(format!("{path} was not checked there (--agent-path)")),
+        };
+    }
+    if p.ours.as_deref() == Some(ours.as_str()) {
+        return Ok(Binary::At("syncoid-rsync".into()));
+    }
+    let install = format!(
+        "install {ours} there (the static build or the .deb: see the README), or name one with --agent-path"
+    );
+    if !p.arch.is_empty() && p.arch != std::env::consts::ARCH {
+        return Err(format!(
+            "runs {}, this syncoid-rsync is built for {}: {install} (build one with `cargo build --release --target {}-unknown-linux-gnu`)",
+            p.arch,
+            std::env::consts::ARCH,
+            p.arch
+        ));
+    }
+    if let Some((dir, _, _)) = p.bases.iter().find(|(_, st, _)| st == "ok") {
+        return Ok(Binary::CopyInto(dir.clone()));
+    }
+    let tried: Vec<String> = p
+        .bases
+        .iter()
+        .map(|(dir, st, kib)| match st.as_str() {
+            "noexec" => format!("{dir}: programs cannot run there (mounted noexec?)"),
+            "full" => format!("{dir}: {} MiB free", kib.unwrap_or(0) / 1024),
+            _ => format!("{dir}: not writable"),
+        })
+        .collect();
+    Err(format!(
+        "no directory where the copy of syncoid-rsync it lacks could run ({}): {install}, or allow exec in one of them",
+        tried.join("; ")
+    ))
+}
+
+/// At most 300 characters of what a program printed.
+fn short(said: &str) -> String {
+    match said.char_indices().nth(300) {
+        Some((i, _)) => format!("{}...", &said[..i]),
+        None => said.to_string(),
+    }
+}
+
+/// Copies of the binary that runs of this machine made and could not
+/// remove (their link was down at the end): the run is gone (its pid), and
+/// no live agent runs from the copy.
+fn gone_runs_copies(copies: &[(String, String)], live: &[LiveAgent]) -> Vec<String> {
+    let domain = &crate::rsync::lock::owner().domain;
+    copies
+        .iter()
+        .filter(|(owner, dir)| {
+            let Some((d, pid)) = owner.split_once(':') else {
+                return false;
+            };
+            let pid: u32 = pid.parse().unwrap_or(0);
+            d == domain
+                && pid != 0
+                && pid != std::process::id()
+                && !crate::rsync::session::alive(pid)
+                && !live.iter().any(|a| a.bin.as_deref() == Some(dir.as_str()))
+        })
+        .map(|(_, dir)| dir.clone())
+        .collect()
+}
+
 /// The Debian package that provides `program`.
 fn package(program: &str) -> &str {
     match program {
@@ -182,9 +353,11 @@ fn package(program: &str) -> &str {
 /// What pre-flight found, for the run.
 pub struct Report {
     pub tools: Tools,
-    /// `--rsync`: labels of the hosts where this very version of
-    /// syncoid-rsync is installed (elsewhere it is copied in).
-    pub installed: BTreeSet<String>,
+    /// `--rsync`: the agents' binary on each host (by label).
+    pub binaries: BTreeMap<String, Binary>,
+    /// `--rsync`: copies of the binary that runs of this machine which are
+    /// gone left on a host (its link was down when they ended): to remove.
+    pub leftovers: Vec<(Host, String)>,
     /// `--rsync`: the live agents on each host (by label).
     pub agents: BTreeMap<String, Vec<LiveAgent>>,
     /// What the source's and the target's listing scripts printed
@@ -213,27 +386,51 @@ pub fn run(s: &Settings, out: &Out, listings: (&str, &str)) -> Result<Report, Fa
     }
     let same_host = s.source_host.label() == s.target_host.label();
     let (src_list, dst_list) = listings;
-    type Probed<'a> = (&'a str, &'a Host, bool, Vec<&'a str>);
+    type Probed<'a> = (&'a str, &'a Host, bool, Vec<&'a str>, Option<&'a str>);
+    let (src_path, dst_path) = (s.agent_paths.0.as_deref(), s.agent_paths.1.as_deref());
     let hosts: Vec<Probed> = if same_host {
         vec![(
             "source and target",
             &s.source_host,
             s.source_sudo || s.target_sudo,
             vec![src_list, dst_list],
+            src_path.or(dst_path),
         )]
     } else {
         vec![
-            ("source", &s.source_host, s.source_sudo, vec![src_list]),
-            ("target", &s.target_host, s.target_sudo, vec![dst_list]),
+            (
+                "source",
+                &s.source_host,
+                s.source_sudo,
+                vec![src_list],
+                src_path,
+            ),
+            (
+                "target",
+                &s.target_host,
+                s.target_sudo,
+                vec![dst_list],
+                dst_path,
+            ),
         ]
     };
     let mut problems = Vec::new();
     let mut probes = Vec::new();
-    let mut installed = BTreeSet::new();
+    let mut binaries = BTreeMap::new();
+    let mut leftovers = Vec::new();
     let mut agents = BTreeMap::new();
+    // What a copy of this binary needs: its size and a MiB to spare.
+    let copy_kib = std::env::current_exe()
+        .and_then(std::fs::metadata)
+        .map_or(16 << 10, |m| m.len() / 1024 + 1024);
     // Two hosts are probed at once (two ssh handshakes overlap).
-    let probe_one =
-        |(_, host, sudo, extras): &Probed| probe(host, &wanted, *sudo, s.args.rsync, extras);
+    let probe_one = |(_, host, sudo, extras, at_path): &Probed| {
+        let rsync = s.args.rsync.then_some(Agents {
+            at_path: *at_path,
+            copy_kib,
+        });
+        probe(host, &wanted, *sudo, rsync, extras)
+    };
     let results = match hosts.as_slice() {
         [a, b] => {
             let (rb, ra) = at_once(|| probe_one(b), || probe_one(a));
@@ -242,7 +439,7 @@ pub fn run(s: &Settings, out: &Out, listings: (&str, &str)) -> Result<Report, Fa
         _ => hosts.iter().map(probe_one).collect(),
     };
     let mut listed = Vec::new();
-    for ((role, host, sudo, _), result) in hosts.iter().zip(results) {
+    for ((role, host, sudo, _, at_path), result) in hosts.iter().zip(results) {
         let who = format!("{role} ({})", host.label());
         let p = match result {
             Ok(p) => p,
@@ -279,37 +476,30 @@ pub fn run(s: &Settings, out: &Out, listings: (&str, &str)) -> Result<Report, Fa
                     role: m.role,
                     key: m.key,
                     wire: m.wire,
+                    bin: m.bin,
                 })
             })
-            .collect();
+            .collect::<Vec<_>>();
+        if s.args.rsync {
+            leftovers.extend(
+                gone_runs_copies(&p.copies, &live)
+                    .into_iter()
+                    .map(|d| ((*host).clone(), d)),
+            );
+        }
         agents.insert(host.label(), live);
         listed.extend(p.extra.iter().cloned());
-        let want = format!("syncoid-rsync {}", env!("CARGO_PKG_VERSION"));
-        if p.ours.as_deref() == Some(want.as_str()) {
-            installed.insert(host.label());
-        }
         if s.args.rsync {
             if !p.tmp_writable {
                 problems.push(format!(
                     "{who}: the agents' directory (/tmp, or $SYNCOID_RSYNC_TMP) is not writable"
                 ));
             }
-            let copied = host.is_remote() && p.ours.as_deref() != Some(want.as_str());
-            if copied && p.tmp_writable && !p.tmp_exec {
-                problems.push(format!(
-                    "{who}: programs cannot run from the agents' directory (/tmp, or $SYNCOID_RSYNC_TMP: mounted noexec?), \
-                     where the copy of syncoid-rsync it lacks would go: install syncoid-rsync {} there \
-                     (then nothing is copied), or allow exec on that directory",
-                    env!("CARGO_PKG_VERSION")
-                ));
-            }
-            if copied && !p.arch.is_empty() && p.arch != std::env::consts::ARCH {
-                problems.push(format!(
-                    "{who}: runs {}, this syncoid-rsync is built for {}: install syncoid-rsync {} there",
-                    p.arch,
-                    std::env::consts::ARCH,
-                    env!("CARGO_PKG_VERSION")
-                ));
+            match binary(host, &p, *at_path) {
+                Ok(b) => {
+                    binaries.insert(host.label(), b);
+                }
+                Err(e) => problems.push(format!("{who}: {e}")),
             }
             let need = (s.spool_size + 2 * s.chunk_size) as u64 + (32 << 20);
             if let Some(kib) = p.mem_kib {
@@ -345,7 +535,8 @@ pub fn run(s: &Settings, out: &Out, listings: (&str, &str)) -> Result<Report, Fa
                 local_pv: true,
                 compress: true,
             },
-            installed,
+            binaries,
+            leftovers,
             agents,
             listed,
         });
@@ -426,8 +617,134 @@ pub fn run(s: &Settings, out: &Out, listings: (&str, &str)) -> Result<Report, Fa
     }
     Ok(Report {
         tools,
-        installed,
+        binaries,
+        leftovers,
         agents,
         listed,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::SshConfig;
+    use std::sync::Arc;
+
+    fn remote() -> Host {
+        Host::Remote {
+            dest: "backup".into(),
+            ssh: Arc::new(SshConfig {
+                base: Vec::new(),
+                user: Vec::new(),
+                again: None,
+                control_dir: tempfile::tempdir().unwrap(),
+            }),
+        }
+    }
+
+    fn base(dir: &str, status: &str) -> (String, String, Option<u64>) {
+        (dir.into(), status.into(), Some(2048))
+    }
+
+    /// The agents' binary: this one locally; --agent-path's when it is this
+    /// version; the installed one; else a copy in the first place where it
+    /// can run; else a refusal that names every place tried.
+    #[test]
+    fn the_agents_binary_is_chosen_in_order() {
+        let host = remote();
+        let mut p = Probe {
+            arch: std::env::consts::ARCH.into(),
+            ..Probe::default()
+        };
+        assert_eq!(binary(&Host::Local, &p, Some("/x")), Ok(Binary::Own));
+
+        p.at_path = Some(Ok(our_version()));
+        assert_eq!(
+            binary(&host, &p, Some("/opt/sr")),
+            Ok(Binary::At("/opt/sr".into()))
+        );
+        p.at_path = Some(Ok("syncoid-rsync 0.0.1".into()));
+        let e = binary(&host, &p, Some("/opt/sr")).unwrap_err();
+        assert!(e.contains("says 'syncoid-rsync 0.0.1'"), "{e}");
+        p.at_path = Some(Err("126: Exec format error".into()));
+        let e = binary(&host, &p, Some("/opt/sr")).unwrap_err();
+        assert!(
+            e.contains("cannot run there (--agent-path): exit status 126"),
+            "{e}"
+        );
+
+        p.ours = Some(our_version());
+        assert_eq!(
+            binary(&host, &p, None),
+            Ok(Binary::At("syncoid-rsync".into()))
+        );
+
+        p.ours = None;
+        p.bases = vec![base("/tmp", "noexec"), base("/run/user/0", "ok")];
+        assert_eq!(
+            binary(&host, &p, None),
+            Ok(Binary::CopyInto("/run/user/0".into()))
+        );
+        p.bases = vec![
+            base("/tmp", "noexec"),
+            base("/run/user/0", "notwritable"),
+            base("/root", "full"),
+        ];
+        let e = binary(&host, &p, None).unwrap_err();
+        assert!(
+            e.contains("/tmp: programs cannot run there")
+                && e.contains("/run/user/0: not writable")
+                && e.contains("/root: 2 MiB free")
+                && e.contains("--agent-path"),
+            "{e}"
+        );
+
+        p.arch = "aarch64".into();
+        let e = binary(&host, &p, None).unwrap_err();
+        assert!(
+            e.contains("runs aarch64") && e.contains("--target aarch64-unknown-linux-gnu"),
+            "{e}"
+        );
+    }
+
+    /// A copy is a gone run's when it names this machine's runs and a pid
+    /// that is not running, and no live agent runs from it.
+    #[test]
+    fn copies_of_gone_runs_of_this_machine_are_found() {
+        let domain = &crate::rsync::lock::owner().domain;
+        // A pid far above any pid_max: not running.
+        let copies = vec![
+            (
+                format!("{domain}:4999999"),
+                "/tmp/syncoid-rsync-bin.aaaaaaaa".to_string(),
+            ),
+            (
+                format!("{domain}:{}", std::process::id()),
+                "/tmp/syncoid-rsync-bin.bbbbbbbb".into(),
+            ),
+            (
+                "0123456789abcdef01234567:4999999".into(),
+                "/tmp/syncoid-rsync-bin.cccccccc".into(),
+            ),
+            (
+                format!("{domain}:4999998"),
+                "/tmp/syncoid-rsync-bin.dddddddd".into(),
+            ),
+            (
+                format!("{domain}:1"),
+                "/tmp/syncoid-rsync-bin.eeeeeeee".into(),
+            ),
+        ];
+        let live = vec![LiveAgent {
+            dir: "/tmp/syncoid-rsync-0123456789abcdef".into(),
+            role: "receive".into(),
+            key: "k".into(),
+            wire: 4,
+            bin: Some("/tmp/syncoid-rsync-bin.dddddddd".into()),
+        }];
+        assert_eq!(
+            gone_runs_copies(&copies, &live),
+            vec!["/tmp/syncoid-rsync-bin.aaaaaaaa".to_string()]
+        );
+    }
 }

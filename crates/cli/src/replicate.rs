@@ -52,6 +52,26 @@ enum DsError {
     /// are left to it (the dataset counts as busy, as syncoid's busy
     /// receive does).
     Busy(String),
+    /// The link to a host was lost for the whole inactivity timeout: a
+    /// later run goes on (exit status `RETRY`).
+    LinkLost(String),
+    /// --rsync: our binary cannot run on a host, found before this
+    /// dataset changed anything: no dataset can be replicated, and the run
+    /// ends as a failed pre-flight.
+    CannotRun(String),
+}
+
+impl DsError {
+    /// Nothing but a lost link stopped the dataset: commands that failed
+    /// only because ssh lost its connection (status 255 on a remote host,
+    /// after the tries `again` allows).
+    fn link_lost(&self) -> bool {
+        match self {
+            DsError::LinkLost(_) => true,
+            DsError::Cmd(errs) => !errs.is_empty() && errs.iter().all(CmdError::link_lost),
+            _ => false,
+        }
+    }
 }
 
 impl From<CmdError> for DsError {
@@ -72,7 +92,11 @@ impl std::fmt::Display for DsError {
                 }
                 Ok(())
             }
-            DsError::Other(m) | DsError::AgentGone(m) | DsError::Busy(m) => f.write_str(m),
+            DsError::Other(m)
+            | DsError::AgentGone(m)
+            | DsError::Busy(m)
+            | DsError::LinkLost(m)
+            | DsError::CannotRun(m) => f.write_str(m),
         }
     }
 }
@@ -161,8 +185,8 @@ struct Ctx<'a> {
     s: &'a Settings,
     out: Out,
     progress: Progress,
-    /// --rsync: hosts that have this version of syncoid-rsync installed.
-    installed: BTreeSet<String>,
+    /// --rsync: the agents' binary on each host (by label).
+    binaries: std::collections::BTreeMap<String, crate::preflight::Binary>,
     /// Bytes received and reconnects over the run (for the summary).
     bytes: std::cell::Cell<u64>,
     reconnects: std::cell::Cell<u64>,
@@ -301,10 +325,20 @@ pub fn run(s: &Settings) -> Result<Summary, Fatal> {
     let dst_list = gather::Listing::new(s.target_sudo, dst_root, recursive, true);
     let crate::preflight::Report {
         tools,
-        installed,
+        binaries,
+        leftovers,
         agents,
         listed: [src_out, dst_out],
     } = crate::preflight::run(s, &out, (&src_list.script(), &dst_list.script()))?;
+    for (host, dir) in &leftovers {
+        out.debug(&format!(
+            "removing {}:{dir}, a copy of syncoid-rsync an earlier run could not remove",
+            host.label()
+        ));
+        if !s.args.dry_run {
+            coordinator::unprovision(host, dir);
+        }
+    }
     // When source and target are one host, it was probed once: both
     // sides see the same list.
     let on = |h: &Host| agents.get(&h.label()).cloned().unwrap_or_default();
@@ -351,7 +385,7 @@ pub fn run(s: &Settings) -> Result<Summary, Fatal> {
         reconnects: std::cell::Cell::new(0),
         resent: std::cell::Cell::new(0),
         tools,
-        installed,
+        binaries,
         busy,
         exes: std::cell::RefCell::new(None),
         live: std::cell::RefCell::new(live),
@@ -413,6 +447,21 @@ pub fn run(s: &Settings) -> Result<Summary, Fatal> {
                 ));
                 ("busy", None)
             }
+            Err(DsError::CannotRun(e)) => {
+                // Found before the first change; the same for every dataset.
+                return Err(fatal(
+                    exit::UNAVAILABLE,
+                    format!("pre-flight failed:\n  {}", e.replace('\n', "\n  ")),
+                ));
+            }
+            Err(e) if e.link_lost() => {
+                summary.failed += 1;
+                summary.link_lost += 1;
+                out.critical(&format!(
+                    "{src_fs} -> {dst_fs}: {e}\n  the link was lost: a later run goes on from where this one stopped"
+                ));
+                ("link_lost", Some(e.to_string()))
+            }
             Err(e) => {
                 summary.failed += 1;
                 out.critical(&format!("{} -> {}: {e}", src_fs, dst_fs));
@@ -447,6 +496,7 @@ pub fn run(s: &Settings) -> Result<Summary, Fatal> {
         serde_json::json!({
             "replicated": summary.replicated, "up_to_date": summary.up_to_date,
             "skipped": summary.skipped, "busy": summary.busy, "failed": summary.failed,
+            "link_lost": summary.link_lost,
             "bytes": ctx.bytes.get(), "reconnects": ctx.reconnects.get(),
             "seconds": (secs * 1000.0).round() / 1000.0,
             "mean_rate_bps": if secs > 0.0 { (ctx.bytes.get() as f64 / secs).round() } else { 0.0 },
@@ -585,6 +635,12 @@ fn sync_dataset(
             )),
             c => DsError::Conflict(c),
         })?;
+        if ctx.s.args.rsync && !ctx.dry() && matches!(plan, Plan::Steps(_)) {
+            // The agents' binary on both hosts, copied and run with
+            // --version where needed, before a step changes anything (the
+            // sync snapshot first); once per run.
+            ctx.exes()?;
+        }
         let steps = match plan {
             Plan::UpToDate { newest } => {
                 out.info(&format!("no snapshots on source newer than {newest} on target. Nothing to do, not syncing."));

@@ -181,3 +181,81 @@ fn survives_a_reset_while_the_far_pool_is_busy() {
         pause: Some((40 << 20, "40M:12")),
     });
 }
+
+/// A link blackholed for longer than the inactivity timeout: the run gives
+/// up with exit status 1 ("transient: retry later", not 2's "needs a
+/// human"), says a later run goes on, and records the outcome for
+/// monitoring; the agents end at their own timeout, the receiver keeping
+/// what it verified; once the link is back the same command resumes from
+/// the target's token and finishes with identical data.
+#[test]
+fn a_link_lost_past_the_inactivity_timeout_is_retry_later_and_the_next_run_resumes() {
+    let local = Host::new(&["src"]);
+    let far = Host::new(&["far5"]);
+    let lab = Netlab::up(&far, 5);
+    let (_r1, _r2) = (Reaper(&local), Reaper(&far));
+    synthetic(&local, "src/data", "200M");
+    let metrics_dir = tempfile::tempdir().unwrap();
+    let metrics = metrics_dir.path().join("metrics.prom");
+    let mut args: Vec<String> = vec![
+        "--rsync".into(),
+        "--no-sync-snap".into(),
+        "--source-bwlimit=16M".into(),
+        "--inactivity-timeout=8s".into(),
+        format!("--metrics-file={}", metrics.display()),
+    ];
+    args.extend(lab.ssh_args());
+    args.extend(["src/data".to_string(), format!("{}:far5/data", lab.dest())]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut child = spawn(&local, &args, &[]);
+    let t = Instant::now();
+    // The copy of the binary crosses first: then 40 MB of the stream.
+    let copy = std::fs::metadata(common::bin()).unwrap().len();
+    while lab.far_rx_bytes() < copy + (40 << 20) {
+        assert!(
+            child.try_wait().unwrap().is_none() && t.elapsed() < Duration::from_secs(60),
+            "no 40 MB of the stream across the link"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    lab.cut("blackhole");
+    let cut = Instant::now();
+    while child.try_wait().unwrap().is_none() && cut.elapsed() < Duration::from_secs(90) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (code, out, err) = finish(child);
+    eprintln!(
+        "gave up {:.1}s after the cut: {}",
+        cut.elapsed().as_secs_f64(),
+        err.lines().find(|l| l.contains("CRITICAL")).unwrap_or("")
+    );
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(
+        err.contains("inactivity timeout") && err.contains("a later run goes on"),
+        "{err}"
+    );
+    assert!(err.contains("1 of them for a lost link"), "{err}");
+    let prom = std::fs::read_to_string(&metrics).unwrap();
+    assert!(
+        prom.contains("outcome=\"link_lost\"} 1")
+            && prom.contains("syncoid_rsync_last_run_exit_code 1"),
+        "{prom}"
+    );
+    lab.heal();
+    // The agents' own timeout (the same 8 s) ends them; the receiver's zfs
+    // receive -s keeps what it verified.
+    wait_until("a resume token", 30, || {
+        token(&far, "far5/data").starts_with("1-")
+    });
+    wait_until("the agents to end", 30, || agent_pids(&far).is_empty());
+    let mut child = spawn(&local, &args, &[]);
+    let t = Instant::now();
+    while child.try_wait().unwrap().is_none() && t.elapsed() < Duration::from_secs(90) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (code, out, err) = finish(child);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_resumed_from_token(&local, &far, "far5/data", &out);
+    let prom = std::fs::read_to_string(&metrics).unwrap();
+    assert!(prom.contains("outcome=\"replicated\"} 1"), "{prom}");
+}

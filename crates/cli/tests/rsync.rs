@@ -116,7 +116,8 @@ fn a_connection_lost_while_setting_up_is_retried_without_a_second_agent() {
     let (code, out, err) = finish(spawn(&local, &args, &env));
     assert_eq!(code, 0, "{out}\n{err}");
     for what in [
-        "copying syncoid-rsync to root@127.0.0.1 failed (exit status 255): ssh: connect to host 127.0.0.1: Network is unreachable",
+        "copying syncoid-rsync to root@127.0.0.1:",
+        "failed (exit status 255): ssh: connect to host 127.0.0.1: Network is unreachable",
         "no answer within 6s",
         "(exit status 255): ssh: connect to host",
         "Connection reset by peer",
@@ -211,37 +212,158 @@ impl Drop for NoexecMount {
     }
 }
 
-/// A host whose /tmp (its agents' directory) is mounted noexec and has no
-/// syncoid-rsync installed: the copy could not run there. Pre-flight says
-/// so and what to do (exit 69) before anything changes: no sync snapshot,
-/// nothing copied, no agent.
+/// Mounts a noexec tmpfs (0700) over `dir`; None without the right to
+/// mount (not root).
+fn noexec_mount(dir: &std::path::Path) -> Option<NoexecMount> {
+    std::fs::create_dir_all(dir).unwrap();
+    let st = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "noexec,mode=0700", "tmpfs"])
+        .arg(dir)
+        .status()
+        .unwrap();
+    st.success().then(|| NoexecMount(dir.to_path_buf()))
+}
+
+/// `--rsync` to `far` through `sshd`, with `extra` options.
+fn push_args<'a>(sshd: &'a [String], extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args: Vec<&str> = vec!["--rsync", "--debug"];
+    args.extend(extra);
+    args.extend(sshd.iter().map(String::as_str));
+    args.extend(["src/data", "root@127.0.0.1:far/data"]);
+    args
+}
+
+/// A host whose /tmp (its agents' directory) is mounted noexec, a common
+/// hardening rule, and that has no syncoid-rsync installed: the copy goes
+/// to the login's runtime directory instead, where programs may run, and
+/// is gone at the end.
 #[test]
-fn a_host_whose_tmp_is_noexec_is_refused_before_anything_changes() {
+fn a_host_whose_tmp_is_noexec_gets_the_copy_in_its_runtime_dir() {
     let _serial = serial();
     let local = Host::new(&["src"]);
     let far = Host::new(&["far"]);
-    let st = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "noexec,mode=0700", "tmpfs"])
-        .arg(far.tmp())
-        .status()
-        .unwrap();
-    if !st.success() {
+    let Some(_mount) = noexec_mount(&far.tmp()) else {
         eprintln!("skipped: mounting a tmpfs needs root");
         return;
+    };
+    let run = far.dir().join("run-user");
+    let home = far.dir().join("home");
+    for d in [&run, &home] {
+        std::fs::create_dir_all(d).unwrap();
+        std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
     }
-    let _mount = NoexecMount(far.tmp());
-    let sshd = Sshd::start(&far);
+    let (run_s, home_s) = (run.display().to_string(), home.display().to_string());
+    let sshd = Sshd::start_with_env(
+        &far,
+        &[
+            ("XDG_RUNTIME_DIR", run_s.as_str()),
+            ("HOME", home_s.as_str()),
+        ],
+    );
+    let (_r1, _r2) = (Reaper(&local), Reaper(&far));
+    synthetic(&local, "src/data", "2M");
+    let ssh = sshd.syncoid_args();
+    let r = ok(&local, &push_args(&ssh, &["--no-sync-snap"]));
+    assert!(
+        r.stdout.contains(&format!(
+            "copied syncoid-rsync to root@127.0.0.1:{run_s}/syncoid-rsync-bin."
+        )),
+        "{}",
+        r.stdout
+    );
+    assert_one_clean_push(&local, &far, "far/data");
+    let left = |d: &std::path::Path| std::fs::read_dir(d).unwrap().count();
+    assert_eq!((left(&run), left(&home)), (0, 0), "a copy was left behind");
+}
+
+/// No place on the host lets the copy run (/tmp and the home are noexec
+/// mounts, no runtime directory): pre-flight says what it tried and what
+/// to do (exit 69) before anything changes: no sync snapshot, nothing
+/// copied, no agent.
+#[test]
+fn a_host_where_no_copy_can_run_is_refused_before_anything_changes() {
+    let _serial = serial();
+    let local = Host::new(&["src"]);
+    let far = Host::new(&["far"]);
+    let Some(_mount) = noexec_mount(&far.tmp()) else {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    };
+    let home = far.tmp().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let home_s = home.display().to_string();
+    let sshd = Sshd::start_with_env(&far, &[("XDG_RUNTIME_DIR", ""), ("HOME", home_s.as_str())]);
     synthetic(&local, "src/data", "2M");
     let snaps = local.snapshots("src/data");
     let ssh = sshd.syncoid_args();
-    let mut args: Vec<&str> = vec!["--rsync"];
-    args.extend(ssh.iter().map(String::as_str));
-    args.extend(["src/data", "root@127.0.0.1:far/data"]);
-    let r = run_expect(&local, &args, 69);
+    let r = run_expect(&local, &push_args(&ssh, &[]), 69);
     assert!(
         r.stderr
-            .contains("programs cannot run from the agents' directory")
-            && r.stderr.contains("install syncoid-rsync"),
+            .contains("no directory where the copy of syncoid-rsync it lacks could run")
+            && r.stderr
+                .contains(&format!("{home_s}: programs cannot run there"))
+            && r.stderr.contains("--agent-path"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(
+        local.snapshots("src/data"),
+        snaps,
+        "a sync snapshot was made"
+    );
+    assert!(!far.exists("far/data"));
+    assert_eq!(far.tmp_entries(), vec!["home".to_string()]);
+    assert_eq!(std::fs::read_dir(&home).unwrap().count(), 0);
+}
+
+/// `--agent-path` names the binary a remote host runs: nothing is copied
+/// when it is this version; one that cannot run there (built for another
+/// architecture) or is another version is refused by pre-flight with what
+/// it said, exit 69, before anything changes.
+#[test]
+fn agent_path_names_the_remote_binary_and_one_that_cannot_run_is_refused() {
+    let _serial = serial();
+    let local = Host::new(&["src"]);
+    let far = Host::new(&["far"]);
+    let sshd = Sshd::start(&far);
+    let (_r1, _r2) = (Reaper(&local), Reaper(&far));
+    synthetic(&local, "src/data", "2M");
+    let ssh = sshd.syncoid_args();
+    let snaps = local.snapshots("src/data");
+
+    // An ELF file for aarch64: the loader cannot run it here.
+    let foreign = far.dir().join("aarch64-syncoid-rsync");
+    let mut elf = std::fs::read(bin()).unwrap();
+    elf.truncate(4096);
+    elf[18] = 183; // e_machine: EM_AARCH64
+    elf[19] = 0;
+    std::fs::write(&foreign, elf).unwrap();
+    std::fs::set_permissions(
+        &foreign,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let foreign_s = format!("--target-agent-path={}", foreign.display());
+    let r = run_expect(&local, &push_args(&ssh, &[&foreign_s]), 69);
+    assert!(
+        r.stderr.contains(&format!(
+            "{} cannot run there (--agent-path)",
+            foreign.display()
+        )),
+        "{}",
+        r.stderr
+    );
+    // An older version.
+    let old = far.dir().join("old-syncoid-rsync");
+    std::fs::write(&old, "#!/bin/sh\necho syncoid-rsync 0.0.9\n").unwrap();
+    std::fs::set_permissions(&old, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let old_s = format!("--agent-path={}", old.display());
+    let r = run_expect(&local, &push_args(&ssh, &[&old_s]), 69);
+    assert!(
+        r.stderr.contains(&format!(
+            "{} --version says 'syncoid-rsync 0.0.9', not 'syncoid-rsync ",
+            old.display()
+        )),
         "{}",
         r.stderr
     );
@@ -252,6 +374,22 @@ fn a_host_whose_tmp_is_noexec_is_refused_before_anything_changes() {
     );
     assert!(!far.exists("far/data"));
     assert_eq!(far.tmp_entries(), Vec::<String>::new());
+
+    // This very binary, put there by hand: used as it is, nothing copied.
+    let mine = far.dir().join("syncoid-rsync");
+    std::fs::copy(bin(), &mine).unwrap();
+    let mine_s = format!("--agent-path={}", mine.display());
+    let r = ok(&local, &push_args(&ssh, &["--no-sync-snap", &mine_s]));
+    assert!(!r.stdout.contains("copied syncoid-rsync"), "{}", r.stdout);
+    assert_one_clean_push(&local, &far, "far/data");
+    assert!(mine.exists(), "the named binary is the user's: left alone");
+
+    let r = run_expect(&local, &["--agent-path=/x", "src/data", "dst/data"], 64);
+    assert!(
+        r.stderr.contains("--agent-path is for --rsync"),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]

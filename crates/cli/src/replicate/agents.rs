@@ -4,20 +4,31 @@
 //! gone. The protocol itself is `rsync::coordinator`'s.
 
 use super::*;
+use crate::preflight::Binary;
+use crate::rsync::coordinator::{Ended, SetupFailed};
 
 impl Ctx<'_> {
     /// --rsync: our binary on both hosts (copied there when missing; to
     /// two hosts at once).
-    fn exes(&self) -> Result<Exes, DsError> {
+    pub(super) fn exes(&self) -> Result<Exes, DsError> {
         if let Some(e) = self.exes.borrow().as_ref() {
             return Ok(e.clone());
         }
         let (sh, th) = (&self.s.source_host, &self.s.target_host);
-        let installed = &self.installed;
+        let binaries = &self.binaries;
         let (patience, out, quit) = (self.s.inactivity, &self.out, &AtomicBool::new(false));
         let provision = |h: &Host| {
+            // Pre-flight decided for every host it probed.
+            let binary = binaries
+                .get(&h.label())
+                .cloned()
+                .unwrap_or(if h.is_remote() {
+                    Binary::CopyInto("/tmp".into())
+                } else {
+                    Binary::Own
+                });
             Retry::run(patience, quit, out, |retry| {
-                coordinator::provision(h, installed.contains(&h.label()), retry)
+                coordinator::provision(h, &binary, retry)
             })
         };
         let (a, b) = if th.label() != sh.label() {
@@ -27,14 +38,14 @@ impl Ctx<'_> {
             (provision(sh), None)
         };
         let mut copied = Vec::new();
-        let mut take = |host: &Host, r: Result<(String, Option<String>), String>| {
+        let mut take = |host: &Host, r: Result<(String, Option<String>), SetupFailed>| {
             let (exe, dir) = r?;
             if let Some(d) = dir {
                 self.out
                     .debug(&format!("copied syncoid-rsync to {}:{d}", host.label()));
                 copied.push((host.clone(), d));
             }
-            Ok::<_, String>(exe)
+            Ok::<_, SetupFailed>(exe)
         };
         let source = take(sh, a);
         let target = match b {
@@ -43,12 +54,12 @@ impl Ctx<'_> {
         };
         let (source, target) = match (source, target) {
             (Ok(s), Ok(t)) => (s, t),
-            (Err(e), _) | (_, Err(e)) => {
+            (s, t) => {
                 // Nothing is left behind by a half-done provisioning.
                 for (host, dir) in &copied {
                     coordinator::unprovision(host, dir);
                 }
-                return Err(DsError::Other(e));
+                return Err(setup_failed(&[s.err().as_ref(), t.err().as_ref()]));
             }
         };
         let e = Exes {
@@ -107,6 +118,24 @@ impl Ctx<'_> {
     }
 }
 
+/// Setting up a transfer failed on one side or both: a lost link when
+/// that alone stopped it.
+fn setup_failed(failures: &[Option<&SetupFailed>]) -> DsError {
+    let failures: Vec<&SetupFailed> = failures.iter().flatten().copied().collect();
+    let why = failures
+        .iter()
+        .map(|f| f.why.as_str())
+        .collect::<Vec<_>>()
+        .join("\n");
+    if failures.iter().any(|f| f.ended == Some(Ended::CannotRun)) {
+        DsError::CannotRun(why)
+    } else if SetupFailed::link_lost(&failures) {
+        DsError::LinkLost(why)
+    } else {
+        DsError::Other(why)
+    }
+}
+
 /// Moves one stream through agents on both hosts.
 pub(super) fn rsync_transfer(
     ctx: &Ctx,
@@ -154,8 +183,7 @@ pub(super) fn rsync_transfer(
             if let Ok((d, _)) = &s {
                 let _ = coordinator::stop_agent(sh, &exes.source, d);
             }
-            let why = [r.err(), s.err()].into_iter().flatten().collect::<Vec<_>>();
-            return Err(DsError::Other(why.join("\n")));
+            return Err(setup_failed(&[r.err().as_ref(), s.err().as_ref()]));
         }
     };
     ctx.out.debug(&format!(
@@ -207,7 +235,7 @@ fn finish_transfer(
         .end_stream(matches!(&result, Ok(o) if o.status == 0));
     let outcome = match result {
         Ok(o) => o,
-        Err(coordinator::RunError::Inactive(e)) => return Err(DsError::Other(e)),
+        Err(coordinator::RunError::Inactive(e)) => return Err(DsError::LinkLost(e)),
         Err(coordinator::RunError::Gone(e)) => {
             // The survivor is stopped (a receiver closes zfs receive -s,
             // keeping what it verified), unless another run took it over.

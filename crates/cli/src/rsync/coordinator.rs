@@ -21,6 +21,7 @@ use crate::again::Backoff;
 use crate::config::SSH_KEEPALIVE;
 use crate::host::{Host, StderrTail};
 use crate::output::Out;
+use crate::preflight::Binary;
 use crate::progress::{Face, Progress};
 use syncoid_rsync_core::shell;
 use syncoid_rsync_core::wire::{self, Msg, Role};
@@ -763,10 +764,44 @@ pub enum SetupError {
     Link(String),
 }
 
+/// Why link failures stopped being tried again (`Retry`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Ended {
+    /// The inactivity timeout passed: the link was lost all along.
+    Timeout,
+    /// The other side's setup failed.
+    OtherSide,
+    /// Our binary cannot run on the host (`provision`): no try would help,
+    /// and no transfer can start there.
+    CannotRun,
+}
+
+/// Setting up one side of a transfer failed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SetupFailed {
+    pub why: String,
+    /// None: a failure that trying again does not cure.
+    pub ended: Option<Ended>,
+}
+
+impl SetupFailed {
+    /// Both sides' failures (either may be absent) are a lost link alone:
+    /// one side gave up at the inactivity timeout, and the other did too
+    /// or stopped because of it.
+    pub fn link_lost(failures: &[&SetupFailed]) -> bool {
+        failures.iter().any(|f| f.ended == Some(Ended::Timeout))
+            && failures
+                .iter()
+                .all(|f| matches!(f.ended, Some(Ended::Timeout | Ended::OtherSide)))
+    }
+}
+
 /// Tries again after a link failure in setting up a transfer: capped
 /// backoff, a warning each time, and an end when `patience` (the
 /// inactivity timeout) has passed or the other side gave up (`quit`).
 pub struct Retry<'a> {
+    /// How the last `wait` ended tries, if it did.
+    ended: Option<Ended>,
     deadline: Instant,
     patience: Duration,
     backoff: Backoff,
@@ -782,8 +817,9 @@ impl<'a> Retry<'a> {
         quit: &'a AtomicBool,
         out: &'a Out,
         f: impl FnOnce(&mut Retry) -> Result<T, String>,
-    ) -> Result<T, String> {
+    ) -> Result<T, SetupFailed> {
         let mut retry = Retry {
+            ended: None,
             deadline: Instant::now() + patience,
             patience,
             backoff: Backoff::new(),
@@ -794,16 +830,21 @@ impl<'a> Retry<'a> {
         if r.is_err() {
             quit.store(true, Ordering::Relaxed);
         }
-        r
+        r.map_err(|why| SetupFailed {
+            why,
+            ended: retry.ended,
+        })
     }
 
     /// Waits before the next try after `why`; Err (with `why`) when no
     /// try is left.
     fn wait(&mut self, why: &str) -> Result<(), String> {
         if self.quit.load(Ordering::Relaxed) {
+            self.ended = Some(Ended::OtherSide);
             return Err(format!("{why}; not tried again: the other side failed"));
         }
         if Instant::now() + self.backoff.0 > self.deadline {
+            self.ended = Some(Ended::Timeout);
             return Err(format!(
                 "{why}; gave up after {}s (inactivity timeout)",
                 self.patience.as_secs()
@@ -1071,33 +1112,47 @@ pub fn key(src: &str, dst: &str) -> String {
     h.to_hex()[..24].to_string()
 }
 
-/// Makes sure `host` can run our binary: the installed one when
-/// pre-flight found this very version there, else a copy of this binary in
-/// a fresh private directory (pre-flight checked the architecture).
+/// Makes sure `host` can run our binary (`preflight::Binary`): the one
+/// there, or a copy of this binary in a fresh private directory of the
+/// place pre-flight chose, which is run with `--version` before it is
+/// used: a copy that cannot start there (a loader that lacks what it
+/// needs) is removed and reported with the loader's words.
 /// Returns (exe, dir to remove).
 /// A copy whose connection failed is tried again (`retry`); the copy a
-/// lost answer made, if any, is removed by the agents' sweep once stale.
+/// lost answer made, if any, is removed by the agents' sweep once stale,
+/// or by a later run of this machine (its owner file names this run).
 pub fn provision(
     host: &Host,
-    installed: bool,
+    binary: &Binary,
     retry: &mut Retry,
 ) -> Result<(String, Option<String>), String> {
     let me = std::env::current_exe().map_err(|e| e.to_string())?;
-    if !host.is_remote() {
-        return Ok((me.display().to_string(), None));
-    }
-    if installed {
-        return Ok(("syncoid-rsync".into(), None));
-    }
-    // Beside the agents' session dirs, where their sweep finds a copy a
-    // killed coordinator left behind.
-    let script = "umask 077; d=$(mktemp -d \"${SYNCOID_RSYNC_TMP:-/tmp}/syncoid-rsync-bin.XXXXXXXX\") && cat > \"$d/syncoid-rsync\" && chmod 700 \"$d/syncoid-rsync\" && echo \"$d\"";
-    let what = format!("copying syncoid-rsync to {}", host.label());
+    let base = match binary {
+        Binary::Own => return Ok((me.display().to_string(), None)),
+        Binary::At(exe) => return Ok((exe.clone(), None)),
+        Binary::CopyInto(base) => base,
+    };
+    let owner = format!("{}:{}", super::lock::owner().domain, std::process::id());
+    let ours = format!("syncoid-rsync {}", env!("CARGO_PKG_VERSION"));
+    let (bin, own) = (
+        "\"$d/syncoid-rsync\"",
+        format!("\"$d/{}\"", session::BIN_OWNER),
+    );
+    let script = format!(
+        "umask 077; d=$(mktemp -d {base}/{prefix}XXXXXXXX) || exit 1; \
+         if ! {{ cat > {bin} && chmod 700 {bin} && echo {owner} > {own}; }}; then rm -f {bin} {own}; rmdir \"$d\"; exit 1; fi; \
+         if v=$({bin} --version 2>&1) && [ \"$v\" = {ours_q} ]; then echo \"$d\"; \
+         else printf '%s\\n' \"$v\" >&2; rm -f {bin} {own}; rmdir \"$d\"; exit {CANNOT_RUN}; fi",
+        base = shell::quote(base),
+        prefix = session::BIN_PREFIX,
+        ours_q = shell::quote(&ours),
+    );
+    let what = format!("copying syncoid-rsync to {}:{base}", host.label());
     let mut own: &[&str] = &[];
     loop {
         let file = std::fs::File::open(&me).map_err(|e| e.to_string())?;
         let out = host
-            .command_with(own, &[vec!["sh".into(), "-c".into(), script.into()]])
+            .command_with(own, &[vec!["sh".into(), "-c".into(), script.clone()]])
             .stdin(Stdio::from(file))
             .output()
             .map_err(|e| format!("{what}: {e}"))?;
@@ -1106,6 +1161,17 @@ pub fn provision(
             return Ok((format!("{dir}/syncoid-rsync"), Some(dir)));
         }
         let stderr = String::from_utf8_lossy(&out.stderr);
+        if out.status.code() == Some(CANNOT_RUN) {
+            retry.ended = Some(Ended::CannotRun);
+            return Err(format!(
+                "the copy of syncoid-rsync cannot run on {} ({base}): {}\n      \
+                 install a syncoid-rsync {} built for that system there (the static build, scripts/build-release.sh, runs on any x86_64 Linux), \
+                 or name one with --agent-path",
+                host.label(),
+                stderr.trim().replace('\n', "\n      "),
+                env!("CARGO_PKG_VERSION")
+            ));
+        }
         match setup_error(&what, out.status, &stderr) {
             SetupError::Link(why) => retry.wait(&why)?,
             SetupError::Failed(e) => return Err(e),
@@ -1113,6 +1179,10 @@ pub fn provision(
         own = &OWN_SSH;
     }
 }
+
+/// `provision`'s exit status when the copy did not answer `--version`
+/// with this version.
+const CANNOT_RUN: i32 = 3;
 
 /// An absolute path ending in a copy directory's name (`provision`).
 fn copy_dir(dir: &str) -> bool {
@@ -1127,10 +1197,10 @@ fn copy_dir(dir: &str) -> bool {
 /// Removes a directory `provision` created.
 pub fn unprovision(host: &Host, dir: &str) {
     if copy_dir(dir) {
+        let d = shell::quote(dir);
         let line = format!(
-            "rm -f {}/syncoid-rsync && rmdir {}",
-            shell::quote(dir),
-            shell::quote(dir)
+            "rm -f {d}/syncoid-rsync {d}/{} && rmdir {d}",
+            session::BIN_OWNER
         );
         let _ = host.run(&["sh".into(), "-c".into(), line]);
     }
@@ -1173,7 +1243,7 @@ mod tests {
         let (out, quit) = (quiet(), AtomicBool::new(false));
         let t = Instant::now();
         let mut tries = 0;
-        let r: Result<(), String> =
+        let r: Result<(), SetupFailed> =
             Retry::run(Duration::from_millis(900), &quit, &out, |retry| loop {
                 tries += 1;
                 retry.wait(&format!("try {tries} failed"))?;
@@ -1182,7 +1252,10 @@ mod tests {
         assert_eq!(tries, 3);
         assert_eq!(
             r.unwrap_err(),
-            "try 3 failed; gave up after 0s (inactivity timeout)"
+            SetupFailed {
+                why: "try 3 failed; gave up after 0s (inactivity timeout)".into(),
+                ended: Some(Ended::Timeout),
+            }
         );
         assert!(
             t.elapsed() >= Duration::from_millis(750),
@@ -1195,12 +1268,16 @@ mod tests {
         );
 
         let t = Instant::now();
-        let r: Result<(), String> = Retry::run(Duration::from_secs(60), &quit, &out, |retry| {
-            retry.wait("refused")
-        });
+        let r: Result<(), SetupFailed> =
+            Retry::run(Duration::from_secs(60), &quit, &out, |retry| {
+                retry.wait("refused")
+            });
         assert_eq!(
             r.unwrap_err(),
-            "refused; not tried again: the other side failed"
+            SetupFailed {
+                why: "refused; not tried again: the other side failed".into(),
+                ended: Some(Ended::OtherSide),
+            }
         );
         assert!(t.elapsed() < Duration::from_millis(100));
 
@@ -1211,5 +1288,23 @@ mod tests {
         });
         assert_eq!(r, Ok(7));
         assert!(!quit.load(Ordering::Relaxed));
+    }
+
+    /// A setup is stopped by a lost link alone when one side gave up at
+    /// the timeout and the other did too or stopped because of it.
+    #[test]
+    fn a_setup_failure_is_a_lost_link_only_when_nothing_else_failed() {
+        let f = |ended| SetupFailed {
+            why: String::new(),
+            ended,
+        };
+        let (timeout, other) = (f(Some(Ended::Timeout)), f(Some(Ended::OtherSide)));
+        let (failed, cannot) = (f(None), f(Some(Ended::CannotRun)));
+        assert!(SetupFailed::link_lost(&[&timeout]));
+        assert!(SetupFailed::link_lost(&[&timeout, &other]));
+        assert!(!SetupFailed::link_lost(&[&other, &failed]));
+        assert!(!SetupFailed::link_lost(&[&timeout, &failed]));
+        assert!(!SetupFailed::link_lost(&[&timeout, &cannot]));
+        assert!(!SetupFailed::link_lost(&[]));
     }
 }

@@ -51,7 +51,9 @@ pub fn own_bin_dir() -> Option<PathBuf> {
     let exe = std::env::current_exe().ok()?;
     let dir = exe.parent()?;
     let ours = valid_bin_name(dir.file_name()?.to_str()?)
-        && dir.parent() == Some(base().as_path())
+        && dir
+            .parent()
+            .is_some_and(|p| bin_bases().iter().any(|b| b == p))
         && verify(dir).is_ok();
     ours.then(|| dir.to_path_buf())
 }
@@ -66,6 +68,32 @@ pub fn touch(dir: &Path) {
         libc::utimensat(libc::AT_FDCWD, c.as_ptr(), std::ptr::null(), 0);
     }
 }
+
+/// Where copies of the binary may go, in order of preference: the
+/// agents' directory, then, for a host whose /tmp is mounted noexec (a
+/// common hardening rule), the login's runtime directory and its home.
+/// Pre-flight takes the first that exists, is writable, lets a program run
+/// and has room (`BIN_BASES_SH` lists the same, for its shell).
+pub fn bin_bases() -> Vec<PathBuf> {
+    let mut bases = vec![base()];
+    for var in ["XDG_RUNTIME_DIR", "HOME"] {
+        if let Some(v) = std::env::var_os(var).filter(|v| !v.is_empty()) {
+            let p = PathBuf::from(v);
+            if p.is_absolute() && !bases.contains(&p) {
+                bases.push(p);
+            }
+        }
+    }
+    bases
+}
+
+/// `bin_bases` as words of a shell `for` loop.
+pub const BIN_BASES_SH: &str = "\"${SYNCOID_RSYNC_TMP:-/tmp}\" \"$XDG_RUNTIME_DIR\" \"$HOME\"";
+
+/// The file in a copy directory that names the run that made it
+/// (`lock::Owner`'s domain and the coordinator's pid), so that a later run
+/// of the same machine removes the copy of one that is gone.
+pub const BIN_OWNER: &str = "owner";
 
 pub fn base() -> PathBuf {
     PathBuf::from(std::env::var_os("SYNCOID_RSYNC_TMP").unwrap_or_else(|| "/tmp".into()))
@@ -223,8 +251,9 @@ pub fn list() -> Vec<(PathBuf, Marker)> {
 }
 
 /// Removes stale session directories (ours, marked, agent dead) and stale
-/// copies of the binary (ours, private, holding only the binary, run from
-/// by no live agent and unused for `BIN_STALE`). Returns how many.
+/// copies of the binary in any of `bin_bases` (ours, private, holding only
+/// the binary and its owner file, run from by no live agent and unused for
+/// `BIN_STALE`). Returns how many.
 pub fn sweep() -> usize {
     let mut n = 0;
     let mut in_use = std::collections::BTreeSet::new();
@@ -236,10 +265,11 @@ pub fn sweep() -> usize {
             in_use.insert(PathBuf::from(b));
         }
     }
-    let Ok(rd) = fs::read_dir(base()) else {
-        return n;
-    };
-    for e in rd.flatten() {
+    let copies = bin_bases()
+        .into_iter()
+        .filter_map(|b| fs::read_dir(b).ok())
+        .flat_map(|rd| rd.flatten());
+    for e in copies {
         let p = e.path();
         let named = p
             .file_name()
@@ -253,7 +283,7 @@ pub fn sweep() -> usize {
             .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > BIN_STALE));
         let only_binary = fs::read_dir(&p).is_ok_and(|rd| {
             rd.flatten().all(|f| {
-                f.file_name() == "syncoid-rsync"
+                (f.file_name() == "syncoid-rsync" || f.file_name() == BIN_OWNER)
                     && fs::symlink_metadata(f.path()).is_ok_and(|m| m.is_file())
             })
         });
