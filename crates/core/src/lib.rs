@@ -12,6 +12,7 @@ pub mod location;
 pub mod names;
 pub mod ownership;
 pub mod plan;
+pub mod session;
 pub mod shell;
 pub mod syncsnap;
 pub mod transport;

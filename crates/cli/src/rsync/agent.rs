@@ -20,7 +20,8 @@ use super::link::{self, Link};
 use super::session::{self, Marker};
 use crate::host::StderrTail;
 use syncoid_rsync_core::ownership::{self, Admit};
-use syncoid_rsync_core::transport::{Chunker, Lookup, Pacer, Receiver, Spool, Verdict};
+use syncoid_rsync_core::session::receiver::{self, Refused, Step};
+use syncoid_rsync_core::transport::{Chunker, Lookup, Pacer, Spool};
 use syncoid_rsync_core::wire::{self, Chunk, End, Msg, Owner, Role};
 
 pub struct StartOpts {
@@ -887,10 +888,8 @@ enum Out {
 }
 
 struct RecvState {
-    recv: Receiver,
+    session: receiver::Session,
     paced: Paced,
-    done: Option<(i32, String)>,
-    bye: bool,
 }
 
 /// Runs the receiver; returns its exit code and the connection to hold
@@ -908,12 +907,10 @@ fn run_receiver(o: &StartOpts, listener: UnixListener, mut child: Child) -> (i32
     ))));
     let child = Arc::new(Mutex::new(child));
     let state = Arc::new(Mutex::new(RecvState {
-        recv: Receiver::default(),
+        session: receiver::Session::new(),
         paced: Paced::new(o.bwlimit),
-        done: None,
-        bye: false,
     }));
-    let done = || state.lock().expect("state").bye;
+    let done = || state.lock().expect("state").session.bye();
     let served = serve(&listener, &clock, o.timeout, &done, &|s, hello| {
         let writer = Arc::new(Mutex::new(s.clone()));
         let (state, stdin, child, tail, clock, buffers) = (
@@ -969,119 +966,78 @@ struct Zfs<'a> {
     buffers: &'a Buffers,
 }
 
+/// Carries out what the receiver session (`session::receiver`, which
+/// holds every rule) says to do with message `m`; false ends the
+/// connection. Under the state lock, so a connection that lingers after
+/// being replaced can never feed out of order or twice.
 fn receiver_msg(m: Msg, state: &Mutex<RecvState>, zfs: &Zfs, w: &Mutex<Link>) -> bool {
     let mut st = state.lock().expect("state");
-    let reply = match m {
-        Msg::Hello { .. } => Msg::Welcome {
-            version: wire::VERSION,
-            role: Role::Receiver,
-            next_seq: st.recv.next_seq(),
-            offset: st.recv.offset(),
-            produced: 0,
-        },
-        Msg::Chunk(c) => match &st.done {
-            Some((status, stderr)) => Msg::Done {
-                status: *status,
-                stderr: stderr.clone(),
-            },
-            None => receive_chunk(c, &mut st, zfs),
-        },
-        Msg::End(e) => {
-            if st.done.is_none() && st.recv.next_seq() < e.chunks {
-                // Chunks re-sent after a rewind are still on their way.
-                let seq = st.recv.next_seq();
-                drop(st);
-                write_msg(w, &Msg::Nak { seq });
-                return true;
-            }
-            if st.done.is_none() {
-                if let Err(why) = st.recv.complete(&e) {
-                    drop(st);
-                    write_msg(w, &Msg::Error { msg: why });
-                    return false;
-                }
-                let (status, stderr) = finish(zfs);
-                let stderr = if e.status != 0 {
-                    format!("zfs send failed ({}): {}\n{stderr}", e.status, e.stderr)
-                } else {
-                    stderr
-                };
-                st.done = Some((status, stderr));
-            }
-            let (status, stderr) = st.done.clone().expect("done");
-            Msg::Done { status, stderr }
-        }
-        Msg::Bye => {
-            st.bye = true;
-            return false;
-        }
-        _ => return true,
-    };
-    drop(st);
-    write_msg(w, &reply);
-    true
-}
-
-/// Checks a chunk and feeds it to zfs receive if it is the next one;
-/// the answer to the coordinator.
-fn receive_chunk(c: Chunk, st: &mut RecvState, zfs: &Zfs) -> Msg {
-    let ack = |st: &RecvState| Msg::Ack {
-        seq: st.recv.next_seq(),
-        offset: st.recv.offset(),
-    };
-    let answer = match st.recv.check(&c) {
-        Verdict::Feed(bytes) => {
-            let mut stdin = zfs.stdin.lock().expect("stdin");
-            let fed = stdin.as_mut().map(|f| {
-                let r = st.paced.put(&bytes, |piece| f.put(piece));
-                f.report(zfs.buffers);
-                r.map(|()| f.written)
-            });
-            drop(stdin);
+    let RecvState { session, paced } = &mut *st;
+    let (mut step, fed) = match session.on_msg(&m) {
+        Step::Feed(bytes) => {
+            let Msg::Chunk(c) = &m else {
+                unreachable!("the session feeds chunks only")
+            };
+            let end = feed(&bytes, paced, zfs);
             let unpacked = match bytes {
                 Cow::Owned(v) => Some(v),
                 Cow::Borrowed(_) => None,
             };
-            if let Some(Ok(_)) = fed {
-                st.recv.fed(&c);
-            }
+            (session.fed(c, end.is_some()), Some((end, unpacked)))
+        }
+        step => (step.detach(), None),
+    };
+    if let Msg::Chunk(c) = m {
+        let frame = c.data.into_buffer();
+        match fed {
             // The memory zfs receive reads from (the frame, or the chunk
             // unpacked) is kept unchanged until it has read it all (see
-            // `feed`).
-            let frame = c.data.into_buffer();
-            let (fed_from, spare) = match unpacked {
-                Some(v) => (v, Some(frame)),
-                None => (frame, None),
-            };
-            match fed {
-                Some(Ok(end)) => {
-                    zfs.buffers.give(end, fed_from);
-                    if let Some(b) = spare {
-                        zfs.buffers.give(0, b);
-                    }
-                    return ack(st);
-                }
-                _ => {
-                    // The pipe may hold part of it: never used again.
-                    std::mem::forget(fed_from);
-                    // zfs receive is gone: report how it ended.
-                    let (status, stderr) = finish(zfs);
-                    st.done = Some((status, stderr.clone()));
-                    return Msg::Done { status, stderr };
-                }
+            // `feed`), then reused for later frames.
+            Some((Some(end), Some(unpacked))) => {
+                zfs.buffers.give(end, unpacked);
+                zfs.buffers.give(0, frame);
             }
+            Some((Some(end), None)) => zfs.buffers.give(end, frame),
+            // The pipe may hold part of it: never used again.
+            Some((None, Some(unpacked))) => std::mem::forget(unpacked),
+            Some((None, None)) => std::mem::forget(frame),
+            None => zfs.buffers.give(0, frame),
         }
-        Verdict::Duplicate => ack(st),
-        Verdict::Gap { expected } => Msg::Nak { seq: expected },
-        Verdict::Corrupt => {
-            eprintln!("chunk {} failed verification: asking for it again", c.seq);
-            Msg::Nak {
-                seq: st.recv.next_seq(),
+    }
+    loop {
+        step = match step {
+            Step::FinishZfs => {
+                let (status, stderr) = finish(zfs);
+                session.zfs_ended(status, stderr)
             }
-        }
-    };
-    zfs.buffers.give(0, c.data.into_buffer());
-    answer
+            Step::Reply(reply) => {
+                if let Some(Refused::Corrupt { seq }) = session.take_refused() {
+                    eprintln!("chunk {seq} failed verification: asking for it again");
+                }
+                drop(st);
+                write_msg(w, &reply);
+                return true;
+            }
+            Step::Fail(reply) => {
+                drop(st);
+                write_msg(w, &reply);
+                return false;
+            }
+            Step::Close => return false,
+            Step::Nothing => return true,
+            Step::Feed(_) => unreachable!("fed above"),
+        };
+    }
+}
+
+/// Writes a verified chunk's stream bytes to zfs receive: how far its
+/// input has been written, or None when it no longer takes input.
+fn feed(bytes: &[u8], paced: &mut Paced, zfs: &Zfs) -> Option<u64> {
+    let mut stdin = zfs.stdin.lock().expect("stdin");
+    let f = stdin.as_mut()?;
+    let r = paced.put(bytes, |piece| f.put(piece));
+    f.report(zfs.buffers);
+    r.ok().map(|()| f.written)
 }
 
 fn finish(zfs: &Zfs) -> (i32, String) {

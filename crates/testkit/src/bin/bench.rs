@@ -5,7 +5,11 @@
 //!
 //! cargo run --release -p syncoid-rsync-testkit --bin bench -- \
 //!     [--sizes 1G,4G] [--reps 3] [--ciphers default,aes128-gcm@openssh.com] [--tree 1000x50]
-//!     [--memory 1G,8G] [--outage blackhole:30,reject:5]
+//!     [--memory 1G,8G] [--outage blackhole:30,reject:5] [--other-build DIR]
+//!
+//! `--other-build DIR` adds rows for the syncoid-rsync in DIR (another
+//! build of the same version: the dynamic one against the static, say),
+//! standard and `--rsync --compress=none`, in the same run.
 //!
 //! Prints a markdown table. CPU is the machine-wide busy time from
 //! /proc/stat during the run (every process involved, both ends).
@@ -109,6 +113,9 @@ fn throughput(
     ciphers: &[String],
 ) -> Vec<(String, String, Vec<Row>)> {
     let ours = sibling("syncoid-rsync");
+    let other = Some(arg("--other-build", ""))
+        .filter(|d| !d.is_empty())
+        .map(|d| Path::new(&d).join("syncoid-rsync"));
     let mut tables = Vec::new();
     for size in sizes {
         let local = Host::new(&["src", "dst"]);
@@ -136,14 +143,18 @@ fn throughput(
                 tool_args.push(format!("--sshcipher={cipher}"));
             }
             let mut rows = Vec::new();
-            let kinds = [
-                "raw zfs send \\| zfs receive (local)",
-                RAW_SSH,
-                "syncoid 2.1",
-                "syncoid-rsync",
-                "syncoid-rsync --rsync --compress=none",
-                "syncoid-rsync --rsync (zstd default)",
+            let mut kinds = vec![
+                "raw zfs send \\| zfs receive (local)".to_string(),
+                RAW_SSH.to_string(),
+                "syncoid 2.1".into(),
+                "syncoid-rsync".into(),
+                "syncoid-rsync --rsync --compress=none".into(),
+                "syncoid-rsync --rsync (zstd default)".into(),
             ];
+            if let Some(o) = &other {
+                kinds.push(format!("{} (standard)", o.display()));
+                kinds.push(format!("{} --rsync --compress=none", o.display()));
+            }
             for (k, kind) in kinds.iter().enumerate() {
                 let mut secs = Vec::new();
                 let mut cpu = Vec::new();
@@ -162,7 +173,11 @@ fn throughput(
                             c
                         }
                         _ => {
-                            let bin = if k == 2 { syncoid_bin() } else { ours.clone() };
+                            let bin = match (k, &other) {
+                                (2, _) => syncoid_bin(),
+                                (6.., Some(o)) => o.clone(),
+                                _ => ours.clone(),
+                            };
                             let mut c = local.command(bin.to_str().unwrap());
                             // Kind 5 leaves --compress out: --rsync's default (zstd).
                             c.args(
@@ -170,7 +185,7 @@ fn throughput(
                                     .iter()
                                     .filter(|a| k != 5 || *a != "--compress=none"),
                             );
-                            if k >= 4 {
+                            if k == 4 || k == 5 || k == 7 {
                                 c.arg("--rsync");
                             }
                             c.arg("src/big").arg(format!("root@127.0.0.1:far/{target}"));
@@ -187,7 +202,7 @@ fn throughput(
                     }
                 }
                 rows.push(Row {
-                    what: kind.to_string(),
+                    what: kind.clone(),
                     secs: median(secs),
                     cpu: median(cpu),
                     bytes,

@@ -1,0 +1,10 @@
+//! The `--rsync` protocol's rules as sans-IO sessions: state machines that
+//! take decoded messages and the outcomes of what they asked for, and
+//! return what to do next. They never touch a socket, a process, a thread
+//! or a clock; the agents in the binary are drivers that carry out their
+//! steps (`rsync::agent`).
+//!
+//! `receiver`: the receiver agent's rules (what it answers, when a chunk
+//! may reach `zfs receive`, when the stream is complete).
+
+pub mod receiver;
