@@ -5,6 +5,15 @@
 //! steps (`rsync::agent`).
 //!
 //! `receiver`: the receiver agent's rules (what it answers, when a chunk
-//! may reach `zfs receive`, when the stream is complete).
+//! may reach `zfs receive`, when the stream is complete). `sender`: the
+//! sender agent's (which chunk goes out next on which connection, the
+//! spool, End, the check before a resend). `coordinator`: the
+//! coordinator's (a transfer as rounds of connections, and what each
+//! message of a round leads to). `sim` drives all three over virtual
+//! links that fail, on virtual time.
 
+pub mod coordinator;
 pub mod receiver;
+pub mod sender;
+#[cfg(test)]
+mod sim;

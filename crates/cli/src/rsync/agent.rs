@@ -21,8 +21,9 @@ use super::session::{self, Marker};
 use crate::host::StderrTail;
 use syncoid_rsync_core::ownership::{self, Admit};
 use syncoid_rsync_core::session::receiver::{self, Refused, Step};
-use syncoid_rsync_core::transport::{Chunker, Lookup, Pacer, Spool};
-use syncoid_rsync_core::wire::{self, Chunk, End, Msg, Owner, Role};
+use syncoid_rsync_core::session::sender::{self, Answer, Next};
+use syncoid_rsync_core::transport::{Chunker, Pacer};
+use syncoid_rsync_core::wire::{self, Chunk, Msg, Owner, Role};
 
 pub struct StartOpts {
     pub role: Role,
@@ -581,20 +582,9 @@ fn read_loop(
     let _ = beats.join();
 }
 
-struct SendState {
-    spool: Spool,
-    end: Option<End>,
-    /// Connection generation and its cursor.
-    generation: u64,
-    cursor: u64,
-    /// The generation whose coordinator said where to start (Want).
-    wanted: u64,
-    /// Counts Wants: End is sent again after a rewind.
-    wants: u64,
-    /// The highest chunk sent so far: a chunk sent again is verified first.
-    sent_max: Option<u64>,
-    bye: bool,
-}
+/// The sender session and the condition its producer and connections
+/// wait on (room in the spool, a Want, an Ack, the end).
+type Shared = (Mutex<sender::Session>, Condvar);
 
 /// Runs the sender; returns its exit code and the connection to hold
 /// until cleanup is done.
@@ -602,17 +592,8 @@ fn run_sender(o: &StartOpts, listener: UnixListener, mut child: Child) -> (i32, 
     let clock = Arc::new(Clock {
         last_heard: Mutex::new(Instant::now()),
     });
-    let shared = Arc::new((
-        Mutex::new(SendState {
-            spool: Spool::new(o.spool_size),
-            end: None,
-            generation: 0,
-            cursor: 0,
-            wanted: 0,
-            wants: 0,
-            sent_max: None,
-            bye: false,
-        }),
+    let shared: Arc<Shared> = Arc::new((
+        Mutex::new(sender::Session::new(o.spool_size)),
         Condvar::new(),
     ));
     let stdout = child.stdout.take().expect("piped stdout");
@@ -624,13 +605,9 @@ fn run_sender(o: &StartOpts, listener: UnixListener, mut child: Child) -> (i32, 
         std::thread::spawn(move || produce(stdout, child, tail, chunk_size, level, &shared))
     };
     let timeout = o.timeout;
-    let done = || shared.0.lock().expect("state").bye;
+    let done = || shared.0.lock().expect("state").bye();
     let served = serve(&listener, &clock, timeout, &done, &|s, hello| {
-        let generation = {
-            let mut st = shared.0.lock().expect("state");
-            st.generation += 1;
-            st.generation
-        };
+        let generation = shared.0.lock().expect("state").connected();
         shared.1.notify_all();
         let writer = Arc::new(Mutex::new(s.clone()));
         let (shared2, writer2, clock2) = (shared.clone(), writer.clone(), clock.clone());
@@ -645,10 +622,8 @@ fn run_sender(o: &StartOpts, listener: UnixListener, mut child: Child) -> (i32, 
     });
     let Ok(last) = served else {
         // Inactivity: stop zfs send gracefully; the producer then ends.
-        let mut st = shared.0.lock().expect("state");
-        st.bye = true;
+        shared.0.lock().expect("state").stop();
         shared.1.notify_all();
-        drop(st);
         kill_group_child();
         return (3, None);
     };
@@ -675,10 +650,11 @@ fn produce(
     tail: StderrTail,
     chunk_size: usize,
     level: i32,
-    shared: &(Mutex<SendState>, Condvar),
+    shared: &Shared,
 ) {
     CHILD_PID.store(child.id() as i32, std::sync::atomic::Ordering::SeqCst);
     let mut chunker = Chunker::new(chunk_size);
+    let fault = fault();
     // Chunks that do not shrink (already compressed or encrypted data)
     // make the next few skip zstd, which then tries again.
     let mut skip = 0u32;
@@ -692,13 +668,20 @@ fn produce(
             skip = 16;
         }
     };
+    let mut spool = |st: &mut sender::Session, mut c: Chunk| {
+        compress(&mut c);
+        if matches!(&fault, Some((k, seq)) if k == "spool" && *seq == c.seq) {
+            c.data[0] ^= 0xff;
+        }
+        st.produced(c);
+    };
     loop {
         {
             let mut st = shared.0.lock().expect("state");
-            while !st.spool.has_room() && !st.bye {
+            while !st.has_room() && !st.bye() {
                 st = shared.1.wait(st).expect("state");
             }
-            if st.bye {
+            if st.bye() {
                 return;
             }
         }
@@ -706,9 +689,8 @@ fn produce(
         // interrupted reads; any other error ends the stream like EOF, and
         // zfs send's status tells the receiver what happened).
         match chunker.fill(&mut out) {
-            Ok(Some(mut c)) => {
-                compress(&mut c);
-                shared.0.lock().expect("state").spool.push(c);
+            Ok(Some(c)) => {
+                spool(&mut shared.0.lock().expect("state"), c);
                 shared.1.notify_all();
             }
             Ok(None) | Err(_) => break,
@@ -717,82 +699,52 @@ fn produce(
     let status = child.wait().ok().and_then(|s| s.code()).unwrap_or(-1);
     let (last, end) = chunker.finish(status, tail.finish());
     let mut st = shared.0.lock().expect("state");
-    if let Some(mut c) = last {
-        compress(&mut c);
-        st.spool.push(c);
+    if let Some(c) = last {
+        spool(&mut st, c);
     }
     eprintln!(
         "zfs send ended: status {status}, {} bytes in {} chunks",
         end.total_len, end.chunks
     );
-    st.end = Some(end);
+    st.send_ended(end);
     shared.1.notify_all();
 }
 
-fn sender_msg(
-    m: Msg,
-    generation: u64,
-    shared: &(Mutex<SendState>, Condvar),
-    w: &Mutex<Link>,
-) -> bool {
-    let mut st = shared.0.lock().expect("state");
-    if st.generation != generation {
-        return false;
-    }
-    match m {
-        Msg::Hello { .. } => {
-            let welcome = Msg::Welcome {
-                version: wire::VERSION,
-                role: Role::Sender,
-                next_seq: st.spool.acked(),
-                offset: 0,
-                produced: st.spool.produced(),
-            };
-            drop(st);
-            // Keep reading even if the answer cannot be written: a Bye may
-            // already be waiting behind the Hello.
-            write_msg(w, &welcome);
-            return true;
+/// Carries out the sender session's answer to message `m` on connection
+/// `generation`; false ends the connection.
+fn sender_msg(m: Msg, generation: u64, shared: &Shared, w: &Mutex<Link>) -> bool {
+    let answer = shared.0.lock().expect("state").on_msg(generation, &m);
+    match answer {
+        Answer::Stale => false,
+        // Keep reading even if the answer cannot be written: a Bye may
+        // already be waiting behind the Hello.
+        Answer::Reply(reply) => {
+            write_msg(w, &reply);
+            true
         }
-        Msg::Want { seq } => {
-            if let Lookup::Gone = st.spool.get(seq) {
-                drop(st);
-                write_msg(
-                    w,
-                    &Msg::Error {
-                        msg: format!("chunk {seq} was already acknowledged and dropped"),
-                    },
-                );
-                return false;
-            }
-            st.cursor = seq;
-            st.wanted = generation;
-            st.wants += 1;
+        Answer::Fail(reply) => {
+            write_msg(w, &reply);
+            false
         }
-        Msg::Ack { seq, .. } => st.spool.ack(seq),
-        Msg::Bye => st.bye = true,
-        _ => {}
+        Answer::Go => {
+            shared.1.notify_all();
+            true
+        }
     }
-    shared.1.notify_all();
-    true
 }
 
 /// Test hook, `SYNCOID_RSYNC_FAULT=wire:SEQ` or `spool:SEQ`: damage chunk
-/// SEQ once on the wire, or for good in the spool, to prove detection.
+/// SEQ once on the wire, or for good in the spool (after it was hashed),
+/// to prove detection.
 fn fault() -> Option<(String, u64)> {
     let v = std::env::var("SYNCOID_RSYNC_FAULT").ok()?;
     let (kind, seq) = v.split_once(':')?;
     Some((kind.to_string(), seq.parse().ok()?))
 }
 
-fn push_chunks(
-    generation: u64,
-    shared: &(Mutex<SendState>, Condvar),
-    w: &Mutex<Link>,
-    paced: &Paced,
-) {
-    // The Want count when End was last sent.
-    let mut sent_end: Option<u64> = None;
+/// Writes what the sender session says connection `generation` sends
+/// next, until it says stop or the connection fails.
+fn push_chunks(generation: u64, shared: &Shared, w: &Mutex<Link>, paced: &Paced) {
     let fault = fault();
     static WIRE_FAULT_DONE: std::sync::atomic::AtomicBool =
         std::sync::atomic::AtomicBool::new(false);
@@ -800,65 +752,27 @@ fn push_chunks(
         let frame = {
             let mut st = shared.0.lock().expect("state");
             loop {
-                if st.generation != generation || st.bye {
-                    return;
-                }
-                if st.wanted != generation {
-                    st = shared
-                        .1
-                        .wait_timeout(st, Duration::from_millis(500))
-                        .expect("state")
-                        .0;
-                    continue;
-                }
-                let cursor = st.cursor;
-                let resend = st.sent_max.is_some_and(|m| cursor <= m);
-                if let Lookup::Ready(c) = st.spool.get(cursor) {
-                    let c = match &fault {
-                        Some((k, seq)) if k == "spool" && *seq == c.seq => {
-                            let mut d = Chunk::clone(c);
-                            d.data[0] ^= 0xff;
-                            Arc::new(d)
-                        }
-                        Some((k, seq))
-                            if k == "wire"
-                                && *seq == c.seq
-                                && !WIRE_FAULT_DONE
-                                    .swap(true, std::sync::atomic::Ordering::SeqCst) =>
-                        {
-                            let mut bad = Chunk::clone(c);
+                match st.next(generation) {
+                    Next::Stop => return,
+                    Next::Wait => {
+                        st = shared
+                            .1
+                            .wait_timeout(st, Duration::from_millis(500))
+                            .expect("state")
+                            .0;
+                    }
+                    Next::Chunk(c) => {
+                        let damage = matches!(&fault, Some((k, seq)) if k == "wire" && *seq == c.seq)
+                            && !WIRE_FAULT_DONE.swap(true, std::sync::atomic::Ordering::SeqCst);
+                        if damage {
+                            let mut bad = Chunk::clone(&c);
                             bad.data[0] ^= 0xff;
-                            st.sent_max = st.sent_max.max(Some(cursor));
-                            st.cursor += 1;
                             break Out::Chunk(Arc::new(bad));
                         }
-                        _ => c.clone(),
-                    };
-                    // A chunk goes out the first time as it was hashed
-                    // (the receiver verifies it). One asked for again is
-                    // checked here first: if the sender's own copy is
-                    // damaged it can never be produced again, and saying so
-                    // beats resending it forever.
-                    if resend && !c.verify() {
-                        let msg = format!("chunk {} is damaged in the sender's spool; it cannot be produced again", c.seq);
-                        st.bye = true;
-                        break Out::Frame(wire::encode(&Msg::Error { msg }));
+                        break Out::Chunk(c);
                     }
-                    st.sent_max = st.sent_max.max(Some(cursor));
-                    st.cursor += 1;
-                    break Out::Chunk(c);
+                    Next::Frame(m) => break Out::Frame(wire::encode(&m)),
                 }
-                if let Some(e) = &st.end {
-                    if cursor >= e.chunks && sent_end != Some(st.wants) {
-                        sent_end = Some(st.wants);
-                        break Out::Frame(wire::encode(&Msg::End(e.clone())));
-                    }
-                }
-                st = shared
-                    .1
-                    .wait_timeout(st, Duration::from_millis(500))
-                    .expect("state")
-                    .0;
             }
         };
         // A chunk goes out as its header and then its payload, straight

@@ -16,13 +16,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::{heartbeat, relay, session, setup_wait, stall};
+use super::{relay, session, setup_wait, stall};
 use crate::again::Backoff;
 use crate::config::SSH_KEEPALIVE;
 use crate::host::{Host, StderrTail};
 use crate::output::Out;
 use crate::preflight::Binary;
 use crate::progress::{Face, Progress};
+use syncoid_rsync_core::session::coordinator::{
+    Act, Next as After, Relay, Side, Stats, Timing, Transfer,
+};
 use syncoid_rsync_core::shell;
 use syncoid_rsync_core::wire::{self, Msg, Role};
 
@@ -400,27 +403,6 @@ fn ended(tx: &Tx<Result<In, String>>, stop: super::Stop) {
     let _ = tx.send(Err(why));
 }
 
-/// Counters the transfer knows exactly.
-#[derive(Debug, Default, Clone)]
-pub struct Stats {
-    pub acked_bytes: u64,
-    /// Chunk payload bytes moved from sender to receiver (compressed size,
-    /// re-sent chunks included).
-    pub wire_bytes: u64,
-    /// Chunks (and their payload bytes) the sender had to send again:
-    /// lost in flight at a reconnect, or refused by the receiver.
-    pub resent_chunks: u64,
-    pub resent_bytes: u64,
-    /// Stream bytes the sender has produced and sent on (the end of the
-    /// furthest chunk forwarded).
-    pub sent_bytes: u64,
-    pub reconnects: u64,
-    /// The highest chunk forwarded so far (to count re-sends).
-    forwarded: Option<u64>,
-    /// Both agents welcomed this run at least once: it drives the transfer.
-    drove: bool,
-}
-
 pub struct Outcome {
     pub status: i32,
     pub stderr: String,
@@ -506,21 +488,18 @@ pub fn run(
     out: &Out,
     progress: &Progress,
 ) -> Result<Outcome, RunError> {
-    let mut stats = Stats::default();
-    let mut last_progress = Instant::now();
-    let mut backoff = Backoff::new();
+    let epoch = Instant::now();
+    let now = || epoch.elapsed();
+    let mut t = Transfer::new(Timing::new(stall(), inactivity), now());
     let mut first = Some(first);
     loop {
         let opened = first.take();
-        if opened.is_none() {
-            stats.reconnects += 1;
-        }
+        t.round();
         let (s_opened, r_opened) = opened.unwrap_or((None, None));
-        let before = stats.acked_bytes;
         // The first connection rides on the host's ssh master (just used,
         // so no new handshake); a reconnection makes its own, so it never
         // waits behind a master stuck in the outage.
-        let via = if stats.reconnects == 0 {
+        let via = if t.stats.reconnects == 0 {
             Via::Master
         } else {
             Via::Own
@@ -529,15 +508,11 @@ pub fn run(
             (sender, s_opened),
             (receiver, r_opened),
             via,
-            &mut stats,
-            &mut last_progress,
+            &mut t,
+            &now,
             out,
             progress,
         );
-        if stats.acked_bytes > before {
-            // The link worked: the next failure is a new outage.
-            backoff = Backoff::new();
-        }
         match step {
             Step::Finished(o) => return Ok(o),
             Step::Fatal(e) => return Err(RunError::Fatal(e)),
@@ -546,24 +521,21 @@ pub fn run(
             // (another run took it, found the other still ours and left)
             // gets it back once that run has been silent for the takeover
             // wait: an outage until then.
-            Step::Busy { why, both } if both || !stats.drove => return Err(RunError::Busy(why)),
-            Step::Retry(why) | Step::Busy { why, .. } => {
-                if last_progress.elapsed() > inactivity {
-                    return Err(RunError::Inactive(format!(
-                        "no progress for {}s (inactivity timeout); last error: {why}. The agents keep their state until their own timeout: run the same command again to resume",
-                        inactivity.as_secs()
-                    )));
+            Step::Busy { why, both } if both || !t.stats.drove => return Err(RunError::Busy(why)),
+            Step::Retry(why) | Step::Busy { why, .. } => match t.failed(&why, now()) {
+                After::GiveUp(e) => return Err(RunError::Inactive(e)),
+                After::Reconnect(wait) => {
+                    progress.link_lost(&why);
+                    // The bar shows the outage in place; elsewhere it is a line.
+                    if progress.face() != Face::Bar {
+                        out.warn(&format!(
+                            "link to the agents lost ({why}); reconnecting in {:.1}s",
+                            wait.as_secs_f64()
+                        ));
+                    }
+                    std::thread::sleep(wait);
                 }
-                progress.link_lost(&why);
-                // The bar shows the outage in place; elsewhere it is a line.
-                if progress.face() != Face::Bar {
-                    out.warn(&format!(
-                        "link to the agents lost ({why}); reconnecting in {:.1}s",
-                        backoff.0.as_secs_f64()
-                    ));
-                }
-                backoff.sleep();
-            }
+            },
         }
     }
 }
@@ -572,8 +544,8 @@ fn attempt(
     (sender, s_opened): (&Agent, Option<Opened>),
     (receiver, r_opened): (&Agent, Option<Opened>),
     via: Via,
-    stats: &mut Stats,
-    last_progress: &mut Instant,
+    t: &mut Transfer,
+    now: &dyn Fn() -> Duration,
     out: &Out,
     progress: &Progress,
 ) -> Step {
@@ -625,7 +597,7 @@ fn attempt(
             // A run that drove the transfer asks whether the receiver is
             // taken too: then it lost both. A newcomer leaves at once,
             // without touching the receiver.
-            let both = stats.drove
+            let both = t.stats.drove
                 && matches!(
                     greeted(r, Role::Receiver, "receiver", receiver),
                     Err(Step::Busy { .. })
@@ -634,109 +606,85 @@ fn attempt(
         }
         Err(step) => return step,
     };
-    let (r, next) = match greeted(r, Role::Receiver, "receiver", receiver) {
+    let (r, next, offset) = match greeted(r, Role::Receiver, "receiver", receiver) {
         Ok((
             c,
             Msg::Welcome {
                 next_seq, offset, ..
             },
-        )) => {
-            stats.acked_bytes = offset;
-            (c, next_seq)
-        }
+        )) => (c, next_seq, offset),
         Ok(_) => unreachable!("hello returns Welcome"),
         Err(step) => return step,
     };
-    stats.drove = true;
     out.debug(&format!("agents connected; resuming at chunk {next}"));
     progress.link_ok();
-    if let Err(e) = s.send(wire::encode(&Msg::Want { seq: next })) {
-        return Step::Retry(format!("sender {e}"));
-    }
-    let mut last_ping = Instant::now();
-    let mut nonce = 0u64;
-    let mut rewound_to: Option<u64> = None;
+    let (mut relay, first) = Relay::start(t, next, offset, now());
+    let mut acts = Vec::from(first);
     loop {
+        // What the session said: the first failure ends the round.
+        for act in acts.drain(..) {
+            match act {
+                Act::Send(side, m) => {
+                    let (c, who) = match side {
+                        Side::Sender => (&s, "sender"),
+                        Side::Receiver => (&r, "receiver"),
+                    };
+                    match &m {
+                        Msg::End(_) => out.debug("end of stream forwarded to the receiver"),
+                        Msg::Bye => {
+                            let _ = c.tx.send(wire::encode(&m));
+                            continue;
+                        }
+                        _ => {}
+                    }
+                    // Acks and pings never wait on a full queue: a later
+                    // one says the same.
+                    if matches!(m, Msg::Ack { .. } | Msg::Ping { .. }) {
+                        let _ = c.tx.try_send(wire::encode(&m));
+                    } else if let Err(e) = c.send(wire::encode(&m)) {
+                        return Step::Retry(format!("{who} {e}"));
+                    }
+                }
+                Act::Finished { status, stderr } => {
+                    out.debug(&format!("zfs receive ended (exit status {status})"));
+                    let agents_gone = closed(&s, BYE_WAIT) && closed(&r, BYE_WAIT);
+                    out.debug("agents said goodbye");
+                    return Step::Finished(Outcome {
+                        status,
+                        stderr,
+                        stats: t.stats.clone(),
+                        agents_gone,
+                    });
+                }
+                Act::Fatal(e) => return Step::Fatal(e),
+                Act::Dead(why) => return Step::Retry(why),
+            }
+        }
         crossbeam_channel::select! {
-            recv(s.rx) -> m => {
-                let Ok(m) = m else { return Step::Retry("sender reader ended".into()) };
-                match m {
-                    Ok(In::Chunk(head)) => {
-                        let payload = head.payload as u64;
-                        stats.wire_bytes += payload;
-                        if stats.forwarded.is_some_and(|f| head.seq <= f) {
-                            stats.resent_chunks += 1;
-                            stats.resent_bytes += payload;
-                        }
-                        stats.forwarded = stats.forwarded.max(Some(head.seq));
-                        stats.sent_bytes = stats.sent_bytes.max(head.end);
-                    }
-                    Ok(In::Msg(m @ Msg::End(_))) => {
-                        out.debug("end of stream forwarded to the receiver");
-                        if let Err(e) = r.send(wire::encode(&m)) {
-                            return Step::Retry(format!("receiver {e}"));
-                        }
-                    }
-                    Ok(In::Msg(Msg::Error { msg })) => return Step::Fatal(format!("sender agent: {msg}")),
-                    Ok(_) => {}
-                    Err(e) => return Step::Retry(format!("sender: {e}")),
+            recv(s.rx) -> m => match m {
+                Err(_) => return Step::Retry("sender reader ended".into()),
+                Ok(Ok(In::Chunk(head))) => {
+                    relay.chunk(t, head.seq, head.payload as u64, head.end);
                 }
-            }
-            recv(r.rx) -> m => {
-                let Ok(m) = m else { return Step::Retry("receiver reader ended".into()) };
-                match m {
-                    Ok(In::Msg(Msg::Ack { seq, offset })) => {
-                        if rewound_to.is_some_and(|r| seq > r) {
-                            rewound_to = None;
-                        }
-                        if offset > stats.acked_bytes {
-                            stats.acked_bytes = offset;
-                            *last_progress = Instant::now();
-                        }
-                        let _ = s.tx.try_send(wire::encode(&Msg::Ack { seq, offset }));
-                    }
-                    Ok(In::Msg(Msg::Nak { seq })) => {
-                        // Chunks already in flight behind a bad one are
-                        // refused too: rewind once per position.
-                        if rewound_to != Some(seq) {
-                            rewound_to = Some(seq);
-                            if let Err(e) = s.send(wire::encode(&Msg::Want { seq })) {
-                                return Step::Retry(format!("sender {e}"));
-                            }
-                        }
-                    }
-                    Ok(In::Msg(Msg::Done { status, stderr })) => {
-                        let _ = s.tx.send(wire::encode(&Msg::Bye));
-                        let _ = r.tx.send(wire::encode(&Msg::Bye));
-                        out.debug(&format!("zfs receive ended (exit status {status})"));
-                        let agents_gone = closed(&s, BYE_WAIT) && closed(&r, BYE_WAIT);
-                        out.debug("agents said goodbye");
-                        return Step::Finished(Outcome { status, stderr, stats: stats.clone(), agents_gone });
-                    }
-                    Ok(In::Msg(Msg::Error { msg })) => return Step::Fatal(format!("receiver agent: {msg}")),
-                    Ok(_) => {}
-                    Err(e) => return Step::Retry(format!("receiver: {e}")),
-                }
-            }
+                Ok(Ok(In::Msg(m))) => acts = relay.on_msg(t, Side::Sender, m, now()),
+                Ok(Err(e)) => return Step::Retry(format!("sender: {e}")),
+            },
+            recv(r.rx) -> m => match m {
+                Err(_) => return Step::Retry("receiver reader ended".into()),
+                Ok(Ok(In::Msg(m))) => acts = relay.on_msg(t, Side::Receiver, m, now()),
+                Ok(Ok(In::Chunk(_))) => {}
+                Ok(Err(e)) => return Step::Retry(format!("receiver: {e}")),
+            },
             default(Duration::from_millis(500)) => {}
         }
+        let st = &t.stats;
         progress.tick(
-            stats.acked_bytes,
-            stats.sent_bytes,
-            stats.wire_bytes,
-            stats.resent_bytes,
+            st.acked_bytes,
+            st.sent_bytes,
+            st.wire_bytes,
+            st.resent_bytes,
         );
-        if last_ping.elapsed() > heartbeat() {
-            nonce += 1;
-            last_ping = Instant::now();
-            let _ = s.tx.try_send(wire::encode(&Msg::Ping { nonce }));
-            let _ = r.tx.try_send(wire::encode(&Msg::Ping { nonce }));
-        }
-        for (name, c) in [("sender", &s), ("receiver", &r)] {
-            if c.silent_for() > stall() {
-                return Step::Retry(format!("{name} link idle for {}s", stall().as_secs()));
-            }
-        }
+        acts.extend(relay.tick(t, now(), [s.silent_for(), r.silent_for()]));
     }
 }
 

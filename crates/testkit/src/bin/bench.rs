@@ -155,10 +155,13 @@ fn throughput(
                 kinds.push(format!("{} (standard)", o.display()));
                 kinds.push(format!("{} --rsync --compress=none", o.display()));
             }
-            for (k, kind) in kinds.iter().enumerate() {
-                let mut secs = Vec::new();
-                let mut cpu = Vec::new();
-                for r in 0..reps {
+            // Interleaved: each repetition runs every kind once, so a drift
+            // of the machine over the run (other load, a fuller pool)
+            // spreads over all kinds instead of landing on the last ones.
+            let mut secs = vec![Vec::new(); kinds.len()];
+            let mut cpu = vec![Vec::new(); kinds.len()];
+            for r in 0..reps {
+                for k in 0..kinds.len() {
                     let target = format!("t{k}r{r}");
                     let cmd = match k {
                         0 => {
@@ -193,14 +196,16 @@ fn throughput(
                         }
                     };
                     let s = measure(cmd);
-                    secs.push(s.secs);
-                    cpu.push(s.cpu);
+                    secs[k].push(s.secs);
+                    cpu[k].push(s.cpu);
                     if k == 0 {
                         local.zfs(&["destroy", "-r", &format!("dst/{target}")]).ok();
                     } else {
                         far.zfs(&["destroy", "-r", &format!("far/{target}")]).ok();
                     }
                 }
+            }
+            for ((kind, secs), cpu) in kinds.iter().zip(secs).zip(cpu) {
                 rows.push(Row {
                     what: kind.clone(),
                     secs: median(secs),

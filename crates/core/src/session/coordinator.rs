@@ -1,0 +1,293 @@
+//! The coordinator's session: a transfer as rounds of connections to the
+//! two agents, and, within a round, what it does with each message.
+//! Time is a value (`now`: any monotonic instant, as a Duration since an
+//! epoch the driver chose); the driver reads the links, calls this, and
+//! carries out the actions.
+//!
+//! Within a round (`Relay`):
+//! - it starts once both agents welcomed it: Want to the sender at the
+//!   receiver's position (`next_seq`), so every round resumes where the
+//!   receiver stands, and an Ack there: the Acks of the chunks fed just
+//!   before a cut may have been lost with it, and a sender whose spool
+//!   is full of such chunks would otherwise wait for room for good (the
+//!   simulation found that deadlock: everything produced was received,
+//!   nothing was left to send, nothing acknowledged it);
+//! - chunks flow from sender to receiver (the driver forwards them
+//!   without looking inside); their headers are counted, a chunk at or
+//!   below the highest forwarded is a re-send;
+//! - End is forwarded to the receiver; Ack to the sender (the spool may
+//!   drop what it covers), and an Ack that moves the receiver's offset is
+//!   progress;
+//! - a Nak rewinds the sender with a Want, once per position: chunks
+//!   already in flight behind a refused one are refused too, and each
+//!   would otherwise rewind again. A rewind that no Ack passed within a
+//!   stall time is made again: if the copy sent again was refused too,
+//!   the receiver's Naks came while the first rewind was still fresh,
+//!   and nothing else would ever move the transfer on (the simulation
+//!   found it stuck for good without this, its links alive);
+//! - Done ends the transfer: Bye to both;
+//! - an agent's Error is fatal; a link silent for the stall time is dead
+//!   (the round fails); pings go out every heartbeat, so a live link is
+//!   never silent.
+//!
+//! Across rounds (`Transfer`): a failed round is tried again after a
+//! capped backoff that starts over once a round made progress; no
+//! progress for the inactivity timeout ends the transfer (the agents keep
+//! their state, the next run resumes).
+
+use std::time::Duration;
+
+use crate::wire::Msg;
+
+/// Counters the transfer knows exactly.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Stats {
+    pub acked_bytes: u64,
+    /// Chunk payload bytes moved from sender to receiver (compressed size,
+    /// re-sent chunks included).
+    pub wire_bytes: u64,
+    /// Chunks (and their payload bytes) the sender had to send again:
+    /// lost in flight at a reconnect, or refused by the receiver.
+    pub resent_chunks: u64,
+    pub resent_bytes: u64,
+    /// Stream bytes the sender has produced and sent on (the end of the
+    /// furthest chunk forwarded).
+    pub sent_bytes: u64,
+    pub reconnects: u64,
+    /// The highest chunk forwarded so far (to count re-sends).
+    pub forwarded: Option<u64>,
+    /// Both agents welcomed this run at least once: it drives the transfer.
+    pub drove: bool,
+}
+
+/// Timing rules (from the settings, not read from the environment here).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    /// A link silent this long is dead.
+    pub stall: Duration,
+    /// Pings go out this often (a sixth of the stall time).
+    pub heartbeat: Duration,
+    /// No progress for this long ends the transfer.
+    pub inactivity: Duration,
+}
+
+impl Timing {
+    /// The default stall time (10 s) and its heartbeat.
+    pub fn new(stall: Duration, inactivity: Duration) -> Timing {
+        Timing {
+            stall,
+            heartbeat: stall / 6,
+            inactivity,
+        }
+    }
+}
+
+/// Which agent a message goes to or came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Sender,
+    Receiver,
+}
+
+/// What the driver does.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Act {
+    /// Send this to an agent.
+    Send(Side, Msg),
+    /// The stream ended: zfs receive's status and stderr. Bye went to both.
+    Finished { status: i32, stderr: String },
+    /// An agent failed in a way no reconnection mends.
+    Fatal(String),
+    /// This round's links are dead (`why`): end them; `Transfer` decides
+    /// what follows.
+    Dead(String),
+}
+
+/// One round: both agents connected and welcomed.
+pub struct Relay {
+    /// The last rewind: its position and when.
+    rewound_to: Option<(u64, Duration)>,
+    nonce: u64,
+    last_ping: Duration,
+}
+
+/// The progress a round made (`Transfer::progressed`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Moved(pub bool);
+
+impl Relay {
+    /// Both agents welcomed this round; the receiver stands at `next_seq`
+    /// (`offset` bytes fed). The first actions: Want and Ack there, to the
+    /// sender.
+    pub fn start(t: &mut Transfer, next_seq: u64, offset: u64, now: Duration) -> (Relay, [Act; 2]) {
+        t.stats.acked_bytes = t.stats.acked_bytes.max(offset);
+        t.stats.drove = true;
+        let relay = Relay {
+            rewound_to: None,
+            nonce: 0,
+            last_ping: now,
+        };
+        let want = Msg::Want { seq: next_seq };
+        let ack = Msg::Ack {
+            seq: next_seq,
+            offset,
+        };
+        (
+            relay,
+            [Act::Send(Side::Sender, want), Act::Send(Side::Sender, ack)],
+        )
+    }
+
+    /// A chunk from the sender (forwarded by the driver): its sequence
+    /// number, payload bytes and the stream offset it ends at.
+    pub fn chunk(&mut self, t: &mut Transfer, seq: u64, payload: u64, end: u64) {
+        let s = &mut t.stats;
+        s.wire_bytes += payload;
+        if s.forwarded.is_some_and(|f| seq <= f) {
+            s.resent_chunks += 1;
+            s.resent_bytes += payload;
+        }
+        s.forwarded = s.forwarded.max(Some(seq));
+        s.sent_bytes = s.sent_bytes.max(end);
+    }
+
+    /// A message from an agent.
+    pub fn on_msg(&mut self, t: &mut Transfer, from: Side, m: Msg, now: Duration) -> Vec<Act> {
+        match (from, m) {
+            (Side::Sender, m @ Msg::End(_)) => vec![Act::Send(Side::Receiver, m)],
+            (Side::Receiver, Msg::Ack { seq, offset }) => {
+                if self.rewound_to.is_some_and(|(r, _)| seq > r) {
+                    self.rewound_to = None;
+                }
+                if offset > t.stats.acked_bytes {
+                    t.stats.acked_bytes = offset;
+                    t.last_progress = now;
+                    t.moved = true;
+                }
+                vec![Act::Send(Side::Sender, Msg::Ack { seq, offset })]
+            }
+            (Side::Receiver, Msg::Nak { seq }) => {
+                let recent =
+                    |(r, at): (u64, Duration)| r == seq && now.saturating_sub(at) < t.timing.stall;
+                if self.rewound_to.is_some_and(recent) {
+                    return Vec::new();
+                }
+                self.rewound_to = Some((seq, now));
+                vec![Act::Send(Side::Sender, Msg::Want { seq })]
+            }
+            (Side::Receiver, Msg::Done { status, stderr }) => vec![
+                Act::Send(Side::Sender, Msg::Bye),
+                Act::Send(Side::Receiver, Msg::Bye),
+                Act::Finished { status, stderr },
+            ],
+            (Side::Sender, Msg::Error { msg }) => vec![Act::Fatal(format!("sender agent: {msg}"))],
+            (Side::Receiver, Msg::Error { msg }) => {
+                vec![Act::Fatal(format!("receiver agent: {msg}"))]
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// Time passed: pings when the heartbeat is due; a link that said
+    /// nothing for the stall time (`silent`: since each agent's link last
+    /// carried a byte) is dead.
+    pub fn tick(&mut self, t: &Transfer, now: Duration, silent: [Duration; 2]) -> Vec<Act> {
+        for (name, s) in [("sender", silent[0]), ("receiver", silent[1])] {
+            if s > t.timing.stall {
+                return vec![Act::Dead(format!(
+                    "{name} link idle for {}s",
+                    t.timing.stall.as_secs()
+                ))];
+            }
+        }
+        if let Some((seq, at)) = self.rewound_to {
+            if now.saturating_sub(at) >= t.timing.stall {
+                self.rewound_to = Some((seq, now));
+                return vec![Act::Send(Side::Sender, Msg::Want { seq })];
+            }
+        }
+        if now.saturating_sub(self.last_ping) > t.timing.heartbeat {
+            self.nonce += 1;
+            self.last_ping = now;
+            let nonce = self.nonce;
+            return vec![
+                Act::Send(Side::Sender, Msg::Ping { nonce }),
+                Act::Send(Side::Receiver, Msg::Ping { nonce }),
+            ];
+        }
+        Vec::new()
+    }
+}
+
+/// What follows a round that failed.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Next {
+    /// Connect again after this wait.
+    Reconnect(Duration),
+    /// No progress for the inactivity timeout: give up with this reason.
+    GiveUp(String),
+}
+
+/// A transfer across rounds.
+pub struct Transfer {
+    pub stats: Stats,
+    pub timing: Timing,
+    last_progress: Duration,
+    /// This round moved the receiver's offset.
+    moved: bool,
+    backoff: Duration,
+    rounds: u64,
+}
+
+/// The first wait before connecting again, doubled after each failed
+/// round up to `MAX_BACKOFF`.
+pub const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+pub const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+impl Transfer {
+    pub fn new(timing: Timing, now: Duration) -> Transfer {
+        Transfer {
+            stats: Stats::default(),
+            timing,
+            last_progress: now,
+            moved: false,
+            backoff: FIRST_BACKOFF,
+            rounds: 0,
+        }
+    }
+
+    /// When the receiver's offset last moved (or the transfer began).
+    pub fn last_progress(&self) -> Duration {
+        self.last_progress
+    }
+
+    /// A round begins (connections are being opened); rounds after the
+    /// first are reconnections.
+    pub fn round(&mut self) {
+        if self.rounds > 0 {
+            self.stats.reconnects += 1;
+        }
+        self.rounds += 1;
+        self.moved = false;
+    }
+
+    /// The round failed (`why`): when to try again, or that it is over.
+    pub fn failed(&mut self, why: &str, now: Duration) -> Next {
+        if self.moved {
+            // The link worked: the next failure is a new outage.
+            self.backoff = FIRST_BACKOFF;
+        }
+        if now.saturating_sub(self.last_progress) > self.timing.inactivity {
+            return Next::GiveUp(format!(
+                "no progress for {}s (inactivity timeout); last error: {why}. The agents keep their state until their own timeout: run the same command again to resume",
+                self.timing.inactivity.as_secs()
+            ));
+        }
+        let wait = self.backoff;
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+        Next::Reconnect(wait)
+    }
+}
+
+#[cfg(test)]
+mod tests;

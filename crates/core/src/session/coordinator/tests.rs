@@ -1,0 +1,146 @@
+use super::*;
+
+fn transfer() -> Transfer {
+    Transfer::new(
+        Timing::new(Duration::from_secs(10), Duration::from_secs(60)),
+        Duration::ZERO,
+    )
+}
+
+const S: Duration = Duration::from_secs(1);
+
+#[test]
+fn a_round_resumes_at_the_receiver_and_relays_acks_naks_and_done() {
+    let mut t = transfer();
+    t.round();
+    let (mut r, first) = Relay::start(&mut t, 7, 700, S);
+    assert_eq!(
+        first,
+        [
+            Act::Send(Side::Sender, Msg::Want { seq: 7 }),
+            Act::Send(
+                Side::Sender,
+                Msg::Ack {
+                    seq: 7,
+                    offset: 700
+                }
+            )
+        ]
+    );
+    assert!(t.stats.drove);
+    // A Nak rewinds once per position.
+    let nak = || Msg::Nak { seq: 9 };
+    assert_eq!(
+        r.on_msg(&mut t, Side::Receiver, nak(), S),
+        [Act::Send(Side::Sender, Msg::Want { seq: 9 })]
+    );
+    assert_eq!(r.on_msg(&mut t, Side::Receiver, nak(), S), []);
+    // An Ack past it allows the next rewind there; it is progress.
+    let ack = Msg::Ack {
+        seq: 10,
+        offset: 1000,
+    };
+    assert_eq!(
+        r.on_msg(&mut t, Side::Receiver, ack.clone(), 2 * S),
+        [Act::Send(Side::Sender, ack)]
+    );
+    assert_eq!(t.stats.acked_bytes, 1000);
+    assert_eq!(
+        r.on_msg(&mut t, Side::Receiver, nak(), 2 * S),
+        [Act::Send(Side::Sender, Msg::Want { seq: 9 })]
+    );
+    // The copy sent again refused too: its Naks come while the rewind is
+    // fresh; no Ack passes, and a stall time later it is made again.
+    assert_eq!(r.on_msg(&mut t, Side::Receiver, nak(), 3 * S), []);
+    assert_eq!(r.tick(&t, 11 * S, [S, S]).len(), 2, "pings only");
+    assert_eq!(
+        r.tick(&t, 12 * S, [S, S]),
+        [Act::Send(Side::Sender, Msg::Want { seq: 9 })]
+    );
+    assert_eq!(r.on_msg(&mut t, Side::Receiver, nak(), 13 * S), []);
+    // Chunks counted; one at or below the highest is a re-send.
+    r.chunk(&mut t, 10, 100, 1100);
+    r.chunk(&mut t, 9, 100, 1000);
+    assert_eq!((t.stats.resent_chunks, t.stats.resent_bytes), (1, 100));
+    let done = Msg::Done {
+        status: 0,
+        stderr: String::new(),
+    };
+    assert_eq!(
+        r.on_msg(&mut t, Side::Receiver, done, 3 * S),
+        [
+            Act::Send(Side::Sender, Msg::Bye),
+            Act::Send(Side::Receiver, Msg::Bye),
+            Act::Finished {
+                status: 0,
+                stderr: String::new()
+            }
+        ]
+    );
+    assert_eq!(
+        r.on_msg(&mut t, Side::Sender, Msg::Error { msg: "x".into() }, 3 * S),
+        [Act::Fatal("sender agent: x".into())]
+    );
+}
+
+#[test]
+fn pings_keep_links_alive_and_silence_kills_them() {
+    let mut t = transfer();
+    t.round();
+    let (mut r, _) = Relay::start(&mut t, 0, 0, Duration::ZERO);
+    assert_eq!(r.tick(&t, S, [S, S]), []);
+    let pings = r.tick(&t, 2 * S, [S, S]);
+    assert!(
+        matches!(
+            pings[..],
+            [Act::Send(Side::Sender, Msg::Ping { nonce: 1 }), _]
+        ),
+        "{pings:?}"
+    );
+    assert_eq!(
+        r.tick(&t, 3 * S, [S, 11 * S]),
+        [Act::Dead("receiver link idle for 10s".into())]
+    );
+}
+
+#[test]
+fn failed_rounds_back_off_and_give_up_after_the_inactivity_timeout() {
+    let mut t = transfer();
+    t.round();
+    assert_eq!(
+        t.failed("cut", S),
+        Next::Reconnect(Duration::from_millis(250))
+    );
+    t.round();
+    assert_eq!(
+        t.failed("cut", 2 * S),
+        Next::Reconnect(Duration::from_millis(500))
+    );
+    // A round that made progress starts the backoff over.
+    t.round();
+    let (mut r, _) = Relay::start(&mut t, 0, 0, 3 * S);
+    r.on_msg(
+        &mut t,
+        Side::Receiver,
+        Msg::Ack { seq: 1, offset: 5 },
+        4 * S,
+    );
+    assert_eq!(
+        t.failed("cut", 5 * S),
+        Next::Reconnect(Duration::from_millis(250))
+    );
+    for _ in 0..5 {
+        t.round();
+        t.failed("cut", 6 * S);
+    }
+    t.round();
+    assert_eq!(t.failed("cut", 7 * S), Next::Reconnect(MAX_BACKOFF));
+    assert_eq!(t.stats.reconnects, 8);
+    match t.failed("cut", 65 * S) {
+        Next::GiveUp(why) => assert!(
+            why.starts_with("no progress for 60s (inactivity timeout); last error: cut."),
+            "{why}"
+        ),
+        n => panic!("{n:?}"),
+    }
+}

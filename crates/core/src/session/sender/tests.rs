@@ -1,0 +1,130 @@
+use super::*;
+use crate::fuzz::noise;
+use crate::transport::Chunker;
+
+/// A sender session that produced `len` bytes in chunks of `chunk`, and
+/// whose zfs send ended; the chunks as produced.
+fn produced(len: usize, chunk: usize) -> (Session, Vec<Chunk>) {
+    let mut s = Session::new(1 << 20);
+    let mut c = Chunker::new(chunk);
+    let mut chunks = c.push(&noise(len, 7));
+    let (last, end) = c.finish(0, String::new());
+    chunks.extend(last);
+    for ch in &chunks {
+        s.produced(ch.clone());
+    }
+    s.send_ended(end);
+    (s, chunks)
+}
+
+fn seq(n: Next) -> Option<u64> {
+    match n {
+        Next::Chunk(c) => Some(c.seq),
+        _ => None,
+    }
+}
+
+#[test]
+fn nothing_goes_out_before_want_and_then_from_there_with_end_last() {
+    let (mut s, _) = produced(100, 40);
+    let g = s.connected();
+    assert_eq!(s.next(g), Next::Wait, "no Want yet");
+    let hello = Msg::Hello {
+        version: VERSION,
+        role: Role::Sender,
+        owner: Default::default(),
+    };
+    assert!(matches!(
+        s.on_msg(g, &hello),
+        Answer::Reply(Msg::Welcome {
+            next_seq: 0,
+            produced: 3,
+            ..
+        })
+    ));
+    assert_eq!(s.on_msg(g, &Msg::Want { seq: 1 }), Answer::Go);
+    assert_eq!(seq(s.next(g)), Some(1));
+    assert_eq!(seq(s.next(g)), Some(2));
+    assert!(matches!(s.next(g), Next::Frame(Msg::End(_))));
+    assert_eq!(s.next(g), Next::Wait, "End once per Want");
+    // A rewind: the chunks again, then End again.
+    s.on_msg(g, &Msg::Want { seq: 0 });
+    assert_eq!(seq(s.next(g)), Some(0));
+    assert_eq!(seq(s.next(g)), Some(1));
+    assert_eq!(seq(s.next(g)), Some(2));
+    assert!(matches!(s.next(g), Next::Frame(Msg::End(_))));
+}
+
+#[test]
+fn a_newer_connection_replaces_the_older() {
+    let (mut s, _) = produced(100, 40);
+    let old = s.connected();
+    s.on_msg(old, &Msg::Want { seq: 0 });
+    assert_eq!(seq(s.next(old)), Some(0));
+    let new = s.connected();
+    assert_eq!(s.next(old), Next::Stop);
+    assert_eq!(s.on_msg(old, &Msg::Want { seq: 0 }), Answer::Stale);
+    assert_eq!(s.next(new), Next::Wait, "the new one waits for its Want");
+    s.on_msg(new, &Msg::Want { seq: 1 });
+    assert_eq!(seq(s.next(new)), Some(1));
+    s.on_msg(new, &Msg::Bye);
+    assert!(s.bye());
+    assert_eq!(s.next(new), Next::Stop);
+}
+
+#[test]
+fn acked_chunks_are_dropped_and_cannot_be_wanted() {
+    let (mut s, _) = produced(100, 40);
+    let g = s.connected();
+    s.on_msg(g, &Msg::Ack { seq: 2, offset: 80 });
+    assert_eq!(s.spooled(), 20);
+    assert!(matches!(
+        s.on_msg(g, &Msg::Want { seq: 1 }),
+        Answer::Fail(Msg::Error { .. })
+    ));
+}
+
+#[test]
+fn a_chunk_damaged_in_the_spool_is_never_sent_again() {
+    let mut s = Session::new(1 << 20);
+    let mut c = Chunker::new(40);
+    let mut chunks = c.push(&noise(100, 9));
+    chunks[1].data[0] ^= 1;
+    for ch in chunks {
+        s.produced(ch);
+    }
+    let g = s.connected();
+    s.on_msg(g, &Msg::Want { seq: 0 });
+    // The first time it goes out as it is (the receiver checks it)...
+    assert_eq!(seq(s.next(g)), Some(0));
+    assert_eq!(seq(s.next(g)), Some(1));
+    // ...asked for again, the sender checks its own copy first.
+    s.on_msg(g, &Msg::Want { seq: 1 });
+    match s.next(g) {
+        Next::Frame(Msg::Error { msg }) => assert!(msg.contains("chunk 1 is damaged"), "{msg}"),
+        n => panic!("{n:?}"),
+    }
+    assert!(s.bye());
+}
+
+#[test]
+fn the_spool_bounds_the_producer() {
+    let mut s = Session::new(100);
+    let mut c = Chunker::new(40);
+    let chunks = c.push(&noise(400, 3));
+    let mut pushed = 0;
+    for ch in chunks {
+        if !s.has_room() {
+            break;
+        }
+        s.produced(ch);
+        pushed += 1;
+    }
+    assert_eq!(
+        pushed, 3,
+        "120 bytes held: the limit plus less than a chunk"
+    );
+    let g = s.connected();
+    s.on_msg(g, &Msg::Ack { seq: 2, offset: 80 });
+    assert!(s.has_room());
+}

@@ -1,0 +1,480 @@
+//! A deterministic simulation of a whole `--rsync` transfer: the real
+//! sender, receiver and coordinator sessions, over two virtual links (the
+//! coordinator's to each agent) on virtual time. A seeded schedule cuts
+//! the links (whatever is in flight is lost, and a cut link refuses new
+//! connections until it heals), delays them, and damages chunks in
+//! flight; the agents' drivers are the minimum the real ones do (feed
+//! what the session says, answer pings). Every schedule checks:
+//! - zfs receive gets a prefix of the stream at every moment and the
+//!   whole stream at the end: each byte once, in order, only verified
+//!   bytes (a damaged copy is never fed);
+//! - the sender's spool never holds more than its bound plus one chunk;
+//! - a transfer whose link never comes back gives up after the
+//!   inactivity timeout (virtual time) with the documented reason, and
+//!   not long after it.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use super::coordinator::{Act, Next as After, Relay, Side, Timing, Transfer};
+use super::{receiver, sender};
+use crate::fuzz::noise;
+use crate::transport::Chunker;
+use crate::wire::{Chunk, End, Msg, Owner, Role, VERSION};
+
+/// splitmix64: the schedule's randomness, from its seed.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// 0..n
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+    /// True with probability `p` per mille.
+    pub fn chance(&mut self, per_mille: u64) -> bool {
+        self.below(1000) < per_mille
+    }
+}
+
+/// The simulation's step.
+const TICK: Duration = Duration::from_millis(50);
+
+/// One direction of a connection: frames and when each arrives.
+#[derive(Default)]
+struct Pipe(VecDeque<(Duration, Msg)>);
+
+/// The coordinator's connection to one agent: frames each way, whether
+/// it is open, and the agent's generation for it (the sender's).
+#[derive(Default)]
+struct Conn {
+    /// The coordinator counts it as connected (until it declares it dead).
+    open: bool,
+    /// The link under it was cut: whatever is written into it is lost.
+    cut: bool,
+    to_agent: Pipe,
+    from_agent: Pipe,
+    generation: u64,
+    /// When the coordinator last heard anything on it.
+    heard: Duration,
+    welcomed: Option<Msg>,
+}
+
+/// A link: down until `down_until`; one-way delay.
+struct Link {
+    down_until: Duration,
+    delay: Duration,
+    /// Never heals (the give-up schedules).
+    dead: bool,
+}
+
+impl Link {
+    fn up(&self, now: Duration) -> bool {
+        !self.dead && now >= self.down_until
+    }
+}
+
+/// What a schedule ended with.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ending {
+    Finished {
+        fed: Vec<u8>,
+        status: i32,
+        at: Duration,
+    },
+    GaveUp {
+        why: String,
+        at: Duration,
+    },
+    Fatal(String),
+}
+
+/// A broken rule to prove the checks catch it (`Broken::None` ships).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Broken {
+    None,
+    /// The coordinator does not rewind the sender on a Nak.
+    NoRewind,
+    /// The coordinator resumes a round at the start, not at the
+    /// receiver's position.
+    ResumeAtZero,
+    /// The receiver's driver feeds chunks the session refused.
+    FeedRefused,
+}
+
+/// The schedule's knobs, drawn from its seed.
+pub struct Schedule {
+    pub seed: u64,
+    pub len: usize,
+    pub chunk: usize,
+    pub spool: usize,
+    /// Per mille per tick that a link is cut, and the longest cut.
+    pub cut_rate: u64,
+    pub max_cut: Duration,
+    /// Per mille that a chunk in flight is damaged.
+    pub damage: u64,
+    pub delay: Duration,
+    /// The link to the receiver never comes back after its first cut.
+    pub never_heals: bool,
+    pub timing: Timing,
+    pub broken: Broken,
+}
+
+impl Schedule {
+    pub fn from_seed(seed: u64) -> Schedule {
+        let mut r = Rng::new(seed);
+        let chunk = 256 + r.below(4096) as usize;
+        Schedule {
+            seed,
+            len: r.below(64 << 10) as usize,
+            chunk,
+            spool: chunk + r.below(16 << 10) as usize,
+            cut_rate: [0, 1, 4, 16][r.below(4) as usize],
+            max_cut: Duration::from_millis(r.below(40_000)),
+            damage: [0, 5, 50][r.below(3) as usize],
+            delay: Duration::from_millis(r.below(300)),
+            never_heals: r.chance(50),
+            timing: Timing::new(Duration::from_secs(10), Duration::from_secs(60)),
+            broken: Broken::None,
+        }
+    }
+}
+
+/// Runs one schedule to its end; panics when a rule is broken.
+pub fn run(sch: &Schedule) -> Ending {
+    let mut rng = Rng::new(sch.seed ^ 0xA5A5);
+    let data = noise(sch.len, sch.seed | 1);
+    let mut chunker = Chunker::new(sch.chunk);
+    let mut pending: VecDeque<Chunk> = chunker.push(&data).into();
+    let (last, end) = chunker.finish(0, String::new());
+    pending.extend(last);
+    let mut end: Option<End> = Some(end);
+
+    let mut snd = sender::Session::new(sch.spool);
+    let mut rcv = receiver::Session::new();
+    let mut fed: Vec<u8> = Vec::new();
+    let mut now = Duration::ZERO;
+    let mut t = Transfer::new(sch.timing, now);
+    let mut links = [sch.delay, sch.delay].map(|delay| Link {
+        down_until: Duration::ZERO,
+        delay,
+        dead: false,
+    });
+    let mut conns = [Conn::default(), Conn::default()];
+    let mut relay: Option<Relay> = None;
+    // When the next round may connect.
+    let mut connect_at = Some(Duration::ZERO);
+    let mut first_cut = true;
+
+    loop {
+        now += TICK;
+        assert!(
+            now < Duration::from_secs(3600),
+            "seed {}: no end after an hour of virtual time",
+            sch.seed
+        );
+        if std::env::var_os("SIM_TRACE").is_some() && now.as_millis().is_multiple_of(5000) {
+            eprintln!(
+                "{now:?} rcv at {:?} links up {:?} conns open {:?} cut {:?} welcomed {:?} relay {} connect_at {connect_at:?} fed {} of {}",
+                rcv.position(),
+                links.iter().map(|l| l.up(now)).collect::<Vec<_>>(),
+                conns.iter().map(|c| c.open).collect::<Vec<_>>(),
+                conns.iter().map(|c| c.cut).collect::<Vec<_>>(),
+                conns.iter().map(|c| c.welcomed.is_some()).collect::<Vec<_>>(),
+                relay.is_some(),
+                fed.len(),
+                data.len()
+            );
+        }
+        // Faults: a cut loses what is in flight and ends the connection.
+        for (i, link) in links.iter_mut().enumerate() {
+            if link.up(now) && rng.chance(sch.cut_rate) {
+                link.down_until =
+                    now + Duration::from_millis(rng.below(sch.max_cut.as_millis() as u64 + 1));
+                if sch.never_heals && i == 1 && first_cut {
+                    link.dead = true;
+                }
+                first_cut = false;
+                let c = &mut conns[i];
+                c.cut = true;
+                c.to_agent.0.clear();
+                c.from_agent.0.clear();
+            }
+        }
+        // The producer: zfs send's chunks while the spool has room.
+        while snd.has_room() && !pending.is_empty() {
+            snd.produced(pending.pop_front().expect("pending"));
+        }
+        if pending.is_empty() {
+            if let Some(e) = end.take() {
+                snd.send_ended(e);
+            }
+        }
+        assert!(
+            snd.spooled() <= sch.spool + sch.chunk,
+            "seed {}: spool {} over its bound {}",
+            sch.seed,
+            snd.spooled(),
+            sch.spool
+        );
+
+        // A new round: open both connections and greet.
+        if connect_at.is_some_and(|at| now >= at) {
+            connect_at = None;
+            t.round();
+            if links.iter().all(|l| l.up(now)) {
+                for (i, c) in conns.iter_mut().enumerate() {
+                    *c = Conn {
+                        open: true,
+                        heard: now,
+                        ..Conn::default()
+                    };
+                    let role = if i == 0 { Role::Sender } else { Role::Receiver };
+                    let hello = Msg::Hello {
+                        version: VERSION,
+                        role,
+                        owner: Owner::default(),
+                    };
+                    c.to_agent.0.push_back((now + links[i].delay, hello));
+                }
+                conns[0].generation = snd.connected();
+            } else {
+                match t.failed("connection refused", now) {
+                    After::Reconnect(wait) => connect_at = Some(now + wait),
+                    After::GiveUp(why) => return gave_up(sch, why, now, t.last_progress()),
+                }
+                continue;
+            }
+        }
+
+        // The agents read what arrived and answer.
+        if conns[0].open {
+            let g = conns[0].generation;
+            while let Some(m) = arrive(&mut conns[0].to_agent, now) {
+                let reply = match m {
+                    Msg::Ping { nonce } => Some(Msg::Pong { nonce }),
+                    m => match snd.on_msg(g, &m) {
+                        sender::Answer::Reply(r) | sender::Answer::Fail(r) => Some(r),
+                        _ => None,
+                    },
+                };
+                if let Some(r) = reply {
+                    send(&mut conns[0], false, now + links[0].delay, r);
+                }
+            }
+            // The sender writes what its session says (a few per tick: the
+            // link's rate).
+            for _ in 0..8 {
+                match snd.next(g) {
+                    sender::Next::Chunk(c) => {
+                        let mut c = Chunk::clone(&c);
+                        if rng.chance(sch.damage) && !c.data.is_empty() {
+                            let i = rng.below(c.data.len() as u64) as usize;
+                            c.data[i] ^= 0x10;
+                        }
+                        send(&mut conns[0], false, now + links[0].delay, Msg::Chunk(c));
+                    }
+                    sender::Next::Frame(m) => {
+                        send(&mut conns[0], false, now + links[0].delay, m);
+                    }
+                    sender::Next::Wait | sender::Next::Stop => break,
+                }
+            }
+        }
+        if conns[1].open {
+            while let Some(m) = arrive(&mut conns[1].to_agent, now) {
+                for r in receiver_driver(&mut rcv, &m, &mut fed, &data, sch) {
+                    send(&mut conns[1], false, now + links[1].delay, r);
+                }
+            }
+        }
+
+        // The coordinator: greetings, then the relay.
+        let mut acts = Vec::new();
+        for (i, side) in [(0, Side::Sender), (1, Side::Receiver)] {
+            if !conns[i].open {
+                continue;
+            }
+            while let Some(m) = arrive(&mut conns[i].from_agent, now) {
+                conns[i].heard = now;
+                if conns[i].welcomed.is_none() {
+                    if matches!(m, Msg::Welcome { .. }) {
+                        conns[i].welcomed = Some(m);
+                    }
+                    continue;
+                }
+                let Some(r) = relay.as_mut() else { continue };
+                if let (Side::Sender, Msg::Chunk(c)) = (side, &m) {
+                    r.chunk(
+                        &mut t,
+                        c.seq,
+                        c.data.len() as u64,
+                        c.offset + u64::from(c.len),
+                    );
+                    send(&mut conns[1], true, now + links[1].delay, m);
+                    continue;
+                }
+                if sch.broken == Broken::NoRewind && matches!(m, Msg::Nak { .. }) {
+                    continue;
+                }
+                acts.extend(r.on_msg(&mut t, side, m, now));
+            }
+        }
+        if relay.is_none() && conns.iter().all(|c| c.open && c.welcomed.is_some()) {
+            let Some(Msg::Welcome {
+                next_seq, offset, ..
+            }) = conns[1].welcomed.clone()
+            else {
+                unreachable!()
+            };
+            let next = if sch.broken == Broken::ResumeAtZero {
+                0
+            } else {
+                next_seq
+            };
+            let (r, first) = Relay::start(&mut t, next, offset, now);
+            relay = Some(r);
+            acts.extend(first);
+        }
+        if let Some(r) = relay.as_mut() {
+            let silent = [0, 1].map(|i| now.saturating_sub(conns[i].heard));
+            acts.extend(r.tick(&t, now, silent));
+        } else if connect_at.is_none()
+            && conns
+                .iter()
+                .any(|c| now.saturating_sub(c.heard) > sch.timing.stall * 3)
+        {
+            // A greeting that never came back (the setup wait).
+            acts.push(Act::Dead("no answer to the greeting".into()));
+        }
+        for act in acts {
+            match act {
+                Act::Send(side, m) => {
+                    let i = if side == Side::Sender { 0 } else { 1 };
+                    let at = now + links[i].delay;
+                    send(&mut conns[i], true, at, m);
+                }
+                Act::Finished { status, .. } => {
+                    assert_eq!(
+                        fed, data,
+                        "seed {}: finished with a different stream",
+                        sch.seed
+                    );
+                    return Ending::Finished {
+                        fed,
+                        status,
+                        at: now,
+                    };
+                }
+                Act::Fatal(e) => return Ending::Fatal(e),
+                Act::Dead(why) => {
+                    relay = None;
+                    for c in conns.iter_mut() {
+                        c.open = false;
+                    }
+                    match t.failed(&why, now) {
+                        After::Reconnect(wait) => connect_at = Some(now + wait),
+                        After::GiveUp(why) => return gave_up(sch, why, now, t.last_progress()),
+                    }
+                    break;
+                }
+            }
+        }
+        // A cut connection: the coordinator notices through silence (the
+        // relay's stall) or, before the relay, through the greeting wait.
+    }
+}
+
+/// Writes `m` into a connection, toward the agent or from it; lost when
+/// the link under it was cut or the connection is closed.
+fn send(c: &mut Conn, to_agent: bool, at: Duration, m: Msg) {
+    if !c.open || c.cut {
+        return;
+    }
+    let pipe = if to_agent {
+        &mut c.to_agent
+    } else {
+        &mut c.from_agent
+    };
+    pipe.0.push_back((at, m));
+}
+
+/// A give-up must be for the inactivity timeout, no sooner than it after
+/// the last progress, and no later than the round that noticed it could
+/// take (the setup wait, three stall times) and the longest backoff.
+fn gave_up(sch: &Schedule, why: String, at: Duration, last_progress: Duration) -> Ending {
+    assert!(
+        why.contains("inactivity timeout"),
+        "seed {}: gave up for {why}",
+        sch.seed
+    );
+    let quiet = at - last_progress;
+    let latest =
+        sch.timing.inactivity + sch.timing.stall * 3 + super::coordinator::MAX_BACKOFF + TICK * 2;
+    assert!(
+        quiet >= sch.timing.inactivity && quiet <= latest,
+        "seed {}: gave up {quiet:?} after the last progress",
+        sch.seed
+    );
+    Ending::GaveUp { why, at }
+}
+
+/// The next frame whose time has come.
+fn arrive(p: &mut Pipe, now: Duration) -> Option<Msg> {
+    if p.0.front().is_some_and(|(at, _)| *at <= now) {
+        p.0.pop_front().map(|(_, m)| m)
+    } else {
+        None
+    }
+}
+
+/// The receiver agent's driver: carries out the session's steps with a
+/// zfs receive that takes everything; the replies.
+fn receiver_driver(
+    rcv: &mut receiver::Session,
+    m: &Msg,
+    fed: &mut Vec<u8>,
+    data: &[u8],
+    sch: &Schedule,
+) -> Vec<Msg> {
+    if let Msg::Ping { nonce } = m {
+        return vec![Msg::Pong { nonce: *nonce }];
+    }
+    if sch.broken == Broken::FeedRefused {
+        if let Msg::Chunk(c) = m {
+            if c.seq == rcv.position().0 && c.offset == fed.len() as u64 && !c.verify() {
+                fed.extend_from_slice(&c.data);
+            }
+        }
+    }
+    let mut step = rcv.on_msg(m).detach();
+    loop {
+        step = match step {
+            receiver::Step::Feed(bytes) => {
+                let Msg::Chunk(c) = m else { unreachable!() };
+                fed.extend_from_slice(&bytes);
+                assert!(
+                    data.starts_with(fed),
+                    "seed {}: zfs receive got bytes that are not the stream's",
+                    sch.seed
+                );
+                rcv.fed(c, true)
+            }
+            receiver::Step::FinishZfs => rcv.zfs_ended(0, String::new()),
+            receiver::Step::Reply(r) | receiver::Step::Fail(r) => return vec![r],
+            receiver::Step::Close | receiver::Step::Nothing => return Vec::new(),
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests;

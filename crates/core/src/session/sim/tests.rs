@@ -1,0 +1,113 @@
+use super::*;
+
+/// How many schedules `cargo test` runs; `SIM_SCHEDULES` asks for more
+/// (`scripts/fuzz.sh`), `SIM_FIRST_SEED` for another range.
+fn schedules() -> std::ops::Range<u64> {
+    let env = |k: &str, d: u64| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let first = env("SIM_FIRST_SEED", 0);
+    first..first + env("SIM_SCHEDULES", 10_000)
+}
+
+/// Every schedule ends as a transfer must: the whole stream fed once and
+/// in order, or a give-up after the inactivity timeout with its reason
+/// (`run` checks the rules on the way), and that only when a link stayed
+/// away or was cut so often (several times a minute, for up to 40 s, or
+/// while greeting, which waits 30 s) that nothing moved for a minute.
+#[test]
+fn ten_thousand_seeded_fault_schedules_keep_every_rule() {
+    let started = std::time::Instant::now();
+    let (mut finished, mut gave_up, mut cut_for_good) = (0, 0, 0);
+    for seed in schedules() {
+        let sch = Schedule::from_seed(seed);
+        match run(&sch) {
+            Ending::Finished { status, .. } => {
+                assert_eq!(status, 0);
+                finished += 1;
+            }
+            Ending::GaveUp { .. } => {
+                // Links never cut (chunks damaged, delays) never stop a
+                // transfer: only an outage can.
+                assert!(
+                    sch.never_heals || sch.cut_rate > 0,
+                    "seed {seed}: gave up, its links never cut"
+                );
+                gave_up += 1;
+                if sch.never_heals && sch.cut_rate > 0 {
+                    cut_for_good += 1;
+                }
+            }
+            Ending::Fatal(e) => panic!("seed {seed}: {e}"),
+        }
+    }
+    eprintln!(
+        "{} schedules in {:.1}s: {finished} finished, {gave_up} gave up ({cut_for_good} with a link cut for good)",
+        schedules().count(),
+        started.elapsed().as_secs_f64()
+    );
+    assert!(finished > gave_up, "most schedules finish");
+    assert!(cut_for_good > 0, "some schedules lose a link for good");
+}
+
+/// A link cut for good: the transfer gives up after the inactivity
+/// timeout, with the reason the README documents, not before.
+#[test]
+fn a_link_that_never_comes_back_is_given_up_after_the_inactivity_timeout() {
+    let mut sch = Schedule::from_seed(1);
+    sch.len = 200 << 10;
+    sch.cut_rate = 1000;
+    sch.never_heals = true;
+    match run(&sch) {
+        Ending::GaveUp { why, at } => {
+            assert!(
+                why.starts_with("no progress for 60s (inactivity timeout)"),
+                "{why}"
+            );
+            assert!(
+                at >= Duration::from_secs(60) && at < Duration::from_secs(75),
+                "{at:?}"
+            );
+        }
+        e => panic!("{e:?}"),
+    }
+}
+
+/// Rules broken on purpose are caught: each broken variant fails some of
+/// the schedules that ship clean.
+#[test]
+fn broken_rules_are_caught() {
+    for broken in [Broken::NoRewind, Broken::ResumeAtZero, Broken::FeedRefused] {
+        let caught = (0..3000u64).any(|seed| {
+            let mut sch = Schedule::from_seed(seed);
+            sch.broken = broken;
+            let r = std::panic::catch_unwind(|| run(&sch));
+            !matches!(r, Ok(Ending::Finished { .. } | Ending::GaveUp { .. }))
+        });
+        assert!(caught, "{broken:?} went unnoticed");
+    }
+}
+
+/// Replays one schedule with a trace every 5 s of virtual time:
+/// `SEED=N SIM_TRACE=1 cargo test -p syncoid-rsync-core replay -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn replay() {
+    let seed = std::env::var("SEED").unwrap().parse().unwrap();
+    let sch = Schedule::from_seed(seed);
+    eprintln!(
+        "len {} chunk {} spool {} cut {} max_cut {:?} damage {} delay {:?} never {}",
+        sch.len,
+        sch.chunk,
+        sch.spool,
+        sch.cut_rate,
+        sch.max_cut,
+        sch.damage,
+        sch.delay,
+        sch.never_heals
+    );
+    eprintln!("{:?}", run(&sch));
+}
