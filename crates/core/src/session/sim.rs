@@ -3,7 +3,7 @@
 //! coordinator's to each agent) on virtual time. A seeded schedule cuts
 //! the links (whatever is in flight is lost, and a cut link refuses new
 //! connections until it heals), delays them, and damages chunks in
-//! flight; the agents' drivers are the minimum the real ones do (feed
+//! flight; half of them send chunks compressed; the agents' drivers are the minimum the real ones do (feed
 //! what the session says, answer pings). Every schedule checks:
 //! - zfs receive gets a prefix of the stream at every moment and the
 //!   whole stream at the end: each byte once, in order, only verified
@@ -125,6 +125,9 @@ pub struct Schedule {
     pub delay: Duration,
     /// The link to the receiver never comes back after its first cut.
     pub never_heals: bool,
+    /// Chunks travel zstd-compressed where that shrinks them (the stream
+    /// has runs of zeros, so some do and some do not).
+    pub compress: bool,
     pub timing: Timing,
     pub broken: Broken,
 }
@@ -143,6 +146,7 @@ impl Schedule {
             damage: [0, 5, 50][r.below(3) as usize],
             delay: Duration::from_millis(r.below(300)),
             never_heals: r.chance(50),
+            compress: r.chance(500),
             timing: Timing::new(Duration::from_secs(10), Duration::from_secs(60)),
             broken: Broken::None,
         }
@@ -152,11 +156,21 @@ impl Schedule {
 /// Runs one schedule to its end; panics when a rule is broken.
 pub fn run(sch: &Schedule) -> Ending {
     let mut rng = Rng::new(sch.seed ^ 0xA5A5);
-    let data = noise(sch.len, sch.seed | 1);
+    let mut data = noise(sch.len, sch.seed | 1);
+    for (i, b) in data.iter_mut().enumerate() {
+        if (i / 700) % 3 == 0 {
+            *b = 0;
+        }
+    }
     let mut chunker = Chunker::new(sch.chunk);
     let mut pending: VecDeque<Chunk> = chunker.push(&data).into();
     let (last, end) = chunker.finish(0, String::new());
     pending.extend(last);
+    if sch.compress {
+        for c in pending.iter_mut() {
+            c.compress(1);
+        }
+    }
     let mut end: Option<End> = Some(end);
 
     let mut snd = sender::Session::new(sch.spool);

@@ -5,11 +5,11 @@
 //!
 //! cargo run --release -p syncoid-rsync-testkit --bin bench -- \
 //!     [--sizes 1G,4G] [--reps 3] [--ciphers default,aes128-gcm@openssh.com] [--tree 1000x50]
-//!     [--memory 1G,8G] [--outage blackhole:30,reject:5] [--other-build DIR]
+//!     [--memory 1G,8G] [--outage blackhole:30,reject:5] [--other-build DIR,...]
 //!
-//! `--other-build DIR` adds rows for the syncoid-rsync in DIR (another
-//! build of the same version: the dynamic one against the static, say),
-//! standard and `--rsync --compress=none`, in the same run.
+//! `--other-build DIR[,DIR...]` adds a `--rsync --compress=none` row for
+//! the syncoid-rsync in each DIR (another build: the static one against
+//! the dynamic, or an older commit's), in the same run, interleaved.
 //!
 //! Prints a markdown table. CPU is the machine-wide busy time from
 //! /proc/stat during the run (every process involved, both ends).
@@ -113,9 +113,11 @@ fn throughput(
     ciphers: &[String],
 ) -> Vec<(String, String, Vec<Row>)> {
     let ours = sibling("syncoid-rsync");
-    let other = Some(arg("--other-build", ""))
+    let others: Vec<PathBuf> = arg("--other-build", "")
+        .split(',')
         .filter(|d| !d.is_empty())
-        .map(|d| Path::new(&d).join("syncoid-rsync"));
+        .map(|d| Path::new(d).join("syncoid-rsync"))
+        .collect();
     let mut tables = Vec::new();
     for size in sizes {
         let local = Host::new(&["src", "dst"]);
@@ -151,8 +153,8 @@ fn throughput(
                 "syncoid-rsync --rsync --compress=none".into(),
                 "syncoid-rsync --rsync (zstd default)".into(),
             ];
-            if let Some(o) = &other {
-                kinds.push(format!("{} (standard)", o.display()));
+            let first_other = kinds.len();
+            for o in &others {
                 kinds.push(format!("{} --rsync --compress=none", o.display()));
             }
             // Interleaved: each repetition runs every kind once, so a drift
@@ -176,9 +178,9 @@ fn throughput(
                             c
                         }
                         _ => {
-                            let bin = match (k, &other) {
-                                (2, _) => syncoid_bin(),
-                                (6.., Some(o)) => o.clone(),
+                            let bin = match k {
+                                2 => syncoid_bin(),
+                                k if k >= first_other => others[k - first_other].clone(),
                                 _ => ours.clone(),
                             };
                             let mut c = local.command(bin.to_str().unwrap());
@@ -188,7 +190,7 @@ fn throughput(
                                     .iter()
                                     .filter(|a| k != 5 || *a != "--compress=none"),
                             );
-                            if k == 4 || k == 5 || k == 7 {
+                            if k >= 4 {
                                 c.arg("--rsync");
                             }
                             c.arg("src/big").arg(format!("root@127.0.0.1:far/{target}"));
