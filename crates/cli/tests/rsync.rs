@@ -1596,6 +1596,8 @@ fn an_agent_driven_from_another_machine_is_not_stopped_as_a_lone_survivor() {
         second.stderr
     );
     assert!(!second.stderr.contains("is gone"), "{}", second.stderr);
+    // Who drives it and when it was heard came from the agent as data.
+    assert!(second.stderr.contains("s ago)"), "{}", second.stderr);
     let (code, out, err) = finish(first);
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(out.contains(", 0 reconnects,"), "{out}");

@@ -341,6 +341,14 @@ fn null_stdin_stdout() {
 /// coordinator (EX_TEMPFAIL): it was left alone.
 pub const HELD: i32 = 75;
 
+/// What `agent stop` prints on stdout (one line of JSON) when it exits
+/// `HELD`: the run that drives the agent, and when the agent last heard it.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct Held {
+    pub by: String,
+    pub heard_ms: u64,
+}
+
 /// `agent stop DIR [--owner DOMAIN:RUN:LABEL]`: asks the agent to end
 /// (Bye), then makes sure. With an owner, the agent may refuse (another
 /// coordinator drives it): then it is left alone, and the status is
@@ -382,6 +390,12 @@ fn stop(args: &[String]) -> i32 {
                         dir.display(),
                         heard_ms as f64 / 1000.0
                     );
+                    // For the coordinator: who, as data (`Held`).
+                    let held = Held {
+                        by: label,
+                        heard_ms,
+                    };
+                    println!("{}", serde_json::to_string(&held).unwrap_or_default());
                     return HELD;
                 }
                 Some(Msg::Welcome { .. }) => may_kill = true,

@@ -379,12 +379,11 @@ pub fn stop_agent(host: &Host, exe: &str, dir: &str) -> Result<(), String> {
     let owner = crate::rsync::agent::owner_arg(crate::rsync::lock::owner());
     match run_stop(host, exe, dir, &["--owner".into(), owner]) {
         Some(out) if out.status.code() == Some(crate::rsync::agent::HELD) => {
-            // "stop: DIR is driven by LABEL (heard Ns ago): left alone"
-            let said = String::from_utf8_lossy(&out.stderr);
-            let by = said
-                .split_once(" is driven by ")
-                .map(|(_, by)| by.trim().trim_end_matches(": left alone"))
-                .unwrap_or("another run");
+            let by = match serde_json::from_slice::<crate::rsync::agent::Held>(&out.stdout) {
+                Ok(h) => format!("{} (heard {:.1}s ago)", h.by, h.heard_ms as f64 / 1000.0),
+                // An agent of an older version says it in prose only.
+                Err(_) => "another run".into(),
+            };
             Err(format!("the agent on {} is driven by {by}", host.label()))
         }
         _ => Ok(()),
