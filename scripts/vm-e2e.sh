@@ -34,7 +34,7 @@ if ! "$vm/ssh.sh" 'command -v sudo' >/dev/null 2>&1; then
 fi
 rc=0
 suite_out=$(mktemp)
-"$vm/ssh.sh" 'bash -s' < "$here/tests/vm/suite.sh" | tee "$suite_out" || rc=$?
+"$vm/ssh.sh" "ONLY='${ONLY:-*}' bash -s" < "$here/tests/vm/suite.sh" | tee "$suite_out" || rc=$?
 # The suite ends with its count; a suite cut short (a command in it that
 # swallowed the rest of its standard input) must not pass silently.
 if [ "$rc" = 0 ] && ! tail -1 "$suite_out" | grep -Eq '^[0-9]+ passed, 0 failed$'; then

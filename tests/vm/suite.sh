@@ -145,9 +145,13 @@ t_rsync_ssh_killed() {
   "$SR" --rsync --compress=none --source-bwlimit=4M --no-sync-snap --sshkey /root/.ssh/id_vm \
     --sshoption StrictHostKeyChecking=accept-new vsrc/rk root@localhost:vdst/rk &
   local pid=$! kills=0 i p
-  for i in 1 2 3 4; do
+  # Every 2 s until three connections were killed (on a loaded machine
+  # the agents' start can take most of the first rounds), while it runs.
+  for i in $(seq 1 15); do
     sleep 2
+    kill -0 "$pid" 2>/dev/null || break
     for p in $(pgrep -P "$pid" -f 'agent bridge|agent start .*--attach'); do kill -9 "$p"; kills=$((kills+1)); done
+    [ "$kills" -ge 3 ] && break
   done
   wait "$pid"
   echo "killed $kills ssh connections"; [ "$kills" -ge 2 ]

@@ -26,7 +26,6 @@ fn full_then_incremental_with_sync_snapshots() {
     assert_same_guids(&h, "src/data", "dst/data");
 
     h.write("src/data", "later.txt", b"later");
-    std::thread::sleep(std::time::Duration::from_millis(1100));
     ok(&h, &["src/data", "dst/data"]);
     assert_eq!(h.read("dst/data", "later.txt").unwrap(), b"later");
     let dst = h.snapshots("dst/data");
@@ -86,7 +85,6 @@ fn identifiers_keep_their_own_sync_snapshots() {
     let h = two_pools();
     ok(&h, &["--identifier=one", "src/data", "dst/one"]);
     ok(&h, &["--identifier=two", "src/data", "dst/two"]);
-    std::thread::sleep(std::time::Duration::from_millis(1100));
     ok(&h, &["--identifier=one", "src/data", "dst/one"]);
     let src = sync_snaps(&h.snapshots("src/data"));
     assert_eq!(
@@ -473,7 +471,6 @@ fn modified_target_is_rolled_back_with_a_warning_or_refused_with_no_rollback() {
         h.read("dst/data", "stray").unwrap(),
         b"written on the target"
     );
-    std::thread::sleep(std::time::Duration::from_millis(1100));
     let r = ok(&h, &["src/data", "dst/data"]);
     assert!(
         r.stderr.contains("rolls back changes made on dst/data"),
@@ -626,7 +623,6 @@ fn force_delete_replaces_a_conflicting_snapshot() {
     ok(&h, &["-r", "--compress=none", "src/src", "dst/dst"]);
     h.zfs(&["destroy", "src/src@duplicate"]).ok();
     h.zfs(&["snapshot", "src/src@duplicate"]).ok();
-    std::thread::sleep(std::time::Duration::from_millis(1100));
     let r = run_expect(&h, &["-r", "--compress=none", "src/src", "dst/dst"], 2);
     assert!(r.stderr.contains("named duplicate"), "{}", r.stderr);
     ok(
@@ -684,7 +680,6 @@ fn output_options_debug_quiet_dumpsnaps_monitor_version_and_buffers() {
         "{}",
         r.stdout
     );
-    std::thread::sleep(std::time::Duration::from_millis(1100));
     let r = ok(&h, &["--quiet", "src/data", "dst/a"]);
     assert_eq!((r.stdout.as_str(), r.stderr.as_str()), ("", ""));
     let r = ok(&h, &["--monitor-version"]);
@@ -967,7 +962,6 @@ fn metrics_file_reports_success_failure_and_busy_for_prometheus() {
 
     // A failure: the target diverged and --no-rollback forbids the fix.
     h.write("dst/data", "stray", b"x");
-    std::thread::sleep(std::time::Duration::from_millis(1100));
     run_expect(&h, &[&m, "--no-rollback", "src/data", "dst/data"], 2);
     let failed = prometheus_samples(&prom);
     assert!(

@@ -207,22 +207,14 @@ fn a_link_lost_past_the_inactivity_timeout_is_retry_later_and_the_next_run_resum
     args.extend(lab.ssh_args());
     args.extend(["src/data".to_string(), format!("{}:far5/data", lab.dest())]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut child = spawn(&local, &args, &[]);
-    let t = Instant::now();
+    let child = spawn(&local, &args, &[]);
     // The copy of the binary crosses first: then 40 MB of the stream.
     let copy = std::fs::metadata(common::bin()).unwrap().len();
-    while lab.far_rx_bytes() < copy + (40 << 20) {
-        assert!(
-            child.try_wait().unwrap().is_none() && t.elapsed() < Duration::from_secs(60),
-            "no 40 MB of the stream across the link"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_until("40 MB of the stream across the link", 60, || {
+        lab.far_rx_bytes() >= copy + (40 << 20)
+    });
     lab.cut("blackhole");
     let cut = Instant::now();
-    while child.try_wait().unwrap().is_none() && cut.elapsed() < Duration::from_secs(90) {
-        std::thread::sleep(Duration::from_millis(200));
-    }
     let (code, out, err) = finish(child);
     eprintln!(
         "gave up {:.1}s after the cut: {}",
@@ -248,12 +240,7 @@ fn a_link_lost_past_the_inactivity_timeout_is_retry_later_and_the_next_run_resum
         token(&far, "far5/data").starts_with("1-")
     });
     wait_until("the agents to end", 30, || agent_pids(&far).is_empty());
-    let mut child = spawn(&local, &args, &[]);
-    let t = Instant::now();
-    while child.try_wait().unwrap().is_none() && t.elapsed() < Duration::from_secs(90) {
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let (code, out, err) = finish(child);
+    let (code, out, err) = finish(spawn(&local, &args, &[]));
     assert_eq!(code, 0, "{out}\n{err}");
     assert_resumed_from_token(&local, &far, "far5/data", &out);
     let prom = std::fs::read_to_string(&metrics).unwrap();

@@ -69,7 +69,6 @@ fn push_pull_and_relay_with_each_compressor() {
     }
     // An incremental push after a change.
     l.local.write("here/data", "sub/newer", b"newer");
-    std::thread::sleep(std::time::Duration::from_millis(1100));
     ok(&l.local, &[&cfg, "here/data", "root@hosta:pa/push0"]);
     assert_eq!(l.a.read("pa/push0", "sub/newer").unwrap(), b"newer");
 }
@@ -241,7 +240,6 @@ fn preflight_names_every_missing_optional_tool_with_what_to_install() {
     // tools are then assumed, and their absence fails the transfer with a
     // hint instead of a pre-flight report.
     local.write("here/data", "new.txt", b"new");
-    std::thread::sleep(std::time::Duration::from_millis(1100));
     let mut unchecked = base.clone();
     unchecked.extend([
         "--no-command-checks",

@@ -61,7 +61,6 @@ fn local_transfer_is_identical_fed_once_and_leaves_nothing_behind() {
     );
     // An incremental afterwards goes the same way.
     h.write("src/data", "more.txt", b"more");
-    std::thread::sleep(Duration::from_millis(1100));
     ok(&h, &["--rsync", "src/data", "dst/data"]);
     assert_eq!(h.read("dst/data", "more.txt").unwrap(), b"more");
     assert_eq!(h.tmp_entries(), Vec::<String>::new());
@@ -181,7 +180,6 @@ fn calls_around_the_transfer_whose_connection_fails_are_tried_again() {
     ] {
         assert!(first.contains(what), "{what}: {first}");
     }
-    std::thread::sleep(Duration::from_millis(1100));
     let (code, out, second) = finish(spawn(&local, &args, &env));
     assert_eq!(code, 0, "{out}\n{second}");
     assert!(
@@ -1448,7 +1446,6 @@ fn rsync_pulls_and_relays_between_two_ssh_hosts() {
     for round in 0..2 {
         if round == 1 {
             a.write("pa/data", "later.txt", b"later");
-            std::thread::sleep(Duration::from_millis(1100));
         }
         let r = run("here/pulled");
         assert_eq!(
