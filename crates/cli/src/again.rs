@@ -13,27 +13,13 @@ use std::time::{Duration, Instant};
 
 use crate::output::Out;
 
-/// Between tries at most this long: with ssh's ConnectTimeout of 5 s
-/// (SYNs at 0, 1 and 3 s), a healed link sees a new SYN within about 4 s.
-const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// The wait between tries (250 ms doubling to 2 s), the same as the
+/// transfer's between rounds.
+pub use syncoid_rsync_core::session::coordinator::Backoff;
 
-/// The wait before the next try: 250 ms, doubled after each, at most
-/// `MAX_BACKOFF`. Shared by these calls, the transfer's reconnections and
-/// its set-up.
-pub struct Backoff(pub Duration);
-
-impl Backoff {
-    const FIRST: Duration = Duration::from_millis(250);
-
-    pub fn new() -> Backoff {
-        Backoff(Backoff::FIRST)
-    }
-
-    /// Sleeps the current wait, then doubles it (up to the cap).
-    pub fn sleep(&mut self) {
-        std::thread::sleep(self.0);
-        self.0 = (self.0 * 2).min(MAX_BACKOFF);
-    }
+/// Sleeps `backoff`'s current wait and doubles its next.
+pub fn sleep(backoff: &mut Backoff) {
+    std::thread::sleep(backoff.take());
 }
 
 /// What a command is, for trying it again after its connection failed.
@@ -141,7 +127,7 @@ impl Policy {
         mut once: impl FnMut() -> Result<Output, E>,
     ) -> Result<Output, E> {
         let deadline = Instant::now() + self.patience;
-        let mut backoff = Backoff::new();
+        let mut backoff = Backoff::default();
         let mut lost = false;
         let mut warned: Option<Instant> = None;
         loop {
@@ -163,7 +149,7 @@ impl Policy {
             let give_up = *kind == Kind::Never
                 || !self.reached(dest)
                 || permanent(&stderr)
-                || Instant::now() + backoff.0 > deadline;
+                || Instant::now() + backoff.wait() > deadline;
             if give_up {
                 if lost {
                     out.stderr.extend_from_slice(
@@ -185,7 +171,7 @@ impl Policy {
                 ));
                 warned = Some(Instant::now());
             }
-            backoff.sleep();
+            sleep(&mut backoff);
             lost = true;
         }
     }

@@ -75,7 +75,7 @@ pub enum Binary {
 }
 
 /// This version, as `syncoid-rsync --version` prints it.
-fn our_version() -> String {
+pub fn our_version() -> String {
     format!("syncoid-rsync {}", env!("CARGO_PKG_VERSION"))
 }
 

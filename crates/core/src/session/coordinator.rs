@@ -235,14 +235,41 @@ pub struct Transfer {
     last_progress: Duration,
     /// This round moved the receiver's offset.
     moved: bool,
-    backoff: Duration,
+    backoff: Backoff,
     rounds: u64,
 }
 
-/// The first wait before connecting again, doubled after each failed
-/// round up to `MAX_BACKOFF`.
+/// The first wait before trying again, doubled after each failed try up
+/// to `MAX_BACKOFF`: with ssh's ConnectTimeout (SYNs at 0, 1 and 3 s), a
+/// healed link sees a new SYN within about 4 s.
 pub const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// The wait before the next try: `FIRST_BACKOFF`, doubled after each, at
+/// most `MAX_BACKOFF`. Rounds of a transfer (`Transfer`), its set-up and
+/// the calls around it all wait this way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff(Duration);
+
+impl Default for Backoff {
+    fn default() -> Backoff {
+        Backoff(FIRST_BACKOFF)
+    }
+}
+
+impl Backoff {
+    /// The wait the next try would take.
+    pub fn wait(&self) -> Duration {
+        self.0
+    }
+
+    /// Takes the current wait and doubles the next (up to the cap).
+    pub fn take(&mut self) -> Duration {
+        let w = self.0;
+        self.0 = (self.0 * 2).min(MAX_BACKOFF);
+        w
+    }
+}
 
 impl Transfer {
     pub fn new(timing: Timing, now: Duration) -> Transfer {
@@ -251,7 +278,7 @@ impl Transfer {
             timing,
             last_progress: now,
             moved: false,
-            backoff: FIRST_BACKOFF,
+            backoff: Backoff::default(),
             rounds: 0,
         }
     }
@@ -275,7 +302,7 @@ impl Transfer {
     pub fn failed(&mut self, why: &str, now: Duration) -> Next {
         if self.moved {
             // The link worked: the next failure is a new outage.
-            self.backoff = FIRST_BACKOFF;
+            self.backoff = Backoff::default();
         }
         if now.saturating_sub(self.last_progress) > self.timing.inactivity {
             return Next::GiveUp(format!(
@@ -283,9 +310,7 @@ impl Transfer {
                 self.timing.inactivity.as_secs()
             ));
         }
-        let wait = self.backoff;
-        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
-        Next::Reconnect(wait)
+        Next::Reconnect(self.backoff.take())
     }
 }
 

@@ -98,7 +98,7 @@ impl<'a> Retry<'a> {
             ended: None,
             deadline: Instant::now() + patience,
             patience,
-            backoff: Backoff::new(),
+            backoff: Backoff::default(),
             quit,
             out,
         };
@@ -119,7 +119,7 @@ impl<'a> Retry<'a> {
             self.ended = Some(Ended::OtherSide);
             return Err(format!("{why}; not tried again: the other side failed"));
         }
-        if Instant::now() + self.backoff.0 > self.deadline {
+        if Instant::now() + self.backoff.wait() > self.deadline {
             self.ended = Some(Ended::Timeout);
             return Err(format!(
                 "{why}; gave up after {}s (inactivity timeout)",
@@ -128,9 +128,9 @@ impl<'a> Retry<'a> {
         }
         self.out.warn(&format!(
             "{why}; trying again in {:.1}s",
-            self.backoff.0.as_secs_f64()
+            self.backoff.wait().as_secs_f64()
         ));
-        self.backoff.sleep();
+        crate::again::sleep(&mut self.backoff);
         Ok(())
     }
 }
@@ -421,7 +421,7 @@ pub fn provision(
         crate::rsync::lock::owner().domain,
         std::process::id()
     );
-    let ours = format!("syncoid-rsync {}", env!("CARGO_PKG_VERSION"));
+    let ours = crate::preflight::our_version();
     let (bin, own) = (
         "\"$d/syncoid-rsync\"",
         format!("\"$d/{}\"", session::BIN_OWNER),
