@@ -167,6 +167,17 @@ pub struct Args {
         help_heading = "--rsync mode"
     )]
     pub inactivity_timeout: String,
+    /// --rsync: a connection that carries nothing for this long (not even
+    /// the heartbeats sent six times as often) is declared dead and made
+    /// again (default 10s; raise it for links that stall longer and come
+    /// back on their own)
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value = "10s",
+        help_heading = "--rsync mode"
+    )]
+    pub link_timeout: String,
     /// --rsync: the syncoid-rsync binary to run on remote hosts (one built
     /// for their architecture or system), instead of the installed one or a
     /// copy of this one; it must be this version

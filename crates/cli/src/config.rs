@@ -28,6 +28,8 @@ pub struct Settings {
     /// remote (`--agent-path` and its per-side forms).
     pub agent_paths: (Option<String>, Option<String>),
     pub inactivity: std::time::Duration,
+    /// --rsync: the link timeout and what follows from it.
+    pub timing: syncoid_rsync_core::session::coordinator::Timing,
     /// --rsync: zstd level of chunks (0: raw) and bandwidth limits in
     /// bytes per second (0: none).
     pub rsync_level: i32,
@@ -285,6 +287,15 @@ pub fn settings(args: Args, local_pools: &dyn Fn() -> Vec<String>) -> Result<Set
             a.inactivity_timeout
         ))
     })?;
+    let link_timeout = parse_duration(&a.link_timeout)
+        .filter(|d| (1..=3600).contains(&d.as_secs()))
+        .ok_or_else(|| {
+            UsageError(format!(
+                "--link-timeout '{}' is not a duration from 1s to 1h (10s, 2m, or seconds)",
+                a.link_timeout
+            ))
+        })?;
+    let timing = syncoid_rsync_core::session::coordinator::Timing::new(link_timeout, inactivity);
     // Both modes check every value here, before any host is asked: a bad
     // rate must not surface as mbuffer's error after a sync snapshot.
     let rate = |v: &Option<String>, what: &str| -> Result<u64, UsageError> {
@@ -400,6 +411,7 @@ pub fn settings(args: Args, local_pools: &dyn Fn() -> Vec<String>) -> Result<Set
         spool_size,
         agent_paths,
         inactivity,
+        timing,
         rsync_level,
         source_rate,
         target_rate,

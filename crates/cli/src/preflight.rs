@@ -48,18 +48,7 @@ struct Probe {
 }
 
 /// An agent of an earlier run, alive on a host at pre-flight.
-#[derive(Debug, Clone)]
-pub struct LiveAgent {
-    pub dir: String,
-    /// "send" or "receive".
-    pub role: String,
-    /// Its transfer (`coordinator::key`).
-    pub key: String,
-    /// The wire protocol it speaks (0: from before markers said).
-    pub wire: u16,
-    /// The copy of the binary it runs from, if it runs from one.
-    pub bin: Option<String>,
-}
+pub type LiveAgent = crate::rsync::session::Listed;
 
 /// What a host runs as the agents' binary (`--rsync`).
 #[derive(Debug, Clone, PartialEq)]
@@ -333,7 +322,9 @@ fn gone_runs_copies(copies: &[(String, String)], live: &[LiveAgent]) -> Vec<Stri
                 && pid != 0
                 && pid != std::process::id()
                 && !crate::rsync::session::alive(pid)
-                && !live.iter().any(|a| a.bin.as_deref() == Some(dir.as_str()))
+                && !live
+                    .iter()
+                    .any(|a| a.marker.bin.as_deref() == Some(dir.as_str()))
         })
         .map(|(_, dir)| dir.clone())
         .collect()
@@ -473,10 +464,8 @@ pub fn run(s: &Settings, out: &Out, listings: (&str, &str)) -> Result<Report, Fa
                 let id = Path::new(dir).file_name()?.to_str()?.strip_prefix(PREFIX)?;
                 valid_id(id).then(|| LiveAgent {
                     dir: dir.clone(),
-                    role: m.role,
-                    key: m.key,
-                    wire: m.wire,
-                    bin: m.bin,
+                    marker: m,
+                    alive: true,
                 })
             })
             .collect::<Vec<_>>();
@@ -737,10 +726,15 @@ mod tests {
         ];
         let live = vec![LiveAgent {
             dir: "/tmp/syncoid-rsync-0123456789abcdef".into(),
-            role: "receive".into(),
-            key: "k".into(),
-            wire: 4,
-            bin: Some("/tmp/syncoid-rsync-bin.dddddddd".into()),
+            marker: Marker {
+                pid: 1,
+                role: syncoid_rsync_core::wire::Role::Receiver,
+                key: "k".into(),
+                created: 0,
+                bin: Some("/tmp/syncoid-rsync-bin.dddddddd".into()),
+                wire: 4,
+            },
+            alive: true,
         }];
         assert_eq!(
             gone_runs_copies(&copies, &live),

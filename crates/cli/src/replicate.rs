@@ -4,15 +4,14 @@
 //! decides the exit status.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::AtomicBool;
 
 use crate::config::Settings;
 use crate::gather;
-use crate::host::{at_once, CmdError, Host};
+use crate::host::{CmdError, Host};
 use crate::interrupt;
 use crate::output::{exit, readable, Out, Summary};
 use crate::progress::{Face, Progress};
-use crate::rsync::coordinator::{self, Agent, AgentOpts, Opened, Retry};
+use crate::rsync::coordinator;
 use crate::transfer::{self, Hosts};
 use syncoid_rsync_core::argv::{self, PipeOpts, Receive, SendWhat, Tools};
 use syncoid_rsync_core::inventory::{Inventory, Snap};
@@ -20,11 +19,10 @@ use syncoid_rsync_core::plan::{self, Conflict, Input, Plan, Rollback, Side, Step
 use syncoid_rsync_core::shell;
 use syncoid_rsync_core::syncsnap;
 
-mod agents;
 mod error;
 mod steps;
-use agents::reattach;
-use error::*;
+use crate::rsync::dataset::reattach;
+pub(crate) use error::DsError;
 use steps::{delete_target_snapshots, run_step};
 
 /// A run-level failure: nothing (more) can be done.
@@ -73,40 +71,40 @@ fn view(inv: Option<&Inventory>, fs: &str) -> View {
     }
 }
 
-struct Ctx<'a> {
-    s: &'a Settings,
-    out: Out,
-    progress: Progress,
+pub(crate) struct Ctx<'a> {
+    pub(crate) s: &'a Settings,
+    pub(crate) out: Out,
+    pub(crate) progress: Progress,
     /// --rsync: the agents' binary on each host (by label).
-    binaries: std::collections::BTreeMap<String, crate::preflight::Binary>,
+    pub(crate) binaries: std::collections::BTreeMap<String, crate::preflight::Binary>,
     /// Bytes received and reconnects over the run (for the summary).
-    bytes: std::cell::Cell<u64>,
-    reconnects: std::cell::Cell<u64>,
+    pub(crate) bytes: std::cell::Cell<u64>,
+    pub(crate) reconnects: std::cell::Cell<u64>,
     /// --rsync: payload bytes sent again after outages.
-    resent: std::cell::Cell<u64>,
-    tools: Tools,
-    busy: Vec<String>,
+    pub(crate) resent: std::cell::Cell<u64>,
+    pub(crate) tools: Tools,
+    pub(crate) busy: Vec<String>,
     /// --rsync: the syncoid-rsync binary on (source, target), and the
     /// directories we copied it into (removed at the end of the run).
-    exes: std::cell::RefCell<Option<Exes>>,
+    pub(crate) exes: std::cell::RefCell<Option<Exes>>,
     /// --rsync: the agents alive on (source, target) at pre-flight: those
     /// of interrupted runs (listed once per run, not per dataset).
-    live: std::cell::RefCell<LiveAgents>,
+    pub(crate) live: std::cell::RefCell<LiveAgents>,
 }
 
 /// The live agents on a host.
-type AgentList = Vec<crate::preflight::LiveAgent>;
+pub(crate) type AgentList = Vec<crate::preflight::LiveAgent>;
 
-struct LiveAgents {
-    source: AgentList,
-    target: AgentList,
+pub(crate) struct LiveAgents {
+    pub(crate) source: AgentList,
+    pub(crate) target: AgentList,
 }
 
 #[derive(Clone)]
-struct Exes {
-    source: String,
-    target: String,
-    copied: Vec<(Host, String)>,
+pub(crate) struct Exes {
+    pub(crate) source: String,
+    pub(crate) target: String,
+    pub(crate) copied: Vec<(Host, String)>,
 }
 
 impl Ctx<'_> {

@@ -988,7 +988,10 @@ fn metrics_file_reports_success_failure_and_busy_for_prometheus() {
         .stdin(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    let cmdline = format!("/proc/{}/cmdline", busy.id());
+    wait_until("the other zfs receive", 10, || {
+        std::fs::read(&cmdline).is_ok_and(|c| c.windows(7).any(|w| w == b"receive"))
+    });
     let r = run(&h, &[&m, "src/data", "dst/data"]);
     let _ = busy.kill();
     let _ = busy.wait();

@@ -11,6 +11,7 @@
 mod agents;
 mod common;
 use agents::*;
+use common::wait_until;
 use std::time::{Duration, Instant};
 use syncoid_rsync_testkit::{Host, Netlab};
 

@@ -8,7 +8,6 @@ use agents::*;
 use common::*;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, Instant};
 use syncoid_rsync_testkit::{Host, Sshd};
 
 /// Event name -> documented keys, read from the tables in
@@ -86,21 +85,16 @@ fn json_events_follow_the_documented_schema_through_an_outage() {
     let mut args: Vec<&str> = vec!["--rsync", "--json", "--chunk-size=256K", "--no-sync-snap"];
     args.extend(ssh.iter().map(String::as_str));
     args.extend(["src/data", "root@127.0.0.1:far/data"]);
-    // ~3 s of sending; the agent connections killed after about a second
-    // of it (once the receiver is connected: a connection killed while the
+    // ~3 s of sending; the agent connections killed once 8 MB arrived
+    // (the receiver is connected then: a connection killed while the
     // agent starts is a retried start, not an outage).
     let child = spawn(&local, &args, &[("FAKEZFS_SEND_RATE", "8M")]);
-    let pid = child.id();
-    let t = Instant::now();
+    wait_until("the receiver connected", 40, || receiver_connected(&far));
+    wait_receiving(&far, 8 << 20);
     let mut killed = 0;
-    while killed == 0 && t.elapsed() < Duration::from_secs(10) {
-        std::thread::sleep(Duration::from_millis(300));
-        if t.elapsed() > Duration::from_millis(1200) && receiver_connected(&far) {
-            for p in agent_links(pid) {
-                kill(p, 9);
-                killed += 1;
-            }
-        }
+    for p in agent_links(child.id()) {
+        kill(p, 9);
+        killed += 1;
     }
     let (code, out, err) = finish(child);
     assert_eq!(code, 0, "{out}\n{err}");

@@ -323,12 +323,7 @@ fn a_target_being_received_into_is_busy_and_left_alone() {
                 .unwrap();
             String::from_utf8_lossy(&ps.stdout).contains("receive -F pa/busy")
         };
-        for _ in 0..50 {
-            if listed() {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
+        wait_until("the other receive", 10, listed);
         let before = l.a.zfs(&["list", "-t", "all", "-r", "pa"]).stdout;
         let r = run(&l.local, &args);
         let said = format!("{}{}", r.stdout, r.stderr);
@@ -417,11 +412,8 @@ fn a_host_that_never_answers_fails_preflight_within_the_connect_timeout() {
     seed(&h, "here/data");
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = silent.local_addr().unwrap().port().to_string();
-    let held = std::thread::spawn(move || {
-        let conns: Vec<_> = silent.incoming().take(1).collect();
-        std::thread::sleep(std::time::Duration::from_secs(40));
-        drop(conns);
-    });
+    // Accepted and held open, never answered, until the run is over.
+    let held = std::thread::spawn(move || silent.accept());
     let t = std::time::Instant::now();
     let r = run_expect(
         &h,

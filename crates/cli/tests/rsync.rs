@@ -108,10 +108,15 @@ fn a_connection_lost_while_setting_up_is_retried_without_a_second_agent() {
     synthetic(&local, "src/data", "4M");
     let (wrap, path) = wrapped_ssh(&local, "flaky-ssh", FLAKY_START_SSH);
     let ssh = sshd.syncoid_args();
-    let mut args: Vec<&str> = vec!["--rsync", "--chunk-size=256K", "--no-sync-snap"];
+    let mut args: Vec<&str> = vec![
+        "--rsync",
+        "--chunk-size=256K",
+        "--no-sync-snap",
+        "--link-timeout=2s",
+    ];
     args.extend(ssh.iter().map(String::as_str));
     args.extend(["src/data", "root@127.0.0.1:far/data"]);
-    let env = [("PATH", path.as_str()), ("SYNCOID_RSYNC_STALL_SECS", "2")];
+    let env = [("PATH", path.as_str())];
     let (code, out, err) = finish(spawn(&local, &args, &env));
     assert_eq!(code, 0, "{out}\n{err}");
     for what in [
@@ -512,15 +517,16 @@ fn a_stream_that_compresses_to_nothing_keeps_the_receivers_memory_flat() {
     assert_eq!(code, 0, "{out}\n{err}");
     assert_eq!(h.files("dst/zeros"), h.files("src/zeros"));
     assert_fed_once(&h);
-    let wait = std::time::Instant::now();
-    let receiver = loop {
+    let receiver_line = || {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if let Some(l) = text.lines().find(|l| l.starts_with("receive ")) {
-            break l.to_string();
-        }
-        assert!(wait.elapsed().as_secs() < 10, "no rusage line: {text}");
-        std::thread::sleep(std::time::Duration::from_millis(100));
+        text.lines()
+            .find(|l| l.starts_with("receive "))
+            .map(str::to_string)
     };
+    wait_until("the receiver's rusage line", 10, || {
+        receiver_line().is_some()
+    });
+    let receiver = receiver_line().expect("rusage line");
     // "receive PID MAX_RSS_KIB ...": 300 chunks of 1 MiB went through.
     let rss_kib: u64 = receiver.split_whitespace().nth(2).unwrap().parse().unwrap();
     assert!(
@@ -644,7 +650,7 @@ fn killed_coordinator_is_rerun_and_reattaches_to_the_live_agents() {
         "src/data",
         "dst/data",
     ];
-    start_then_kill_coordinator(&h, &args, "10M", Duration::from_millis(1500));
+    start_then_kill_coordinator(&h, &args, "10M", 8 << 20);
     assert_eq!(
         agent_pids(&h).len(),
         2,
@@ -770,7 +776,7 @@ fn recursive_rerun_lists_agents_once_and_reattaches_the_interrupted_child() {
         "src/root",
         "dst/root",
     ];
-    start_then_kill_coordinator(&h, &args, "10M", Duration::from_millis(1500));
+    start_then_kill_coordinator(&h, &args, "10M", 8 << 20);
     assert_eq!(agent_pids(&h).len(), 2, "src/root/a's agents live on");
     let mut again = args.to_vec();
     again.push("--debug");
@@ -813,7 +819,7 @@ fn killed_receiver_agent_is_replaced_and_the_resume_token_used() {
         "src/data",
         "dst/data",
     ];
-    start_then_kill_coordinator(&h, &args, "10M", Duration::from_millis(1500));
+    start_then_kill_coordinator(&h, &args, "10M", 8 << 20);
     let (_, receiver) = agent(&h, "receive");
     kill(receiver, 9);
     wait_until("a resume token", 10, || {
@@ -845,7 +851,7 @@ fn an_agent_gone_mid_transfer_is_replaced_from_the_resume_token_in_the_same_run(
         ];
         let child = spawn(&h, &args, &[("FAKEZFS_SEND_RATE", "10M")]);
         wait_until("both agents", 40, || agent_pids(&h).len() == 2);
-        std::thread::sleep(Duration::from_millis(1500));
+        wait_receiving(&h, 8 << 20);
         let (_, pid) = agent(&h, role);
         kill(pid, 9);
         let (code, out, err) = finish(child);
@@ -880,7 +886,7 @@ fn a_rerun_that_cannot_reach_a_live_agent_goes_on_from_the_resume_token() {
         "src/data",
         "dst/data",
     ];
-    start_then_kill_coordinator(&h, &args, "10M", Duration::from_millis(1500));
+    start_then_kill_coordinator(&h, &args, "10M", 8 << 20);
     let (receiver, _) = agent(&h, "receive");
     std::fs::remove_file(receiver.join("sock")).unwrap();
     let r = ok(&h, &args);
@@ -916,7 +922,7 @@ fn a_remote_receiver_gone_mid_transfer_is_replaced_in_the_same_run() {
     args.extend(["src/data", "root@127.0.0.1:far/data"]);
     let child = spawn(&local, &args, &[("FAKEZFS_SEND_RATE", "10M")]);
     wait_until("the receiver connected", 40, || receiver_connected(&far));
-    std::thread::sleep(Duration::from_millis(1500));
+    wait_receiving(&far, 8 << 20);
     let (_, pid) = agent(&far, "receive");
     kill(pid, 9);
     let (code, out, err) = finish(child);
@@ -928,28 +934,52 @@ fn a_remote_receiver_gone_mid_transfer_is_replaced_in_the_same_run() {
     assert_resumed_from_token(&local, &far, "far/data", &out);
 }
 
+/// An ssh whose connection to the receiver's host damages chunk 3 once on
+/// its way (`tamper`, in front of ssh, on the connection that carries
+/// chunks: the receiver's).
+fn tamper_ssh() -> String {
+    format!(
+        r#"#!/bin/bash
+st="$(dirname "$0")/state"
+case "$*" in
+*" agent start receive "*|*" agent bridge "*)
+  {tamper} 3 "$st/damaged" | /usr/bin/ssh "$@"; exit $? ;;
+esac
+exec /usr/bin/ssh "$@"
+"#,
+        tamper = syncoid_rsync_testkit::tamper_bin().display()
+    )
+}
+
+/// A chunk damaged on the wire (after the sender hashed it) is refused by
+/// the receiver, never fed, and sent again: the transfer completes with
+/// identical data, each byte fed once, and the summary counts the re-send.
+/// (A chunk damaged in the sender's own spool is refused by the sender:
+/// `session::sender`'s tests.)
 #[test]
-fn corrupted_chunks_are_detected_and_never_fed() {
+fn a_chunk_damaged_on_the_wire_is_detected_never_fed_and_sent_again() {
     let _serial = serial();
-    // On the wire: detected by the receiver, sent again, transfer completes.
-    let h = Host::new(&["src", "dst"]);
-    let _reap = Reaper(&h);
-    synthetic(&h, "src/data", "4M");
-    let args = [
+    let local = Host::new(&["src"]);
+    let far = Host::new(&["far"]);
+    let sshd = Sshd::start(&far);
+    let (_r1, _r2) = (Reaper(&local), Reaper(&far));
+    synthetic(&local, "src/data", "4M");
+    let (wrap, path) = wrapped_ssh(&local, "tamper-ssh", &tamper_ssh());
+    let ssh = sshd.syncoid_args();
+    let mut args: Vec<&str> = vec![
         "--rsync",
         "--no-sync-snap",
         "--chunk-size=256K",
-        "src/data",
-        "dst/data",
+        "--compress=none",
     ];
-    let mut c = h.command(bin());
-    c.args(args).env("SYNCOID_RSYNC_FAULT", "wire:3");
-    let out = c.output().unwrap();
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
+    args.extend(ssh.iter().map(String::as_str));
+    args.extend(["src/data", "root@127.0.0.1:far/data"]);
+    let (code, stdout, stderr) = finish(spawn(&local, &args, &[("PATH", path.as_str())]));
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert!(
+        wrap.join("state/damaged").exists(),
+        "the link damaged no chunk: {stderr}"
     );
-    assert!(out.status.success(), "{stdout}\n{stderr}");
     let resent: u64 = stdout
         .split(" chunks (")
         .next()
@@ -957,31 +987,7 @@ fn corrupted_chunks_are_detected_and_never_fed() {
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
     assert!(resent >= 1, "{stdout}");
-    assert_eq!(h.files("dst/data"), h.files("src/data"));
-    assert_fed_once(&h);
-
-    // In the spool: the sender refuses to pass it on; the receiver keeps
-    // what it verified (resume token) and the next run finishes.
-    let h = Host::new(&["src", "dst"]);
-    let _reap = Reaper(&h);
-    synthetic(&h, "src/data", "4M");
-    let mut c = h.command(bin());
-    c.args(args).env("SYNCOID_RSYNC_FAULT", "spool:3");
-    let out = c.output().unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("damaged in the sender's spool"));
-    wait_until("a resume token", 10, || {
-        token(&h, "dst/data").starts_with("1-")
-    });
-    ok(&h, &args);
-    assert_eq!(h.files("dst/data"), h.files("src/data"));
-    assert_fed_once(&h);
-    let first = fed(&h)[0].2;
-    assert!(
-        first > 0 && first <= 3 * 256 * 1024,
-        "only the chunks before the damaged one were fed first: {first}"
-    );
-    assert_eq!(h.tmp_entries(), Vec::<String>::new());
+    assert_one_clean_push(&local, &far, "far/data");
 }
 
 #[test]
@@ -997,7 +1003,7 @@ fn agents_give_up_after_their_inactivity_timeout_and_clean_up() {
         "src/data",
         "dst/data",
     ];
-    let pids = start_then_kill_coordinator(&h, &args, "2M", Duration::from_secs(2));
+    let pids = start_then_kill_coordinator(&h, &args, "2M", 2 << 20);
     // The killed coordinator's lock file stays until the next run.
     wait_until("the agents to time out", 20, || {
         h.tmp_entries()
@@ -1266,7 +1272,7 @@ fn a_killed_coordinators_copy_of_the_binary_is_swept_once_stale() {
     wait_until("both agents", 40, || {
         agent_pids(&local).len() == 1 && agent_pids(&far).len() == 1
     });
-    std::thread::sleep(Duration::from_millis(800));
+    wait_receiving(&far, 2 << 20);
     kill(child.id() as i32, 9);
     let _ = finish(child);
     let copies = || -> Vec<String> {
@@ -1331,12 +1337,10 @@ fn finishes_without_a_reconnect(size: &str, extra: &[&str], env: &[(&str, &str)]
     let h = Host::new(&["src", "dst"]);
     let _reap = Reaper(&h);
     synthetic(&h, "src/data", size);
-    let mut args = vec!["--rsync", "--no-sync-snap"];
+    let mut args = vec!["--rsync", "--no-sync-snap", "--link-timeout=2s"];
     args.extend(extra);
     args.extend(["src/data", "dst/data"]);
-    let mut env = env.to_vec();
-    env.push(("SYNCOID_RSYNC_STALL_SECS", "2"));
-    let child = spawn(&h, &args, &env);
+    let child = spawn(&h, &args, env);
     let (code, out, err) = finish(child);
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(!err.contains("link to the agents lost"), "{err}");
@@ -1361,19 +1365,13 @@ fn a_frozen_agent_is_noticed_by_its_silence_not_hidden_by_buffered_pings() {
         "--no-sync-snap",
         "--chunk-size=256K",
         "--inactivity-timeout=60s",
+        "--link-timeout=2s",
         "src/data",
         "dst/data",
     ];
-    let child = spawn(
-        &h,
-        &args,
-        &[
-            ("SYNCOID_RSYNC_STALL_SECS", "2"),
-            ("FAKEZFS_SEND_RATE", "4M"),
-        ],
-    );
+    let child = spawn(&h, &args, &[("FAKEZFS_SEND_RATE", "4M")]);
     wait_until("both agents", 40, || agent_pids(&h).len() == 2);
-    std::thread::sleep(Duration::from_millis(1500));
+    wait_receiving(&h, 4 << 20);
     let sender = agent_pids(&h)
         .into_iter()
         .find(|(role, _)| role == "send")
@@ -1492,8 +1490,8 @@ struct RelayLab {
     args: Vec<String>,
 }
 
-fn relay_lab(env: &[(&str, &str)], size: &str, extra: &[&str]) -> RelayLab {
-    let lab = lab_with_env(env);
+fn relay_lab(size: &str, extra: &[&str]) -> RelayLab {
+    let lab = lab();
     synthetic(&lab.a, "pa/data", size);
     let cfg = format!("--sshconfig={}", lab.config);
     let mut args = vec![
@@ -1521,7 +1519,7 @@ fn relay_lab(env: &[(&str, &str)], size: &str, extra: &[&str]) -> RelayLab {
 #[test]
 fn another_machine_running_the_same_transfer_is_refused_by_its_agents() {
     let _serial = serial();
-    let r = relay_lab(&[], "32M", &[]);
+    let r = relay_lab("32M", &[]);
     let (local, a, b, other) = (&r.lab.local, &r.lab.a, &r.lab.b, &r.other);
     let (_r1, _r2, _r3, _r4) = (Reaper(local), Reaper(a), Reaper(b), Reaper(other));
     let args: Vec<&str> = r.args.iter().map(String::as_str).collect();
@@ -1622,14 +1620,13 @@ fn an_agent_driven_from_another_machine_is_not_stopped_as_a_lone_survivor() {
 #[test]
 fn another_machine_takes_a_transfer_over_once_its_coordinator_is_silent() {
     let _serial = serial();
-    let stall = [("SYNCOID_RSYNC_STALL_SECS", "2")];
-    let r = relay_lab(&stall, "32M", &["--no-sync-snap"]);
+    let r = relay_lab("32M", &["--no-sync-snap", "--link-timeout=2s"]);
     let (local, a, b, other) = (&r.lab.local, &r.lab.a, &r.lab.b, &r.other);
     let (_r1, _r2, _r3, _r4) = (Reaper(local), Reaper(a), Reaper(b), Reaper(other));
     let args: Vec<&str> = r.args.iter().map(String::as_str).collect();
-    let first = spawn(local, &args, &stall);
+    let first = spawn(local, &args, &[]);
     wait_until("the first run's receiver", 40, || receiver_connected(b));
-    std::thread::sleep(Duration::from_secs(2));
+    wait_receiving(b, 4 << 20);
     kill(first.id() as i32, 9);
     let killed = Instant::now();
     let _ = finish(first);
@@ -1641,7 +1638,7 @@ fn another_machine_takes_a_transfer_over_once_its_coordinator_is_silent() {
     );
     let wait = Duration::from_secs(7);
     std::thread::sleep(wait.saturating_sub(killed.elapsed()));
-    let (code, out, err) = finish(spawn(other, &args, &stall));
+    let (code, out, err) = finish(spawn(other, &args, &[]));
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(out.contains("re-attaching to the live agents"), "{out}");
     assert_eq!(b.files("pb/data"), a.files("pa/data"));
@@ -1676,16 +1673,15 @@ exec /usr/bin/ssh "$@"
 #[test]
 fn a_run_cut_off_for_longer_than_the_takeover_wait_leaves_the_transfer_to_the_new_owner() {
     let _serial = serial();
-    let stall = [("SYNCOID_RSYNC_STALL_SECS", "2")];
-    let r = relay_lab(&stall, "64M", &["--no-sync-snap"]);
+    let r = relay_lab("64M", &["--no-sync-snap", "--link-timeout=2s"]);
     let (local, a, b, other) = (&r.lab.local, &r.lab.a, &r.lab.b, &r.other);
     let (_r1, _r2, _r3, _r4) = (Reaper(local), Reaper(a), Reaper(b), Reaper(other));
     let args: Vec<&str> = r.args.iter().map(String::as_str).collect();
     let (wrap, path) = wrapped_ssh(local, "cut-hosta-ssh", CUT_HOSTA_SSH);
-    let env = [stall[0], ("PATH", path.as_str())];
+    let env = [("PATH", path.as_str())];
     let first = spawn(local, &args, &env);
     wait_until("the first run's receiver", 40, || receiver_connected(b));
-    std::thread::sleep(Duration::from_secs(1));
+    wait_receiving(b, 2 << 20);
     // The link to hosta goes down: its connection dies, and new ones fail.
     std::fs::write(wrap.join("state/cut"), "").unwrap();
     let to_hosta: Vec<i32> = agent_links(first.id())
@@ -1700,7 +1696,7 @@ fn a_run_cut_off_for_longer_than_the_takeover_wait_leaves_the_transfer_to_the_ne
         kill(p, 9);
     }
     std::thread::sleep(Duration::from_secs(7));
-    let second = spawn(other, &args, &stall);
+    let second = spawn(other, &args, &[]);
     wait_until("the takeover", 30, || {
         agent_log(b).is_some_and(|l| l.contains("takes over from"))
     });

@@ -13,6 +13,7 @@
 //! links that fail, on virtual time.
 
 pub mod coordinator;
+pub mod gate;
 pub mod receiver;
 pub mod sender;
 #[cfg(test)]

@@ -17,6 +17,23 @@ pub const VERSION: u16 = 4;
 /// The largest frame we accept: a 16 MiB chunk plus headers.
 pub const MAX_FRAME: usize = (16 << 20) + 1024;
 
+/// Message types: a frame's fifth byte.
+pub mod kind {
+    pub const HELLO: u8 = 1;
+    pub const WELCOME: u8 = 2;
+    pub const WANT: u8 = 3;
+    pub const CHUNK: u8 = 4;
+    pub const ACK: u8 = 5;
+    pub const NAK: u8 = 6;
+    pub const END: u8 = 7;
+    pub const DONE: u8 = 8;
+    pub const PING: u8 = 9;
+    pub const PONG: u8 = 10;
+    pub const ERROR: u8 = 11;
+    pub const BYE: u8 = 12;
+    pub const BUSY: u8 = 13;
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
     Coordinator = 0,
@@ -25,6 +42,25 @@ pub enum Role {
 }
 
 impl Role {
+    /// An agent's role as `agent start` and `agent list` name it: "send"
+    /// or "receive" (the zfs command it holds open).
+    pub fn agent_arg(self) -> &'static str {
+        match self {
+            Role::Coordinator => "coordinator",
+            Role::Sender => "send",
+            Role::Receiver => "receive",
+        }
+    }
+
+    /// The agent role named `arg` ("send" or "receive").
+    pub fn from_agent_arg(arg: &str) -> Option<Role> {
+        match arg {
+            "send" => Some(Role::Sender),
+            "receive" => Some(Role::Receiver),
+            _ => None,
+        }
+    }
+
     fn from_u8(v: u8) -> Option<Role> {
         Some(match v {
             0 => Role::Coordinator,
@@ -122,7 +158,7 @@ impl Chunk {
         let mut h = [0u8; CHUNK_HEAD];
         let frame_len = (CHUNK_HEAD - 4 + self.data.len()) as u32;
         h[..4].copy_from_slice(&frame_len.to_be_bytes());
-        h[4] = 4;
+        h[4] = kind::CHUNK;
         h[5..13].copy_from_slice(&self.seq.to_be_bytes());
         h[13..21].copy_from_slice(&self.offset.to_be_bytes());
         h[21..25].copy_from_slice(&self.len.to_be_bytes());
@@ -234,6 +270,41 @@ pub enum Msg {
     },
 }
 
+/// A message type's name, for people.
+pub fn kind_name(kind: u8) -> &'static str {
+    const NAMES: [&str; 14] = [
+        "", "hello", "welcome", "want", "chunk", "ack", "nak", "end", "done", "ping", "pong",
+        "error", "bye", "busy",
+    ];
+    NAMES.get(kind as usize).copied().unwrap_or("unknown")
+}
+
+impl Msg {
+    /// This message's type (`kind`).
+    pub fn kind(&self) -> u8 {
+        match self {
+            Msg::Hello { .. } => kind::HELLO,
+            Msg::Welcome { .. } => kind::WELCOME,
+            Msg::Want { .. } => kind::WANT,
+            Msg::Chunk(_) => kind::CHUNK,
+            Msg::Ack { .. } => kind::ACK,
+            Msg::Nak { .. } => kind::NAK,
+            Msg::End(_) => kind::END,
+            Msg::Done { .. } => kind::DONE,
+            Msg::Ping { .. } => kind::PING,
+            Msg::Pong { .. } => kind::PONG,
+            Msg::Error { .. } => kind::ERROR,
+            Msg::Bye => kind::BYE,
+            Msg::Busy { .. } => kind::BUSY,
+        }
+    }
+
+    /// This message's type, for people ("hello", "chunk", ...).
+    pub fn name(&self) -> &'static str {
+        kind_name(self.kind())
+    }
+}
+
 /// The coordinator a Hello comes from.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Owner {
@@ -305,7 +376,7 @@ pub struct ChunkHeader {
 /// The header of a chunk frame (as `Decoder::next_frame` returns it),
 /// without copying it; `None` for any other frame.
 pub fn chunk_header(frame: &[u8]) -> Option<ChunkHeader> {
-    if frame.len() < CHUNK_HEAD || frame[4] != 4 {
+    if frame.len() < CHUNK_HEAD || frame[4] != kind::CHUNK {
         return None;
     }
     let seq = u64::from_be_bytes(frame[5..13].try_into().ok()?);
@@ -330,7 +401,7 @@ pub fn encode(m: &Msg) -> Vec<u8> {
             role,
             owner,
         } => {
-            w.u8(1);
+            w.u8(kind::HELLO);
             w.u16(*version);
             w.u8(*role as u8);
             w.bytes(owner.domain.as_bytes());
@@ -344,7 +415,7 @@ pub fn encode(m: &Msg) -> Vec<u8> {
             offset,
             produced,
         } => {
-            w.u8(2);
+            w.u8(kind::WELCOME);
             w.u16(*version);
             w.u8(*role as u8);
             w.u64(*next_seq);
@@ -352,21 +423,21 @@ pub fn encode(m: &Msg) -> Vec<u8> {
             w.u64(*produced);
         }
         Msg::Want { seq } => {
-            w.u8(3);
+            w.u8(kind::WANT);
             w.u64(*seq);
         }
         Msg::Chunk(_) => unreachable!("encoded by encode_chunk"),
         Msg::Ack { seq, offset } => {
-            w.u8(5);
+            w.u8(kind::ACK);
             w.u64(*seq);
             w.u64(*offset);
         }
         Msg::Nak { seq } => {
-            w.u8(6);
+            w.u8(kind::NAK);
             w.u64(*seq);
         }
         Msg::End(e) => {
-            w.u8(7);
+            w.u8(kind::END);
             w.u64(e.chunks);
             w.u64(e.total_len);
             w.0.extend_from_slice(&e.stream_hash);
@@ -374,25 +445,25 @@ pub fn encode(m: &Msg) -> Vec<u8> {
             w.bytes(e.stderr.as_bytes());
         }
         Msg::Done { status, stderr } => {
-            w.u8(8);
+            w.u8(kind::DONE);
             w.i32(*status);
             w.bytes(stderr.as_bytes());
         }
         Msg::Ping { nonce } => {
-            w.u8(9);
+            w.u8(kind::PING);
             w.u64(*nonce);
         }
         Msg::Pong { nonce } => {
-            w.u8(10);
+            w.u8(kind::PONG);
             w.u64(*nonce);
         }
         Msg::Error { msg } => {
-            w.u8(11);
+            w.u8(kind::ERROR);
             w.bytes(msg.as_bytes());
         }
-        Msg::Bye => w.u8(12),
+        Msg::Bye => w.u8(kind::BYE),
         Msg::Busy { label, heard_ms } => {
-            w.u8(13);
+            w.u8(kind::BUSY);
             w.bytes(label.as_bytes());
             w.u64(*heard_ms);
         }
@@ -478,15 +549,11 @@ impl<'a> R<'a> {
     }
 }
 
-fn decode_body(kind: u8, body: &[u8]) -> Result<Msg, WireError> {
-    let names = [
-        "", "hello", "welcome", "want", "chunk", "ack", "nak", "end", "done", "ping", "pong",
-        "error", "bye", "busy",
-    ];
-    let what = names.get(kind as usize).copied().unwrap_or("unknown");
+fn decode_body(t: u8, body: &[u8]) -> Result<Msg, WireError> {
+    let what = kind_name(t);
     let mut r = R { b: body, what };
-    let m = match kind {
-        1 => {
+    let m = match t {
+        kind::HELLO => {
             let version = r.u16()?;
             Msg::Hello {
                 version,
@@ -498,40 +565,40 @@ fn decode_body(kind: u8, body: &[u8]) -> Result<Msg, WireError> {
                 },
             }
         }
-        2 => Msg::Welcome {
+        kind::WELCOME => Msg::Welcome {
             version: r.u16()?,
             role: r.role()?,
             next_seq: r.u64()?,
             offset: r.u64()?,
             produced: r.u64()?,
         },
-        3 => Msg::Want { seq: r.u64()? },
-        4 => {
+        kind::WANT => Msg::Want { seq: r.u64()? },
+        kind::CHUNK => {
             let mut c = r.chunk_head()?;
             c.data = r.bytes()?.to_vec().into();
             Msg::Chunk(c)
         }
-        5 => Msg::Ack {
+        kind::ACK => Msg::Ack {
             seq: r.u64()?,
             offset: r.u64()?,
         },
-        6 => Msg::Nak { seq: r.u64()? },
-        7 => Msg::End(End {
+        kind::NAK => Msg::Nak { seq: r.u64()? },
+        kind::END => Msg::End(End {
             chunks: r.u64()?,
             total_len: r.u64()?,
             stream_hash: r.hash()?,
             status: r.i32()?,
             stderr: r.string()?,
         }),
-        8 => Msg::Done {
+        kind::DONE => Msg::Done {
             status: r.i32()?,
             stderr: r.string()?,
         },
-        9 => Msg::Ping { nonce: r.u64()? },
-        10 => Msg::Pong { nonce: r.u64()? },
-        11 => Msg::Error { msg: r.string()? },
-        12 => Msg::Bye,
-        13 => Msg::Busy {
+        kind::PING => Msg::Ping { nonce: r.u64()? },
+        kind::PONG => Msg::Pong { nonce: r.u64()? },
+        kind::ERROR => Msg::Error { msg: r.string()? },
+        kind::BYE => Msg::Bye,
+        kind::BUSY => Msg::Busy {
             label: r.string()?,
             heard_ms: r.u64()?,
         },

@@ -10,12 +10,24 @@ pub fn fakezfs_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("FAKEZFS_BIN") {
         return PathBuf::from(p);
     }
+    built("fakezfs")
+}
+
+/// The `tamper` filter (a link that damages one chunk), built beside the
+/// running test.
+pub fn tamper_bin() -> PathBuf {
+    built("tamper")
+}
+
+/// A binary of this workspace, built beside the running test
+/// (`target/<profile>/NAME`; run `cargo build --workspace` first).
+fn built(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     let mut dir = exe.parent().expect("exe dir").to_path_buf();
     if dir.ends_with("deps") {
         dir.pop();
     }
-    let bin = dir.join("fakezfs");
+    let bin = dir.join(name);
     assert!(
         bin.exists(),
         "{} is missing: run `cargo build --workspace` before the tests",

@@ -51,7 +51,7 @@ impl Sshd {
     }
 
     /// Like `start`, with some of the sessions' variables replaced (PATH,
-    /// say) or added (SYNCOID_RSYNC_STALL_SECS, say).
+    /// say) or added (FAKEZFS_SEND_RATE, say).
     pub fn start_with_env(host: &Host, overrides: &[(&str, &str)]) -> Sshd {
         let dir = host.dir().join("sshd");
         std::fs::create_dir_all(&dir).unwrap();

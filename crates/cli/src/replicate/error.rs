@@ -6,7 +6,7 @@ use syncoid_rsync_core::plan::Conflict;
 
 /// Why one dataset failed.
 #[derive(Debug)]
-pub(super) enum DsError {
+pub(crate) enum DsError {
     Conflict(Conflict),
     Cmd(Vec<CmdError>),
     Other(String),

@@ -3,8 +3,8 @@
 //! send (standard mode's pipeline here; `--rsync` hands the stream to
 //! `agents`). What to do was decided by the planner; this only does it.
 
-use super::agents::rsync_transfer;
 use super::*;
+use crate::rsync::dataset::rsync_transfer;
 
 pub(super) fn run_step(
     ctx: &Ctx,

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use super::link::{self};
 use super::session::{self, Marker};
+use syncoid_rsync_core::session::coordinator::{Timing, DEFAULT_STALL};
 use syncoid_rsync_core::wire::{self, Msg, Owner, Role};
 
 mod receiving;
@@ -28,6 +29,8 @@ pub struct StartOpts {
     pub role: Role,
     pub key: String,
     pub timeout: Duration,
+    /// How long a link may be silent before it is dead (`--link-timeout`).
+    pub link_timeout: Duration,
     pub chunk_size: usize,
     pub spool_size: usize,
     /// zstd level for chunks (0: raw).
@@ -44,7 +47,7 @@ pub struct StartOpts {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: syncoid-rsync agent start send|receive --key KEY --timeout SECS [--attach] [--chunk-size N] [--spool-size N] [--compress-level N] [--bwlimit BYTES/S] -- ZFS-ARGV...\n\
+        "usage: syncoid-rsync agent start send|receive --key KEY --timeout SECS [--link-timeout MS] [--attach] [--chunk-size N] [--spool-size N] [--compress-level N] [--bwlimit BYTES/S] -- ZFS-ARGV...\n\
          \x20      syncoid-rsync agent bridge DIR | list | stop DIR [--owner DOMAIN:RUN:LABEL] | sweep"
     );
     std::process::exit(64);
@@ -64,11 +67,8 @@ pub fn main(args: &[String]) -> i32 {
         },
         Some("bridge") if args.len() == 2 => bridge(&args[1]),
         Some("list") => {
-            for (dir, m) in session::list() {
-                let line = serde_json::json!({
-                    "dir": dir, "role": m.role, "key": m.key, "pid": m.pid, "alive": session::alive(m.pid), "wire": m.wire
-                });
-                println!("{line}");
+            for agent in session::listed() {
+                println!("{}", serde_json::to_string(&agent).expect("json"));
             }
             0
         }
@@ -81,17 +81,21 @@ pub fn main(args: &[String]) -> i32 {
     }
 }
 
+impl StartOpts {
+    /// The timing rules this agent follows.
+    pub(super) fn timing(&self) -> Timing {
+        Timing::new(self.link_timeout, self.timeout)
+    }
+}
+
 fn parse_start(args: &[String]) -> Option<StartOpts> {
-    let role = match args.first()?.as_str() {
-        "send" => Role::Sender,
-        "receive" => Role::Receiver,
-        _ => return None,
-    };
+    let role = Role::from_agent_arg(args.first()?)?;
     let sep = args.iter().position(|a| a == "--")?;
     let mut o = StartOpts {
         role,
         key: String::new(),
         timeout: Duration::from_secs(3600),
+        link_timeout: DEFAULT_STALL,
         chunk_size: 1 << 20,
         spool_size: 32 << 20,
         compress_level: 0,
@@ -110,6 +114,7 @@ fn parse_start(args: &[String]) -> Option<StartOpts> {
         match args[i].as_str() {
             "--key" => o.key = v.clone(),
             "--timeout" => o.timeout = Duration::from_secs(v.parse().ok()?),
+            "--link-timeout" => o.link_timeout = Duration::from_millis(v.parse().ok()?),
             "--chunk-size" => o.chunk_size = v.parse().ok()?,
             "--spool-size" => o.spool_size = v.parse().ok()?,
             "--compress-level" => o.compress_level = v.parse().ok()?,
@@ -216,12 +221,7 @@ fn daemon(o: StartOpts, dir: &Path, bin: Option<&Path>, ready_fd: i32) -> i32 {
     };
     let marker = Marker {
         pid: std::process::id(),
-        role: if o.role == Role::Sender {
-            "send"
-        } else {
-            "receive"
-        }
-        .into(),
+        role: o.role,
         key: o.key.clone(),
         created: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -263,7 +263,7 @@ fn daemon(o: StartOpts, dir: &Path, bin: Option<&Path>, ready_fd: i32) -> i32 {
     drop(ready);
     eprintln!(
         "agent {} pid {} serving {}: {:?}",
-        marker.role,
+        marker.role.agent_arg(),
         marker.pid,
         dir.display(),
         o.argv
@@ -278,7 +278,7 @@ fn daemon(o: StartOpts, dir: &Path, bin: Option<&Path>, ready_fd: i32) -> i32 {
         session::touch(Path::new(b));
     }
     session::remove(dir);
-    crate::log_rusage(&marker.role);
+    crate::log_rusage(marker.role.agent_arg());
     // Only now may the coordinator see the connection close: the session
     // directory is gone.
     drop(last);
@@ -544,24 +544,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let sock = dir.path().join("sock");
         let listener = UnixListener::bind(&sock).unwrap();
-        let clock = Arc::new(Clock {
-            last_heard: Mutex::new(Instant::now()),
-        });
+        let door = Door::new(Timing::new(DEFAULT_STALL, Duration::from_secs(60)));
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (tx, handled) = crossbeam_channel::unbounded::<(Link, Msg)>();
         let server = {
             let stop = stop.clone();
             std::thread::spawn(move || {
                 let done = || stop.load(std::sync::atomic::Ordering::SeqCst);
-                let _ = serve(
-                    &listener,
-                    &clock,
-                    Duration::from_secs(60),
-                    &done,
-                    &|s, m| {
-                        tx.send((s, m)).unwrap();
-                    },
-                );
+                let _ = serve(&listener, &door, &done, &|s, m, _| {
+                    tx.send((s, m)).unwrap();
+                });
             })
         };
         let next = |who: &str| {
@@ -640,15 +632,14 @@ mod tests {
         let (a, mut peer) = UnixStream::pair().unwrap();
         let link = Link::direct(a).unwrap();
         let writer = Arc::new(Mutex::new(link.clone()));
-        let clock = Arc::new(Clock {
-            last_heard: Mutex::new(Instant::now()),
-        });
+        let door = Door::new(Timing::new(DEFAULT_STALL, Duration::from_secs(60)));
         let agent = std::thread::spawn(move || {
             read_loop(
                 link,
+                1,
                 hello(),
                 None,
-                &clock,
+                &door,
                 &writer,
                 Duration::from_millis(100),
                 |m| match m {

@@ -15,11 +15,10 @@ pub use setup::*;
 
 use std::time::{Duration, Instant};
 
-use super::{setup_wait, stall};
 use crate::output::Out;
 use crate::progress::{Face, Progress};
 use syncoid_rsync_core::session::coordinator::{
-    Act, Next as After, Relay, Side, Stats, Timing, Transfer,
+    greeting, Act, Greeting, Next as After, Relay, Side, Stats, Timing, Transfer,
 };
 use syncoid_rsync_core::wire::{self, Msg, Role};
 
@@ -63,22 +62,22 @@ enum Step {
     },
 }
 
-/// Greets an agent: its Welcome, or its Busy when another coordinator
-/// drives it.
-fn hello(c: &Conn, role: Role) -> Result<Msg, String> {
-    c.tx.send(wire::encode(&Msg::Hello {
+/// Greets an agent and reads its answer (`session::coordinator::greeting`:
+/// what it means) within the setup wait.
+fn hello(c: &Conn, role: Role, wait: Duration) -> Greeting {
+    let hello = Msg::Hello {
         version: wire::VERSION,
         role,
         owner: super::lock::owner().clone(),
-    }))
-    .map_err(|_| "connection closed".to_string())?;
-    match c.rx.recv_timeout(setup_wait()) {
-        Ok(Ok(In::Msg(m @ (Msg::Welcome { .. } | Msg::Busy { .. })))) => Ok(m),
-        Ok(Ok(In::Msg(Msg::Error { msg }))) => Err(msg),
-        Ok(Ok(In::Msg(other))) => Err(format!("unexpected {} before the welcome", kind(&other))),
-        Ok(Ok(In::Chunk { .. })) => Err("unexpected chunk before the welcome".into()),
-        Ok(Err(e)) => Err(e),
-        Err(_) => Err("no answer".into()),
+    };
+    if c.tx.send(wire::encode(&hello)).is_err() {
+        return Greeting::Failed(CLOSED.into());
+    }
+    match c.rx.recv_timeout(wait) {
+        Ok(Ok(In::Msg(m))) => greeting(Some(m)),
+        Ok(Ok(In::Chunk { .. })) => Greeting::Failed("unexpected chunk before the welcome".into()),
+        Ok(Err(e)) => Greeting::Failed(e),
+        Err(_) => greeting(None),
     }
 }
 
@@ -104,13 +103,13 @@ pub fn run(
     sender: &Agent,
     receiver: &Agent,
     first: (Option<Opened>, Option<Opened>),
-    inactivity: Duration,
+    timing: Timing,
     out: &Out,
     progress: &Progress,
 ) -> Result<Outcome, RunError> {
     let epoch = Instant::now();
     let now = || epoch.elapsed();
-    let mut t = Transfer::new(Timing::new(stall(), inactivity), now());
+    let mut t = Transfer::new(timing, now());
     let mut first = Some(first);
     loop {
         let opened = first.take();
@@ -133,29 +132,32 @@ pub fn run(
             out,
             progress,
         );
-        match step {
+        let (why, after) = match step {
             Step::Finished(o) => return Ok(o),
             Step::Fatal(e) => return Err(RunError::Fatal(e)),
             Step::Gone(e) => return Err(RunError::Gone(e)),
-            // A run that drove the transfer and finds only one agent taken
-            // (another run took it, found the other still ours and left)
-            // gets it back once that run has been silent for the takeover
-            // wait: an outage until then.
-            Step::Busy { why, both } if both || !t.stats.drove => return Err(RunError::Busy(why)),
-            Step::Retry(why) | Step::Busy { why, .. } => match t.failed(&why, now()) {
-                After::GiveUp(e) => return Err(RunError::Inactive(e)),
-                After::Reconnect(wait) => {
-                    progress.link_lost(&why);
-                    // The bar shows the outage in place; elsewhere it is a line.
-                    if progress.face() != Face::Bar {
-                        out.warn(&format!(
-                            "link to the agents lost ({why}); reconnecting in {:.1}s",
-                            wait.as_secs_f64()
-                        ));
-                    }
-                    std::thread::sleep(wait);
-                }
+            Step::Busy { why, both } => match t.refused(&why, both, now()) {
+                None => return Err(RunError::Busy(why)),
+                Some(after) => (why, after),
             },
+            Step::Retry(why) => {
+                let after = t.failed(&why, now());
+                (why, after)
+            }
+        };
+        match after {
+            After::GiveUp(e) => return Err(RunError::Inactive(e)),
+            After::Reconnect(wait) => {
+                progress.link_lost(&why);
+                // The bar shows the outage in place; elsewhere it is a line.
+                if progress.face() != Face::Bar {
+                    out.warn(&format!(
+                        "link to the agents lost ({why}); reconnecting in {:.1}s",
+                        wait.as_secs_f64()
+                    ));
+                }
+                std::thread::sleep(wait);
+            }
         }
     }
 }
@@ -177,8 +179,10 @@ fn attempt(
     };
     let (s, r) = (reach(sender, s_opened), reach(receiver, r_opened));
     // The receiver's connection first: the sender's relays chunks into it.
-    let r = r.map(|o| conn(o, QUEUE, None));
-    let s = s.map(|o| conn(o, QUEUE, r.as_ref().ok()));
+    let stall = t.timing.stall;
+    let r = r.map(|o| conn(o, QUEUE, None, stall));
+    let s = s.map(|o| conn(o, QUEUE, r.as_ref().ok(), stall));
+    let wait = t.timing.setup;
     // A failed greeting is an outage, unless the agent is gone for good.
     let greeted = |c: Result<Conn, String>, role: Role, who: &str, a: &Agent| {
         let failed = |e: String, gone: bool| {
@@ -194,8 +198,8 @@ fn attempt(
         };
         match c {
             Err(e) => Err(failed(e, local_agent_gone(a))),
-            Ok(mut c) => match hello(&c, role) {
-                Ok(Msg::Busy { label, heard_ms }) => Err(Step::Busy {
+            Ok(mut c) => match hello(&c, role, wait) {
+                Greeting::Busy { label, heard_ms } => Err(Step::Busy {
                     why: format!(
                         "the {who} agent on {} is driven by {label} (heard {:.1}s ago)",
                         a.host.label(),
@@ -203,8 +207,8 @@ fn attempt(
                     ),
                     both: false,
                 }),
-                Ok(m) => Ok((c, m)),
-                Err(e) => {
+                Greeting::Welcome { next_seq, offset } => Ok((c, next_seq, offset)),
+                Greeting::Failed(e) => {
                     let gone = e == CLOSED && bridge_says_gone(&mut c);
                     Err(failed(e, gone))
                 }
@@ -212,12 +216,9 @@ fn attempt(
         }
     };
     let s = match greeted(s, Role::Sender, "sender", sender) {
-        Ok((c, _)) => c,
+        Ok((c, ..)) => c,
         Err(Step::Busy { why, .. }) => {
-            // A run that drove the transfer asks whether the receiver is
-            // taken too: then it lost both. A newcomer leaves at once,
-            // without touching the receiver.
-            let both = t.stats.drove
+            let both = t.ask_the_other_after_busy()
                 && matches!(
                     greeted(r, Role::Receiver, "receiver", receiver),
                     Err(Step::Busy { .. })
@@ -227,13 +228,7 @@ fn attempt(
         Err(step) => return step,
     };
     let (r, next, offset) = match greeted(r, Role::Receiver, "receiver", receiver) {
-        Ok((
-            c,
-            Msg::Welcome {
-                next_seq, offset, ..
-            },
-        )) => (c, next_seq, offset),
-        Ok(_) => unreachable!("hello returns Welcome"),
+        Ok(welcomed) => welcomed,
         Err(step) => return step,
     };
     out.debug(&format!("agents connected; resuming at chunk {next}"));
@@ -305,23 +300,5 @@ fn attempt(
             st.resent_bytes,
         );
         acts.extend(relay.tick(t, now(), [s.silent_for(), r.silent_for()]));
-    }
-}
-
-fn kind(m: &Msg) -> &'static str {
-    match m {
-        Msg::Hello { .. } => "hello",
-        Msg::Welcome { .. } => "welcome",
-        Msg::Want { .. } => "want",
-        Msg::Chunk(_) => "chunk",
-        Msg::Ack { .. } => "ack",
-        Msg::Nak { .. } => "nak",
-        Msg::End(_) => "end",
-        Msg::Done { .. } => "done",
-        Msg::Ping { .. } => "ping",
-        Msg::Pong { .. } => "pong",
-        Msg::Error { .. } => "error",
-        Msg::Bye => "bye",
-        Msg::Busy { .. } => "busy",
     }
 }

@@ -134,11 +134,6 @@ impl Link {
         })))
     }
 
-    /// Whether `other` is a clone of this connection.
-    pub fn same(&self, other: &Link) -> bool {
-        Arc::ptr_eq(&self.0, &other.0)
-    }
-
     /// Whether the ssh session's pipes were handed over (no bridge copies).
     pub fn attached(&self) -> bool {
         self.0.hold.is_some()

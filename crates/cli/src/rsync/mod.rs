@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod coordinator;
+pub mod dataset;
 pub mod feed;
 pub mod link;
 pub mod lock;
@@ -11,51 +12,7 @@ pub mod session;
 
 use std::io::Read;
 use std::sync::Arc;
-use std::time::Duration;
 use syncoid_rsync_core::wire::{self, Msg};
-
-/// How long a link may carry nothing before it is declared dead: 10 s
-/// (`SYNCOID_RSYNC_STALL_SECS` in tests, to see a slow chunk outlast it).
-/// A live link is never that quiet: each agent answers a ping within a
-/// heartbeat, says it is alive while zfs keeps it waiting, and data moves.
-/// Short, because an outage shorter than this is left to TCP, which
-/// resends with a doubling backoff (0.2, 0.6, 1.4, 3.0, 6.2, 12.6 s after
-/// the cut): from a heal to the next resend, or to our reconnection at
-/// the stall time, is then never more than about 4 s. (At 30 s, a 15 s
-/// blackhole took 11.5 s to flow again.)
-pub fn stall() -> Duration {
-    static STALL: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
-    *STALL.get_or_init(|| {
-        let secs = std::env::var("SYNCOID_RSYNC_STALL_SECS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(10);
-        Duration::from_secs(secs)
-    })
-}
-
-/// Pings (coordinator) and beats (agents) keep a link's clock moving: six
-/// per stall time (1.7 s).
-pub fn heartbeat() -> Duration {
-    stall() / 6
-}
-
-/// How long a step that sets a connection up (an agent started, a
-/// greeting answered) may take before its link counts as hung: three
-/// stall times (30 s), since it includes an ssh handshake and, for a
-/// start, zfs starting on a host that may be busy.
-pub fn setup_wait() -> Duration {
-    stall() * 3
-}
-
-/// How long an agent's owner may be silent before a coordinator of
-/// another machine may take the agent over (`ownership`): three stall
-/// times (30 s). A live coordinator reconnects within a few seconds of a
-/// link coming back (its backoff is capped at 2 s), so only one that died
-/// or lost the agents for that long loses them.
-pub fn takeover_wait() -> Duration {
-    stall() * 3
-}
 
 /// Why `read_msgs` stopped.
 pub enum Stop {

@@ -115,7 +115,7 @@ impl<'a> Relay<'a> {
         if !self.frames.fill(5)? {
             return Ok(None);
         }
-        if self.frames.buffered()[4] == 4 && total >= CHUNK_HEAD {
+        if self.frames.buffered()[4] == wire::kind::CHUNK && total >= CHUNK_HEAD {
             if !self.frames.fill(CHUNK_HEAD)? {
                 return Ok(None);
             }

@@ -10,14 +10,18 @@ use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use syncoid_rsync_core::wire::Role;
 
 pub const PREFIX: &str = "syncoid-rsync-";
 pub const MARKER: &str = ".syncoid-rsync-session";
 
+/// What an agent writes in its session dir (`MARKER`, one line of JSON).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Marker {
     pub pid: u32,
-    pub role: String,
+    /// "send" or "receive" on disk and in `agent list`.
+    #[serde(with = "role_arg")]
+    pub role: Role,
     /// Identifies the transfer (source and target dataset) for re-attaching.
     pub key: String,
     pub created: u64,
@@ -29,6 +33,52 @@ pub struct Marker {
     /// agents from before it was written down (version 3 or older).
     #[serde(default)]
     pub wire: u16,
+}
+
+/// An agent as the hosts' session dirs show it: where, what its marker
+/// says, and whether its process runs. `agent list` prints one per line
+/// (JSON); pre-flight's probe and the coordinator read the same record.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Listed {
+    pub dir: String,
+    #[serde(flatten)]
+    pub marker: Marker,
+    pub alive: bool,
+}
+
+impl Listed {
+    /// Whether this is the live agent of `role` in transfer `key`.
+    pub fn serves(&self, role: Role, key: &str) -> bool {
+        self.alive && self.marker.role == role && self.marker.key == key
+    }
+}
+
+/// The agents on this host, as `agent list` prints them.
+pub fn listed() -> Vec<Listed> {
+    list()
+        .into_iter()
+        .map(|(dir, marker)| Listed {
+            dir: dir.display().to_string(),
+            alive: alive(marker.pid),
+            marker,
+        })
+        .collect()
+}
+
+/// `Role` as the agents name it ("send", "receive").
+mod role_arg {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use syncoid_rsync_core::wire::Role;
+
+    pub fn serialize<S: Serializer>(r: &Role, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(r.agent_arg())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Role, D::Error> {
+        let arg = String::deserialize(d)?;
+        Role::from_agent_arg(&arg)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown agent role {arg:?}")))
+    }
 }
 
 /// Directories the coordinator copies the binary into (`mktemp -d

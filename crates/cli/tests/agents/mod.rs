@@ -2,7 +2,7 @@
 //! emulator's receives were fed, agent processes, spawning and waiting.
 #![allow(dead_code)]
 
-use super::common::bin;
+use super::common::{bin, wait_until};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 use syncoid_rsync_testkit::Host;
@@ -281,15 +281,43 @@ pub fn token(h: &Host, fs: &str) -> String {
         .to_string()
 }
 
-pub fn wait_until(what: &str, secs: u64, f: impl Fn() -> bool) {
-    let t = Instant::now();
-    while !f() {
-        assert!(
-            t.elapsed() < Duration::from_secs(secs),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+/// Stream bytes the `zfs receive` running on `h` has read so far (its
+/// read(2) count, from /proc), 0 if none runs: a transfer's progress as it
+/// happens, where the emulator's log has it only once a receive ended.
+pub fn receiving_now(h: &Host) -> u64 {
+    let root = format!("FAKEZFS_ROOT={}", h.root.display());
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    procs
+        .flatten()
+        .filter(|p| {
+            p.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
+        .filter(|p| {
+            let argv = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
+            let mut argv = argv.split(|b| *b == 0);
+            let zfs = argv.next().is_some_and(|a| a.ends_with(b"zfs"));
+            let env = std::fs::read(p.path().join("environ")).unwrap_or_default();
+            zfs && argv.next() == Some(b"receive".as_slice())
+                && env.split(|b| *b == 0).any(|v| v == root.as_bytes())
+        })
+        .filter_map(|p| {
+            let io = std::fs::read_to_string(p.path().join("io")).ok()?;
+            let rchar = io.lines().find_map(|l| l.strip_prefix("rchar: "))?;
+            rchar.trim().parse::<u64>().ok()
+        })
+        .sum()
+}
+
+/// Waits until the receive running on `h` has read `bytes`.
+pub fn wait_receiving(h: &Host, bytes: u64) {
+    wait_until(&format!("{bytes} bytes received"), 60, || {
+        receiving_now(h) >= bytes
+    });
 }
 
 /// Payload bytes the emulator's receives have taken.
@@ -297,18 +325,19 @@ pub fn received_bytes(h: &Host) -> u64 {
     fed(h).iter().map(|(_, a, b)| b - a).sum()
 }
 
-/// Runs `args` on `h` with zfs send at `rate`, lets it send for `run` once
-/// both agents are up, then SIGKILLs the coordinator (the agents live on).
-/// Returns the agents' (role, pid) as they were at the kill.
+/// Runs `args` on `h` with zfs send at `rate`, lets zfs receive take
+/// `bytes` once both agents are up, then SIGKILLs the coordinator (the
+/// agents live on). Returns the agents' (role, pid) as they were at the
+/// kill.
 pub fn start_then_kill_coordinator(
     h: &Host,
     args: &[&str],
     rate: &str,
-    run: Duration,
+    bytes: u64,
 ) -> Vec<(String, i32)> {
     let child = spawn(h, args, &[("FAKEZFS_SEND_RATE", rate)]);
     wait_until("both agents", 40, || agent_pids(h).len() == 2);
-    std::thread::sleep(run);
+    wait_receiving(h, bytes);
     let pids = agent_pids(h);
     kill(child.id() as i32, 9);
     let _ = finish(child);

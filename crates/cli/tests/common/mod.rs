@@ -137,16 +137,11 @@ pub struct Lab {
 /// This machine (pool `here`), and two ssh hosts `hosta` (pool `pa`) and
 /// `hostb` (pool `pb`), each with its own emulator state.
 pub fn lab() -> Lab {
-    lab_with_env(&[])
-}
-
-/// `lab()` whose two servers give their sessions `env` as well.
-pub fn lab_with_env(env: &[(&str, &str)]) -> Lab {
     let local = Host::new(&["here"]);
     let a = Host::new(&["pa"]);
     let b = Host::new(&["pb"]);
-    let sa = Sshd::start_with_env(&a, env);
-    let sb = Sshd::start_with_env(&b, env);
+    let sa = Sshd::start(&a);
+    let sb = Sshd::start(&b);
     let config = local.dir().join("ssh_config");
     std::fs::write(
         &config,
@@ -160,5 +155,18 @@ pub fn lab_with_env(env: &[(&str, &str)]) -> Lab {
         b,
         _sa: sa,
         _sb: sb,
+    }
+}
+
+/// Waits until `f` says so, polling every 100 ms; fails the test after
+/// `secs` seconds, naming `what`.
+pub fn wait_until(what: &str, secs: u64, f: impl Fn() -> bool) {
+    let t = std::time::Instant::now();
+    while !f() {
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(secs),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }

@@ -60,24 +60,56 @@ pub struct Stats {
     pub drove: bool,
 }
 
-/// Timing rules (from the settings, not read from the environment here).
+/// Timing rules, all from the link timeout and the inactivity timeout
+/// (settings: `--link-timeout`, `--inactivity-timeout`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timing {
-    /// A link silent this long is dead.
+    /// A link silent this long is dead (the link timeout).
     pub stall: Duration,
-    /// Pings go out this often (a sixth of the stall time).
+    /// Pings (coordinator) and beats (agents) go out this often: six per
+    /// stall time, so a live link is never that quiet.
     pub heartbeat: Duration,
+    /// A step that sets a connection up (an agent started, a greeting
+    /// answered) may take this long before its link counts as hung: three
+    /// stall times, since it includes an ssh handshake and, for a start,
+    /// zfs starting on a host that may be busy.
+    pub setup: Duration,
+    /// Another machine's coordinator may take an agent over once its
+    /// owner was silent this long: three stall times. A live coordinator
+    /// reconnects within a few seconds of a link coming back (its backoff
+    /// is capped at 2 s), so only one that died or lost the agents for
+    /// that long loses them.
+    pub takeover: Duration,
     /// No progress for this long ends the transfer.
     pub inactivity: Duration,
 }
 
+/// The default link timeout. A live link is never this quiet (pings,
+/// beats and data keep it moving). Short, because an outage shorter than
+/// this is left to TCP, which resends with a doubling backoff (0.2, 0.6,
+/// 1.4, 3.0, 6.2, 12.6 s after the cut): from a heal to the next resend,
+/// or to our reconnection at the stall time, is then never more than
+/// about 4 s. (At 30 s, a 15 s blackhole took 11.5 s to flow again.)
+pub const DEFAULT_STALL: Duration = Duration::from_secs(10);
+
 impl Timing {
-    /// The default stall time (10 s) and its heartbeat.
+    /// The rules for a link timeout `stall` and an inactivity timeout.
     pub fn new(stall: Duration, inactivity: Duration) -> Timing {
         Timing {
             stall,
             heartbeat: stall / 6,
+            setup: stall * 3,
+            takeover: stall * 3,
             inactivity,
+        }
+    }
+
+    /// What an agent's door waits for.
+    pub fn waits(&self) -> super::gate::Waits {
+        super::gate::Waits {
+            setup: self.setup,
+            takeover: self.takeover,
+            inactivity: self.inactivity,
         }
     }
 }
@@ -228,6 +260,32 @@ pub enum Next {
     GiveUp(String),
 }
 
+/// What an agent's answer to our Hello means.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Greeting {
+    /// It serves us; the receiver stands at `next_seq` (`offset` bytes).
+    Welcome { next_seq: u64, offset: u64 },
+    /// Another coordinator (`label`, heard `heard_ms` ago) drives it.
+    Busy { label: String, heard_ms: u64 },
+    /// It refused us for good reason (an Error), or the greeting failed:
+    /// no answer within the setup wait, or an answer that is no answer.
+    Failed(String),
+}
+
+/// Reads an agent's first answer (`None`: none came within the setup
+/// wait). Only Welcome, Busy or Error may answer a Hello.
+pub fn greeting(answer: Option<Msg>) -> Greeting {
+    match answer {
+        Some(Msg::Welcome {
+            next_seq, offset, ..
+        }) => Greeting::Welcome { next_seq, offset },
+        Some(Msg::Busy { label, heard_ms }) => Greeting::Busy { label, heard_ms },
+        Some(Msg::Error { msg }) => Greeting::Failed(msg),
+        Some(other) => Greeting::Failed(format!("unexpected {} before the welcome", other.name())),
+        None => Greeting::Failed("no answer".into()),
+    }
+}
+
 /// A transfer across rounds.
 pub struct Transfer {
     pub stats: Stats,
@@ -311,6 +369,28 @@ impl Transfer {
             ));
         }
         Next::Reconnect(self.backoff.take())
+    }
+
+    /// The sender's agent refused us (Busy): whether to greet the receiver
+    /// anyway, to learn whether it is taken too. Only a run that drove the
+    /// transfer asks (it may have lost both, or only one while another run
+    /// found the other still ours and left); a newcomer leaves at once,
+    /// without touching the receiver.
+    pub fn ask_the_other_after_busy(&self) -> bool {
+        self.stats.drove
+    }
+
+    /// An agent refused us (`why`); `both`: the other did too. A run that
+    /// never drove the transfer, or that lost both agents, leaves it to
+    /// their owner (None: the agents are left alone). One that drove it
+    /// and finds only one taken gets it back once the other run has been
+    /// silent for the takeover wait: until then this is an outage like
+    /// any other.
+    pub fn refused(&mut self, why: &str, both: bool, now: Duration) -> Option<Next> {
+        if both || !self.stats.drove {
+            return None;
+        }
+        Some(self.failed(why, now))
     }
 }
 

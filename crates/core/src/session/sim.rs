@@ -1,10 +1,13 @@
 //! A deterministic simulation of a whole `--rsync` transfer: the real
 //! sender, receiver and coordinator sessions, over two virtual links (the
 //! coordinator's to each agent) on virtual time. A seeded schedule cuts
-//! the links (whatever is in flight is lost, and a cut link refuses new
-//! connections until it heals), delays them, and damages chunks in
-//! flight; half of them send chunks compressed; the agents' drivers are the minimum the real ones do (feed
-//! what the session says, answer pings). Every schedule checks:
+//! the links (whatever is in flight is lost, or, on some, delivered after
+//! the heal on the connection that was replaced, among the new one's
+//! frames; a cut link refuses new connections until it heals), delays
+//! them, damages chunks in flight and delivers some twice; half of them
+//! send chunks compressed. The agents' drivers are the minimum the real
+//! ones do (feed what the session says, answer pings). Every schedule
+//! checks:
 //! - zfs receive gets a prefix of the stream at every moment and the
 //!   whole stream at the end: each byte once, in order, only verified
 //!   bytes (a damaged copy is never fed);
@@ -122,6 +125,12 @@ pub struct Schedule {
     pub max_cut: Duration,
     /// Per mille that a chunk in flight is damaged.
     pub damage: u64,
+    /// Per mille that a cut connection still delivers what was in flight
+    /// towards its agent, after the heal (TCP kept retransmitting it),
+    /// interleaved with the frames of the connection that replaced it.
+    pub linger: u64,
+    /// Per mille that a chunk relayed to the receiver arrives twice.
+    pub dup: u64,
     pub delay: Duration,
     /// The link to the receiver never comes back after its first cut.
     pub never_heals: bool,
@@ -144,6 +153,8 @@ impl Schedule {
             cut_rate: [0, 1, 4, 16][r.below(4) as usize],
             max_cut: Duration::from_millis(r.below(40_000)),
             damage: [0, 5, 50][r.below(3) as usize],
+            linger: [0, 300, 1000][r.below(3) as usize],
+            dup: [0, 20][r.below(2) as usize],
             delay: Duration::from_millis(r.below(300)),
             never_heals: r.chance(50),
             compress: r.chance(500),
@@ -188,6 +199,9 @@ pub fn run(sch: &Schedule) -> Ending {
     // When the next round may connect.
     let mut connect_at = Some(Duration::ZERO);
     let mut first_cut = true;
+    // Frames of closed connections still on their way to an agent: when,
+    // to which (0: sender), on which generation.
+    let mut lingering: Vec<(Duration, usize, u64, Msg)> = Vec::new();
 
     loop {
         now += TICK;
@@ -220,7 +234,16 @@ pub fn run(sch: &Schedule) -> Ending {
                 first_cut = false;
                 let c = &mut conns[i];
                 c.cut = true;
-                c.to_agent.0.clear();
+                // What was on its way to the agent is lost, or, on a
+                // connection TCP keeps retransmitting, delivered after
+                // the heal, when the coordinator has long replaced it.
+                let linger = c.open && !link.dead && rng.chance(sch.linger);
+                for (_, m) in c.to_agent.0.drain(..) {
+                    if linger {
+                        let at = link.down_until + Duration::from_millis(rng.below(2000));
+                        lingering.push((at, i, c.generation, m));
+                    }
+                }
                 c.from_agent.0.clear();
             }
         }
@@ -267,6 +290,18 @@ pub fn run(sch: &Schedule) -> Ending {
                     After::GiveUp(why) => return gave_up(sch, why, now, t.last_progress()),
                 }
                 continue;
+            }
+        }
+
+        // Frames of connections long replaced reach the agents; their
+        // answers go nowhere (the coordinator closed those).
+        let (due, later): (Vec<_>, Vec<_>) = lingering.drain(..).partition(|f| f.0 <= now);
+        lingering = later;
+        for (_, i, g, m) in due {
+            if i == 0 {
+                let _ = snd.on_msg(g, &m);
+            } else {
+                let _ = receiver_driver(&mut rcv, &m, &mut fed, &data, sch);
             }
         }
 
@@ -334,6 +369,9 @@ pub fn run(sch: &Schedule) -> Ending {
                         c.data.len() as u64,
                         c.offset + u64::from(c.len),
                     );
+                    if rng.chance(sch.dup) {
+                        send(&mut conns[1], true, now + links[1].delay, m.clone());
+                    }
                     send(&mut conns[1], true, now + links[1].delay, m);
                     continue;
                 }
@@ -365,7 +403,7 @@ pub fn run(sch: &Schedule) -> Ending {
         } else if connect_at.is_none()
             && conns
                 .iter()
-                .any(|c| now.saturating_sub(c.heard) > sch.timing.stall * 3)
+                .any(|c| now.saturating_sub(c.heard) > sch.timing.setup)
         {
             // A greeting that never came back (the setup wait).
             acts.push(Act::Dead("no answer to the greeting".into()));
@@ -433,7 +471,7 @@ fn gave_up(sch: &Schedule, why: String, at: Duration, last_progress: Duration) -
     );
     let quiet = at - last_progress;
     let latest =
-        sch.timing.inactivity + sch.timing.stall * 3 + super::coordinator::MAX_BACKOFF + TICK * 2;
+        sch.timing.inactivity + sch.timing.setup + super::coordinator::MAX_BACKOFF + TICK * 2;
     assert!(
         quiet >= sch.timing.inactivity && quiet <= latest,
         "seed {}: gave up {quiet:?} after the last progress",

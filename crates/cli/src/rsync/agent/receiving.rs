@@ -28,9 +28,8 @@ pub(super) fn run_receiver(
     mut child: Child,
 ) -> (i32, Option<Link>) {
     CHILD_PID.store(child.id() as i32, std::sync::atomic::Ordering::SeqCst);
-    let clock = Arc::new(Clock {
-        last_heard: Mutex::new(Instant::now()),
-    });
+    let door = Door::new(o.timing());
+    let beat = o.timing().heartbeat;
     let stdin = Arc::new(Mutex::new(child.stdin.take().map(Feed::new)));
     let buffers = Arc::new(Buffers::default());
     let tail = Arc::new(Mutex::new(Some(StderrTail::drain(
@@ -43,14 +42,14 @@ pub(super) fn run_receiver(
         paced: Paced::new(o.bwlimit),
     }));
     let done = || state.lock().expect("state").session.bye();
-    let served = serve(&listener, &clock, o.timeout, &done, &|s, hello| {
+    let served = serve(&listener, &door, &done, &|s, hello, id| {
         let writer = Arc::new(Mutex::new(s.clone()));
-        let (state, stdin, child, tail, clock, buffers) = (
+        let (state, stdin, child, tail, door, buffers) = (
             state.clone(),
             stdin.clone(),
             child.clone(),
             tail.clone(),
-            clock.clone(),
+            door.clone(),
             buffers.clone(),
         );
         // Chunks are checked and fed under the state lock, so a connection
@@ -58,23 +57,15 @@ pub(super) fn run_receiver(
         // twice; it ends at its next socket operation.
         std::thread::spawn(move || {
             let spare = Some(buffers.clone());
-            read_loop(
-                s,
-                hello,
-                spare,
-                &clock,
-                &writer,
-                crate::rsync::heartbeat(),
-                |m| {
-                    let zfs = Zfs {
-                        stdin: &stdin,
-                        child: &child,
-                        tail: &tail,
-                        buffers: &buffers,
-                    };
-                    receiver_msg(m, &state, &zfs, &writer)
-                },
-            );
+            read_loop(s, id, hello, spare, &door, &writer, beat, |m| {
+                let zfs = Zfs {
+                    stdin: &stdin,
+                    child: &child,
+                    tail: &tail,
+                    buffers: &buffers,
+                };
+                receiver_msg(m, &state, &zfs, &writer)
+            });
         });
     });
     let Ok(last) = served else {

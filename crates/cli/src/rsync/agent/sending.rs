@@ -6,7 +6,7 @@ use std::io::Read;
 use std::os::unix::net::UnixListener;
 use std::process::Child;
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::*;
 use crate::host::StderrTail;
@@ -26,9 +26,8 @@ pub(super) fn run_sender(
     listener: UnixListener,
     mut child: Child,
 ) -> (i32, Option<Link>) {
-    let clock = Arc::new(Clock {
-        last_heard: Mutex::new(Instant::now()),
-    });
+    let door = Door::new(o.timing());
+    let beat = o.timing().heartbeat;
     let shared: Arc<Shared> = Arc::new((
         Mutex::new(sender::Session::new(o.spool_size)),
         Condvar::new(),
@@ -41,23 +40,16 @@ pub(super) fn run_sender(
         let (chunk_size, level) = (o.chunk_size, o.compress_level);
         std::thread::spawn(move || produce(stdout, child, tail, chunk_size, level, &shared))
     };
-    let timeout = o.timeout;
     let done = || shared.0.lock().expect("state").bye();
-    let served = serve(&listener, &clock, timeout, &done, &|s, hello| {
+    let served = serve(&listener, &door, &done, &|s, hello, id| {
         let generation = shared.0.lock().expect("state").connected();
         shared.1.notify_all();
         let writer = Arc::new(Mutex::new(s.clone()));
-        let (shared2, writer2, clock2) = (shared.clone(), writer.clone(), clock.clone());
+        let (shared2, writer2, door2) = (shared.clone(), writer.clone(), door.clone());
         std::thread::spawn(move || {
-            read_loop(
-                s,
-                hello,
-                None,
-                &clock2,
-                &writer2,
-                crate::rsync::heartbeat(),
-                |m| sender_msg(m, generation, &shared2, &writer2),
-            );
+            read_loop(s, id, hello, None, &door2, &writer2, beat, |m| {
+                sender_msg(m, generation, &shared2, &writer2)
+            });
         });
         let shared3 = shared.clone();
         let paced = paced.clone();
@@ -97,7 +89,6 @@ pub(super) fn produce(
 ) {
     CHILD_PID.store(child.id() as i32, std::sync::atomic::Ordering::SeqCst);
     let mut chunker = Chunker::new(chunk_size);
-    let fault = fault();
     // Chunks that do not shrink (already compressed or encrypted data)
     // make the next few skip zstd, which then tries again.
     let mut skip = 0u32;
@@ -113,9 +104,6 @@ pub(super) fn produce(
     };
     let mut spool = |st: &mut sender::Session, mut c: Chunk| {
         compress(&mut c);
-        if matches!(&fault, Some((k, seq)) if k == "spool" && *seq == c.seq) {
-            c.data[0] ^= 0xff;
-        }
         st.produced(c);
     };
     loop {
@@ -176,21 +164,9 @@ pub(super) fn sender_msg(m: Msg, generation: u64, shared: &Shared, w: &Mutex<Lin
     }
 }
 
-/// Test hook, `SYNCOID_RSYNC_FAULT=wire:SEQ` or `spool:SEQ`: damage chunk
-/// SEQ once on the wire, or for good in the spool (after it was hashed),
-/// to prove detection.
-pub(super) fn fault() -> Option<(String, u64)> {
-    let v = std::env::var("SYNCOID_RSYNC_FAULT").ok()?;
-    let (kind, seq) = v.split_once(':')?;
-    Some((kind.to_string(), seq.parse().ok()?))
-}
-
 /// Writes what the sender session says connection `generation` sends
 /// next, until it says stop or the connection fails.
 pub(super) fn push_chunks(generation: u64, shared: &Shared, w: &Mutex<Link>, paced: &Paced) {
-    let fault = fault();
-    static WIRE_FAULT_DONE: std::sync::atomic::AtomicBool =
-        std::sync::atomic::AtomicBool::new(false);
     loop {
         let frame = {
             let mut st = shared.0.lock().expect("state");
@@ -204,16 +180,7 @@ pub(super) fn push_chunks(generation: u64, shared: &Shared, w: &Mutex<Link>, pac
                             .expect("state")
                             .0;
                     }
-                    Next::Chunk(c) => {
-                        let damage = matches!(&fault, Some((k, seq)) if k == "wire" && *seq == c.seq)
-                            && !WIRE_FAULT_DONE.swap(true, std::sync::atomic::Ordering::SeqCst);
-                        if damage {
-                            let mut bad = Chunk::clone(&c);
-                            bad.data[0] ^= 0xff;
-                            break Out::Chunk(Arc::new(bad));
-                        }
-                        break Out::Chunk(c);
-                    }
+                    Next::Chunk(c) => break Out::Chunk(c),
                     Next::Frame(m) => break Out::Frame(wire::encode(&m)),
                 }
             }

@@ -1,6 +1,7 @@
-//! How an agent serves its coordinator: connections accepted and greeted
-//! (ownership decides who may drive it), frames read and heartbeats
-//! sent, the inactivity clock, and bandwidth pacing.
+//! How an agent serves its coordinator: connections accepted, greeted and
+//! read, heartbeats sent, and bandwidth pacing. Who may drive the agent,
+//! how long it waits, and when it beats are the door's rules
+//! (`core::session::gate`).
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixListener;
@@ -9,128 +10,120 @@ use std::time::{Duration, Instant};
 
 use crate::rsync::feed::Buffers;
 use crate::rsync::link::Link;
-use syncoid_rsync_core::ownership::{self, Admit};
+use syncoid_rsync_core::session::coordinator::Timing;
+use syncoid_rsync_core::session::gate::{self, ConnId, Due, Gate, Verdict};
 use syncoid_rsync_core::transport::Pacer;
-use syncoid_rsync_core::wire::{self, Msg, Owner};
+use syncoid_rsync_core::wire::{self, Msg};
 
-/// What the coordinator last did, for the inactivity timeout.
-pub(super) struct Clock {
-    pub(super) last_heard: Mutex<Instant>,
+/// The agent's door (`core::session::gate`) on the real clock: who drives
+/// the agent, and how long it waits for them.
+pub(super) struct Door {
+    gate: Mutex<Gate>,
+    epoch: Instant,
 }
 
-impl Clock {
-    fn touch(&self) {
-        *self.last_heard.lock().expect("clock") = Instant::now();
+impl Door {
+    /// The door of an agent with these timing rules.
+    pub(super) fn new(timing: Timing) -> Arc<Door> {
+        Arc::new(Door {
+            gate: Mutex::new(Gate::new(timing.waits(), Duration::ZERO)),
+            epoch: Instant::now(),
+        })
     }
-    fn idle(&self) -> Duration {
-        self.last_heard.lock().expect("clock").elapsed()
+
+    fn now(&self) -> Duration {
+        self.epoch.elapsed()
+    }
+
+    fn gate(&self) -> std::sync::MutexGuard<'_, Gate> {
+        self.gate.lock().expect("gate")
+    }
+
+    /// A message came on connection `id`.
+    fn heard(&self, id: ConnId) {
+        let now = self.now();
+        self.gate().heard(id, now);
     }
 }
 
 /// The coordinator was silent for the inactivity timeout.
 pub(super) struct TimedOut;
 
-/// Accepts coordinator connections until `done` says stop or the
-/// coordinator has been silent for the timeout. Each connection must
-/// first say Hello (read on its own thread, within `setup_wait`); the
-/// owner in it is admitted or refused (`ownership::admit`: a coordinator
-/// of another machine is refused while this agent's owner was heard
-/// within `takeover_wait`). An admitted connection replaces the previous
-/// one and goes to `handle` with its Hello; a refused one gets Busy and is
-/// closed, and the current connection goes on untouched. When done,
-/// returns the last connection: the agent holds it open until its session
-/// dir is gone, so the coordinator sees it close only once the agent has
-/// cleaned up.
+/// Accepts coordinator connections until `done` says stop or the door
+/// says give up. Each connection's first frame is read on its own thread
+/// (`greet`); the door admits or refuses it. An admitted connection
+/// replaces the previous one and goes to `handle` with its Hello and id;
+/// a refused one gets the door's answer (Busy, or an Error) and is
+/// closed. When done, returns the last connection: the agent holds it
+/// open until its session dir is gone, so the coordinator sees it close
+/// only once the agent has cleaned up.
 pub(super) fn serve(
     listener: &UnixListener,
-    clock: &Arc<Clock>,
-    timeout: Duration,
+    door: &Arc<Door>,
     done: &dyn Fn() -> bool,
-    handle: &dyn Fn(Link, Msg),
+    handle: &dyn Fn(Link, Msg, ConnId),
 ) -> Result<Option<Link>, TimedOut> {
     listener
         .set_nonblocking(true)
         .expect("nonblocking listener");
     let mut current: Option<Link> = None;
-    let mut owner: Option<Owner> = None;
     // Each new connection comes back from its greeting thread with its
-    // Hello, or without one (refused there, and cancelled).
-    let (greeted_tx, greeted) = crossbeam_channel::unbounded::<(Link, Option<Msg>)>();
-    // Connections whose Hello has not come yet, and since when.
-    let mut pending: Vec<(Instant, Link)> = Vec::new();
+    // first frame, or why there was none.
+    let (greeted_tx, greeted) =
+        crossbeam_channel::unbounded::<(ConnId, Link, Result<Msg, String>)>();
+    // Connections whose Hello has not come yet.
+    let mut pending: Vec<(ConnId, Link)> = Vec::new();
+    let mut next_id: ConnId = 0;
     loop {
         if done() {
             return Ok(current);
         }
-        if clock.idle() > timeout {
-            eprintln!("no coordinator for {}s: giving up", timeout.as_secs());
-            return Err(TimedOut);
+        let now = door.now();
+        for due in door.gate().tick(now) {
+            match due {
+                Due::Close(id, why) => {
+                    eprintln!("{why}");
+                    pending.retain(|(p, s)| {
+                        *p != id || {
+                            s.cancel();
+                            false
+                        }
+                    });
+                }
+                Due::GiveUp(why) => {
+                    eprintln!("{why}");
+                    return Err(TimedOut);
+                }
+            }
         }
-        while let Ok((s, hello)) = greeted.try_recv() {
-            pending.retain(|(_, p)| !p.same(&s));
-            let Some(hello) = hello else { continue };
-            let Msg::Hello { owner: asker, .. } = &hello else {
-                continue;
-            };
-            let asker = asker.clone();
-            let heard = clock.idle();
-            match ownership::admit(owner.as_ref(), heard, &asker, crate::rsync::takeover_wait()) {
-                Admit::Refuse => {
-                    let label = owner.as_ref().map(|o| o.label.clone()).unwrap_or_default();
-                    eprintln!(
-                        "refused {}: this transfer is driven by {label}, heard {:.1}s ago",
-                        asker.label,
-                        heard.as_secs_f64()
-                    );
-                    let busy = Msg::Busy {
-                        label,
-                        heard_ms: heard.as_millis() as u64,
-                    };
-                    let mut s = s;
-                    let _ = s.write_all(&wire::encode(&busy));
+        while let Ok((id, s, first)) = greeted.try_recv() {
+            pending.retain(|(p, _)| *p != id);
+            let now = door.now();
+            let verdict = door.gate().hello(id, first.clone(), now);
+            match verdict {
+                Verdict::Refuse { answer, note } => {
+                    eprintln!("{note}");
+                    let _ = s.clone().write_all(&wire::encode(&answer));
                     s.cancel();
-                    continue;
                 }
-                Admit::TakeOver => {
-                    eprintln!(
-                        "{} takes over from {} (heard {:.1}s ago)",
-                        asker.label,
-                        owner.as_ref().map(|o| o.label.as_str()).unwrap_or(""),
-                        heard.as_secs_f64()
-                    );
-                    owner = Some(asker);
+                Verdict::Admit { replaces, note } => {
+                    let attached = if s.attached() {
+                        " (ssh session attached)"
+                    } else {
+                        ""
+                    };
+                    eprintln!("coordinator connected{attached}: {note}");
+                    // The connection replaced, even if it is a half-dead
+                    // ssh session that never sees its peer go.
+                    if let (Some(old), Some(_)) = (current.take(), replaces) {
+                        old.cancel();
+                    }
+                    current = Some(s.clone());
+                    let hello = first.expect("an admitted connection said hello");
+                    handle(s, hello, id);
                 }
-                Admit::First => owner = Some(asker),
-                Admit::Again | Admit::Tool => {}
             }
-            clock.touch();
-            eprintln!(
-                "coordinator connected{}",
-                if s.attached() {
-                    " (ssh session attached)"
-                } else {
-                    ""
-                }
-            );
-            // A new connection replaces the old one, even if the old
-            // one is a half-dead ssh session that never sees its peer go.
-            if let Some(old) = current.take() {
-                old.cancel();
-            }
-            current = Some(s.clone());
-            handle(s, hello);
         }
-        pending.retain(|(since, s)| {
-            let late = since.elapsed() > crate::rsync::setup_wait();
-            if late {
-                eprintln!(
-                    "a connection said no hello within {:?}: closed",
-                    crate::rsync::setup_wait()
-                );
-                s.cancel();
-            }
-            !late
-        });
         match listener.accept() {
             Ok((s, _)) => {
                 let s = match Link::accept(s) {
@@ -140,14 +133,14 @@ pub(super) fn serve(
                         continue;
                     }
                 };
-                pending.push((Instant::now(), s.clone()));
+                next_id += 1;
+                let id = next_id;
+                door.gate().accepted(id, door.now());
+                pending.push((id, s.clone()));
                 let tx = greeted_tx.clone();
                 std::thread::spawn(move || {
-                    let hello = greet(&s);
-                    if hello.is_none() {
-                        s.cancel();
-                    }
-                    let _ = tx.send((s, hello));
+                    let first = greet(&s);
+                    let _ = tx.send((id, s, first));
                 });
             }
             Err(_) => std::thread::sleep(Duration::from_millis(20)),
@@ -155,35 +148,21 @@ pub(super) fn serve(
     }
 }
 
-/// A Hello is small: its owner's domain, run and label.
-pub(super) const HELLO_MAX: usize = 4096;
-
 /// Reads a connection's first frame, exactly (what follows stays unread
-/// for the connection's reader), and returns it if it is a Hello. Anything
-/// else gets an Error naming what was wrong (a version mismatch, say).
-pub(super) fn greet(s: &Link) -> Option<Msg> {
+/// for the connection's reader), and decodes it; the door judges it.
+pub(super) fn greet(s: &Link) -> Result<Msg, String> {
     let mut r = s.clone();
     let mut frame = vec![0u8; 4];
-    r.read_exact(&mut frame).ok()?;
+    r.read_exact(&mut frame)
+        .map_err(|e| format!("no first frame: {e}"))?;
     let len = u32::from_be_bytes(frame[..4].try_into().expect("4 bytes")) as usize;
-    let refuse = |msg: String| {
-        eprintln!("connection refused: {msg}");
-        let _ = s.clone().write_all(&wire::encode(&Msg::Error { msg }));
-        None
-    };
-    if len == 0 || len > HELLO_MAX {
-        return refuse(format!("a first frame of {len} bytes is not a hello"));
+    if let Err(Msg::Error { msg }) = Gate::first_frame(len) {
+        return Err(msg);
     }
     frame.resize(4 + len, 0);
-    r.read_exact(&mut frame[4..]).ok()?;
-    match wire::decode_frame(&frame) {
-        Ok(m @ Msg::Hello { .. }) => Some(m),
-        Ok(_) => refuse(format!(
-            "the first message (type {}) was not a hello",
-            frame[4]
-        )),
-        Err(e) => refuse(format!("protocol error: {e}")),
-    }
+    r.read_exact(&mut frame[4..])
+        .map_err(|e| format!("no first frame: {e}"))?;
+    wire::decode_frame(&frame).map_err(|e| e.to_string())
 }
 
 /// A bandwidth limit shared by an agent's connections.
@@ -240,27 +219,29 @@ pub(super) const READ_AHEAD: usize = 4;
 /// from `s` until it closes or fails and calls `f` for each, in order, on
 /// this thread (a reader thread reads up to `READ_AHEAD`
 /// messages ahead, into buffers from `spare` when it has them).
+#[allow(clippy::too_many_arguments)]
 pub(super) fn read_loop(
     mut s: Link,
+    id: ConnId,
     first: Msg,
     spare: Option<Arc<Buffers>>,
-    clock: &Arc<Clock>,
+    door: &Arc<Door>,
     writer: &Arc<Mutex<Link>>,
     beat: Duration,
     mut f: impl FnMut(Msg) -> bool,
 ) {
     let (tx, rx) = crossbeam_channel::bounded::<Msg>(READ_AHEAD);
-    let touched = clock.clone();
+    let touched = door.clone();
     let shut = s.clone();
     let w = writer.clone();
     let reader = std::thread::spawn(move || {
         let stop = crate::rsync::read_msgs(&mut s, spare, |m| {
-            touched.touch();
+            touched.heard(id);
             // Answered here, not in turn: the coordinator hears from a
             // live agent even while the handler waits on zfs (a receive
             // committing the end of its stream).
-            if let Msg::Ping { nonce } = m {
-                write_msg(&w, &Msg::Pong { nonce });
+            if let Some(answer) = gate::answer_at_once(&m) {
+                write_msg(&w, &answer);
                 return true;
             }
             tx.send(m).is_ok()
@@ -286,10 +267,11 @@ pub(super) fn read_loop(
         while let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
             beats_stopped.recv_timeout(beat)
         {
-            if working.load(std::sync::atomic::Ordering::SeqCst)
-                && !write_msg(&w, &Msg::Pong { nonce: 0 })
-            {
-                break;
+            let busy = working.load(std::sync::atomic::Ordering::SeqCst);
+            if let Some(beat) = gate::beats(busy) {
+                if !write_msg(&w, &beat) {
+                    break;
+                }
             }
         }
     });

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::SSH_KEEPALIVE;
 use crate::host::Host;
-use crate::rsync::{relay, session, stall};
+use crate::rsync::{relay, session};
 use syncoid_rsync_core::wire::{self, Msg};
 
 /// Where an agent lives.
@@ -52,6 +52,8 @@ pub(super) struct Conn {
     /// link that carries only those is alive by its answers (a pong per
     /// ping) alone.
     pub(super) heard: Arc<Mutex<Heard>>,
+    /// The link timeout: a link silent this long is dead.
+    pub(super) stall: Duration,
 }
 
 /// When a link last moved, and whether its reader is held up by the
@@ -104,8 +106,8 @@ impl Conn {
                 Ok(()) => return Ok(()),
                 Err(SendTimeoutError::Disconnected(_)) => return Err("closed".into()),
                 Err(SendTimeoutError::Timeout(f)) => {
-                    if self.silent_for() > stall() {
-                        return Err(format!("link idle for {}s", stall().as_secs()));
+                    if self.silent_for() > self.stall {
+                        return Err(format!("link idle for {}s", self.stall.as_secs()));
                     }
                     frame = f;
                 }
@@ -225,7 +227,7 @@ pub(super) fn ssh_ends(mut c: Child) -> Opened {
 /// Starts the threads that move frames over an opened connection. The
 /// sender's connection is given the receiver's (`relay_to`): its reader
 /// forwards chunks straight into it (`rsync::relay`).
-pub(super) fn conn(o: Opened, queue: usize, relay_to: Option<&Conn>) -> Conn {
+pub(super) fn conn(o: Opened, queue: usize, relay_to: Option<&Conn>, stall: Duration) -> Conn {
     let Opened {
         r: reader,
         w: writer,
@@ -261,6 +263,7 @@ pub(super) fn conn(o: Opened, queue: usize, relay_to: Option<&Conn>) -> Conn {
         heard,
         w,
         sock,
+        stall,
     }
 }
 

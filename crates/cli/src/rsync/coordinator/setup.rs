@@ -13,7 +13,8 @@ use crate::again::Backoff;
 use crate::host::{Host, StderrTail};
 use crate::output::Out;
 use crate::preflight::Binary;
-use crate::rsync::{session, setup_wait};
+use crate::rsync::session;
+use syncoid_rsync_core::session::coordinator::Timing;
 use syncoid_rsync_core::shell;
 
 /// An agent to start: its host, our binary there, its role (`send` or
@@ -22,7 +23,7 @@ use syncoid_rsync_core::shell;
 pub struct Start<'a> {
     pub host: &'a Host,
     pub exe: &'a str,
-    pub role: &'a str,
+    pub role: Role,
     pub key: &'a str,
     pub opts: &'a AgentOpts,
     pub zfs_argv: &'a [String],
@@ -156,7 +157,7 @@ pub fn start_or_find(a: &Start, retry: &mut Retry) -> Result<(String, Option<Ope
                 Ok(Some(dir)) => {
                     retry.out.info(&format!(
                         "--rsync: the {} agent on {} was started before the connection failed: using it ({dir})",
-                        a.role,
+                        a.role.agent_arg(),
                         a.host.label()
                     ));
                     return Ok((dir, None));
@@ -186,9 +187,9 @@ pub(super) fn find_agent(a: &Start) -> Result<Option<String>, SetupError> {
     }
     let found = String::from_utf8_lossy(&out.stdout)
         .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|v| v["role"] == a.role && v["key"] == a.key && v["alive"] == true)
-        .and_then(|v| v["dir"].as_str().map(str::to_string));
+        .filter_map(|l| serde_json::from_str::<session::Listed>(l).ok())
+        .find(|l| l.serves(a.role, a.key))
+        .map(|l| l.dir);
     Ok(found)
 }
 
@@ -235,11 +236,13 @@ pub(super) fn start_agent(a: &Start, via: Via) -> Result<(String, Option<Opened>
         exe.to_string(),
         "agent".into(),
         "start".into(),
-        role.into(),
+        role.agent_arg().into(),
         "--key".into(),
         key.into(),
         "--timeout".into(),
-        opts.timeout.as_secs().to_string(),
+        opts.timing.inactivity.as_secs().to_string(),
+        "--link-timeout".into(),
+        opts.timing.stall.as_millis().to_string(),
         "--chunk-size".into(),
         opts.chunk_size.to_string(),
         "--spool-size".into(),
@@ -249,7 +252,12 @@ pub(super) fn start_agent(a: &Start, via: Via) -> Result<(String, Option<Opened>
         "--bwlimit".into(),
         opts.bwlimit.to_string(),
     ];
-    let what = format!("starting the {role} agent on {}", host.label());
+    let what = format!(
+        "starting the {} agent on {}",
+        role.agent_arg(),
+        host.label()
+    );
+    let setup_wait = opts.timing.setup;
     if !host.is_remote() {
         argv.push("--".into());
         argv.extend(zfs_argv.iter().cloned());
@@ -288,7 +296,7 @@ pub(super) fn start_agent(a: &Start, via: Via) -> Result<(String, Option<Opened>
     let (answered, watch) = bounded::<()>(0);
     let watchdog = std::thread::spawn(move || {
         let hung = watch
-            .recv_timeout(setup_wait())
+            .recv_timeout(setup_wait)
             .is_err_and(|e| e.is_timeout());
         if hung {
             // SAFETY: signalling our own unreaped child.
@@ -323,7 +331,7 @@ pub(super) fn start_agent(a: &Start, via: Via) -> Result<(String, Option<Opened>
         let _ = child.wait();
         return Err(SetupError::Link(format!(
             "{what}: no answer within {}s",
-            setup_wait().as_secs()
+            setup_wait.as_secs()
         )));
     }
     if !ended {
@@ -341,7 +349,8 @@ pub(super) fn start_agent(a: &Start, via: Via) -> Result<(String, Option<Opened>
 
 #[derive(Clone, Copy)]
 pub struct AgentOpts {
-    pub timeout: Duration,
+    /// The agent's timing: its inactivity timeout and the link timeout.
+    pub timing: Timing,
     pub chunk_size: usize,
     pub spool_size: usize,
     pub compress_level: i32,

@@ -144,3 +144,66 @@ fn failed_rounds_back_off_and_give_up_after_the_inactivity_timeout() {
         n => panic!("{n:?}"),
     }
 }
+
+#[test]
+fn a_hello_is_answered_by_welcome_busy_or_error_only() {
+    use super::{greeting, Greeting};
+    let welcome = Msg::Welcome {
+        version: crate::wire::VERSION,
+        role: crate::wire::Role::Receiver,
+        next_seq: 7,
+        offset: 700,
+        produced: 9,
+    };
+    assert_eq!(
+        greeting(Some(welcome)),
+        Greeting::Welcome {
+            next_seq: 7,
+            offset: 700
+        }
+    );
+    let busy = Msg::Busy {
+        label: "m2".into(),
+        heard_ms: 5,
+    };
+    assert!(matches!(
+        greeting(Some(busy)),
+        Greeting::Busy { heard_ms: 5, .. }
+    ));
+    let error = Msg::Error { msg: "no".into() };
+    assert_eq!(greeting(Some(error)), Greeting::Failed("no".into()));
+    assert_eq!(
+        greeting(Some(Msg::Nak { seq: 1 })),
+        Greeting::Failed("unexpected nak before the welcome".into())
+    );
+    assert_eq!(greeting(None), Greeting::Failed("no answer".into()));
+}
+
+#[test]
+fn a_refusal_sends_a_newcomer_away_and_is_an_outage_for_the_owner_until_both_are_lost() {
+    let timing = Timing::new(Duration::from_secs(10), Duration::from_secs(60));
+    let mut newcomer = Transfer::new(timing, Duration::ZERO);
+    newcomer.round();
+    assert!(!newcomer.ask_the_other_after_busy());
+    assert_eq!(
+        newcomer.refused("taken", false, Duration::from_secs(1)),
+        None
+    );
+    let mut owner = Transfer::new(timing, Duration::ZERO);
+    owner.round();
+    let _ = Relay::start(&mut owner, 0, 0, Duration::ZERO);
+    assert!(owner.ask_the_other_after_busy());
+    assert!(matches!(
+        owner.refused("one taken", false, Duration::from_secs(1)),
+        Some(Next::Reconnect(_))
+    ));
+    assert_eq!(
+        owner.refused("both taken", true, Duration::from_secs(2)),
+        None
+    );
+    // An owner refused for longer than the inactivity timeout gives up.
+    assert!(matches!(
+        owner.refused("one taken", false, Duration::from_secs(61)),
+        Some(Next::GiveUp(_))
+    ));
+}

@@ -99,13 +99,15 @@ fn replay() {
     let seed = std::env::var("SEED").unwrap().parse().unwrap();
     let sch = Schedule::from_seed(seed);
     eprintln!(
-        "len {} chunk {} spool {} cut {} max_cut {:?} damage {} delay {:?} never {}",
+        "len {} chunk {} spool {} cut {} max_cut {:?} damage {} linger {} dup {} delay {:?} never {}",
         sch.len,
         sch.chunk,
         sch.spool,
         sch.cut_rate,
         sch.max_cut,
         sch.damage,
+        sch.linger,
+        sch.dup,
         sch.delay,
         sch.never_heals
     );

@@ -3,14 +3,21 @@
 //! the transfer driven to its end, and what remains of an agent that is
 //! gone. The protocol itself is `rsync::coordinator`'s.
 
-use super::*;
+use std::sync::atomic::AtomicBool;
+
+use crate::host::{at_once, Host};
+use crate::interrupt;
+use crate::output::readable;
 use crate::preflight::Binary;
+use crate::replicate::{AgentList, Ctx, DsError, Exes};
+use crate::rsync::coordinator::{self, Agent, AgentOpts, Opened, Retry};
 use crate::rsync::coordinator::{Ended, SetupFailed};
+use syncoid_rsync_core::wire::Role;
 
 impl Ctx<'_> {
     /// --rsync: our binary on both hosts (copied there when missing; to
     /// two hosts at once).
-    pub(super) fn exes(&self) -> Result<Exes, DsError> {
+    pub(crate) fn exes(&self) -> Result<Exes, DsError> {
         if let Some(e) = self.exes.borrow().as_ref() {
             return Ok(e.clone());
         }
@@ -75,7 +82,7 @@ impl Ctx<'_> {
     /// end of the run or after an agent is gone (its host may have
     /// restarted and lost its /tmp: the next transfer copies afresh). No
     /// agent runs from them by then. False when there was nothing to forget.
-    pub(super) fn forget_exes(&self) -> bool {
+    pub(crate) fn forget_exes(&self) -> bool {
         let Some(exes) = self.exes.borrow_mut().take() else {
             return false;
         };
@@ -85,7 +92,7 @@ impl Ctx<'_> {
         true
     }
 
-    pub(super) fn transfer_key(&self, src_fs: &str, dst_fs: &str) -> String {
+    pub(crate) fn transfer_key(&self, src_fs: &str, dst_fs: &str) -> String {
         coordinator::key(
             &format!("{}:{src_fs}", self.s.source_host.label()),
             &format!("{}:{dst_fs}", self.s.target_host.label()),
@@ -109,7 +116,7 @@ impl Ctx<'_> {
 
     fn agent_opts(&self, bwlimit: u64) -> AgentOpts {
         AgentOpts {
-            timeout: self.s.inactivity,
+            timing: self.s.timing,
             chunk_size: self.s.chunk_size,
             spool_size: self.s.spool_size,
             compress_level: self.s.rsync_level,
@@ -137,7 +144,7 @@ fn setup_failed(failures: &[Option<&SetupFailed>]) -> DsError {
 }
 
 /// Moves one stream through agents on both hosts.
-pub(super) fn rsync_transfer(
+pub(crate) fn rsync_transfer(
     ctx: &Ctx,
     src_fs: &str,
     dst_fs: &str,
@@ -154,7 +161,7 @@ pub(super) fn rsync_transfer(
     let receiver = coordinator::Start {
         host: th,
         exe: &exes.target,
-        role: "receive",
+        role: Role::Receiver,
         key: &key,
         opts: &ropts,
         zfs_argv: recv_argv,
@@ -162,7 +169,7 @@ pub(super) fn rsync_transfer(
     let sender = coordinator::Start {
         host: sh,
         exe: &exes.source,
-        role: "send",
+        role: Role::Sender,
         opts: &sopts,
         zfs_argv: send_argv,
         ..receiver
@@ -226,7 +233,7 @@ fn finish_transfer(
         sender,
         receiver,
         first,
-        ctx.s.inactivity,
+        ctx.s.timing,
         &ctx.out,
         &ctx.progress,
     );
@@ -288,19 +295,19 @@ fn finish_transfer(
 /// --rsync: finishes a transfer whose coordinator was interrupted, if both
 /// its agents are still alive; stops a lone survivor (the target's resume
 /// token then carries the transfer on). True when a transfer was finished.
-pub(super) fn reattach(ctx: &Ctx, src_fs: &str, dst_fs: &str) -> Result<bool, DsError> {
+pub(crate) fn reattach(ctx: &Ctx, src_fs: &str, dst_fs: &str) -> Result<bool, DsError> {
     let key = ctx.transfer_key(src_fs, dst_fs);
     let (sh, th) = (&ctx.s.source_host, &ctx.s.target_host);
     // Each is handled once: taken out of the run's list.
-    let take = |list: &mut AgentList, role: &str| {
-        let i = list.iter().position(|a| a.role == role && a.key == key)?;
+    let take = |list: &mut AgentList, role: Role| {
+        let i = list.iter().position(|a| a.serves(role, &key))?;
         Some(list.remove(i))
     };
     let (sdir, rdir) = {
         let mut live = ctx.live.borrow_mut();
         (
-            take(&mut live.source, "send"),
-            take(&mut live.target, "receive"),
+            take(&mut live.source, Role::Sender),
+            take(&mut live.target, Role::Receiver),
         )
     };
     if sdir.is_none() && rdir.is_none() {
@@ -315,12 +322,12 @@ pub(super) fn reattach(ctx: &Ctx, src_fs: &str, dst_fs: &str) -> Result<bool, Ds
     let other = [&sdir, &rdir]
         .into_iter()
         .flatten()
-        .find(|a| a.wire != syncoid_rsync_core::wire::VERSION);
+        .find(|a| a.marker.wire != syncoid_rsync_core::wire::VERSION);
     if let Some(a) = other {
-        let what = if a.wire == 0 {
+        let what = if a.marker.wire == 0 {
             "an older syncoid-rsync".to_string()
         } else {
-            format!("wire protocol version {}", a.wire)
+            format!("wire protocol version {}", a.marker.wire)
         };
         ctx.out.warn(&format!(
             "--rsync: the agents of an interrupted transfer of {src_fs} run {what}, which this one ({}) cannot talk to; stopping them",
