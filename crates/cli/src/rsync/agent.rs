@@ -508,10 +508,21 @@ mod tests {
         }
     }
 
-    /// Connects to `sock`, says Hello as `o`, and returns the connection
-    /// with the agent's answer, if any came (a refusal comes at once; an
-    /// admitted connection hears nothing until it asks).
-    fn say_hello(sock: &Path, o: Owner) -> (UnixStream, Option<Msg>) {
+    /// What became of a Hello: the agent handed the connection to its
+    /// handler (admitted), or answered it (refused).
+    enum Said {
+        Admitted(Link, Owner),
+        Refused(Msg),
+    }
+
+    /// Connects to `sock` and says Hello as `o`; returns the connection
+    /// and what the agent did, as soon as it did it: handed the connection
+    /// to its handler (`handled`) or answered. Neither within 5 s fails.
+    fn say_hello(
+        sock: &Path,
+        o: Owner,
+        handled: &crossbeam_channel::Receiver<(Link, Msg)>,
+    ) -> (UnixStream, Said) {
         let mut c = UnixStream::connect(sock).unwrap();
         c.write_all(&wire::encode(&Msg::Hello {
             version: wire::VERSION,
@@ -519,10 +530,22 @@ mod tests {
             owner: o,
         }))
         .unwrap();
-        let answer = msgs_within(&mut c, Duration::from_millis(700))
-            .into_iter()
-            .next();
-        (c, answer)
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok((link, m)) = handled.try_recv() {
+                let Msg::Hello { owner, .. } = m else {
+                    panic!("handled {m:?}")
+                };
+                return (c, Said::Admitted(link, owner));
+            }
+            if let Some(m) = msgs_within(&mut c, Duration::from_millis(20))
+                .into_iter()
+                .next()
+            {
+                return (c, Said::Refused(m));
+            }
+        }
+        panic!("the agent neither admitted nor refused a hello within 5 s");
     }
 
     /// Whether the agent still serves `link` (a replaced connection is
@@ -556,22 +579,22 @@ mod tests {
                 });
             })
         };
-        let next = |who: &str| {
-            let (link, m) = handled.recv_timeout(Duration::from_secs(5)).unwrap();
-            let Msg::Hello { owner, .. } = m else {
-                panic!("{who}: handled {m:?}")
-            };
-            (link, owner)
+        let admitted = |said: Said| match said {
+            Said::Admitted(link, owner) => (link, owner),
+            Said::Refused(m) => panic!("refused: {m:?}"),
+        };
+        let refused = |said: Said| match said {
+            Said::Refused(m) => m,
+            Said::Admitted(_, owner) => panic!("{owner:?} was admitted"),
         };
 
-        let (_a, answer) = say_hello(&sock, owner("m1", 1));
-        assert_eq!(answer, None, "the first owner is admitted silently");
-        let (a_link, seen) = next("a");
+        let (_a, said) = say_hello(&sock, owner("m1", 1), &handled);
+        let (a_link, seen) = admitted(said);
         assert_eq!(seen, owner("m1", 1));
 
-        let (_b, answer) = say_hello(&sock, owner("m2", 9));
-        match answer {
-            Some(Msg::Busy { label, heard_ms }) => {
+        let (_b, said) = say_hello(&sock, owner("m2", 9), &handled);
+        match refused(said) {
+            Msg::Busy { label, heard_ms } => {
                 assert_eq!(label, "m1/1");
                 assert!(heard_ms < 5000, "{heard_ms}");
             }
@@ -583,31 +606,29 @@ mod tests {
         );
         assert!(served(&a_link), "the refusal cut the owner's connection");
 
-        let (_t, answer) = say_hello(&sock, Owner::default());
-        assert_eq!(answer, None);
-        let (t_link, _) = next("tool");
+        let (_t, said) = say_hello(&sock, Owner::default(), &handled);
+        let (t_link, _) = admitted(said);
         assert!(
             !served(&a_link),
             "the tool's connection replaces the last one"
         );
-        let (_b, answer) = say_hello(&sock, owner("m2", 9));
+        let (_b, said) = say_hello(&sock, owner("m2", 9), &handled);
+        let answer = refused(said);
         assert!(
-            matches!(&answer, Some(Msg::Busy { label, .. }) if label == "m1/1"),
+            matches!(&answer, Msg::Busy { label, .. } if label == "m1/1"),
             "the tool took the agent: {answer:?}"
         );
 
-        let (_c, answer) = say_hello(&sock, owner("m1", 2));
-        assert_eq!(
-            answer, None,
-            "a later run of the owner's machine is admitted"
-        );
-        let (c_link, seen) = next("c");
+        // A later run of the owner's machine is admitted.
+        let (_c, said) = say_hello(&sock, owner("m1", 2), &handled);
+        let (c_link, seen) = admitted(said);
         assert_eq!(seen.run, 2);
         assert!(!served(&t_link));
         assert!(served(&c_link));
-        let (_b, answer) = say_hello(&sock, owner("m2", 9));
+        let (_b, said) = say_hello(&sock, owner("m2", 9), &handled);
+        let answer = refused(said);
         assert!(
-            matches!(&answer, Some(Msg::Busy { label, .. }) if label == "m1/2"),
+            matches!(&answer, Msg::Busy { label, .. } if label == "m1/2"),
             "{answer:?}"
         );
 
