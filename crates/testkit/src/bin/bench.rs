@@ -7,6 +7,11 @@
 //!     [--sizes 1G,4G] [--reps 3] [--ciphers default,aes128-gcm@openssh.com] [--tree 1000x50]
 //!     [--memory 1G,8G] [--outage blackhole:30,reject:5] [--other-build DIR,...]
 //!
+//! `--rtt MS[,MS...]:SIZE` pushes SIZE through a loopback sshd whose ssh
+//! connections go through `latency` (a ProxyCommand holding each
+//! direction's bytes for half the round trip): the raw pipe, standard mode
+//! and `--rsync`, at each round trip.
+//!
 //! `--other-build DIR[,DIR...]` adds a `--rsync --compress=none` row for
 //! the syncoid-rsync in each DIR (another build: the static one against
 //! the dynamic, or an older commit's), in the same run, interleaved.
@@ -283,6 +288,77 @@ fn outage(spec: &str) -> Vec<(String, f64, String, u64)> {
     rows
 }
 
+/// `--rtt MS,...:SIZE`: the raw pipe, our standard mode and `--rsync`
+/// pushing SIZE through a loopback sshd, each ssh connection through the
+/// `latency` relay (one-way delay = half the round trip). Median of
+/// `reps`, interleaved; rows are (pipeline, wall s, CPU s) per round trip.
+/// Rows of one table: (pipeline, wall s, CPU s).
+type Rows = Vec<(String, f64, f64)>;
+
+fn rtt(spec: &str, reps: usize) -> (u64, Vec<(u64, Rows)>) {
+    let (rtts, size) = spec.split_once(':').expect("--rtt MS,...:SIZE");
+    let local = Host::new(&["src"]);
+    let far = Host::new(&["far"]);
+    let sshd = Sshd::start(&far);
+    big(&local, size);
+    let bytes = stream_bytes(&local);
+    let ours = sibling("syncoid-rsync");
+    let relay = sibling("latency");
+    let kinds = [
+        RAW_SSH,
+        "syncoid-rsync",
+        "syncoid-rsync --rsync --compress=none",
+    ];
+    let mut tables = Vec::new();
+    for ms in rtts.split(',') {
+        let ms: u64 = ms.parse().expect("--rtt milliseconds");
+        let cfg = local.dir().join(format!("ssh_config_{ms}"));
+        let mut block = sshd.config_block("far");
+        if ms > 0 {
+            block.push_str(&format!(
+                "  ProxyCommand {} {}ms %h %p\n",
+                relay.display(),
+                ms as f64 / 2.0
+            ));
+        }
+        std::fs::write(&cfg, block).unwrap();
+        let cfg = cfg.display().to_string();
+        let (mut secs, mut cpu) = (vec![Vec::new(); kinds.len()], vec![Vec::new(); kinds.len()]);
+        for rep in 0..reps {
+            for k in 0..kinds.len() {
+                let target = format!("far/rtt{ms}k{k}r{rep}");
+                let cmd = if k == 0 {
+                    let mut c = local.command("bash");
+                    c.arg("-c").arg(format!(
+                        "zfs send src/big@s | ssh -F {cfg} far zfs receive {target}"
+                    ));
+                    c
+                } else {
+                    let mut c = local.command(ours.to_str().unwrap());
+                    c.args(["--compress=none", "--no-sync-snap", "--quiet"])
+                        .arg(format!("--sshconfig={cfg}"));
+                    if k == 2 {
+                        c.arg("--rsync");
+                    }
+                    c.arg("src/big").arg(format!("root@far:{target}"));
+                    c
+                };
+                let s = measure(cmd);
+                secs[k].push(s.secs);
+                cpu[k].push(s.cpu);
+                far.zfs(&["destroy", "-r", &target]).ok();
+            }
+        }
+        let rows = kinds
+            .iter()
+            .zip(secs.into_iter().zip(cpu))
+            .map(|(kind, (s, c))| (kind.to_string(), median(s), median(c)))
+            .collect();
+        tables.push((ms, rows));
+    }
+    (bytes, tables)
+}
+
 /// `--link RATE:SIZE,...`: the raw pipe, our standard mode and `--rsync`
 /// pushing SIZE through a netlab link capped at RATE (tc syntax), where
 /// the network and not the CPU is the limit: what a WAN user sees. Median
@@ -510,6 +586,23 @@ fn main() {
             for (what, secs, cpu) in &rows {
                 println!(
                     "| {rate} | {size} | {what} | {secs:.2} | {:.1} | {cpu:.1} | {:.3} |",
+                    bytes as f64 / secs / 1e6,
+                    raw / secs
+                );
+            }
+        }
+    }
+    let spec = arg("--rtt", "none");
+    if spec != "none" {
+        println!("\n### Through a round trip (latency relay on loopback; median of {reps}; ratio = raw time / tool time)\n");
+        println!("| RTT ms | pipeline | wall s | MB/s | CPU s | ratio to raw ssh |");
+        println!("|---|---|---|---|---|---|");
+        let (bytes, tables) = rtt(&spec, reps);
+        for (ms, rows) in tables {
+            let raw = rows[0].1;
+            for (what, secs, cpu) in &rows {
+                println!(
+                    "| {ms} | {what} | {secs:.2} | {:.1} | {cpu:.1} | {:.3} |",
                     bytes as f64 / secs / 1e6,
                     raw / secs
                 );
