@@ -17,6 +17,14 @@
 //! - Once zfs receive ended (after End, or because feeding it failed),
 //!   every Chunk and End is answered with the same Done.
 //! - Bye: the coordinator is done with this agent (`Step::Close`).
+//!
+//! With a reorder window (`with_window`: chunks travel over several
+//! connections and arrive out of order), a chunk ahead of the position is
+//! held (`Step::Hold`) while the chunks it holds fit in the window, and
+//! handled again once it is next (`Step::Again`), when it is checked like
+//! any chunk; an End that comes before the last chunks waits for them the
+//! same way. Without one (a single connection, where a chunk ahead means
+//! one was lost), both are a Nak at the position, as above.
 
 use std::borrow::Cow;
 
@@ -39,6 +47,12 @@ pub enum Step<'a> {
     FinishZfs,
     /// Send this, then end the connection: the stream is broken.
     Fail(Msg),
+    /// Keep this chunk (the one just handled, ahead of the position):
+    /// give it to `hold`. It comes back as `Again` when it is next.
+    Hold,
+    /// Handle this message now, as if it had just come: a held chunk that
+    /// is next, or an End that waited for the last chunks.
+    Again(Msg),
     /// End the connection: the coordinator said goodbye.
     Close,
     /// Nothing to answer.
@@ -54,6 +68,8 @@ impl Step<'_> {
             Step::Reply(m) => Step::Reply(m),
             Step::FinishZfs => Step::FinishZfs,
             Step::Fail(m) => Step::Fail(m),
+            Step::Hold => Step::Hold,
+            Step::Again(m) => Step::Again(m),
             Step::Close => Step::Close,
             Step::Nothing => Step::Nothing,
         }
@@ -79,11 +95,36 @@ pub struct Session {
     refused: Option<Refused>,
     /// The coordinator said Bye.
     bye: bool,
+    /// Payload bytes the reorder window may hold (0: no window).
+    window: usize,
+    /// Chunks ahead of the position, by sequence number.
+    held: std::collections::BTreeMap<u64, Chunk>,
+    /// An End that came before the last chunks.
+    end: Option<crate::wire::End>,
 }
 
 impl Session {
     pub fn new() -> Session {
         Session::default()
+    }
+
+    /// A session that holds chunks ahead of its position, up to `window`
+    /// payload bytes (the sender's spool bounds what can be ahead).
+    pub fn with_window(window: usize) -> Session {
+        Session {
+            window,
+            ..Session::default()
+        }
+    }
+
+    /// Payload bytes held ahead of the position.
+    pub fn held_bytes(&self) -> usize {
+        self.held.values().map(|c| c.data.len()).sum()
+    }
+
+    /// Keeps chunk `c`, which `on_msg` said to hold.
+    pub fn hold(&mut self, c: Chunk) {
+        self.held.insert(c.seq, c);
     }
 
     /// The next chunk needed and the stream offset it starts at.
@@ -141,6 +182,11 @@ impl Session {
                     return Step::Nothing;
                 }
                 if self.recv.next_seq() < e.chunks {
+                    if self.window > 0 {
+                        // The last chunks come on other connections.
+                        self.end = Some(e.clone());
+                        return Step::Nothing;
+                    }
                     // Chunks re-sent after a rewind are still on their way.
                     return Step::Reply(self.nak());
                 }
@@ -168,7 +214,16 @@ impl Session {
         match self.recv.check(c) {
             Verdict::Feed(bytes) => Step::Feed(bytes),
             Verdict::Duplicate => Step::Reply(self.ack()),
-            Verdict::Gap { expected } => Step::Reply(Msg::Nak { seq: expected }),
+            Verdict::Gap { expected } => {
+                let fits = self.held_bytes() + c.data.len() <= self.window;
+                if self.held.contains_key(&c.seq) {
+                    Step::Nothing
+                } else if fits {
+                    Step::Hold
+                } else {
+                    Step::Reply(Msg::Nak { seq: expected })
+                }
+            }
             Verdict::Corrupt => {
                 self.refused = Some(Refused::Corrupt { seq: c.seq });
                 Step::Reply(self.nak())
@@ -179,13 +234,23 @@ impl Session {
     /// How feeding `c` (the chunk `on_msg` said to feed) went: all of it
     /// written (then it is acknowledged), or zfs receive stopped taking
     /// input (then it is finished, and Done says how it ended).
+    /// With a reorder window, what is next may already be held: it is
+    /// handled then (`Again`), and the Ack waits for the end of that run
+    /// (Acks are cumulative).
     pub fn fed(&mut self, c: &Chunk, ok: bool) -> Step<'static> {
-        if ok {
-            self.recv.fed(c);
-            Step::Reply(self.ack())
-        } else {
-            Step::FinishZfs
+        if !ok {
+            return Step::FinishZfs;
         }
+        self.recv.fed(c);
+        let next = self.recv.next_seq();
+        self.held.retain(|seq, _| *seq >= next);
+        if let Some(h) = self.held.remove(&next) {
+            return Step::Again(Msg::Chunk(h));
+        }
+        if let Some(e) = self.end.take_if(|e| next >= e.chunks) {
+            return Step::Again(Msg::End(e));
+        }
+        Step::Reply(self.ack())
     }
 
     /// zfs receive exited (`FinishZfs`): Done, with `zfs send`'s failure

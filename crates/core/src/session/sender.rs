@@ -7,7 +7,8 @@
 //!   how many chunks `zfs send` produced.
 //! - Want: sending (re)starts at that chunk on this connection; one the
 //!   spool dropped (acknowledged) is an Error that ends the connection.
-//! - Ack: chunks below it are dropped from the spool, making room for the
+//! - Ack: chunks below it are dropped from the spool (and the cursor, if
+//!   behind it, moves up to it), making room for the
 //!   producer (`has_room`).
 //! - A chunk goes out the first time as it was hashed; one sent again (the
 //!   cursor went back after a Want) is verified first, and if the spool's
@@ -146,6 +147,11 @@ impl Session {
             }
             Msg::Ack { seq, .. } => {
                 self.spool.ack(*seq);
+                // What the receiver has need not go again: a cursor behind
+                // the Ack (sent back by a rewind while the receiver fed
+                // the same chunks from its reorder window) would point at
+                // chunks the spool just dropped, and wait for good.
+                self.cursor = self.cursor.max(*seq);
                 Answer::Go
             }
             Msg::Bye => {

@@ -131,6 +131,9 @@ pub struct Schedule {
     pub linger: u64,
     /// Per mille that a chunk relayed to the receiver arrives twice.
     pub dup: u64,
+    /// The receiver's reorder window in payload bytes (0: none, as the
+    /// agents run today; else the spool's size).
+    pub window: usize,
     pub delay: Duration,
     /// The link to the receiver never comes back after its first cut.
     pub never_heals: bool,
@@ -145,7 +148,7 @@ impl Schedule {
     pub fn from_seed(seed: u64) -> Schedule {
         let mut r = Rng::new(seed);
         let chunk = 256 + r.below(4096) as usize;
-        Schedule {
+        let mut sch = Schedule {
             seed,
             len: r.below(64 << 10) as usize,
             chunk,
@@ -155,12 +158,19 @@ impl Schedule {
             damage: [0, 5, 50][r.below(3) as usize],
             linger: [0, 300, 1000][r.below(3) as usize],
             dup: [0, 20][r.below(2) as usize],
+            window: 0,
             delay: Duration::from_millis(r.below(300)),
             never_heals: r.chance(50),
             compress: r.chance(500),
             timing: Timing::new(Duration::from_secs(10), Duration::from_secs(60)),
             broken: Broken::None,
+        };
+        // Half hold chunks ahead of the position (the receiver's reorder
+        // window, as large as the spool).
+        if r.chance(500) {
+            sch.window = sch.spool;
         }
+        sch
     }
 }
 
@@ -185,7 +195,7 @@ pub fn run(sch: &Schedule) -> Ending {
     let mut end: Option<End> = Some(end);
 
     let mut snd = sender::Session::new(sch.spool);
-    let mut rcv = receiver::Session::new();
+    let mut rcv = receiver::Session::with_window(sch.window);
     let mut fed: Vec<u8> = Vec::new();
     let mut now = Duration::ZERO;
     let mut t = Transfer::new(sch.timing, now);
@@ -501,31 +511,51 @@ fn receiver_driver(
     if let Msg::Ping { nonce } = m {
         return vec![Msg::Pong { nonce: *nonce }];
     }
-    if sch.broken == Broken::FeedRefused {
-        if let Msg::Chunk(c) = m {
-            if c.seq == rcv.position().0 && c.offset == fed.len() as u64 && !c.verify() {
-                fed.extend_from_slice(&c.data);
+    let mut next = Some(m.clone());
+    while let Some(m) = next.take() {
+        if sch.broken == Broken::FeedRefused {
+            if let Msg::Chunk(c) = &m {
+                if c.seq == rcv.position().0 && c.offset == fed.len() as u64 && !c.verify() {
+                    fed.extend_from_slice(&c.data);
+                }
             }
         }
+        let mut step = rcv.on_msg(&m).detach();
+        loop {
+            step = match step {
+                receiver::Step::Feed(bytes) => {
+                    let Msg::Chunk(c) = &m else { unreachable!() };
+                    fed.extend_from_slice(&bytes);
+                    assert!(
+                        data.starts_with(fed),
+                        "seed {}: zfs receive got bytes that are not the stream's",
+                        sch.seed
+                    );
+                    rcv.fed(c, true)
+                }
+                receiver::Step::FinishZfs => rcv.zfs_ended(0, String::new()),
+                receiver::Step::Hold => {
+                    let Msg::Chunk(c) = &m else { unreachable!() };
+                    rcv.hold(c.clone());
+                    assert!(
+                        rcv.held_bytes() <= sch.window,
+                        "seed {}: the reorder window holds {} bytes, over {}",
+                        sch.seed,
+                        rcv.held_bytes(),
+                        sch.window
+                    );
+                    break;
+                }
+                receiver::Step::Again(again) => {
+                    next = Some(again);
+                    break;
+                }
+                receiver::Step::Reply(r) | receiver::Step::Fail(r) => return vec![r],
+                receiver::Step::Close | receiver::Step::Nothing => break,
+            };
+        }
     }
-    let mut step = rcv.on_msg(m).detach();
-    loop {
-        step = match step {
-            receiver::Step::Feed(bytes) => {
-                let Msg::Chunk(c) = m else { unreachable!() };
-                fed.extend_from_slice(&bytes);
-                assert!(
-                    data.starts_with(fed),
-                    "seed {}: zfs receive got bytes that are not the stream's",
-                    sch.seed
-                );
-                rcv.fed(c, true)
-            }
-            receiver::Step::FinishZfs => rcv.zfs_ended(0, String::new()),
-            receiver::Step::Reply(r) | receiver::Step::Fail(r) => return vec![r],
-            receiver::Step::Close | receiver::Step::Nothing => return Vec::new(),
-        };
-    }
+    Vec::new()
 }
 
 #[cfg(test)]

@@ -103,7 +103,39 @@ pub(super) struct Zfs<'a> {
 /// being replaced can never feed out of order or twice.
 pub(super) fn receiver_msg(m: Msg, state: &Mutex<RecvState>, zfs: &Zfs, w: &Mutex<Link>) -> bool {
     let mut st = state.lock().expect("state");
-    let RecvState { session, paced } = &mut *st;
+    let mut m = m;
+    loop {
+        match handle(m, &mut st, zfs) {
+            Handled::Again(next) => m = next,
+            Handled::Reply(reply) => {
+                drop(st);
+                write_msg(w, &reply);
+                return true;
+            }
+            Handled::Fail(reply) => {
+                drop(st);
+                write_msg(w, &reply);
+                return false;
+            }
+            Handled::Close => return false,
+            Handled::Nothing => return true,
+        }
+    }
+}
+
+/// What handling one message came to.
+enum Handled {
+    /// Handle this one next (a held chunk that is next, an End that
+    /// waited), still under the state lock.
+    Again(Msg),
+    Reply(Msg),
+    Fail(Msg),
+    Close,
+    Nothing,
+}
+
+fn handle(m: Msg, st: &mut RecvState, zfs: &Zfs) -> Handled {
+    let RecvState { session, paced } = st;
     let (mut step, fed) = match session.on_msg(&m) {
         Step::Feed(bytes) => {
             let Msg::Chunk(c) = &m else {
@@ -115,6 +147,13 @@ pub(super) fn receiver_msg(m: Msg, state: &Mutex<RecvState>, zfs: &Zfs, w: &Mute
                 Cow::Borrowed(_) => None,
             };
             (session.fed(c, end.is_some()), Some((end, unpacked)))
+        }
+        Step::Hold => {
+            let Msg::Chunk(c) = m else {
+                unreachable!("the session holds chunks only")
+            };
+            session.hold(c);
+            return Handled::Nothing;
         }
         step => (step.detach(), None),
     };
@@ -145,18 +184,13 @@ pub(super) fn receiver_msg(m: Msg, state: &Mutex<RecvState>, zfs: &Zfs, w: &Mute
                 if let Some(Refused::Corrupt { seq }) = session.take_refused() {
                     eprintln!("chunk {seq} failed verification: asking for it again");
                 }
-                drop(st);
-                write_msg(w, &reply);
-                return true;
+                return Handled::Reply(reply);
             }
-            Step::Fail(reply) => {
-                drop(st);
-                write_msg(w, &reply);
-                return false;
-            }
-            Step::Close => return false,
-            Step::Nothing => return true,
-            Step::Feed(_) => unreachable!("fed above"),
+            Step::Fail(reply) => return Handled::Fail(reply),
+            Step::Again(next) => return Handled::Again(next),
+            Step::Close => return Handled::Close,
+            Step::Nothing => return Handled::Nothing,
+            Step::Feed(_) | Step::Hold => unreachable!("handled above"),
         };
     }
 }

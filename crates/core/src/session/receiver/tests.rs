@@ -65,10 +65,80 @@ impl Driver {
                     self.closed = true;
                     return;
                 }
+                Step::Hold => {
+                    let Msg::Chunk(c) = m else {
+                        panic!("held without a chunk")
+                    };
+                    s.hold(c.clone());
+                    return;
+                }
+                Step::Again(next) => {
+                    self.deliver(s, &next);
+                    return;
+                }
                 Step::Nothing => return,
             }
         }
     }
+}
+
+#[test]
+fn with_a_window_chunks_ahead_are_held_and_fed_in_order_and_end_waits_for_the_last() {
+    let (data, chunks, end) = stream(1000, 100, 3);
+    assert_eq!(chunks.len(), 10);
+    let mut s = Session::with_window(300);
+    let mut d = Driver {
+        accept: usize::MAX,
+        ..Driver::default()
+    };
+    // 3, 2, 1 are held (300 bytes), 4 does not fit: a Nak at the position.
+    for i in [3, 2, 1, 4] {
+        d.deliver(&mut s, &Msg::Chunk(chunks[i].clone()));
+    }
+    assert_eq!(s.held_bytes(), 300);
+    assert_eq!(d.replies, [Msg::Nak { seq: 0 }]);
+    assert!(d.fed.is_empty());
+    // A held chunk again changes nothing; 0 comes: 0..=3 fed, one Ack.
+    d.deliver(&mut s, &Msg::Chunk(chunks[2].clone()));
+    d.deliver(&mut s, &Msg::Chunk(chunks[0].clone()));
+    assert_eq!(d.fed, data[..400]);
+    assert_eq!(s.held_bytes(), 0);
+    assert_eq!(
+        d.replies[1..],
+        [Msg::Ack {
+            seq: 4,
+            offset: 400
+        }]
+    );
+    // End before the last chunks waits for them; a damaged held chunk is
+    // refused when it comes to be fed.
+    d.deliver(&mut s, &Msg::End(end.clone()));
+    assert_eq!(d.finished, 0);
+    let mut bad = chunks[5].clone();
+    bad.data[0] ^= 1;
+    for c in [&bad, &chunks[7], &chunks[6], &chunks[4]] {
+        d.deliver(&mut s, &Msg::Chunk(c.clone()));
+    }
+    assert_eq!(d.fed, data[..500]);
+    assert_eq!(d.replies.last(), Some(&Msg::Nak { seq: 5 }));
+    d.deliver(&mut s, &Msg::Chunk(chunks[5].clone()));
+    assert_eq!(d.fed, data[..800]);
+    assert_eq!(
+        d.replies.last(),
+        Some(&Msg::Ack {
+            seq: 8,
+            offset: 800
+        })
+    );
+    for c in [&chunks[9], &chunks[8]] {
+        d.deliver(&mut s, &Msg::Chunk(c.clone()));
+    }
+    assert_eq!(d.fed, data);
+    assert_eq!(d.finished, 1, "End was handled once the last chunk was fed");
+    assert!(matches!(
+        d.replies.last(),
+        Some(Msg::Done { status: 0, .. })
+    ));
 }
 
 #[test]

@@ -84,6 +84,26 @@ fn acked_chunks_are_dropped_and_cannot_be_wanted() {
     ));
 }
 
+/// An Ack beyond the cursor (the receiver fed from its reorder window
+/// what a rewind sent the cursor back over) moves the cursor up: it must
+/// not wait at chunks the Ack dropped.
+#[test]
+fn an_ack_ahead_of_the_cursor_moves_it_up() {
+    let (mut s, _) = produced(200, 40);
+    let g = s.connected();
+    s.on_msg(g, &Msg::Want { seq: 0 });
+    assert_eq!(seq(s.next(g)), Some(0));
+    s.on_msg(
+        g,
+        &Msg::Ack {
+            seq: 3,
+            offset: 120,
+        },
+    );
+    assert_eq!(seq(s.next(g)), Some(3));
+    assert_eq!(seq(s.next(g)), Some(4));
+}
+
 #[test]
 fn a_chunk_damaged_in_the_spool_is_never_sent_again() {
     let mut s = Session::new(1 << 20);
