@@ -18,6 +18,8 @@
 //! - End is forwarded to the receiver; Ack to the sender (the spool may
 //!   drop what it covers), and an Ack that moves the receiver's offset is
 //!   progress;
+//! - a Nak below an Ack already heard is stale (it came over a slower
+//!   connection than the Ack) and is ignored;
 //! - a Nak rewinds the sender with a Want, once per position: chunks
 //!   already in flight behind a refused one are refused too, and each
 //!   would otherwise rewind again. A rewind that no Ack passed within a
@@ -139,6 +141,8 @@ pub enum Act {
 pub struct Relay {
     /// The last rewind: its position and when.
     rewound_to: Option<(u64, Duration)>,
+    /// The highest chunk the receiver acknowledged (its position).
+    acked: u64,
     nonce: u64,
     last_ping: Duration,
 }
@@ -156,6 +160,7 @@ impl Relay {
         t.stats.drove = true;
         let relay = Relay {
             rewound_to: None,
+            acked: next_seq,
             nonce: 0,
             last_ping: now,
         };
@@ -188,6 +193,7 @@ impl Relay {
         match (from, m) {
             (Side::Sender, m @ Msg::End(_)) => vec![Act::Send(Side::Receiver, m)],
             (Side::Receiver, Msg::Ack { seq, offset }) => {
+                self.acked = self.acked.max(seq);
                 if self.rewound_to.is_some_and(|(r, _)| seq > r) {
                     self.rewound_to = None;
                 }
@@ -198,6 +204,11 @@ impl Relay {
                 }
                 vec![Act::Send(Side::Sender, Msg::Ack { seq, offset })]
             }
+            // A Nak below an Ack already heard is stale: it came over
+            // another connection, slower than the one that brought the
+            // Ack, and the receiver has moved on (the sender dropped
+            // those chunks, and a Want there would be an Error).
+            (Side::Receiver, Msg::Nak { seq }) if seq < self.acked => Vec::new(),
             (Side::Receiver, Msg::Nak { seq }) => {
                 let recent =
                     |(r, at): (u64, Duration)| r == seq && now.saturating_sub(at) < t.timing.stall;

@@ -1,11 +1,16 @@
 //! The sender agent's session: which chunk goes out next on which
 //! connection, and what it answers.
 //!
-//! - Each connection from the coordinator is a new generation; only the
-//!   newest may send or be heard (a replaced one is told to stop).
+//! - Each connection from the coordinator is a new generation on a lane
+//!   (`connected_on`; one stream over several connections has one lane
+//!   per connection, a single connection is lane 0). A connection replaces
+//!   the older one on its lane, which is told to stop; only the current
+//!   connection of each lane may send or be heard.
 //! - Hello: Welcome with what the receiver acknowledged (`next_seq`) and
 //!   how many chunks `zfs send` produced.
-//! - Want: sending (re)starts at that chunk on this connection; one the
+//! - Want: sending (re)starts at that chunk, on every current connection
+//!   (they take chunks from one cursor, each the next when it has room);
+//!   a connection that came later waits for the next Want. A chunk the
 //!   spool dropped (acknowledged) is an Error that ends the connection.
 //! - Ack: chunks below it are dropped from the spool (and the cursor, if
 //!   behind it, moves up to it), making room for the
@@ -19,6 +24,7 @@
 //!   receiver needs End after them).
 //! - Bye: the coordinator is done with this agent.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use crate::transport::{Lookup, Spool};
@@ -53,12 +59,15 @@ pub enum Answer {
 pub struct Session {
     spool: Spool,
     end: Option<End>,
-    /// The newest connection.
+    /// The last generation given out.
     generation: u64,
-    /// The next chunk the newest connection sends.
+    /// Each lane's current connection (generation).
+    lanes: BTreeMap<u16, u64>,
+    /// The next chunk a connection sends.
     cursor: u64,
-    /// The generation that was told where to start (Want).
-    wanted: u64,
+    /// The connections that were told where to start (a Want came after
+    /// they connected).
+    wanted: BTreeSet<u64>,
     /// Wants so far: End goes out again after each.
     wants: u64,
     /// The Want count when End last went out.
@@ -75,8 +84,9 @@ impl Session {
             spool: Spool::new(spool_size),
             end: None,
             generation: 0,
+            lanes: BTreeMap::new(),
             cursor: 0,
-            wanted: 0,
+            wanted: BTreeSet::new(),
             wants: 0,
             end_sent: None,
             sent_max: None,
@@ -84,11 +94,24 @@ impl Session {
         }
     }
 
-    /// A new connection from the coordinator: its generation, which
-    /// replaces every earlier one.
+    /// A new connection from the coordinator on lane 0: its generation,
+    /// which replaces the lane's earlier one.
     pub fn connected(&mut self) -> u64 {
+        self.connected_on(0)
+    }
+
+    /// A new connection on `lane`: its generation, which replaces the
+    /// lane's earlier one.
+    pub fn connected_on(&mut self, lane: u16) -> u64 {
         self.generation += 1;
+        if let Some(old) = self.lanes.insert(lane, self.generation) {
+            self.wanted.remove(&old);
+        }
         self.generation
+    }
+
+    fn current(&self, generation: u64) -> bool {
+        self.lanes.values().any(|g| *g == generation)
     }
 
     /// The coordinator said Bye, or the transfer was stopped.
@@ -123,7 +146,7 @@ impl Session {
 
     /// A message from the coordinator on connection `generation`.
     pub fn on_msg(&mut self, generation: u64, m: &Msg) -> Answer {
-        if generation != self.generation {
+        if !self.current(generation) {
             return Answer::Stale;
         }
         match m {
@@ -141,7 +164,7 @@ impl Session {
                     });
                 }
                 self.cursor = *seq;
-                self.wanted = generation;
+                self.wanted = self.lanes.values().copied().collect();
                 self.wants += 1;
                 Answer::Go
             }
@@ -164,10 +187,10 @@ impl Session {
 
     /// What connection `generation` sends next.
     pub fn next(&mut self, generation: u64) -> Next {
-        if generation != self.generation || self.bye {
+        if !self.current(generation) || self.bye {
             return Next::Stop;
         }
-        if self.wanted != generation {
+        if !self.wanted.contains(&generation) {
             return Next::Wait;
         }
         let cursor = self.cursor;

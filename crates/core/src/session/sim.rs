@@ -93,6 +93,8 @@ pub enum Ending {
         fed: Vec<u8>,
         status: i32,
         at: Duration,
+        /// The most payload the receiver's reorder window held at once.
+        held_max: usize,
     },
     GaveUp {
         why: String,
@@ -134,6 +136,10 @@ pub struct Schedule {
     /// The receiver's reorder window in payload bytes (0: none, as the
     /// agents run today; else the spool's size).
     pub window: usize,
+    /// Connections per agent (one stream over several): each lane is a
+    /// connection to the sender and one to the receiver, each over its own
+    /// link with its own faults; chunks cross on the lane they left on.
+    pub lanes: usize,
     pub delay: Duration,
     /// The link to the receiver never comes back after its first cut.
     pub never_heals: bool,
@@ -159,6 +165,7 @@ impl Schedule {
             linger: [0, 300, 1000][r.below(3) as usize],
             dup: [0, 20][r.below(2) as usize],
             window: 0,
+            lanes: 1,
             delay: Duration::from_millis(r.below(300)),
             never_heals: r.chance(50),
             compress: r.chance(500),
@@ -166,9 +173,11 @@ impl Schedule {
             broken: Broken::None,
         };
         // Half hold chunks ahead of the position (the receiver's reorder
-        // window, as large as the spool).
+        // window, as large as the spool); half of those go over several
+        // connections (which needs the window).
         if r.chance(500) {
             sch.window = sch.spool;
+            sch.lanes = 1 + r.below(4) as usize;
         }
         sch
     }
@@ -199,12 +208,20 @@ pub fn run(sch: &Schedule) -> Ending {
     let mut fed: Vec<u8> = Vec::new();
     let mut now = Duration::ZERO;
     let mut t = Transfer::new(sch.timing, now);
-    let mut links = [sch.delay, sch.delay].map(|delay| Link {
-        down_until: Duration::ZERO,
-        delay,
-        dead: false,
-    });
-    let mut conns = [Conn::default(), Conn::default()];
+    // Connection and link `2 * lane + side` (side 0: the sender's).
+    let n = 2 * sch.lanes;
+    // Several lanes differ in delay (other paths, other queues), so their
+    // chunks overtake each other.
+    let mut links: Vec<Link> = (0..n)
+        .map(|i| Link {
+            down_until: Duration::ZERO,
+            delay: sch.delay + Duration::from_millis(if i >= 2 { rng.below(200) } else { 0 }),
+            dead: false,
+        })
+        .collect();
+    // The most the receiver's window held at once.
+    let mut held_max = 0;
+    let mut conns: Vec<Conn> = (0..n).map(|_| Conn::default()).collect();
     let mut relay: Option<Relay> = None;
     // When the next round may connect.
     let mut connect_at = Some(Duration::ZERO);
@@ -238,7 +255,7 @@ pub fn run(sch: &Schedule) -> Ending {
             if link.up(now) && rng.chance(sch.cut_rate) {
                 link.down_until =
                     now + Duration::from_millis(rng.below(sch.max_cut.as_millis() as u64 + 1));
-                if sch.never_heals && i == 1 && first_cut {
+                if sch.never_heals && i % 2 == 1 && first_cut {
                     link.dead = true;
                 }
                 first_cut = false;
@@ -285,7 +302,11 @@ pub fn run(sch: &Schedule) -> Ending {
                         heard: now,
                         ..Conn::default()
                     };
-                    let role = if i == 0 { Role::Sender } else { Role::Receiver };
+                    let role = if i % 2 == 0 {
+                        Role::Sender
+                    } else {
+                        Role::Receiver
+                    };
                     let hello = Msg::Hello {
                         version: VERSION,
                         role,
@@ -293,7 +314,9 @@ pub fn run(sch: &Schedule) -> Ending {
                     };
                     c.to_agent.0.push_back((now + links[i].delay, hello));
                 }
-                conns[0].generation = snd.connected();
+                for lane in 0..sch.lanes {
+                    conns[2 * lane].generation = snd.connected_on(lane as u16);
+                }
             } else {
                 match t.failed("connection refused", now) {
                     After::Reconnect(wait) => connect_at = Some(now + wait),
@@ -308,7 +331,7 @@ pub fn run(sch: &Schedule) -> Ending {
         let (due, later): (Vec<_>, Vec<_>) = lingering.drain(..).partition(|f| f.0 <= now);
         lingering = later;
         for (_, i, g, m) in due {
-            if i == 0 {
+            if i % 2 == 0 {
                 let _ = snd.on_msg(g, &m);
             } else {
                 let _ = receiver_driver(&mut rcv, &m, &mut fed, &data, sch);
@@ -316,50 +339,59 @@ pub fn run(sch: &Schedule) -> Ending {
         }
 
         // The agents read what arrived and answer.
-        if conns[0].open {
-            let g = conns[0].generation;
-            while let Some(m) = arrive(&mut conns[0].to_agent, now) {
-                let reply = match m {
-                    Msg::Ping { nonce } => Some(Msg::Pong { nonce }),
-                    m => match snd.on_msg(g, &m) {
-                        sender::Answer::Reply(r) | sender::Answer::Fail(r) => Some(r),
-                        _ => None,
-                    },
-                };
-                if let Some(r) = reply {
-                    send(&mut conns[0], false, now + links[0].delay, r);
+        for lane in 0..sch.lanes {
+            let (si, ri) = (2 * lane, 2 * lane + 1);
+            if conns[si].open {
+                let g = conns[si].generation;
+                while let Some(m) = arrive(&mut conns[si].to_agent, now) {
+                    let reply = match m {
+                        Msg::Ping { nonce } => Some(Msg::Pong { nonce }),
+                        m => match snd.on_msg(g, &m) {
+                            sender::Answer::Reply(r) | sender::Answer::Fail(r) => Some(r),
+                            _ => None,
+                        },
+                    };
+                    if let Some(r) = reply {
+                        send(&mut conns[si], false, now + links[si].delay, r);
+                    }
                 }
-            }
-            // The sender writes what its session says (a few per tick: the
-            // link's rate).
-            for _ in 0..8 {
-                match snd.next(g) {
-                    sender::Next::Chunk(c) => {
-                        let mut c = Chunk::clone(&c);
-                        if rng.chance(sch.damage) && !c.data.is_empty() {
-                            let i = rng.below(c.data.len() as u64) as usize;
-                            c.data[i] ^= 0x10;
+                // The sender writes what its session says (a few per tick
+                // and connection: the link's rate).
+                for _ in 0..8 {
+                    match snd.next(g) {
+                        sender::Next::Chunk(c) => {
+                            let mut c = Chunk::clone(&c);
+                            if rng.chance(sch.damage) && !c.data.is_empty() {
+                                let i = rng.below(c.data.len() as u64) as usize;
+                                c.data[i] ^= 0x10;
+                            }
+                            send(&mut conns[si], false, now + links[si].delay, Msg::Chunk(c));
                         }
-                        send(&mut conns[0], false, now + links[0].delay, Msg::Chunk(c));
+                        sender::Next::Frame(m) => {
+                            send(&mut conns[si], false, now + links[si].delay, m);
+                        }
+                        sender::Next::Wait | sender::Next::Stop => break,
                     }
-                    sender::Next::Frame(m) => {
-                        send(&mut conns[0], false, now + links[0].delay, m);
-                    }
-                    sender::Next::Wait | sender::Next::Stop => break,
                 }
             }
-        }
-        if conns[1].open {
-            while let Some(m) = arrive(&mut conns[1].to_agent, now) {
-                for r in receiver_driver(&mut rcv, &m, &mut fed, &data, sch) {
-                    send(&mut conns[1], false, now + links[1].delay, r);
+            if conns[ri].open {
+                while let Some(m) = arrive(&mut conns[ri].to_agent, now) {
+                    for r in receiver_driver(&mut rcv, &m, &mut fed, &data, sch) {
+                        send(&mut conns[ri], false, now + links[ri].delay, r);
+                    }
+                    held_max = held_max.max(rcv.held_bytes());
                 }
             }
         }
 
         // The coordinator: greetings, then the relay.
         let mut acts = Vec::new();
-        for (i, side) in [(0, Side::Sender), (1, Side::Receiver)] {
+        for i in 0..n {
+            let side = if i % 2 == 0 {
+                Side::Sender
+            } else {
+                Side::Receiver
+            };
             if !conns[i].open {
                 continue;
             }
@@ -379,10 +411,12 @@ pub fn run(sch: &Schedule) -> Ending {
                         c.data.len() as u64,
                         c.offset + u64::from(c.len),
                     );
+                    // On to the receiver over the same lane.
+                    let ri = i + 1;
                     if rng.chance(sch.dup) {
-                        send(&mut conns[1], true, now + links[1].delay, m.clone());
+                        send(&mut conns[ri], true, now + links[ri].delay, m.clone());
                     }
-                    send(&mut conns[1], true, now + links[1].delay, m);
+                    send(&mut conns[ri], true, now + links[ri].delay, m);
                     continue;
                 }
                 if sch.broken == Broken::NoRewind && matches!(m, Msg::Nak { .. }) {
@@ -408,7 +442,15 @@ pub fn run(sch: &Schedule) -> Ending {
             acts.extend(first);
         }
         if let Some(r) = relay.as_mut() {
-            let silent = [0, 1].map(|i| now.saturating_sub(conns[i].heard));
+            // The longest silence on each side: any dead link ends the
+            // round.
+            let silent = [0, 1].map(|side| {
+                (side..n)
+                    .step_by(2)
+                    .map(|i| now.saturating_sub(conns[i].heard))
+                    .max()
+                    .unwrap_or_default()
+            });
             acts.extend(r.tick(&t, now, silent));
         } else if connect_at.is_none()
             && conns
@@ -421,9 +463,18 @@ pub fn run(sch: &Schedule) -> Ending {
         for act in acts {
             match act {
                 Act::Send(side, m) => {
-                    let i = if side == Side::Sender { 0 } else { 1 };
-                    let at = now + links[i].delay;
-                    send(&mut conns[i], true, at, m);
+                    let first = if side == Side::Sender { 0 } else { 1 };
+                    // Pings go on every connection (each must stay heard);
+                    // everything else on lane 0.
+                    let last = if matches!(m, Msg::Ping { .. }) {
+                        n
+                    } else {
+                        first + 1
+                    };
+                    for i in (first..last).step_by(2) {
+                        let at = now + links[i].delay;
+                        send(&mut conns[i], true, at, m.clone());
+                    }
                 }
                 Act::Finished { status, .. } => {
                     assert_eq!(
@@ -435,6 +486,7 @@ pub fn run(sch: &Schedule) -> Ending {
                         fed,
                         status,
                         at: now,
+                        held_max,
                     };
                 }
                 Act::Fatal(e) => return Ending::Fatal(e),

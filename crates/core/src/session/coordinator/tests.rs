@@ -35,7 +35,7 @@ fn a_round_resumes_at_the_receiver_and_relays_acks_naks_and_done() {
         [Act::Send(Side::Sender, Msg::Want { seq: 9 })]
     );
     assert_eq!(r.on_msg(&mut t, Side::Receiver, nak(), S), []);
-    // An Ack past it allows the next rewind there; it is progress.
+    // An Ack past it is progress and allows the next rewind.
     let ack = Msg::Ack {
         seq: 10,
         offset: 1000,
@@ -45,9 +45,12 @@ fn a_round_resumes_at_the_receiver_and_relays_acks_naks_and_done() {
         [Act::Send(Side::Sender, ack)]
     );
     assert_eq!(t.stats.acked_bytes, 1000);
+    // A Nak below it is stale (another connection, slower): ignored.
+    assert_eq!(r.on_msg(&mut t, Side::Receiver, nak(), 2 * S), []);
+    let nak = || Msg::Nak { seq: 10 };
     assert_eq!(
         r.on_msg(&mut t, Side::Receiver, nak(), 2 * S),
-        [Act::Send(Side::Sender, Msg::Want { seq: 9 })]
+        [Act::Send(Side::Sender, Msg::Want { seq: 10 })]
     );
     // The copy sent again refused too: its Naks come while the rewind is
     // fresh; no Ack passes, and a stall time later it is made again.
@@ -55,7 +58,7 @@ fn a_round_resumes_at_the_receiver_and_relays_acks_naks_and_done() {
     assert_eq!(r.tick(&t, 11 * S, [S, S]).len(), 2, "pings only");
     assert_eq!(
         r.tick(&t, 12 * S, [S, S]),
-        [Act::Send(Side::Sender, Msg::Want { seq: 9 })]
+        [Act::Send(Side::Sender, Msg::Want { seq: 10 })]
     );
     assert_eq!(r.on_msg(&mut t, Side::Receiver, nak(), 13 * S), []);
     // Chunks counted; one at or below the highest is a re-send.

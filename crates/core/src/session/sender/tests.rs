@@ -84,6 +84,31 @@ fn acked_chunks_are_dropped_and_cannot_be_wanted() {
     ));
 }
 
+/// Several connections take chunks from one cursor once a Want came;
+/// a lane's new connection replaces only that lane's and waits for the
+/// next Want, which sends every current connection on from there.
+#[test]
+fn lanes_share_one_cursor_and_are_replaced_one_by_one() {
+    let (mut s, _) = produced(400, 40);
+    let a = s.connected_on(0);
+    let b = s.connected_on(1);
+    s.on_msg(b, &Msg::Want { seq: 0 });
+    assert_eq!(seq(s.next(a)), Some(0));
+    assert_eq!(seq(s.next(b)), Some(1));
+    assert_eq!(seq(s.next(a)), Some(2));
+    // Lane 1 comes back on a new connection: lane 0 goes on alone.
+    let b2 = s.connected_on(1);
+    assert_eq!(s.next(b), Next::Stop);
+    assert_eq!(s.on_msg(b, &Msg::Ack { seq: 1, offset: 40 }), Answer::Stale);
+    assert_eq!(s.next(b2), Next::Wait);
+    assert_eq!(seq(s.next(a)), Some(3));
+    // A Want (the rewind after the lane's loss) sends both on from there.
+    s.on_msg(a, &Msg::Want { seq: 2 });
+    assert_eq!(seq(s.next(b2)), Some(2));
+    assert_eq!(seq(s.next(a)), Some(3));
+    assert_eq!(seq(s.next(b2)), Some(4));
+}
+
 /// An Ack beyond the cursor (the receiver fed from its reorder window
 /// what a rewind sent the cursor back over) moves the cursor up: it must
 /// not wait at chunks the Ack dropped.

@@ -76,6 +76,29 @@ fn a_link_that_never_comes_back_is_given_up_after_the_inactivity_timeout() {
     }
 }
 
+/// One stream over four connections, each link with its own delay: the
+/// chunks overtake each other, the receiver's window holds the early ones,
+/// and the stream arrives whole, each byte once.
+#[test]
+fn four_lanes_reorder_and_finish() {
+    let mut sch = Schedule::from_seed(3);
+    sch.len = 200 << 10;
+    sch.chunk = 1024;
+    sch.spool = 64 << 10;
+    sch.window = sch.spool;
+    sch.lanes = 4;
+    sch.cut_rate = 0;
+    sch.damage = 0;
+    sch.never_heals = false;
+    match run(&sch) {
+        Ending::Finished { held_max, .. } => {
+            assert!(held_max > 0, "no chunk ever came early");
+            assert!(held_max <= sch.window);
+        }
+        e => panic!("{e:?}"),
+    }
+}
+
 /// Rules broken on purpose are caught: each broken variant fails some of
 /// the schedules that ship clean.
 #[test]
@@ -99,10 +122,12 @@ fn replay() {
     let seed = std::env::var("SEED").unwrap().parse().unwrap();
     let sch = Schedule::from_seed(seed);
     eprintln!(
-        "len {} chunk {} spool {} cut {} max_cut {:?} damage {} linger {} dup {} delay {:?} never {}",
+        "len {} chunk {} spool {} window {} lanes {} cut {} max_cut {:?} damage {} linger {} dup {} delay {:?} never {}",
         sch.len,
         sch.chunk,
         sch.spool,
+        sch.window,
+        sch.lanes,
         sch.cut_rate,
         sch.max_cut,
         sch.damage,
