@@ -178,6 +178,16 @@ pub struct Args {
         help_heading = "--rsync mode"
     )]
     pub link_timeout: String,
+    /// --rsync: carry each dataset's stream over N connections between
+    /// each pair of hosts (default 1; 2-16 for long or fast links, where
+    /// one ssh connection's window or cipher thread is the limit)
+    #[arg(
+        long,
+        value_name = "N",
+        default_value = "1",
+        help_heading = "--rsync mode"
+    )]
+    pub streams: String,
     /// --rsync: the syncoid-rsync binary to run on remote hosts (one built
     /// for their architecture or system), instead of the installed one or a
     /// copy of this one; it must be this version

@@ -30,6 +30,8 @@ pub struct Settings {
     pub inactivity: std::time::Duration,
     /// --rsync: the link timeout and what follows from it.
     pub timing: syncoid_rsync_core::session::coordinator::Timing,
+    /// --rsync: connections per agent for one stream (`--streams`).
+    pub streams: usize,
     /// --rsync: zstd level of chunks (0: raw) and bandwidth limits in
     /// bytes per second (0: none).
     pub rsync_level: i32,
@@ -296,6 +298,22 @@ pub fn settings(args: Args, local_pools: &dyn Fn() -> Vec<String>) -> Result<Set
             ))
         })?;
     let timing = syncoid_rsync_core::session::coordinator::Timing::new(link_timeout, inactivity);
+    let streams = a
+        .streams
+        .parse::<usize>()
+        .ok()
+        .filter(|n| (1..=16).contains(n))
+        .ok_or_else(|| {
+            UsageError(format!(
+                "--streams '{}' is not a number of connections from 1 to 16",
+                a.streams
+            ))
+        })?;
+    if streams > 1 && !a.rsync {
+        return Err(UsageError(
+            "--streams needs --rsync (standard mode sends over one ssh pipe)".into(),
+        ));
+    }
     // Both modes check every value here, before any host is asked: a bad
     // rate must not surface as mbuffer's error after a sync snapshot.
     let rate = |v: &Option<String>, what: &str| -> Result<u64, UsageError> {
@@ -412,6 +430,7 @@ pub fn settings(args: Args, local_pools: &dyn Fn() -> Vec<String>) -> Result<Set
         agent_paths,
         inactivity,
         timing,
+        streams,
         rsync_level,
         source_rate,
         target_rate,

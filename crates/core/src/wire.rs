@@ -13,7 +13,7 @@
 //!
 //! Nothing here does I/O.
 
-pub const VERSION: u16 = 4;
+pub const VERSION: u16 = 5;
 /// The largest frame we accept: a 16 MiB chunk plus headers.
 pub const MAX_FRAME: usize = (16 << 20) + 1024;
 
@@ -221,6 +221,10 @@ pub enum Msg {
         version: u16,
         role: Role,
         owner: Owner,
+        /// Which of the transfer's connections this is (`--streams`: one
+        /// per lane; a single connection is lane 0). A connection replaces
+        /// only the earlier one of its lane.
+        lane: u16,
     },
     /// The agent's answer: where it stands.
     Welcome {
@@ -400,6 +404,7 @@ pub fn encode(m: &Msg) -> Vec<u8> {
             version,
             role,
             owner,
+            lane,
         } => {
             w.u8(kind::HELLO);
             w.u16(*version);
@@ -407,6 +412,7 @@ pub fn encode(m: &Msg) -> Vec<u8> {
             w.bytes(owner.domain.as_bytes());
             w.u64(owner.run);
             w.bytes(owner.label.as_bytes());
+            w.u16(*lane);
         }
         Msg::Welcome {
             version,
@@ -555,6 +561,11 @@ fn decode_body(t: u8, body: &[u8]) -> Result<Msg, WireError> {
     let m = match t {
         kind::HELLO => {
             let version = r.u16()?;
+            // An older version's Hello is laid out differently: say which
+            // version it is, not that it is malformed.
+            if version != VERSION {
+                return Err(WireError::Version(version));
+            }
             Msg::Hello {
                 version,
                 role: r.role()?,
@@ -563,6 +574,7 @@ fn decode_body(t: u8, body: &[u8]) -> Result<Msg, WireError> {
                     run: r.u64()?,
                     label: r.string()?,
                 },
+                lane: r.u16()?,
             }
         }
         kind::WELCOME => Msg::Welcome {

@@ -31,6 +31,9 @@ pub struct StartOpts {
     pub timeout: Duration,
     /// How long a link may be silent before it is dead (`--link-timeout`).
     pub link_timeout: Duration,
+    /// The receiver's reorder window in bytes (`--streams` above 1: the
+    /// spool's size; 0: one connection, chunks in order).
+    pub window: usize,
     pub chunk_size: usize,
     pub spool_size: usize,
     /// zstd level for chunks (0: raw).
@@ -47,7 +50,7 @@ pub struct StartOpts {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: syncoid-rsync agent start send|receive --key KEY --timeout SECS [--link-timeout MS] [--attach] [--chunk-size N] [--spool-size N] [--compress-level N] [--bwlimit BYTES/S] -- ZFS-ARGV...\n\
+        "usage: syncoid-rsync agent start send|receive --key KEY --timeout SECS [--link-timeout MS] [--window BYTES] [--attach] [--chunk-size N] [--spool-size N] [--compress-level N] [--bwlimit BYTES/S] -- ZFS-ARGV...\n\
          \x20      syncoid-rsync agent bridge DIR | list | stop DIR [--owner DOMAIN:RUN:LABEL] | sweep"
     );
     std::process::exit(64);
@@ -96,6 +99,7 @@ fn parse_start(args: &[String]) -> Option<StartOpts> {
         key: String::new(),
         timeout: Duration::from_secs(3600),
         link_timeout: DEFAULT_STALL,
+        window: 0,
         chunk_size: 1 << 20,
         spool_size: 32 << 20,
         compress_level: 0,
@@ -115,6 +119,7 @@ fn parse_start(args: &[String]) -> Option<StartOpts> {
             "--key" => o.key = v.clone(),
             "--timeout" => o.timeout = Duration::from_secs(v.parse().ok()?),
             "--link-timeout" => o.link_timeout = Duration::from_millis(v.parse().ok()?),
+            "--window" => o.window = v.parse().ok()?,
             "--chunk-size" => o.chunk_size = v.parse().ok()?,
             "--spool-size" => o.spool_size = v.parse().ok()?,
             "--compress-level" => o.compress_level = v.parse().ok()?,
@@ -380,6 +385,7 @@ fn stop(args: &[String]) -> i32 {
                 version: wire::VERSION,
                 role: Role::Coordinator,
                 owner,
+                lane: 0,
             }));
             // By hand the agent obeys: no answer to wait for.
             let answer = if may_kill { None } else { first_answer(&mut s) };
@@ -470,6 +476,7 @@ mod tests {
             version: wire::VERSION,
             role: Role::Sender,
             owner: Owner::default(),
+            lane: 0,
         }
     }
 
@@ -528,6 +535,7 @@ mod tests {
             version: wire::VERSION,
             role: Role::Sender,
             owner: o,
+            lane: 0,
         }))
         .unwrap();
         let deadline = Instant::now() + Duration::from_secs(5);

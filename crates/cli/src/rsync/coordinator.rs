@@ -48,7 +48,7 @@ fn closed(c: &Conn, wait: Duration) -> bool {
 }
 
 enum Step {
-    Finished(Outcome),
+    Finished(Box<Outcome>),
     /// The link failed; try again.
     Retry(String),
     Fatal(String),
@@ -62,17 +62,28 @@ enum Step {
     },
 }
 
-/// Greets an agent and reads its answer (`session::coordinator::greeting`:
-/// what it means) within the setup wait.
-fn hello(c: &Conn, role: Role, wait: Duration) -> Greeting {
+/// Greets an agent on connection `lane` and reads its answer
+/// (`session::coordinator::greeting`: what it means) within the setup wait.
+fn hello(c: &Conn, role: Role, lane: u16, wait: Duration) -> Greeting {
+    if !say_hello(c, role, lane) {
+        return Greeting::Failed(CLOSED.into());
+    }
+    answer(c, wait)
+}
+
+/// Sends the Hello of connection `lane`; false when the connection is closed.
+fn say_hello(c: &Conn, role: Role, lane: u16) -> bool {
     let hello = Msg::Hello {
         version: wire::VERSION,
         role,
         owner: super::lock::owner().clone(),
+        lane,
     };
-    if c.tx.send(wire::encode(&hello)).is_err() {
-        return Greeting::Failed(CLOSED.into());
-    }
+    c.tx.send(wire::encode(&hello)).is_ok()
+}
+
+/// The agent's answer to a Hello, within `wait`.
+fn answer(c: &Conn, wait: Duration) -> Greeting {
     match c.rx.recv_timeout(wait) {
         Ok(Ok(In::Msg(m))) => greeting(Some(m)),
         Ok(Ok(In::Chunk { .. })) => Greeting::Failed("unexpected chunk before the welcome".into()),
@@ -104,6 +115,7 @@ pub fn run(
     receiver: &Agent,
     first: (Option<Opened>, Option<Opened>),
     timing: Timing,
+    lanes: usize,
     out: &Out,
     progress: &Progress,
 ) -> Result<Outcome, RunError> {
@@ -126,14 +138,14 @@ pub fn run(
         let step = attempt(
             (sender, s_opened),
             (receiver, r_opened),
-            via,
+            (via, lanes),
             &mut t,
             &now,
             out,
             progress,
         );
         let (why, after) = match step {
-            Step::Finished(o) => return Ok(o),
+            Step::Finished(o) => return Ok(*o),
             Step::Fatal(e) => return Err(RunError::Fatal(e)),
             Step::Gone(e) => return Err(RunError::Gone(e)),
             Step::Busy { why, both } => match t.refused(&why, both, now()) {
@@ -165,7 +177,7 @@ pub fn run(
 fn attempt(
     (sender, s_opened): (&Agent, Option<Opened>),
     (receiver, r_opened): (&Agent, Option<Opened>),
-    via: Via,
+    (via, lanes): (Via, usize),
     t: &mut Transfer,
     now: &dyn Fn() -> Duration,
     out: &Out,
@@ -198,7 +210,7 @@ fn attempt(
         };
         match c {
             Err(e) => Err(failed(e, local_agent_gone(a))),
-            Ok(mut c) => match hello(&c, role, wait) {
+            Ok(mut c) => match hello(&c, role, 0, wait) {
                 Greeting::Busy { label, heard_ms } => Err(Step::Busy {
                     why: format!(
                         "the {who} agent on {} is driven by {label} (heard {:.1}s ago)",
@@ -231,7 +243,45 @@ fn attempt(
         Ok(welcomed) => welcomed,
         Err(step) => return step,
     };
-    out.debug(&format!("agents connected; resuming at chunk {next}"));
+    // The other lanes, once lane 0 settled who drives the agents and that
+    // they are there: all opened, then all greeted, so their handshakes
+    // overlap. Any failure fails the round.
+    let (mut ss, mut rs) = (vec![s], vec![r]);
+    let mut more = Vec::new();
+    for lane in 1..lanes {
+        let r = open(receiver, via).map(|o| conn(o, QUEUE, None, stall));
+        let r = match r {
+            Ok(r) => r,
+            Err(e) => return Step::Retry(format!("receiver connection {lane}: {e}")),
+        };
+        let s = open(sender, via).map(|o| conn(o, QUEUE, Some(&r), stall));
+        let s = match s {
+            Ok(s) => s,
+            Err(e) => return Step::Retry(format!("sender connection {lane}: {e}")),
+        };
+        let lane = lane as u16;
+        if !say_hello(&s, Role::Sender, lane) || !say_hello(&r, Role::Receiver, lane) {
+            return Step::Retry(format!("connection {lane}: {CLOSED}"));
+        }
+        more.push((s, r, lane));
+    }
+    for (s, r, lane) in more {
+        for (c, who) in [(&s, "sender"), (&r, "receiver")] {
+            match answer(c, wait) {
+                Greeting::Welcome { .. } => {}
+                Greeting::Busy { label, .. } => {
+                    return Step::Retry(format!("{who} connection {lane}: taken by {label}"))
+                }
+                Greeting::Failed(e) => return Step::Retry(format!("{who} connection {lane}: {e}")),
+            }
+        }
+        ss.push(s);
+        rs.push(r);
+    }
+    let (s, r) = (&ss[0], &rs[0]);
+    out.debug(&format!(
+        "agents connected over {lanes} connection(s) each; resuming at chunk {next}"
+    ));
     progress.link_ok();
     let (mut relay, first) = Relay::start(t, next, offset, now());
     let mut acts = Vec::from(first);
@@ -240,14 +290,24 @@ fn attempt(
         for act in acts.drain(..) {
             match act {
                 Act::Send(side, m) => {
-                    let (c, who) = match side {
-                        Side::Sender => (&s, "sender"),
-                        Side::Receiver => (&r, "receiver"),
+                    let (all, c, who) = match side {
+                        Side::Sender => (&ss, s, "sender"),
+                        Side::Receiver => (&rs, r, "receiver"),
                     };
                     match &m {
                         Msg::End(_) => out.debug("end of stream forwarded to the receiver"),
+                        // Every connection says goodbye; every one is
+                        // pinged (each must stay heard).
                         Msg::Bye => {
-                            let _ = c.tx.send(wire::encode(&m));
+                            for c in all {
+                                let _ = c.tx.send(wire::encode(&m));
+                            }
+                            continue;
+                        }
+                        Msg::Ping { .. } => {
+                            for c in all {
+                                let _ = c.tx.try_send(wire::encode(&m));
+                            }
                             continue;
                         }
                         _ => {}
@@ -262,35 +322,63 @@ fn attempt(
                 }
                 Act::Finished { status, stderr } => {
                     out.debug(&format!("zfs receive ended (exit status {status})"));
-                    let agents_gone = closed(&s, BYE_WAIT) && closed(&r, BYE_WAIT);
+                    let agents_gone = ss.iter().chain(&rs).all(|c| closed(c, BYE_WAIT));
                     out.debug("agents said goodbye");
-                    return Step::Finished(Outcome {
+                    return Step::Finished(Box::new(Outcome {
                         status,
                         stderr,
                         stats: t.stats.clone(),
                         agents_gone,
-                    });
+                    }));
                 }
                 Act::Fatal(e) => return Step::Fatal(e),
                 Act::Dead(why) => return Step::Retry(why),
             }
         }
-        crossbeam_channel::select! {
-            recv(s.rx) -> m => match m {
-                Err(_) => return Step::Retry("sender reader ended".into()),
+        // Whatever any connection brings: sender connections first, then
+        // the receiver's, in lane order.
+        let conns: Vec<(&Conn, Side)> = ss
+            .iter()
+            .map(|c| (c, Side::Sender))
+            .chain(rs.iter().map(|c| (c, Side::Receiver)))
+            .collect();
+        let mut select = crossbeam_channel::Select::new();
+        for (c, _) in &conns {
+            select.recv(&c.rx);
+        }
+        if let Ok(op) = select.select_timeout(Duration::from_millis(500)) {
+            let i = op.index();
+            let (c, side) = conns[i];
+            let who = if side == Side::Sender {
+                "sender"
+            } else {
+                "receiver"
+            };
+            let lane = if side == Side::Sender {
+                i
+            } else {
+                i - ss.len()
+            };
+            let named = |e: String| {
+                if lanes > 1 {
+                    format!("{who} connection {lane}: {e}")
+                } else {
+                    format!("{who}: {e}")
+                }
+            };
+            match op.recv(&c.rx) {
+                Err(_) => return Step::Retry(format!("{who} reader ended")),
                 Ok(Ok(In::Chunk(head))) => {
                     relay.chunk(t, head.seq, head.payload as u64, head.end);
+                    if lanes > 1 {
+                        let carried = &mut t.stats.lane_bytes;
+                        carried.resize(carried.len().max(lanes), 0);
+                        carried[lane] += head.payload as u64;
+                    }
                 }
-                Ok(Ok(In::Msg(m))) => acts = relay.on_msg(t, Side::Sender, m, now()),
-                Ok(Err(e)) => return Step::Retry(format!("sender: {e}")),
-            },
-            recv(r.rx) -> m => match m {
-                Err(_) => return Step::Retry("receiver reader ended".into()),
-                Ok(Ok(In::Msg(m))) => acts = relay.on_msg(t, Side::Receiver, m, now()),
-                Ok(Ok(In::Chunk(_))) => {}
-                Ok(Err(e)) => return Step::Retry(format!("receiver: {e}")),
-            },
-            default(Duration::from_millis(500)) => {}
+                Ok(Ok(In::Msg(m))) => acts = relay.on_msg(t, side, m, now()),
+                Ok(Err(e)) => return Step::Retry(named(e)),
+            }
         }
         let st = &t.stats;
         progress.tick(
@@ -299,6 +387,9 @@ fn attempt(
             st.wire_bytes,
             st.resent_bytes,
         );
-        acts.extend(relay.tick(t, now(), [s.silent_for(), r.silent_for()]));
+        // The longest silence on each side: any dead connection ends the
+        // round.
+        let silent = |all: &[Conn]| all.iter().map(Conn::silent_for).max().unwrap_or_default();
+        acts.extend(relay.tick(t, now(), [silent(&ss), silent(&rs)]));
     }
 }

@@ -121,6 +121,13 @@ impl Ctx<'_> {
             spool_size: self.s.spool_size,
             compress_level: self.s.rsync_level,
             bwlimit,
+            // Several connections deliver chunks out of order: the
+            // receiver holds up to a spool's worth of early ones.
+            window: if self.s.streams > 1 {
+                self.s.spool_size
+            } else {
+                0
+            },
         }
     }
 }
@@ -234,6 +241,7 @@ fn finish_transfer(
         receiver,
         first,
         ctx.s.timing,
+        ctx.s.streams,
         &ctx.out,
         &ctx.progress,
     );
@@ -281,6 +289,14 @@ fn finish_transfer(
         st.resent_chunks,
         readable(st.resent_bytes)
     ));
+    if !st.lane_bytes.is_empty() {
+        let each: Vec<String> = st.lane_bytes.iter().map(|b| readable(*b)).collect();
+        ctx.out.info(&format!(
+            "--rsync: over {} connections, each carried {}",
+            st.lane_bytes.len(),
+            each.join(", ")
+        ));
+    }
     if outcome.status != 0 {
         return Err(DsError::Other(format!(
             "zfs receive on {} failed (exit status {}):\n    {}",

@@ -60,6 +60,9 @@ pub struct Stats {
     pub forwarded: Option<u64>,
     /// Both agents welcomed this run at least once: it drives the transfer.
     pub drove: bool,
+    /// Chunk payload bytes each connection (lane) carried, with
+    /// `--streams` above 1.
+    pub lane_bytes: Vec<u64>,
 }
 
 /// Timing rules, all from the link timeout and the inactivity timeout

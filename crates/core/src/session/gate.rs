@@ -9,8 +9,9 @@
 //! - The owner in a Hello is admitted or refused (`ownership::admit`): a
 //!   coordinator of another machine is refused with Busy while this
 //!   agent's owner was heard within the takeover wait. An admitted
-//!   connection replaces the one before it (even a half-dead ssh session
-//!   that never sees its peer go), which is closed.
+//!   connection replaces the one before it on its lane (even a half-dead
+//!   ssh session that never sees its peer go), which is closed; a new
+//!   owner's connection replaces every connection of the old owner.
 //! - Every message from the current coordinator counts as hearing from it;
 //!   an agent that heard nothing for its inactivity timeout gives up.
 //! - A Ping is answered with a Pong at once, even while the agent waits on
@@ -47,12 +48,9 @@ pub struct Waits {
 /// What the driver does with a connection's Hello.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Verdict {
-    /// Serve it; close `replaces`, the connection it replaces. `note` is
-    /// for the agent's log.
-    Admit {
-        replaces: Option<ConnId>,
-        note: String,
-    },
+    /// Serve it; close `replaces`, the connections it replaces. `note`
+    /// is for the agent's log.
+    Admit { replaces: Vec<ConnId>, note: String },
     /// Send `answer` (Busy, or an Error) and close it; the current
     /// connection goes on untouched.
     Refuse { answer: Msg, note: String },
@@ -73,7 +71,8 @@ pub struct Gate {
     owner: Option<Owner>,
     /// When the current coordinator was last heard.
     heard: Duration,
-    current: Option<ConnId>,
+    /// The current connection of each lane.
+    current: std::collections::BTreeMap<u16, ConnId>,
     /// Connections that have not said Hello yet, and since when.
     pending: Vec<(ConnId, Duration)>,
     gave_up: bool,
@@ -86,7 +85,7 @@ impl Gate {
             waits,
             owner: None,
             heard: now,
-            current: None,
+            current: Default::default(),
             pending: Vec::new(),
             gave_up: false,
         }
@@ -113,8 +112,8 @@ impl Gate {
     /// it can.
     pub fn hello(&mut self, id: ConnId, first: Result<Msg, String>, now: Duration) -> Verdict {
         self.pending.retain(|(p, _)| *p != id);
-        let asker = match first {
-            Ok(Msg::Hello { owner, .. }) => owner,
+        let (asker, lane) = match first {
+            Ok(Msg::Hello { owner, lane, .. }) => (owner, lane),
             Ok(other) => {
                 let msg = format!("the first message ({}) was not a hello", other.name());
                 return refused(msg);
@@ -122,7 +121,8 @@ impl Gate {
             Err(e) => return refused(format!("protocol error: {e}")),
         };
         let heard = now.saturating_sub(self.heard);
-        let note = match ownership::admit(self.owner.as_ref(), heard, &asker, self.waits.takeover) {
+        let admit = ownership::admit(self.owner.as_ref(), heard, &asker, self.waits.takeover);
+        let note = match admit {
             Admit::Refuse => {
                 let label = self.owner.as_ref().map(|o| o.label.clone());
                 let label = label.unwrap_or_default();
@@ -155,14 +155,23 @@ impl Gate {
             Admit::Tool => "a tool connected".to_string(),
         };
         self.heard = now;
-        let replaces = self.current.replace(id).filter(|old| *old != id);
+        // A new owner (or a tool) takes every connection; the owner's new
+        // connection replaces its lane's.
+        let replaced: Vec<ConnId> = if matches!(admit, Admit::Again) {
+            self.current.insert(lane, id).into_iter().collect()
+        } else {
+            let old = std::mem::take(&mut self.current);
+            self.current.insert(lane, id);
+            old.into_values().collect()
+        };
+        let replaces = replaced.into_iter().filter(|old| *old != id).collect();
         Verdict::Admit { replaces, note }
     }
 
     /// A message came from connection `id`: if it is the current one, its
     /// coordinator was heard.
     pub fn heard(&mut self, id: ConnId, now: Duration) {
-        if self.current == Some(id) {
+        if self.current.values().any(|c| *c == id) {
             self.heard = self.heard.max(now);
         }
     }
@@ -170,9 +179,7 @@ impl Gate {
     /// Connection `id` closed.
     pub fn closed(&mut self, id: ConnId) {
         self.pending.retain(|(p, _)| *p != id);
-        if self.current == Some(id) {
-            self.current = None;
-        }
+        self.current.retain(|_, c| *c != id);
     }
 
     /// What is due at `now`: connections past the setup wait without a

@@ -311,6 +311,7 @@ pub fn run(sch: &Schedule) -> Ending {
                         version: VERSION,
                         role,
                         owner: Owner::default(),
+                        lane: (i / 2) as u16,
                     };
                     c.to_agent.0.push_back((now + links[i].delay, hello));
                 }

@@ -11,6 +11,7 @@ fn samples() -> Vec<Msg> {
                 run: u64::MAX - 3,
                 label: "backup1 pid 42".into(),
             },
+            lane: 0,
         },
         Msg::Welcome {
             version: VERSION,
@@ -111,6 +112,7 @@ fn bad_frames_are_errors() {
         version: 99,
         role: Role::Sender,
         owner: Owner::default(),
+        lane: 0,
     });
     d.push(&hello);
     assert_eq!(d.next_msg(), Err(WireError::Version(99)));

@@ -10,7 +10,8 @@
 //! `--rtt MS[,MS...]:SIZE` pushes SIZE through a loopback sshd whose ssh
 //! connections go through `latency` (a ProxyCommand holding each
 //! direction's bytes for half the round trip): the raw pipe, standard mode
-//! and `--rsync`, at each round trip.
+//! and `--rsync` with each `--streams W[,W...]` (default 1), at each
+//! round trip.
 //!
 //! `--other-build DIR[,DIR...]` adds a `--rsync --compress=none` row for
 //! the syncoid-rsync in each DIR (another build: the static one against
@@ -304,11 +305,14 @@ fn rtt(spec: &str, reps: usize) -> (u64, Vec<(u64, Rows)>) {
     let bytes = stream_bytes(&local);
     let ours = sibling("syncoid-rsync");
     let relay = sibling("latency");
-    let kinds = [
-        RAW_SSH,
-        "syncoid-rsync",
-        "syncoid-rsync --rsync --compress=none",
-    ];
+    // --rsync rows: one per --streams width.
+    let widths: Vec<String> = arg("--streams", "1").split(',').map(String::from).collect();
+    let mut kinds = vec![RAW_SSH.to_string(), "syncoid-rsync".to_string()];
+    kinds.extend(
+        widths
+            .iter()
+            .map(|w| format!("syncoid-rsync --rsync --compress=none --streams {w}")),
+    );
     let mut tables = Vec::new();
     for ms in rtts.split(',') {
         let ms: u64 = ms.parse().expect("--rtt milliseconds");
@@ -337,8 +341,8 @@ fn rtt(spec: &str, reps: usize) -> (u64, Vec<(u64, Rows)>) {
                     let mut c = local.command(ours.to_str().unwrap());
                     c.args(["--compress=none", "--no-sync-snap", "--quiet"])
                         .arg(format!("--sshconfig={cfg}"));
-                    if k == 2 {
-                        c.arg("--rsync");
+                    if k >= 2 {
+                        c.arg("--rsync").arg(format!("--streams={}", widths[k - 2]));
                     }
                     c.arg("src/big").arg(format!("root@far:{target}"));
                     c

@@ -26,7 +26,7 @@ pub(super) fn run_receiver(
     o: &StartOpts,
     listener: UnixListener,
     mut child: Child,
-) -> (i32, Option<Link>) {
+) -> (i32, Vec<Link>) {
     CHILD_PID.store(child.id() as i32, std::sync::atomic::Ordering::SeqCst);
     let door = Door::new(o.timing());
     let beat = o.timing().heartbeat;
@@ -38,7 +38,7 @@ pub(super) fn run_receiver(
     ))));
     let child = Arc::new(Mutex::new(child));
     let state = Arc::new(Mutex::new(RecvState {
-        session: receiver::Session::new(),
+        session: receiver::Session::with_window(o.window),
         paced: Paced::new(o.bwlimit),
     }));
     let done = || state.lock().expect("state").session.bye();
@@ -83,7 +83,7 @@ pub(super) fn run_receiver(
                 Ok(None) => std::thread::sleep(Duration::from_millis(100)),
             }
         }
-        return (3, None);
+        return (3, Vec::new());
     };
     (0, last)
 }

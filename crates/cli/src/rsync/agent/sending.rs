@@ -25,7 +25,7 @@ pub(super) fn run_sender(
     o: &StartOpts,
     listener: UnixListener,
     mut child: Child,
-) -> (i32, Option<Link>) {
+) -> (i32, Vec<Link>) {
     let door = Door::new(o.timing());
     let beat = o.timing().heartbeat;
     let shared: Arc<Shared> = Arc::new((
@@ -42,7 +42,12 @@ pub(super) fn run_sender(
     };
     let done = || shared.0.lock().expect("state").bye();
     let served = serve(&listener, &door, &done, &|s, hello, id| {
-        let generation = shared.0.lock().expect("state").connected();
+        // Each lane (one of a stream's connections) has its current one.
+        let lane = match &hello {
+            Msg::Hello { lane, .. } => *lane,
+            _ => 0,
+        };
+        let generation = shared.0.lock().expect("state").connected_on(lane);
         shared.1.notify_all();
         let writer = Arc::new(Mutex::new(s.clone()));
         let (shared2, writer2, door2) = (shared.clone(), writer.clone(), door.clone());
@@ -60,7 +65,7 @@ pub(super) fn run_sender(
         shared.0.lock().expect("state").stop();
         shared.1.notify_all();
         kill_group_child();
-        return (3, None);
+        return (3, Vec::new());
     };
     let _ = producer.join();
     (0, last)

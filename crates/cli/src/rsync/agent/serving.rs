@@ -62,11 +62,12 @@ pub(super) fn serve(
     door: &Arc<Door>,
     done: &dyn Fn() -> bool,
     handle: &dyn Fn(Link, Msg, ConnId),
-) -> Result<Option<Link>, TimedOut> {
+) -> Result<Vec<Link>, TimedOut> {
     listener
         .set_nonblocking(true)
         .expect("nonblocking listener");
-    let mut current: Option<Link> = None;
+    // The current connections (one per lane), by id.
+    let mut current: std::collections::BTreeMap<ConnId, Link> = Default::default();
     // Each new connection comes back from its greeting thread with its
     // first frame, or why there was none.
     let (greeted_tx, greeted) =
@@ -76,7 +77,7 @@ pub(super) fn serve(
     let mut next_id: ConnId = 0;
     loop {
         if done() {
-            return Ok(current);
+            return Ok(current.into_values().collect());
         }
         let now = door.now();
         for due in door.gate().tick(now) {
@@ -115,10 +116,12 @@ pub(super) fn serve(
                     eprintln!("coordinator connected{attached}: {note}");
                     // The connection replaced, even if it is a half-dead
                     // ssh session that never sees its peer go.
-                    if let (Some(old), Some(_)) = (current.take(), replaces) {
-                        old.cancel();
+                    for old in replaces {
+                        if let Some(old) = current.remove(&old) {
+                            old.cancel();
+                        }
                     }
-                    current = Some(s.clone());
+                    current.insert(id, s.clone());
                     let hello = first.expect("an admitted connection said hello");
                     handle(s, hello, id);
                 }

@@ -251,6 +251,8 @@ pub(super) fn start_agent(a: &Start, via: Via) -> Result<(String, Option<Opened>
         opts.compress_level.to_string(),
         "--bwlimit".into(),
         opts.bwlimit.to_string(),
+        "--window".into(),
+        opts.window.to_string(),
     ];
     let what = format!(
         "starting the {} agent on {}",
@@ -356,6 +358,8 @@ pub struct AgentOpts {
     pub compress_level: i32,
     /// Bytes per second for this agent (0: none).
     pub bwlimit: u64,
+    /// The receiver's reorder window (0: one connection per agent).
+    pub window: usize,
 }
 
 /// Runs `agent stop DIR` on `host`, with `more` arguments.

@@ -12,6 +12,10 @@ fn secs(s: f64) -> Duration {
 }
 
 fn hello(domain: &str, run: u64) -> Result<Msg, String> {
+    hello_on(domain, run, 0)
+}
+
+fn hello_on(domain: &str, run: u64, lane: u16) -> Result<Msg, String> {
     Ok(Msg::Hello {
         version: VERSION,
         role: Role::Coordinator,
@@ -20,12 +24,13 @@ fn hello(domain: &str, run: u64) -> Result<Msg, String> {
             run,
             label: format!("{domain}#{run}"),
         },
+        lane,
     })
 }
 
-fn admitted(v: &Verdict) -> Option<Option<ConnId>> {
+fn admitted(v: &Verdict) -> Option<Vec<ConnId>> {
     match v {
-        Verdict::Admit { replaces, .. } => Some(*replaces),
+        Verdict::Admit { replaces, .. } => Some(replaces.clone()),
         Verdict::Refuse { .. } => None,
     }
 }
@@ -34,11 +39,14 @@ fn admitted(v: &Verdict) -> Option<Option<ConnId>> {
 fn a_newer_connection_of_the_owner_replaces_the_older() {
     let mut g = Gate::new(WAITS, secs(0.0));
     g.accepted(1, secs(0.0));
-    assert_eq!(admitted(&g.hello(1, hello("m1", 7), secs(0.1))), Some(None));
+    assert_eq!(
+        admitted(&g.hello(1, hello("m1", 7), secs(0.1))),
+        Some(vec![])
+    );
     g.accepted(2, secs(5.0));
     assert_eq!(
         admitted(&g.hello(2, hello("m1", 7), secs(5.1))),
-        Some(Some(1))
+        Some(vec![1])
     );
 }
 
@@ -63,10 +71,40 @@ fn another_machine_is_refused_with_busy_until_the_owner_was_silent_for_the_takeo
     // Silent for 30 s: m2 takes over, and its connection replaces m1's.
     assert_eq!(
         admitted(&g.hello(3, hello("m2", 1), secs(40.0))),
-        Some(Some(1))
+        Some(vec![1])
     );
     // Now m1 is the other machine.
     assert!(admitted(&g.hello(4, hello("m1", 1), secs(41.0))).is_none());
+}
+
+/// One stream over several connections: each lane's new connection
+/// replaces only that lane's; a later run takes every lane's.
+#[test]
+fn lanes_are_replaced_one_by_one_and_all_by_a_new_owner() {
+    let mut g = Gate::new(WAITS, secs(0.0));
+    assert_eq!(
+        admitted(&g.hello(1, hello_on("m1", 1, 0), secs(1.0))),
+        Some(vec![])
+    );
+    assert_eq!(
+        admitted(&g.hello(2, hello_on("m1", 1, 1), secs(1.0))),
+        Some(vec![])
+    );
+    assert_eq!(
+        admitted(&g.hello(3, hello_on("m1", 1, 1), secs(2.0))),
+        Some(vec![2])
+    );
+    g.heard(1, secs(3.0));
+    g.heard(3, secs(4.0));
+    assert_eq!(
+        g.next_tick(),
+        secs(3604.0),
+        "both lanes keep the agent alive"
+    );
+    assert_eq!(
+        admitted(&g.hello(4, hello_on("m1", 2, 0), secs(5.0))),
+        Some(vec![1, 3])
+    );
 }
 
 #[test]
@@ -76,7 +114,7 @@ fn a_later_run_of_the_same_machine_takes_over_at_once() {
     g.heard(1, secs(2.0));
     assert_eq!(
         admitted(&g.hello(2, hello("m1", 2), secs(2.1))),
-        Some(Some(1))
+        Some(vec![1])
     );
 }
 
@@ -102,7 +140,10 @@ fn a_first_frame_that_is_no_hello_gets_an_error_naming_it() {
     assert!(Gate::first_frame(HELLO_MAX + 1).is_err());
     assert!(Gate::first_frame(HELLO_MAX).is_ok());
     // Refused connections leave nothing pending and no owner.
-    assert_eq!(admitted(&g.hello(3, hello("m2", 1), secs(0.2))), Some(None));
+    assert_eq!(
+        admitted(&g.hello(3, hello("m2", 1), secs(0.2))),
+        Some(vec![])
+    );
 }
 
 #[test]
@@ -183,7 +224,7 @@ fn exhaustive_small_orders_keep_one_owner() {
                         let v = g.hello(id as ConnId, hello(domain, run), secs(at));
                         match v {
                             Verdict::Admit { replaces, .. } => {
-                                assert_eq!(replaces, current);
+                                assert_eq!(replaces, current.into_iter().collect::<Vec<_>>());
                                 current = Some(id as ConnId);
                                 owner = Some(domain);
                                 last_heard = at;

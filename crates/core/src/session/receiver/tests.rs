@@ -154,6 +154,7 @@ fn hello_is_answered_with_the_position() {
         version: VERSION,
         role: Role::Receiver,
         owner: Default::default(),
+        lane: 0,
     };
     d.deliver(&mut s, &hello);
     assert_eq!(

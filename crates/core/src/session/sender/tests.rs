@@ -33,6 +33,7 @@ fn nothing_goes_out_before_want_and_then_from_there_with_end_last() {
         version: VERSION,
         role: Role::Sender,
         owner: Default::default(),
+        lane: 0,
     };
     assert!(matches!(
         s.on_msg(g, &hello),

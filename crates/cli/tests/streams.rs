@@ -1,0 +1,106 @@
+//! `--streams N`: one dataset's stream over several connections per agent,
+//! on the emulator: locally and through a real sshd, with connections
+//! killed mid-stream. Each run must leave identical data, one zfs receive
+//! fed each byte exactly once, and nothing behind.
+
+mod agents;
+mod common;
+use agents::*;
+use common::*;
+use syncoid_rsync_testkit::{Host, Sshd};
+
+#[test]
+fn a_local_stream_over_four_connections_arrives_identical_and_fed_once() {
+    let _serial = serial();
+    let h = Host::new(&["src", "dst"]);
+    let _reap = Reaper(&h);
+    synthetic(&h, "src/data", "24M");
+    let r = ok(
+        &h,
+        &[
+            "--rsync",
+            "--streams=4",
+            "--chunk-size=256K",
+            "src/data",
+            "dst/data",
+        ],
+    );
+    assert!(
+        r.stdout.contains("--rsync: 24.0 MB received and verified"),
+        "{}",
+        r.stdout
+    );
+    // Each of the four connections carried a share of the chunks.
+    let line = r
+        .stdout
+        .lines()
+        .find(|l| l.contains("over 4 connections, each carried"))
+        .unwrap_or_else(|| panic!("no per-connection line: {}", r.stdout));
+    assert_eq!(
+        line.matches(" MB").count() + line.matches(" KB").count(),
+        4,
+        "{line}"
+    );
+    assert_eq!(h.files("dst/data"), h.files("src/data"));
+    assert_fed_once(&h);
+    assert_eq!(h.tmp_entries(), Vec::<String>::new());
+    // An incremental afterwards goes the same way.
+    h.write("src/data", "more.txt", b"more");
+    ok(&h, &["--rsync", "--streams=4", "src/data", "dst/data"]);
+    assert_eq!(h.read("dst/data", "more.txt").unwrap(), b"more");
+    assert_eq!(h.tmp_entries(), Vec::<String>::new());
+}
+
+/// Three connections each way through sshd; all of them killed once the
+/// receiver took 8 MB: the round fails, every connection is made again,
+/// and the transfer resumes where the receiver stands.
+#[test]
+fn a_push_over_three_connections_survives_them_killed() {
+    let _serial = serial();
+    let local = Host::new(&["src"]);
+    let far = Host::new(&["far"]);
+    let sshd = Sshd::start(&far);
+    let (_r1, _r2) = (Reaper(&local), Reaper(&far));
+    synthetic(&local, "src/data", "32M");
+    let ssh = sshd.syncoid_args();
+    let mut args: Vec<&str> = vec![
+        "--rsync",
+        "--streams=3",
+        "--chunk-size=256K",
+        "--no-sync-snap",
+    ];
+    args.extend(ssh.iter().map(String::as_str));
+    args.extend(["src/data", "root@127.0.0.1:far/data"]);
+    let child = spawn(&local, &args, &[("FAKEZFS_SEND_RATE", "8M")]);
+    wait_until("the receiver connected", 40, || receiver_connected(&far));
+    wait_receiving(&far, 8 << 20);
+    // The source is this machine: its agent is reached by its socket; the
+    // target's three connections are ssh sessions.
+    let links = agent_links(child.id());
+    assert_eq!(links.len(), 3, "ssh connections to the receiver: {links:?}");
+    let log = agent_log(&far).unwrap_or_default();
+    assert_eq!(log.matches("coordinator connected").count(), 3, "{log}");
+    for p in links {
+        kill(p, 9);
+    }
+    let (code, out, err) = finish(child);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(err.contains("link to the agents lost"), "{err}");
+    assert_one_clean_push(&local, &far, "far/data");
+}
+
+#[test]
+fn streams_needs_rsync_and_a_sane_count() {
+    let h = Host::new(&["src", "dst"]);
+    for (args, says) in [
+        (vec!["--streams=2"], "--streams needs --rsync"),
+        (vec!["--rsync", "--streams=0"], "from 1 to 16"),
+        (vec!["--rsync", "--streams=17"], "from 1 to 16"),
+    ] {
+        let mut all = args.clone();
+        all.extend(["src/data", "dst/data"]);
+        let r = run(&h, &all);
+        assert_eq!(r.status, 64, "{all:?}: {}", r.stderr);
+        assert!(r.stderr.contains(says), "{all:?}: {}", r.stderr);
+    }
+}
