@@ -159,6 +159,36 @@ t_rsync_ssh_killed() {
   same_data vsrc/rk vdst/rk; same_guids vsrc/rk vdst/rk
   wait_for 10 '[ "$(agents)" = 0 ]'; no_sessions
 }
+# --streams on real OpenZFS: a push to this host through sshd over four
+# connections, all of them killed once mid-stream (the round is made again
+# and resumes at the receiver), then an incremental over three locally.
+t_rsync_streams() {
+  mkdir -p /root/.ssh; chmod 700 /root/.ssh
+  [ -f /root/.ssh/id_vm ] || ssh-keygen -q -t ed25519 -N '' -f /root/.ssh/id_vm
+  grep -qF "$(cat /root/.ssh/id_vm.pub)" /root/.ssh/authorized_keys 2>/dev/null || cat /root/.ssh/id_vm.pub >> /root/.ssh/authorized_keys
+  zfs create vsrc/st; rand /vsrc/st/big 40000000; rand /vsrc/st/small 1000; zfs snapshot vsrc/st@s1
+  echo "+ syncoid-rsync --rsync --streams=4 ... root@localhost:vdst/st (connections killed once)"
+  "$SR" --rsync --streams=4 --compress=none --source-bwlimit=4M --no-sync-snap --sshkey /root/.ssh/id_vm \
+    --sshoption StrictHostKeyChecking=accept-new vsrc/st root@localhost:vdst/st >>"$log" 2>&1 &
+  local pid=$! kills=0 i p
+  for i in $(seq 1 15); do
+    sleep 2
+    kill -0 "$pid" 2>/dev/null || break
+    local links; links=$(pgrep -P "$pid" -f 'agent bridge|agent start .*--attach' || true)
+    [ "$(echo "$links" | grep -c .)" -ge 4 ] || continue
+    for p in $links; do kill -9 "$p"; kills=$((kills+1)); done
+    break
+  done
+  wait "$pid"
+  echo "killed $kills ssh connections"; [ "$kills" -ge 4 ]
+  grep -q "link to the agents lost" "$log"
+  grep -q "over 4 connections, each carried" "$log"
+  same_data vsrc/st vdst/st; same_guids vsrc/st vdst/st
+  wait_for 10 '[ "$(agents)" = 0 ]'; no_sessions
+  rand /vsrc/st/more 500000; zfs snapshot vsrc/st@s2
+  sr --rsync --streams=3 --no-sync-snap vsrc/st vdst/st
+  same_data vsrc/st vdst/st; same_guids vsrc/st vdst/st; no_sessions
+}
 t_rsync_coordinator_killed() {
   zfs create vsrc/rc; rand /vsrc/rc/big 40000000; zfs snapshot vsrc/rc@s1
   local args=(--rsync --compress=none --source-bwlimit=4M --no-sync-snap vsrc/rc vdst/rc)
@@ -264,6 +294,7 @@ case_ force_delete_guardrails t_force_delete_guardrails
 case_ modified_target_rollback t_modified_target_rollback
 case_ rsync_local t_rsync_local
 case_ rsync_ssh_killed t_rsync_ssh_killed
+case_ rsync_streams t_rsync_streams
 case_ rsync_coordinator_killed t_rsync_coordinator_killed
 case_ rsync_receiver_killed t_rsync_receiver_killed
 case_ rsync_receiver_gone_in_run t_rsync_receiver_gone_in_run
