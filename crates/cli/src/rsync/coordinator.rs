@@ -283,6 +283,18 @@ fn attempt(
         "agents connected over {lanes} connection(s) each; resuming at chunk {next}"
     ));
     progress.link_ok();
+    // Whatever any connection brings: sender connections first, then
+    // the receiver's, in lane order (set up once: the connections stay
+    // the same for the whole round).
+    let conns: Vec<(&Conn, Side)> = ss
+        .iter()
+        .map(|c| (c, Side::Sender))
+        .chain(rs.iter().map(|c| (c, Side::Receiver)))
+        .collect();
+    let mut select = crossbeam_channel::Select::new();
+    for (c, _) in &conns {
+        select.recv(&c.rx);
+    }
     let (mut relay, first) = Relay::start(t, next, offset, now());
     let mut acts = Vec::from(first);
     loop {
@@ -334,17 +346,6 @@ fn attempt(
                 Act::Fatal(e) => return Step::Fatal(e),
                 Act::Dead(why) => return Step::Retry(why),
             }
-        }
-        // Whatever any connection brings: sender connections first, then
-        // the receiver's, in lane order.
-        let conns: Vec<(&Conn, Side)> = ss
-            .iter()
-            .map(|c| (c, Side::Sender))
-            .chain(rs.iter().map(|c| (c, Side::Receiver)))
-            .collect();
-        let mut select = crossbeam_channel::Select::new();
-        for (c, _) in &conns {
-            select.recv(&c.rx);
         }
         if let Ok(op) = select.select_timeout(Duration::from_millis(500)) {
             let i = op.index();

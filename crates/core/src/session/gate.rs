@@ -96,12 +96,11 @@ impl Gate {
         self.pending.push((id, now));
     }
 
-    /// Whether a first frame of `len` bytes may be read as a Hello.
-    pub fn first_frame(len: usize) -> Result<(), Msg> {
+    /// Whether a first frame of `len` bytes may be read as a Hello (else
+    /// why not, for `hello`).
+    pub fn first_frame(len: usize) -> Result<(), String> {
         if len == 0 || len > HELLO_MAX {
-            return Err(Msg::Error {
-                msg: format!("a first frame of {len} bytes is not a hello"),
-            });
+            return Err(format!("a first frame of {len} bytes is not a hello"));
         }
         Ok(())
     }
@@ -174,12 +173,6 @@ impl Gate {
         if self.current.values().any(|c| *c == id) {
             self.heard = self.heard.max(now);
         }
-    }
-
-    /// Connection `id` closed.
-    pub fn closed(&mut self, id: ConnId) {
-        self.pending.retain(|(p, _)| *p != id);
-        self.current.retain(|_, c| *c != id);
     }
 
     /// What is due at `now`: connections past the setup wait without a

@@ -564,10 +564,13 @@ fn receiver_driver(
     if let Msg::Ping { nonce } = m {
         return vec![Msg::Pong { nonce: *nonce }];
     }
-    let mut next = Some(m.clone());
-    while let Some(m) = next.take() {
+    // The message, then what the session hands back to handle again (a
+    // held chunk that is next, an End that waited): borrowed, then owned.
+    let mut m = std::borrow::Cow::Borrowed(m);
+    loop {
+        let mut next = None;
         if sch.broken == Broken::FeedRefused {
-            if let Msg::Chunk(c) = &m {
+            if let Msg::Chunk(c) = &*m {
                 if c.seq == rcv.position().0 && c.offset == fed.len() as u64 && !c.verify() {
                     fed.extend_from_slice(&c.data);
                 }
@@ -577,7 +580,7 @@ fn receiver_driver(
         loop {
             step = match step {
                 receiver::Step::Feed(bytes) => {
-                    let Msg::Chunk(c) = &m else { unreachable!() };
+                    let Msg::Chunk(c) = &*m else { unreachable!() };
                     fed.extend_from_slice(&bytes);
                     assert!(
                         data.starts_with(fed),
@@ -588,7 +591,7 @@ fn receiver_driver(
                 }
                 receiver::Step::FinishZfs => rcv.zfs_ended(0, String::new()),
                 receiver::Step::Hold => {
-                    let Msg::Chunk(c) = &m else { unreachable!() };
+                    let Msg::Chunk(c) = &*m else { unreachable!() };
                     rcv.hold(c.clone());
                     assert!(
                         rcv.held_bytes() <= sch.window,
@@ -607,8 +610,11 @@ fn receiver_driver(
                 receiver::Step::Close | receiver::Step::Nothing => break,
             };
         }
+        match next {
+            Some(again) => m = std::borrow::Cow::Owned(again),
+            None => return Vec::new(),
+        }
     }
-    Vec::new()
 }
 
 #[cfg(test)]

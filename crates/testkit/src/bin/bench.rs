@@ -289,13 +289,13 @@ fn outage(spec: &str) -> Vec<(String, f64, String, u64)> {
     rows
 }
 
-/// `--rtt MS,...:SIZE`: the raw pipe, our standard mode and `--rsync`
-/// pushing SIZE through a loopback sshd, each ssh connection through the
-/// `latency` relay (one-way delay = half the round trip). Median of
-/// `reps`, interleaved; rows are (pipeline, wall s, CPU s) per round trip.
 /// Rows of one table: (pipeline, wall s, CPU s).
 type Rows = Vec<(String, f64, f64)>;
 
+/// `--rtt MS,...:SIZE`: the raw pipe, our standard mode and `--rsync`
+/// pushing SIZE through a loopback sshd, each ssh connection through the
+/// `latency` relay (one-way delay = half the round trip). Median of
+/// `reps`, interleaved; rows per round trip.
 fn rtt(spec: &str, reps: usize) -> (u64, Vec<(u64, Rows)>) {
     let (rtts, size) = spec.split_once(':').expect("--rtt MS,...:SIZE");
     let local = Host::new(&["src"]);
@@ -367,7 +367,7 @@ fn rtt(spec: &str, reps: usize) -> (u64, Vec<(u64, Rows)>) {
 /// pushing SIZE through a netlab link capped at RATE (tc syntax), where
 /// the network and not the CPU is the limit: what a WAN user sees. Median
 /// of `reps`; rows are (pipeline, wall s, CPU s).
-type LinkTable = (String, String, u64, Vec<(String, f64, f64)>);
+type LinkTable = (String, String, u64, Rows);
 
 fn link(spec: &str, reps: usize) -> Vec<LinkTable> {
     let mut tables = Vec::new();
@@ -546,6 +546,20 @@ fn profile(size: &str) {
     println!("wall {:.2}s", t.elapsed().as_secs_f64());
 }
 
+/// Prints `rows` (the raw pipe first) as markdown table lines that start
+/// with `lead`'s columns: wall time, rate, CPU and the ratio to the raw
+/// pipe.
+fn print_rows(lead: &str, bytes: u64, rows: &Rows) {
+    let raw = rows[0].1;
+    for (what, secs, cpu) in rows {
+        println!(
+            "| {lead} | {what} | {secs:.2} | {:.1} | {cpu:.1} | {:.3} |",
+            bytes as f64 / secs / 1e6,
+            raw / secs
+        );
+    }
+}
+
 fn main() {
     let p = arg("--profile", "");
     if !p.is_empty() {
@@ -586,14 +600,7 @@ fn main() {
         println!("| link | size | pipeline | wall s | MB/s | CPU s | ratio to raw ssh |");
         println!("|---|---|---|---|---|---|---|");
         for (rate, size, bytes, rows) in link(&spec, reps) {
-            let raw = rows[0].1;
-            for (what, secs, cpu) in &rows {
-                println!(
-                    "| {rate} | {size} | {what} | {secs:.2} | {:.1} | {cpu:.1} | {:.3} |",
-                    bytes as f64 / secs / 1e6,
-                    raw / secs
-                );
-            }
+            print_rows(&format!("{rate} | {size}"), bytes, &rows);
         }
     }
     let spec = arg("--rtt", "none");
@@ -603,14 +610,7 @@ fn main() {
         println!("|---|---|---|---|---|---|");
         let (bytes, tables) = rtt(&spec, reps);
         for (ms, rows) in tables {
-            let raw = rows[0].1;
-            for (what, secs, cpu) in &rows {
-                println!(
-                    "| {ms} | {what} | {secs:.2} | {:.1} | {cpu:.1} | {:.3} |",
-                    bytes as f64 / secs / 1e6,
-                    raw / secs
-                );
-            }
+            print_rows(&ms.to_string(), bytes, &rows);
         }
     }
     let out = arg("--outage", "none");

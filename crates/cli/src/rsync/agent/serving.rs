@@ -52,11 +52,12 @@ pub(super) struct TimedOut;
 /// Accepts coordinator connections until `done` says stop or the door
 /// says give up. Each connection's first frame is read on its own thread
 /// (`greet`); the door admits or refuses it. An admitted connection
-/// replaces the previous one and goes to `handle` with its Hello and id;
-/// a refused one gets the door's answer (Busy, or an Error) and is
-/// closed. When done, returns the last connection: the agent holds it
-/// open until its session dir is gone, so the coordinator sees it close
-/// only once the agent has cleaned up.
+/// replaces those the door names (its lane's earlier one, or all of an
+/// old owner's) and goes to `handle` with its Hello and id; a refused one
+/// gets the door's answer (Busy, or an Error) and is closed. When done,
+/// returns the current connections: the agent holds them open until its
+/// session dir is gone, so the coordinator sees them close only once the
+/// agent has cleaned up.
 pub(super) fn serve(
     listener: &UnixListener,
     door: &Arc<Door>,
@@ -159,9 +160,7 @@ pub(super) fn greet(s: &Link) -> Result<Msg, String> {
     r.read_exact(&mut frame)
         .map_err(|e| format!("no first frame: {e}"))?;
     let len = u32::from_be_bytes(frame[..4].try_into().expect("4 bytes")) as usize;
-    if let Err(Msg::Error { msg }) = Gate::first_frame(len) {
-        return Err(msg);
-    }
+    Gate::first_frame(len)?;
     frame.resize(4 + len, 0);
     r.read_exact(&mut frame[4..])
         .map_err(|e| format!("no first frame: {e}"))?;
