@@ -56,13 +56,50 @@ pub struct Stats {
     /// furthest chunk forwarded).
     pub sent_bytes: u64,
     pub reconnects: u64,
-    /// The highest chunk forwarded so far (to count re-sends).
-    pub forwarded: Option<u64>,
+    /// The chunks forwarded so far (to count re-sends).
+    pub forwarded: Forwarded,
     /// Both agents welcomed this run at least once: it drives the transfer.
     pub drove: bool,
     /// Chunk payload bytes each connection (lane) carried, with
     /// `--streams` above 1.
     pub lane_bytes: Vec<u64>,
+}
+
+/// The chunks forwarded so far: all below `below`, and those in `above`.
+/// Over several connections chunks come out of order, so the highest one
+/// forwarded does not say which were: a chunk that overtook another does
+/// not make the other a re-send. Chunks stay in `above` only while one
+/// below them is missing, which the sender's spool bounds.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Forwarded {
+    below: u64,
+    above: std::collections::BTreeSet<u64>,
+}
+
+impl Forwarded {
+    /// Records chunk `seq`; false if it was forwarded before.
+    pub fn first(&mut self, seq: u64) -> bool {
+        if seq < self.below || !self.above.insert(seq) {
+            return false;
+        }
+        while self.above.remove(&self.below) {
+            self.below += 1;
+        }
+        true
+    }
+
+    /// The receiver stands at chunk `seq` (it said so in its Welcome or
+    /// an Ack): every chunk below it was forwarded, by this run or an
+    /// earlier one.
+    pub fn start_at(&mut self, seq: u64) {
+        if seq > self.below {
+            self.below = seq;
+            self.above = self.above.split_off(&seq);
+            while self.above.remove(&self.below) {
+                self.below += 1;
+            }
+        }
+    }
 }
 
 /// Timing rules, all from the link timeout and the inactivity timeout
@@ -148,6 +185,8 @@ pub struct Relay {
     acked: u64,
     nonce: u64,
     last_ping: Duration,
+    /// The stream's length, once the sender's End came by.
+    stream_len: Option<u64>,
 }
 
 /// The progress a round made (`Transfer::progressed`).
@@ -160,12 +199,14 @@ impl Relay {
     /// sender.
     pub fn start(t: &mut Transfer, next_seq: u64, offset: u64, now: Duration) -> (Relay, [Act; 2]) {
         t.stats.acked_bytes = t.stats.acked_bytes.max(offset);
+        t.stats.forwarded.start_at(next_seq);
         t.stats.drove = true;
         let relay = Relay {
             rewound_to: None,
             acked: next_seq,
             nonce: 0,
             last_ping: now,
+            stream_len: None,
         };
         let want = Msg::Want { seq: next_seq };
         let ack = Msg::Ack {
@@ -183,20 +224,23 @@ impl Relay {
     pub fn chunk(&mut self, t: &mut Transfer, seq: u64, payload: u64, end: u64) {
         let s = &mut t.stats;
         s.wire_bytes += payload;
-        if s.forwarded.is_some_and(|f| seq <= f) {
+        if !s.forwarded.first(seq) {
             s.resent_chunks += 1;
             s.resent_bytes += payload;
         }
-        s.forwarded = s.forwarded.max(Some(seq));
         s.sent_bytes = s.sent_bytes.max(end);
     }
 
     /// A message from an agent.
     pub fn on_msg(&mut self, t: &mut Transfer, from: Side, m: Msg, now: Duration) -> Vec<Act> {
         match (from, m) {
-            (Side::Sender, m @ Msg::End(_)) => vec![Act::Send(Side::Receiver, m)],
+            (Side::Sender, Msg::End(e)) => {
+                self.stream_len = Some(e.total_len);
+                vec![Act::Send(Side::Receiver, Msg::End(e))]
+            }
             (Side::Receiver, Msg::Ack { seq, offset }) => {
                 self.acked = self.acked.max(seq);
+                t.stats.forwarded.start_at(seq);
                 if self.rewound_to.is_some_and(|(r, _)| seq > r) {
                     self.rewound_to = None;
                 }
@@ -221,11 +265,19 @@ impl Relay {
                 self.rewound_to = Some((seq, now));
                 vec![Act::Send(Side::Sender, Msg::Want { seq })]
             }
-            (Side::Receiver, Msg::Done { status, stderr }) => vec![
-                Act::Send(Side::Sender, Msg::Bye),
-                Act::Send(Side::Receiver, Msg::Bye),
-                Act::Finished { status, stderr },
-            ],
+            (Side::Receiver, Msg::Done { status, stderr }) => {
+                // A clean Done follows the whole stream checked against
+                // End's totals. Its last chunks' Ack may not come at all
+                // (over several connections, End can overtake them).
+                if let Some(len) = self.stream_len.filter(|_| status == 0) {
+                    t.stats.acked_bytes = t.stats.acked_bytes.max(len);
+                }
+                vec![
+                    Act::Send(Side::Sender, Msg::Bye),
+                    Act::Send(Side::Receiver, Msg::Bye),
+                    Act::Finished { status, stderr },
+                ]
+            }
             (Side::Sender, Msg::Error { msg }) => vec![Act::Fatal(format!("sender agent: {msg}"))],
             (Side::Receiver, Msg::Error { msg }) => {
                 vec![Act::Fatal(format!("receiver agent: {msg}"))]

@@ -86,6 +86,53 @@ fn a_round_resumes_at_the_receiver_and_relays_acks_naks_and_done() {
     );
 }
 
+/// Over several connections chunks reach the coordinator out of order,
+/// and End may overtake the last chunks' Ack: neither is a re-send or a
+/// shortfall in what the summary reports.
+#[test]
+fn chunks_out_of_order_are_not_resends_and_a_clean_done_counts_the_whole_stream() {
+    let mut t = transfer();
+    t.round();
+    let (mut r, _) = Relay::start(&mut t, 4, 400, S);
+    for seq in [5, 4, 7, 6, 9, 8] {
+        r.chunk(&mut t, seq, 100, (seq + 1) * 100);
+    }
+    assert_eq!((t.stats.resent_chunks, t.stats.wire_bytes), (0, 600));
+    // A chunk below where the receiver stood (an earlier run sent it)
+    // and one forwarded twice are re-sends.
+    r.chunk(&mut t, 3, 100, 400);
+    r.chunk(&mut t, 8, 100, 900);
+    assert_eq!((t.stats.resent_chunks, t.stats.resent_bytes), (2, 200));
+    let ack = Msg::Ack {
+        seq: 8,
+        offset: 800,
+    };
+    r.on_msg(&mut t, Side::Receiver, ack, S);
+    r.on_msg(&mut t, Side::Sender, Msg::End(end_of(1000)), S);
+    let done = |status| Msg::Done {
+        status,
+        stderr: String::new(),
+    };
+    // zfs receive failed: what was acknowledged is all that counts.
+    let mut failed = transfer();
+    let (mut f, _) = Relay::start(&mut failed, 4, 400, S);
+    f.on_msg(&mut failed, Side::Sender, Msg::End(end_of(1000)), S);
+    f.on_msg(&mut failed, Side::Receiver, done(1), S);
+    assert_eq!(failed.stats.acked_bytes, 400);
+    r.on_msg(&mut t, Side::Receiver, done(0), S);
+    assert_eq!(t.stats.acked_bytes, 1000);
+}
+
+fn end_of(total_len: u64) -> crate::wire::End {
+    crate::wire::End {
+        chunks: total_len / 100,
+        total_len,
+        stream_hash: [0; 32],
+        status: 0,
+        stderr: String::new(),
+    }
+}
+
 #[test]
 fn pings_keep_links_alive_and_silence_kills_them() {
     let mut t = transfer();
