@@ -32,6 +32,9 @@ pub struct Meter {
     sample: Option<(Duration, u64)>,
     /// Since when the link has been down, and reconnect attempts so far.
     pub outage: Option<(Duration, u32)>,
+    /// With several connections per agent (`--streams`): each one's state
+    /// ("up", "down", "joining"); empty with one.
+    pub links: Vec<&'static str>,
 }
 
 /// Rate smoothing time constant.
@@ -49,6 +52,7 @@ impl Meter {
             rate: 0.0,
             sample: None,
             outage: None,
+            links: Vec::new(),
         }
     }
 
@@ -166,6 +170,10 @@ fn status(m: &Meter, now: Duration, pct: &str) -> String {
     if m.resent > 0 {
         s.push_str(&format!("  {} sent again", readable(m.resent)));
     }
+    if !m.links.is_empty() {
+        let up = m.links.iter().filter(|l| **l == "up").count();
+        s.push_str(&format!("  {up}/{} links", m.links.len()));
+    }
     if let Some(eta) = m.eta(now) {
         s.push_str(&format!("  ETA {}", clock(eta)));
     }
@@ -214,6 +222,8 @@ pub enum Face {
 /// The run's progress display (one per run; safe to share).
 pub struct Progress {
     face: Face,
+    /// Connections per agent (`--streams`).
+    streams: usize,
     start: Instant,
     log_every: Duration,
     state: Mutex<State>,
@@ -240,6 +250,7 @@ impl Progress {
             .unwrap_or(Duration::from_secs(10));
         Progress {
             face,
+            streams: 1,
             start: Instant::now(),
             log_every,
             state: Mutex::new(State {
@@ -250,6 +261,11 @@ impl Progress {
                 counted: false,
             }),
         }
+    }
+
+    /// The same display, for streams over `streams` connections each.
+    pub fn with_streams(self, streams: usize) -> Progress {
+        Progress { streams, ..self }
     }
 
     pub fn face(&self) -> Face {
@@ -318,6 +334,26 @@ impl Progress {
         m.wire = wire;
         m.resent = resent;
         self.draw(&mut st, now, false);
+    }
+
+    /// Each connection's state, with several per agent (`--streams`):
+    /// "up", "down" or "joining". A change is an event in `--json`.
+    pub fn lanes(&self, states: Vec<&'static str>) {
+        let now = self.now();
+        let mut st = self.state.lock().expect("progress");
+        let Some((src, dst, m)) = st.current.as_mut() else {
+            return;
+        };
+        if m.links == states {
+            return;
+        }
+        let (src, dst) = (src.clone(), dst.clone());
+        m.links = states.clone();
+        self.json(
+            "links",
+            serde_json::json!({"source": src, "target": dst, "links": states}),
+        );
+        self.draw(&mut st, now, true);
     }
 
     /// The link was lost (`why`); the display says so until `link_ok`.
@@ -431,6 +467,7 @@ impl Progress {
                         "wire_bytes": m.wire, "resent_bytes": m.resent,
                         "rate_bps": m.rate().round(), "eta_seconds": eta,
                         "link_down": m.outage.is_some(),
+                        "streams": self.streams, "links": m.links,
                     }),
                 );
             }

@@ -270,7 +270,7 @@ pub fn run(s: &Settings) -> Result<Summary, Fatal> {
     let ctx = Ctx {
         s,
         out,
-        progress: Progress::new(face),
+        progress: Progress::new(face).with_streams(s.streams),
         bytes: std::cell::Cell::new(0),
         reconnects: std::cell::Cell::new(0),
         resent: std::cell::Cell::new(0),

@@ -54,6 +54,10 @@ fn check_event(e: &Value, doc: &BTreeMap<String, BTreeSet<String>>) -> String {
             "estimate_bytes" | "eta_seconds" => v.is_u64() || v.is_null(),
             "dry_run" | "estimate_known" | "link_down" => v.is_boolean(),
             "datasets" => v.is_array() || v.is_u64(),
+            "links" => v.as_array().is_some_and(|a| {
+                a.iter()
+                    .all(|l| ["up", "down", "joining"].contains(&l.as_str().unwrap_or("")))
+            }),
             "elapsed" | "time" | "seconds" | "rate_bps" | "mean_rate_bps" | "outage_seconds" => {
                 v.is_number()
             }
@@ -80,17 +84,10 @@ fn json_events_follow_the_documented_schema_through_an_outage() {
     let far = Host::new(&["far"]);
     let sshd = Sshd::start(&far);
     let (_r1, _r2) = (Reaper(&local), Reaper(&far));
-    synthetic(&local, "src/data", "24M");
-    let ssh = sshd.syncoid_args();
-    let mut args: Vec<&str> = vec!["--rsync", "--json", "--chunk-size=256K", "--no-sync-snap"];
-    args.extend(ssh.iter().map(String::as_str));
-    args.extend(["src/data", "root@127.0.0.1:far/data"]);
     // ~3 s of sending; the agent connections killed once 8 MB arrived
     // (the receiver is connected then: a connection killed while the
     // agent starts is a retried start, not an outage).
-    let child = spawn(&local, &args, &[("FAKEZFS_SEND_RATE", "8M")]);
-    wait_until("the receiver connected", 40, || receiver_connected(&far));
-    wait_receiving(&far, 8 << 20);
+    let child = push_through(&sshd, (&local, &far), "24M", &["--json"], 8 << 20);
     let mut killed = 0;
     for p in agent_links(child.id()) {
         kill(p, 9);
@@ -145,6 +142,47 @@ fn json_events_follow_the_documented_schema_through_an_outage() {
     let lost = evs.iter().find(|e| e["event"] == "link_lost").unwrap();
     assert!(lost["bytes_safe"].as_u64().unwrap() <= bytes);
     assert!(!err.contains("link to the agents lost") || err.contains("WARNING"));
+    assert_eq!(far.files("far/data"), local.files("src/data"));
+}
+
+/// With `--streams 3`, progress says the width and each connection's
+/// state; one connection killed is a `links` event with it lost alone (no
+/// link_lost: the stream never stopped), then one with all three up.
+#[test]
+fn json_shows_each_connection_and_one_lost_alone() {
+    let _serial = serial();
+    let doc = documented();
+    let local = Host::new(&["src"]);
+    let far = Host::new(&["far"]);
+    let sshd = Sshd::start(&far);
+    let (_r1, _r2) = (Reaper(&local), Reaper(&far));
+    let opts = ["--json", "--streams=3"];
+    let child = push_through(&sshd, (&local, &far), "24M", &opts, 8 << 20);
+    kill(agent_links(child.id())[1], 9);
+    let (code, out, err) = finish(child);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let evs = events(&out);
+    let names: Vec<String> = evs.iter().map(|e| check_event(e, &doc)).collect();
+    assert!(!names.iter().any(|n| n == "link_lost"), "{names:?}");
+    let links: Vec<Vec<&str>> = evs
+        .iter()
+        .filter(|e| e["event"] == "links")
+        .map(|e| {
+            let all = e["links"].as_array().unwrap();
+            all.iter().map(|l| l.as_str().unwrap()).collect()
+        })
+        .collect();
+    assert_eq!(links.first(), Some(&vec!["up"; 3]), "{links:?}");
+    let lost = links
+        .iter()
+        .position(|l| l.iter().filter(|s| **s == "up").count() == 2);
+    let back = lost.and_then(|i| links[i..].iter().position(|l| *l == vec!["up"; 3]));
+    assert!(
+        back.is_some(),
+        "one lost alone, then all up again: {links:?}"
+    );
+    let p = evs.iter().find(|e| e["event"] == "progress").unwrap();
+    assert_eq!(p["streams"], 3);
     assert_eq!(far.files("far/data"), local.files("src/data"));
 }
 

@@ -54,9 +54,10 @@ fn a_local_stream_over_four_connections_arrives_identical_and_fed_once() {
     assert_eq!(h.tmp_entries(), Vec::<String>::new());
 }
 
-/// Three connections each way through sshd; all of them killed once the
-/// receiver took 8 MB: the round fails, every connection is made again,
-/// and the transfer resumes where the receiver stands.
+/// Three connections each way through sshd; all of them killed at once
+/// the receiver took 8 MB: the first ones are lost alone, the last one
+/// ends the round, every connection is made again, and the transfer
+/// resumes where the receiver stands.
 #[test]
 fn a_push_over_three_connections_survives_them_killed() {
     let _serial = serial();
@@ -64,19 +65,7 @@ fn a_push_over_three_connections_survives_them_killed() {
     let far = Host::new(&["far"]);
     let sshd = Sshd::start(&far);
     let (_r1, _r2) = (Reaper(&local), Reaper(&far));
-    synthetic(&local, "src/data", "32M");
-    let ssh = sshd.syncoid_args();
-    let mut args: Vec<&str> = vec![
-        "--rsync",
-        "--streams=3",
-        "--chunk-size=256K",
-        "--no-sync-snap",
-    ];
-    args.extend(ssh.iter().map(String::as_str));
-    args.extend(["src/data", "root@127.0.0.1:far/data"]);
-    let child = spawn(&local, &args, &[("FAKEZFS_SEND_RATE", "8M")]);
-    wait_until("the receiver connected", 40, || receiver_connected(&far));
-    wait_receiving(&far, 8 << 20);
+    let child = push_through(&sshd, (&local, &far), "32M", &["--streams=3"], 8 << 20);
     // The source is this machine: its agent is reached by its socket; the
     // target's three connections are ssh sessions.
     let links = agent_links(child.id());
@@ -89,6 +78,48 @@ fn a_push_over_three_connections_survives_them_killed() {
     let (code, out, err) = finish(child);
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(err.contains("link to the agents lost"), "{err}");
+    assert_one_clean_push(&local, &far, "far/data");
+}
+
+/// Four connections each way through sshd; one of them killed three
+/// times while the stream flows: each time only that connection is lost,
+/// the other three carry the stream on, and it is made again within the
+/// round. The transfer never stops (no reconnect of the whole link).
+#[test]
+fn a_push_over_four_connections_goes_on_while_one_is_killed_again_and_again() {
+    let _serial = serial();
+    let local = Host::new(&["src"]);
+    let far = Host::new(&["far"]);
+    let sshd = Sshd::start(&far);
+    let (_r1, _r2) = (Reaper(&local), Reaper(&far));
+    let child = push_through(&sshd, (&local, &far), "64M", &["--streams=4"], 4 << 20);
+    let pid = child.id();
+    let connected = || {
+        agent_log(&far)
+            .unwrap_or_default()
+            .matches("coordinator connected")
+            .count()
+    };
+    for round in 0..3 {
+        let before = connected();
+        let victim = agent_links(pid)[round];
+        kill(victim, 9);
+        // Made again: the receiver's agent welcomed a new connection, and
+        // the stream moved on since.
+        wait_until("the killed connection made again", 40, || {
+            let now = agent_links(pid);
+            now.len() == 4 && !now.contains(&victim) && connected() > before
+        });
+        wait_receiving(&far, (12 + 8 * round as u64) << 20);
+    }
+    let (code, out, err) = finish(child);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(!err.contains("link to the agents lost"), "{err}");
+    assert!(out.contains(", 0 reconnects,"), "{out}");
+    assert!(
+        out.contains("3 times one was lost alone and made again"),
+        "{out}"
+    );
     assert_one_clean_push(&local, &far, "far/data");
 }
 

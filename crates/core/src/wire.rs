@@ -13,7 +13,7 @@
 //!
 //! Nothing here does I/O.
 
-pub const VERSION: u16 = 5;
+pub const VERSION: u16 = 6;
 /// The largest frame we accept: a 16 MiB chunk plus headers.
 pub const MAX_FRAME: usize = (16 << 20) + 1024;
 
@@ -32,6 +32,7 @@ pub mod kind {
     pub const ERROR: u8 = 11;
     pub const BYE: u8 = 12;
     pub const BUSY: u8 = 13;
+    pub const LANE: u8 = 14;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -272,13 +273,20 @@ pub enum Msg {
         label: String,
         heard_ms: u64,
     },
+    /// Coordinator -> sender, with several connections (`--streams`):
+    /// connection `lane` is lost and may send nothing more (`up` false),
+    /// or, made again, sends from where sending stands (`up` true).
+    Lane {
+        lane: u16,
+        up: bool,
+    },
 }
 
 /// A message type's name, for people.
 pub fn kind_name(kind: u8) -> &'static str {
-    const NAMES: [&str; 14] = [
+    const NAMES: [&str; 15] = [
         "", "hello", "welcome", "want", "chunk", "ack", "nak", "end", "done", "ping", "pong",
-        "error", "bye", "busy",
+        "error", "bye", "busy", "lane",
     ];
     NAMES.get(kind as usize).copied().unwrap_or("unknown")
 }
@@ -300,6 +308,7 @@ impl Msg {
             Msg::Error { .. } => kind::ERROR,
             Msg::Bye => kind::BYE,
             Msg::Busy { .. } => kind::BUSY,
+            Msg::Lane { .. } => kind::LANE,
         }
     }
 
@@ -473,6 +482,11 @@ pub fn encode(m: &Msg) -> Vec<u8> {
             w.bytes(label.as_bytes());
             w.u64(*heard_ms);
         }
+        Msg::Lane { lane, up } => {
+            w.u8(kind::LANE);
+            w.u16(*lane);
+            w.u8(u8::from(*up));
+        }
     }
     let len = (w.0.len() - 4) as u32;
     w.0[..4].copy_from_slice(&len.to_be_bytes());
@@ -613,6 +627,14 @@ fn decode_body(t: u8, body: &[u8]) -> Result<Msg, WireError> {
         kind::BUSY => Msg::Busy {
             label: r.string()?,
             heard_ms: r.u64()?,
+        },
+        kind::LANE => Msg::Lane {
+            lane: r.u16()?,
+            up: match r.u8()? {
+                0 => false,
+                1 => true,
+                _ => return Err(WireError::Malformed(what)),
+            },
         },
         k => return Err(WireError::UnknownType(k)),
     };

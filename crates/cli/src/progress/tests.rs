@@ -105,6 +105,18 @@ fn resent_bytes_are_shown_and_lines_fit_the_terminal() {
     assert!(bar_line("x", &m, s(1.0), 40).chars().count() <= 40);
 }
 
+/// With several connections, the line says how many are up; with one, it
+/// says nothing of them.
+#[test]
+fn the_width_and_the_links_up_are_shown() {
+    let mut m = Meter::new(s(0.0), 100 * MB);
+    m.update(s(1.0), 20 * MB);
+    assert!(!bar_line("x", &m, s(1.0), 200).contains("links"));
+    m.links = vec!["up", "down", "joining", "up"];
+    let line = log_line("x", &m, s(1.0));
+    assert!(line.contains("2/4 links"), "{line}");
+}
+
 #[test]
 fn a_nonsense_estimate_ends_at_100_percent_when_the_stream_completes() {
     // zfs send -nvP -t can overestimate a resumed stream.

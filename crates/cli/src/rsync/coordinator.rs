@@ -13,12 +13,14 @@ use conn::*;
 pub use conn::{Agent, Opened};
 pub use setup::*;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::output::Out;
 use crate::progress::{Face, Progress};
 use syncoid_rsync_core::session::coordinator::{
-    greeting, Act, Greeting, Next as After, Relay, Side, Stats, Timing, Transfer,
+    greeting, Act, Greeting, LaneState, Next as After, Relay, Side, Stats, Timing, Transfer,
 };
 use syncoid_rsync_core::wire::{self, Msg, Role};
 
@@ -177,7 +179,7 @@ pub fn run(
 fn attempt(
     (sender, s_opened): (&Agent, Option<Opened>),
     (receiver, r_opened): (&Agent, Option<Opened>),
-    (via, lanes): (Via, usize),
+    (via, width): (Via, usize),
     t: &mut Transfer,
     now: &dyn Fn() -> Duration,
     out: &Out,
@@ -245,152 +247,280 @@ fn attempt(
     };
     // The other lanes, once lane 0 settled who drives the agents and that
     // they are there: all opened, then all greeted, so their handshakes
-    // overlap. Any failure fails the round.
-    let (mut ss, mut rs) = (vec![s], vec![r]);
+    // overlap. One that cannot be made starts lost (the session makes it
+    // again later).
+    let over = RoundOver::default();
+    let mut lanes = Lanes {
+        s: vec![Some(s)],
+        r: vec![Some(r)],
+    };
     let mut more = Vec::new();
-    for lane in 1..lanes {
-        let r = open(receiver, via).map(|o| conn(o, QUEUE, None, stall));
-        let r = match r {
-            Ok(r) => r,
-            Err(e) => return Step::Retry(format!("receiver connection {lane}: {e}")),
-        };
-        let s = open(sender, via).map(|o| conn(o, QUEUE, Some(&r), stall));
-        let s = match s {
-            Ok(s) => s,
-            Err(e) => return Step::Retry(format!("sender connection {lane}: {e}")),
-        };
-        let lane = lane as u16;
-        if !say_hello(&s, Role::Sender, lane) || !say_hello(&r, Role::Receiver, lane) {
-            return Step::Retry(format!("connection {lane}: {CLOSED}"));
+    for lane in 1..width {
+        lanes.s.push(None);
+        lanes.r.push(None);
+        match open_lane((sender, receiver), lane, via, stall, &over.0) {
+            Ok((s, r)) => more.push((lane, s, r)),
+            Err(e) => out.debug(&e),
         }
-        more.push((s, r, lane));
     }
-    for (s, r, lane) in more {
-        for (c, who) in [(&s, "sender"), (&r, "receiver")] {
-            match answer(c, wait) {
-                Greeting::Welcome { .. } => {}
-                Greeting::Busy { label, .. } => {
-                    return Step::Retry(format!("{who} connection {lane}: taken by {label}"))
-                }
-                Greeting::Failed(e) => return Step::Retry(format!("{who} connection {lane}: {e}")),
-            }
+    for (lane, s, r) in more {
+        match welcomed(&s, &r, lane, wait) {
+            Ok(()) => (lanes.s[lane], lanes.r[lane]) = (Some(s), Some(r)),
+            Err(e) => out.debug(&e),
         }
-        ss.push(s);
-        rs.push(r);
     }
-    let (s, r) = (&ss[0], &rs[0]);
+    let up: Vec<bool> = lanes.s.iter().map(Option::is_some).collect();
     out.debug(&format!(
-        "agents connected over {lanes} connection(s) each; resuming at chunk {next}"
+        "agents connected over {} of {width} connection(s) each; resuming at chunk {next}",
+        up.iter().filter(|u| **u).count()
     ));
     progress.link_ok();
-    // Whatever any connection brings: sender connections first, then
-    // the receiver's, in lane order (set up once: the connections stay
-    // the same for the whole round).
-    let conns: Vec<(&Conn, Side)> = ss
-        .iter()
-        .map(|c| (c, Side::Sender))
-        .chain(rs.iter().map(|c| (c, Side::Receiver)))
-        .collect();
-    let mut select = crossbeam_channel::Select::new();
-    for (c, _) in &conns {
-        select.recv(&c.rx);
-    }
-    let (mut relay, first) = Relay::start(t, next, offset, now());
-    let mut acts = Vec::from(first);
+    let (mut relay, first) = Relay::start(t, &up, next, offset, now());
+    let mut acts = first;
+    // Lanes made again mid-round, from the threads that make them. One
+    // still at work when the round ends greets nobody: its Hello would
+    // replace the next round's connection on that lane.
+    let (made_tx, made) = crossbeam_channel::unbounded::<(usize, Result<(Conn, Conn), String>)>();
+
     loop {
-        // What the session said: the first failure ends the round.
-        for act in acts.drain(..) {
-            match act {
-                Act::Send(side, m) => {
-                    let (all, c, who) = match side {
-                        Side::Sender => (&ss, s, "sender"),
-                        Side::Receiver => (&rs, r, "receiver"),
-                    };
-                    match &m {
-                        Msg::End(_) => out.debug("end of stream forwarded to the receiver"),
-                        // Every connection says goodbye; every one is
-                        // pinged (each must stay heard).
-                        Msg::Bye => {
-                            for c in all {
-                                let _ = c.tx.send(wire::encode(&m));
-                            }
-                            continue;
-                        }
-                        Msg::Ping { .. } => {
-                            for c in all {
-                                let _ = c.tx.try_send(wire::encode(&m));
-                            }
-                            continue;
-                        }
-                        _ => {}
-                    }
-                    // Acks and pings never wait on a full queue: a later
-                    // one says the same.
-                    if matches!(m, Msg::Ack { .. } | Msg::Ping { .. }) {
-                        let _ = c.tx.try_send(wire::encode(&m));
-                    } else if let Err(e) = c.send(wire::encode(&m)) {
-                        return Step::Retry(format!("{who} {e}"));
-                    }
-                }
-                Act::Finished { status, stderr } => {
-                    out.debug(&format!("zfs receive ended (exit status {status})"));
-                    let agents_gone = ss.iter().chain(&rs).all(|c| closed(c, BYE_WAIT));
-                    out.debug("agents said goodbye");
-                    return Step::Finished(Box::new(Outcome {
-                        status,
-                        stderr,
-                        stats: t.stats.clone(),
-                        agents_gone,
-                    }));
-                }
-                Act::Fatal(e) => return Step::Fatal(e),
-                Act::Dead(why) => return Step::Retry(why),
-            }
+        // Whatever any connection brings, and lanes made again: sender
+        // connections first, then the receiver's, in lane order (set up
+        // again only when the lanes change).
+        let from: Vec<(usize, Side, Inbox)> = lanes
+            .s
+            .iter()
+            .enumerate()
+            .map(|l| (l, Side::Sender))
+            .chain(lanes.r.iter().enumerate().map(|l| (l, Side::Receiver)))
+            .filter_map(|((lane, c), side)| c.as_ref().map(|c| (lane, side, c.rx.clone())))
+            .collect();
+        let mut select = crossbeam_channel::Select::new();
+        for (_, _, rx) in &from {
+            select.recv(rx);
         }
-        if let Ok(op) = select.select_timeout(Duration::from_millis(500)) {
-            let i = op.index();
-            let (c, side) = conns[i];
-            let who = if side == Side::Sender {
-                "sender"
-            } else {
-                "receiver"
-            };
-            let lane = if side == Side::Sender {
-                i
-            } else {
-                i - ss.len()
-            };
-            let named = |e: String| {
-                if lanes > 1 {
-                    format!("{who} connection {lane}: {e}")
+        let made_at = select.recv(&made);
+        if width > 1 {
+            progress.lanes(relay.lanes().iter().map(|l| lane_word(*l)).collect());
+        }
+        loop {
+            // What the session said: the first failure ends the round.
+            let mut changed = false;
+            while !acts.is_empty() {
+                for act in std::mem::take(&mut acts) {
+                    match act {
+                        Act::Send(side, m) => {
+                            if let Err((lane, why)) = lanes.send(&relay, side, &m, out) {
+                                acts.extend(relay.lost(t, lane, why, now()));
+                            }
+                        }
+                        Act::Finished { status, stderr } => {
+                            out.debug(&format!("zfs receive ended (exit status {status})"));
+                            let agents_gone = lanes.all().all(|c| closed(c, BYE_WAIT));
+                            out.debug("agents said goodbye");
+                            return Step::Finished(Box::new(Outcome {
+                                status,
+                                stderr,
+                                stats: t.stats.clone(),
+                                agents_gone,
+                            }));
+                        }
+                        Act::Fatal(e) => return Step::Fatal(e),
+                        Act::Dead(why) => return Step::Retry(why),
+                        Act::LaneLost { lane, why } => {
+                            out.debug(&format!(
+                                "connection {lane} lost ({why}); the others carry on"
+                            ));
+                            (lanes.s[lane], lanes.r[lane]) = (None, None);
+                            changed = true;
+                        }
+                        Act::Reopen { lane } => {
+                            let (a, b, tx) = (sender.clone(), receiver.clone(), made_tx.clone());
+                            let over = over.0.clone();
+                            std::thread::spawn(move || {
+                                let made = open_lane((&a, &b), lane, Via::Own, stall, &over)
+                                    .and_then(|(s, r)| {
+                                        welcomed(&s, &r, lane, wait).map(|()| (s, r))
+                                    });
+                                let _ = tx.send((lane, made));
+                            });
+                            changed = true;
+                        }
+                    }
+                }
+            }
+            if changed {
+                break;
+            }
+            if let Ok(op) = select.select_timeout(Duration::from_millis(500)) {
+                let i = op.index();
+                if i == made_at {
+                    match op.recv(&made) {
+                        Ok((lane, Ok((s, r)))) => {
+                            acts = relay.joined(lane);
+                            if !acts.is_empty() {
+                                out.debug(&format!("connection {lane} made again"));
+                                (lanes.s[lane], lanes.r[lane]) = (Some(s), Some(r));
+                            }
+                        }
+                        Ok((lane, Err(e))) => {
+                            out.debug(&e);
+                            relay.join_failed(lane, now());
+                        }
+                        Err(_) => unreachable!("the round holds a sender"),
+                    }
+                    break;
+                }
+                let (lane, side, rx) = &from[i];
+                let (lane, side) = (*lane, *side);
+                let who = if side == Side::Sender {
+                    "sender"
                 } else {
-                    format!("{who}: {e}")
-                }
-            };
-            match op.recv(&c.rx) {
-                Err(_) => return Step::Retry(format!("{who} reader ended")),
-                Ok(Ok(In::Chunk(head))) => {
-                    relay.chunk(t, head.seq, head.payload as u64, head.end);
-                    if lanes > 1 {
-                        let carried = &mut t.stats.lane_bytes;
-                        carried.resize(carried.len().max(lanes), 0);
-                        carried[lane] += head.payload as u64;
+                    "receiver"
+                };
+                let named = |e: String| {
+                    if width > 1 {
+                        format!("{who} connection {lane}: {e}")
+                    } else {
+                        format!("{who}: {e}")
                     }
+                };
+                match op.recv(rx) {
+                    Err(_) => acts = relay.lost(t, lane, named("reader ended".into()), now()),
+                    Ok(Ok(In::Chunk(head))) => {
+                        relay.chunk(t, lane, head.seq, head.payload as u64, head.end);
+                    }
+                    Ok(Ok(In::Msg(m))) => acts = relay.on_msg(t, side, m, now()),
+                    Ok(Err(e)) => acts = relay.lost(t, lane, named(e), now()),
                 }
-                Ok(Ok(In::Msg(m))) => acts = relay.on_msg(t, side, m, now()),
-                Ok(Err(e)) => return Step::Retry(named(e)),
             }
+            let st = &t.stats;
+            progress.tick(
+                st.acked_bytes,
+                st.sent_bytes,
+                st.wire_bytes,
+                st.resent_bytes,
+            );
+            acts.extend(relay.tick(t, now(), &lanes.silent()));
         }
-        let st = &t.stats;
-        progress.tick(
-            st.acked_bytes,
-            st.sent_bytes,
-            st.wire_bytes,
-            st.resent_bytes,
-        );
-        // The longest silence on each side: any dead connection ends the
-        // round.
-        let silent = |all: &[Conn]| all.iter().map(Conn::silent_for).max().unwrap_or_default();
-        acts.extend(relay.tick(t, now(), [silent(&ss), silent(&rs)]));
     }
+}
+
+/// What a connection's reader brings.
+type Inbox = crossbeam_channel::Receiver<Result<In, String>>;
+
+/// A round's connections, by lane: the sender's and the receiver's (None
+/// while the lane is lost).
+struct Lanes {
+    s: Vec<Option<Conn>>,
+    r: Vec<Option<Conn>>,
+}
+
+impl Lanes {
+    fn all(&self) -> impl Iterator<Item = &Conn> {
+        self.s.iter().chain(&self.r).flatten()
+    }
+
+    /// Each lane's silence on each side (none for a lane that is lost).
+    fn silent(&self) -> Vec<[Duration; 2]> {
+        let quiet = |c: &Option<Conn>| c.as_ref().map(Conn::silent_for).unwrap_or_default();
+        self.s
+            .iter()
+            .zip(&self.r)
+            .map(|(s, r)| [quiet(s), quiet(r)])
+            .collect()
+    }
+
+    /// Sends what the session said to an agent: pings and Bye on every
+    /// lane that is up, anything else on the lowest. A write that fails
+    /// names the lane it failed on.
+    fn send(&self, relay: &Relay, side: Side, m: &Msg, out: &Out) -> Result<(), (usize, String)> {
+        let (all, who) = match side {
+            Side::Sender => (&self.s, "sender"),
+            Side::Receiver => (&self.r, "receiver"),
+        };
+        let frame = wire::encode(m);
+        match m {
+            Msg::End(_) => out.debug("end of stream forwarded to the receiver"),
+            Msg::Bye | Msg::Ping { .. } => {
+                for c in all.iter().flatten() {
+                    // Pings never wait on a full queue: a later one says
+                    // the same.
+                    let _ = if matches!(m, Msg::Bye) {
+                        c.tx.send(frame.clone()).map_err(|_| ())
+                    } else {
+                        c.tx.try_send(frame.clone()).map_err(|_| ())
+                    };
+                }
+                return Ok(());
+            }
+            _ => {}
+        }
+        let lane = relay.control();
+        let Some(c) = all[lane].as_ref() else {
+            return Ok(());
+        };
+        // Acks never wait on a full queue either.
+        if matches!(m, Msg::Ack { .. }) {
+            let _ = c.tx.try_send(frame);
+            return Ok(());
+        }
+        c.send(frame).map_err(|e| (lane, format!("{who} {e}")))
+    }
+}
+
+/// Set when a round ends (dropped), for the threads that make its lanes.
+#[derive(Default)]
+struct RoundOver(Arc<AtomicBool>);
+
+impl Drop for RoundOver {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// A lane's state, for people and `--json`.
+fn lane_word(l: LaneState) -> &'static str {
+    match l {
+        LaneState::Up => "up",
+        LaneState::Down { .. } => "down",
+        LaneState::Joining => "joining",
+    }
+}
+
+/// Opens connection `lane` to both agents and greets them on it (the
+/// receiver's first: the sender's relays chunks into it).
+fn open_lane(
+    (sender, receiver): (&Agent, &Agent),
+    lane: usize,
+    via: Via,
+    stall: Duration,
+    over: &AtomicBool,
+) -> Result<(Conn, Conn), String> {
+    let r = open(receiver, via)
+        .map(|o| conn(o, QUEUE, None, stall))
+        .map_err(|e| format!("receiver connection {lane}: {e}"))?;
+    let s = open(sender, via)
+        .map(|o| conn(o, QUEUE, Some(&r), stall))
+        .map_err(|e| format!("sender connection {lane}: {e}"))?;
+    if over.load(Ordering::SeqCst) {
+        return Err(format!("connection {lane}: the round is over"));
+    }
+    if !say_hello(&s, Role::Sender, lane as u16) || !say_hello(&r, Role::Receiver, lane as u16) {
+        return Err(format!("connection {lane}: {CLOSED}"));
+    }
+    Ok((s, r))
+}
+
+/// Both agents' answers to lane `lane`'s Hellos, within `wait`.
+fn welcomed(s: &Conn, r: &Conn, lane: usize, wait: Duration) -> Result<(), String> {
+    for (c, who) in [(s, "sender"), (r, "receiver")] {
+        match answer(c, wait) {
+            Greeting::Welcome { .. } => {}
+            Greeting::Busy { label, .. } => {
+                return Err(format!("{who} connection {lane}: taken by {label}"))
+            }
+            Greeting::Failed(e) => return Err(format!("{who} connection {lane}: {e}")),
+        }
+    }
+    Ok(())
 }

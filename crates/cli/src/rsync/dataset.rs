@@ -291,8 +291,15 @@ fn finish_transfer(
     ));
     if !st.lane_bytes.is_empty() {
         let each: Vec<String> = st.lane_bytes.iter().map(|b| readable(*b)).collect();
+        let lost = match st.lanes_lost {
+            0 => String::new(),
+            1 => "; one was lost alone and made again while the others carried on".into(),
+            n => {
+                format!("; {n} times one was lost alone and made again while the others carried on")
+            }
+        };
         ctx.out.info(&format!(
-            "--rsync: over {} connections, each carried {}",
+            "--rsync: over {} connections, each carried {}{lost}",
             st.lane_bytes.len(),
             each.join(", ")
         ));

@@ -5,7 +5,7 @@
 use super::common::{bin, wait_until};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
-use syncoid_rsync_testkit::Host;
+use syncoid_rsync_testkit::{Host, Sshd};
 
 /// An ssh in front of the real one: `script` installed as `ssh` in a
 /// directory of `local`'s named `name`, with a `state` directory beside
@@ -361,4 +361,27 @@ pub fn agent_log(h: &Host) -> Option<String> {
                 .starts_with("syncoid-rsync-")
         })
         .find_map(|e| std::fs::read_to_string(e.path().join("agent.log")).ok())
+}
+
+/// Starts a push of `src/data` (`size` of synthetic data, which the
+/// emulator sends at 8 MB/s) from `local` to `far/data` through `sshd`,
+/// with `--rsync --chunk-size=256K --no-sync-snap` and `opts`; returns
+/// once the receiver is connected and took `bytes`.
+pub fn push_through(
+    sshd: &Sshd,
+    (local, far): (&Host, &Host),
+    size: &str,
+    opts: &[&str],
+    bytes: u64,
+) -> Spawned {
+    synthetic(local, "src/data", size);
+    let ssh = sshd.syncoid_args();
+    let mut args: Vec<&str> = vec!["--rsync", "--chunk-size=256K", "--no-sync-snap"];
+    args.extend(opts);
+    args.extend(ssh.iter().map(String::as_str));
+    args.extend(["src/data", "root@127.0.0.1:far/data"]);
+    let child = spawn(local, &args, &[("FAKEZFS_SEND_RATE", "8M")]);
+    wait_until("the receiver connected", 40, || receiver_connected(far));
+    wait_receiving(far, bytes);
+    child
 }

@@ -13,8 +13,8 @@
 //!   simulation found that deadlock: everything produced was received,
 //!   nothing was left to send, nothing acknowledged it);
 //! - chunks flow from sender to receiver (the driver forwards them
-//!   without looking inside); their headers are counted, a chunk at or
-//!   below the highest forwarded is a re-send;
+//!   without looking inside); their headers are counted, a chunk
+//!   forwarded before (or below where the receiver stood) is a re-send;
 //! - End is forwarded to the receiver; Ack to the sender (the spool may
 //!   drop what it covers), and an Ack that moves the receiver's offset is
 //!   progress;
@@ -28,9 +28,31 @@
 //!   and nothing else would ever move the transfer on (the simulation
 //!   found it stuck for good without this, its links alive);
 //! - Done ends the transfer: Bye to both;
-//! - an agent's Error is fatal; a link silent for the stall time is dead
-//!   (the round fails); pings go out every heartbeat, so a live link is
-//!   never silent.
+//! - an agent's Error is fatal; a link silent for the stall time is dead;
+//!   pings go out every heartbeat, so a live link is never silent.
+//!
+//! Over several connections to each agent (`--streams`: lanes, each a
+//! connection to the sender and one to the receiver), a lane fails on
+//! its own and the others carry on:
+//! - a lane is lost when either of its connections is silent for the
+//!   stall time or fails; the sender is told (Lane down: it sends nothing
+//!   more into a link that may be dead) and rewound (Want) to the first
+//!   chunk that may be lost with it: the lowest the lane carried that the
+//!   receiver has not acknowledged, or the first the coordinator has not
+//!   seen, whichever comes first (a chunk the receiver already has comes
+//!   back as a duplicate, which it acknowledges again: its Ack may have
+//!   been lost on that lane); and the last Ack goes to the sender again
+//!   (those sent over the lost lane may be lost with it);
+//! - a lost lane is made again after its own backoff (doubling, capped,
+//!   reset once it carries a chunk); made again, the sender is told (Lane
+//!   up) and it joins at the cursor, with no rewind;
+//! - messages to an agent go on the lowest lane that is up; pings and Bye
+//!   on every lane that is up;
+//! - only when the last lane is lost does the round fail (the round's
+//!   rules across rounds follow).
+//!
+//! A round that moves nothing for the inactivity timeout ends, however
+//! alive its links (`Transfer` then gives up).
 //!
 //! Across rounds (`Transfer`): a failed round is tried again after a
 //! capped backoff that starts over once a round made progress; no
@@ -63,6 +85,8 @@ pub struct Stats {
     /// Chunk payload bytes each connection (lane) carried, with
     /// `--streams` above 1.
     pub lane_bytes: Vec<u64>,
+    /// Lanes lost alone (the others carried on) and made again.
+    pub lanes_lost: u64,
 }
 
 /// The chunks forwarded so far: all below `below`, and those in `above`.
@@ -86,6 +110,11 @@ impl Forwarded {
             self.below += 1;
         }
         true
+    }
+
+    /// The first chunk not forwarded yet.
+    pub fn next(&self) -> u64 {
+        self.below
     }
 
     /// The receiver stands at chunk `seq` (it said so in its Welcome or
@@ -175,18 +204,44 @@ pub enum Act {
     /// This round's links are dead (`why`): end them; `Transfer` decides
     /// what follows.
     Dead(String),
+    /// Lane `lane` is lost (`why`): end its connections.
+    LaneLost { lane: usize, why: String },
+    /// Make lane `lane` again: open and greet its connections, then say
+    /// how it went (`Relay::joined`, `Relay::join_failed`).
+    Reopen { lane: usize },
+}
+
+/// A lane's state within a round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LaneState {
+    /// Carrying chunks.
+    Up,
+    /// Lost; made again at `retry_at`.
+    Down { retry_at: Duration },
+    /// Being made again (the driver opens and greets its connections).
+    Joining,
+}
+
+struct Lane {
+    state: LaneState,
+    backoff: Backoff,
+    /// Chunks relayed on this lane that the receiver has not acknowledged.
+    carried: std::collections::BTreeSet<u64>,
 }
 
 /// One round: both agents connected and welcomed.
 pub struct Relay {
     /// The last rewind: its position and when.
     rewound_to: Option<(u64, Duration)>,
-    /// The highest chunk the receiver acknowledged (its position).
+    /// The highest chunk the receiver acknowledged (its position), and
+    /// the stream offset there.
     acked: u64,
+    acked_offset: u64,
     nonce: u64,
     last_ping: Duration,
     /// The stream's length, once the sender's End came by.
     stream_len: Option<u64>,
+    lanes: Vec<Lane>,
 }
 
 /// The progress a round made (`Transfer::progressed`).
@@ -194,35 +249,169 @@ pub struct Relay {
 pub struct Moved(pub bool);
 
 impl Relay {
-    /// Both agents welcomed this round; the receiver stands at `next_seq`
-    /// (`offset` bytes fed). The first actions: Want and Ack there, to the
-    /// sender.
-    pub fn start(t: &mut Transfer, next_seq: u64, offset: u64, now: Duration) -> (Relay, [Act; 2]) {
+    /// Both agents welcomed this round on lane 0 and on the lanes in `up`
+    /// (the others could not be made: they are lost from the start); the
+    /// receiver stands at `next_seq` (`offset` bytes fed). The first
+    /// actions: a Lane down for each lost one, then Want and Ack at the
+    /// receiver's position, to the sender.
+    pub fn start(
+        t: &mut Transfer,
+        up: &[bool],
+        next_seq: u64,
+        offset: u64,
+        now: Duration,
+    ) -> (Relay, Vec<Act>) {
         t.stats.acked_bytes = t.stats.acked_bytes.max(offset);
         t.stats.forwarded.start_at(next_seq);
         t.stats.drove = true;
-        let relay = Relay {
+        let mut relay = Relay {
             rewound_to: None,
             acked: next_seq,
+            acked_offset: offset,
             nonce: 0,
             last_ping: now,
             stream_len: None,
+            lanes: Vec::new(),
         };
+        let mut acts = Vec::new();
+        for (lane, up) in up.iter().enumerate() {
+            let mut backoff = Backoff::default();
+            let state = if *up || lane == 0 {
+                LaneState::Up
+            } else {
+                let retry_at = now + backoff.take();
+                acts.push(Act::Send(
+                    Side::Sender,
+                    Msg::Lane {
+                        lane: lane as u16,
+                        up: false,
+                    },
+                ));
+                LaneState::Down { retry_at }
+            };
+            relay.lanes.push(Lane {
+                state,
+                backoff,
+                carried: Default::default(),
+            });
+        }
         let want = Msg::Want { seq: next_seq };
         let ack = Msg::Ack {
             seq: next_seq,
             offset,
         };
-        (
-            relay,
-            [Act::Send(Side::Sender, want), Act::Send(Side::Sender, ack)],
-        )
+        acts.push(Act::Send(Side::Sender, want));
+        acts.push(Act::Send(Side::Sender, ack));
+        (relay, acts)
     }
 
-    /// A chunk from the sender (forwarded by the driver): its sequence
-    /// number, payload bytes and the stream offset it ends at.
-    pub fn chunk(&mut self, t: &mut Transfer, seq: u64, payload: u64, end: u64) {
+    /// Each lane's state.
+    pub fn lanes(&self) -> Vec<LaneState> {
+        self.lanes.iter().map(|l| l.state).collect()
+    }
+
+    /// Whether lane `lane` is up.
+    pub fn is_up(&self, lane: usize) -> bool {
+        self.lanes
+            .get(lane)
+            .is_some_and(|l| l.state == LaneState::Up)
+    }
+
+    /// The lane messages to an agent go on: the lowest that is up.
+    pub fn control(&self) -> usize {
+        (0..self.lanes.len()).find(|l| self.is_up(*l)).unwrap_or(0)
+    }
+
+    /// Lane `lane` is lost (`why`: a connection failed or was silent for
+    /// the stall time). Already lost: nothing. The last one up: the
+    /// round's links are dead.
+    pub fn lost(&mut self, t: &mut Transfer, lane: usize, why: String, now: Duration) -> Vec<Act> {
+        if !self.is_up(lane) {
+            return Vec::new();
+        }
+        if (0..self.lanes.len()).all(|l| l == lane || !self.is_up(l)) {
+            return vec![Act::Dead(why)];
+        }
+        t.stats.lanes_lost += 1;
+        let l = &mut self.lanes[lane];
+        let first_unseen = t.stats.forwarded.next();
+        let resume = l
+            .carried
+            .first()
+            .map_or(first_unseen, |c| first_unseen.min(*c));
+        l.carried.clear();
+        l.state = LaneState::Down {
+            retry_at: now + l.backoff.take(),
+        };
+        self.rewound_to = Some((resume, now));
+        vec![
+            Act::LaneLost { lane, why },
+            Act::Send(
+                Side::Sender,
+                Msg::Lane {
+                    lane: lane as u16,
+                    up: false,
+                },
+            ),
+            Act::Send(Side::Sender, Msg::Want { seq: resume }),
+            // The Acks that went to the sender over the lost lane may be
+            // lost with it: a sender whose spool is full of what the
+            // receiver has would wait for room for good.
+            Act::Send(
+                Side::Sender,
+                Msg::Ack {
+                    seq: self.acked,
+                    offset: self.acked_offset,
+                },
+            ),
+        ]
+    }
+
+    /// Lane `lane` was made again: both its connections welcomed us. The
+    /// sender sends on it from where it stands.
+    pub fn joined(&mut self, lane: usize) -> Vec<Act> {
+        match self.lanes.get_mut(lane) {
+            Some(l) if l.state == LaneState::Joining => {
+                l.state = LaneState::Up;
+                vec![Act::Send(
+                    Side::Sender,
+                    Msg::Lane {
+                        lane: lane as u16,
+                        up: true,
+                    },
+                )]
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// Making lane `lane` again failed: it is tried again after its
+    /// backoff.
+    pub fn join_failed(&mut self, lane: usize, now: Duration) {
+        if let Some(l) = self.lanes.get_mut(lane) {
+            if l.state == LaneState::Joining {
+                l.state = LaneState::Down {
+                    retry_at: now + l.backoff.take(),
+                };
+            }
+        }
+    }
+
+    /// A chunk from the sender (forwarded by the driver on lane `lane`):
+    /// its sequence number, payload bytes and the stream offset it ends at.
+    pub fn chunk(&mut self, t: &mut Transfer, lane: usize, seq: u64, payload: u64, end: u64) {
+        if let Some(l) = self.lanes.get_mut(lane) {
+            if seq >= self.acked {
+                l.carried.insert(seq);
+            }
+            l.backoff = Backoff::default();
+        }
         let s = &mut t.stats;
+        if self.lanes.len() > 1 {
+            s.lane_bytes
+                .resize(s.lane_bytes.len().max(self.lanes.len()), 0);
+            s.lane_bytes[lane] += payload;
+        }
         s.wire_bytes += payload;
         if !s.forwarded.first(seq) {
             s.resent_chunks += 1;
@@ -239,8 +428,13 @@ impl Relay {
                 vec![Act::Send(Side::Receiver, Msg::End(e))]
             }
             (Side::Receiver, Msg::Ack { seq, offset }) => {
-                self.acked = self.acked.max(seq);
+                if seq >= self.acked {
+                    (self.acked, self.acked_offset) = (seq, offset);
+                }
                 t.stats.forwarded.start_at(seq);
+                for l in &mut self.lanes {
+                    l.carried = l.carried.split_off(&self.acked);
+                }
                 if self.rewound_to.is_some_and(|(r, _)| seq > r) {
                     self.rewound_to = None;
                 }
@@ -287,16 +481,42 @@ impl Relay {
     }
 
     /// Time passed: pings when the heartbeat is due; a link that said
-    /// nothing for the stall time (`silent`: since each agent's link last
-    /// carried a byte) is dead.
-    pub fn tick(&mut self, t: &Transfer, now: Duration, silent: [Duration; 2]) -> Vec<Act> {
-        for (name, s) in [("sender", silent[0]), ("receiver", silent[1])] {
-            if s > t.timing.stall {
-                return vec![Act::Dead(format!(
-                    "{name} link idle for {}s",
-                    t.timing.stall.as_secs()
-                ))];
+    /// nothing for the stall time (`silent`: for each lane, since its
+    /// sender's and its receiver's connection last carried a byte) is
+    /// dead; a lost lane whose backoff passed is made again.
+    pub fn tick(&mut self, t: &mut Transfer, now: Duration, silent: &[[Duration; 2]]) -> Vec<Act> {
+        // Links alive (lanes lost and made again, pings answered) are not
+        // progress: the inactivity timeout ends a round that moves nothing.
+        if now.saturating_sub(t.last_progress) > t.timing.inactivity {
+            return vec![Act::Dead("nothing received within the round".into())];
+        }
+        let mut acts = Vec::new();
+        for (lane, quiet) in silent.iter().enumerate() {
+            for (name, s) in [("sender", quiet[0]), ("receiver", quiet[1])] {
+                if s > t.timing.stall && self.is_up(lane) {
+                    let why = if self.lanes.len() > 1 {
+                        format!(
+                            "{name} connection {lane} idle for {}s",
+                            t.timing.stall.as_secs()
+                        )
+                    } else {
+                        format!("{name} link idle for {}s", t.timing.stall.as_secs())
+                    };
+                    acts.extend(self.lost(t, lane, why, now));
+                    if matches!(acts.last(), Some(Act::Dead(_))) {
+                        return acts;
+                    }
+                }
             }
+        }
+        for (lane, l) in self.lanes.iter_mut().enumerate() {
+            if matches!(l.state, LaneState::Down { retry_at } if now >= retry_at) {
+                l.state = LaneState::Joining;
+                acts.push(Act::Reopen { lane });
+            }
+        }
+        if !acts.is_empty() {
+            return acts;
         }
         if let Some((seq, at)) = self.rewound_to {
             if now.saturating_sub(at) >= t.timing.stall {

@@ -22,6 +22,10 @@
 //! - Once `zfs send` ended and every chunk went out, End follows; it is
 //!   sent again after each later Want (a rewind re-sends chunks, and the
 //!   receiver needs End after them).
+//! - Lane (several connections): a lost lane's connection stops at once,
+//!   so nothing more goes into a link that may be dead (the chunks it took
+//!   are asked for again by the Want that follows); a lane made again
+//!   joins sending at the cursor, without a rewind.
 //! - Bye: the coordinator is done with this agent.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -175,6 +179,20 @@ impl Session {
                 // the same chunks from its reorder window) would point at
                 // chunks the spool just dropped, and wait for good.
                 self.cursor = self.cursor.max(*seq);
+                Answer::Go
+            }
+            Msg::Lane { lane, up: false } => {
+                if let Some(g) = self.lanes.remove(lane) {
+                    self.wanted.remove(&g);
+                }
+                Answer::Go
+            }
+            Msg::Lane { lane, up: true } => {
+                // Only once sending started: before that, the Want
+                // starts every connection there is.
+                if self.wants > 0 {
+                    self.wanted.extend(self.lanes.get(lane));
+                }
                 Answer::Go
             }
             Msg::Bye => {

@@ -95,6 +95,11 @@ pub enum Ending {
         at: Duration,
         /// The most payload the receiver's reorder window held at once.
         held_max: usize,
+        /// Rounds made again (all lanes lost at once, or lane 0 at the
+        /// start), lanes lost alone and lanes made again within a round.
+        reconnects: u64,
+        lanes_lost: u64,
+        lanes_joined: u64,
     },
     GaveUp {
         why: String,
@@ -143,6 +148,10 @@ pub struct Schedule {
     pub delay: Duration,
     /// The link to the receiver never comes back after its first cut.
     pub never_heals: bool,
+    /// Only this lane's links are ever cut (the others never are).
+    pub cut_only: Option<usize>,
+    /// No link is cut before this time.
+    pub cuts_from: Duration,
     /// Chunks travel zstd-compressed where that shrinks them (the stream
     /// has runs of zeros, so some do and some do not).
     pub compress: bool,
@@ -168,6 +177,8 @@ impl Schedule {
             lanes: 1,
             delay: Duration::from_millis(r.below(300)),
             never_heals: r.chance(50),
+            cut_only: None,
+            cuts_from: Duration::ZERO,
             compress: r.chance(500),
             timing: Timing::new(Duration::from_secs(10), Duration::from_secs(60)),
             broken: Broken::None,
@@ -223,6 +234,10 @@ pub fn run(sch: &Schedule) -> Ending {
     let mut held_max = 0;
     let mut conns: Vec<Conn> = (0..n).map(|_| Conn::default()).collect();
     let mut relay: Option<Relay> = None;
+    // Lanes opened at the round's start; lanes being made again, since.
+    let mut opened = vec![false; sch.lanes];
+    let mut joining: Vec<Option<Duration>> = vec![None; sch.lanes];
+    let (mut lanes_lost, mut lanes_joined) = (0, 0);
     // When the next round may connect.
     let mut connect_at = Some(Duration::ZERO);
     let mut first_cut = true;
@@ -252,7 +267,8 @@ pub fn run(sch: &Schedule) -> Ending {
         }
         // Faults: a cut loses what is in flight and ends the connection.
         for (i, link) in links.iter_mut().enumerate() {
-            if link.up(now) && rng.chance(sch.cut_rate) {
+            let spared = sch.cut_only.is_some_and(|l| l != i / 2) || now < sch.cuts_from;
+            if link.up(now) && !spared && rng.chance(sch.cut_rate) {
                 link.down_until =
                     now + Duration::from_millis(rng.below(sch.max_cut.as_millis() as u64 + 1));
                 if sch.never_heals && i % 2 == 1 && first_cut {
@@ -291,32 +307,17 @@ pub fn run(sch: &Schedule) -> Ending {
             sch.spool
         );
 
-        // A new round: open both connections and greet.
+        // A new round: open the connections and greet. Lane 0 must come
+        // up; another lane whose links are down starts lost.
         if connect_at.is_some_and(|at| now >= at) {
             connect_at = None;
             t.round();
-            if links.iter().all(|l| l.up(now)) {
-                for (i, c) in conns.iter_mut().enumerate() {
-                    *c = Conn {
-                        open: true,
-                        heard: now,
-                        ..Conn::default()
-                    };
-                    let role = if i % 2 == 0 {
-                        Role::Sender
-                    } else {
-                        Role::Receiver
-                    };
-                    let hello = Msg::Hello {
-                        version: VERSION,
-                        role,
-                        owner: Owner::default(),
-                        lane: (i / 2) as u16,
-                    };
-                    c.to_agent.0.push_back((now + links[i].delay, hello));
-                }
+            if links[0].up(now) && links[1].up(now) {
                 for lane in 0..sch.lanes {
-                    conns[2 * lane].generation = snd.connected_on(lane as u16);
+                    opened[lane] = links[2 * lane].up(now) && links[2 * lane + 1].up(now);
+                    if opened[lane] {
+                        open_lane(&mut conns, &links, &mut snd, lane, now);
+                    }
                 }
             } else {
                 match t.failed("connection refused", now) {
@@ -408,6 +409,7 @@ pub fn run(sch: &Schedule) -> Ending {
                 if let (Side::Sender, Msg::Chunk(c)) = (side, &m) {
                     r.chunk(
                         &mut t,
+                        i / 2,
                         c.seq,
                         c.data.len() as u64,
                         c.offset + u64::from(c.len),
@@ -426,7 +428,10 @@ pub fn run(sch: &Schedule) -> Ending {
                 acts.extend(r.on_msg(&mut t, side, m, now));
             }
         }
-        if relay.is_none() && conns.iter().all(|c| c.open && c.welcomed.is_some()) {
+        let welcomed = |c: &Conn| c.open && c.welcomed.is_some();
+        let all_welcomed =
+            (0..n).all(|i| !opened[i / 2] || welcomed(&conns[i])) && welcomed(&conns[1]);
+        if relay.is_none() && all_welcomed {
             let Some(Msg::Welcome {
                 next_seq, offset, ..
             }) = conns[1].welcomed.clone()
@@ -438,43 +443,82 @@ pub fn run(sch: &Schedule) -> Ending {
             } else {
                 next_seq
             };
-            let (r, first) = Relay::start(&mut t, next, offset, now);
+            let (r, first) = Relay::start(&mut t, &opened, next, offset, now);
             relay = Some(r);
             acts.extend(first);
         }
         if let Some(r) = relay.as_mut() {
-            // The longest silence on each side: any dead link ends the
-            // round.
-            let silent = [0, 1].map(|side| {
-                (side..n)
-                    .step_by(2)
-                    .map(|i| now.saturating_sub(conns[i].heard))
-                    .max()
-                    .unwrap_or_default()
-            });
-            acts.extend(r.tick(&t, now, silent));
+            // Lanes being made again: welcomed on both sides, they join;
+            // no answer within the setup wait, they failed.
+            for lane in 0..sch.lanes {
+                let Some(since) = joining[lane] else { continue };
+                if welcomed(&conns[2 * lane]) && welcomed(&conns[2 * lane + 1]) {
+                    joining[lane] = None;
+                    lanes_joined += 1;
+                    acts.extend(r.joined(lane));
+                } else if now.saturating_sub(since) > sch.timing.setup {
+                    joining[lane] = None;
+                    close_lane(&mut conns, lane);
+                    r.join_failed(lane, now);
+                }
+            }
+            // Each lane's silence on each side (a lane that is not up
+            // has none that counts).
+            let silent: Vec<[Duration; 2]> = (0..sch.lanes)
+                .map(|lane| {
+                    [0, 1].map(|side| {
+                        let c = &conns[2 * lane + side];
+                        if r.is_up(lane) {
+                            now.saturating_sub(c.heard)
+                        } else {
+                            Duration::ZERO
+                        }
+                    })
+                })
+                .collect();
+            acts.extend(r.tick(&mut t, now, &silent));
         } else if connect_at.is_none()
-            && conns
-                .iter()
-                .any(|c| now.saturating_sub(c.heard) > sch.timing.setup)
+            && (0..n)
+                .any(|i| opened[i / 2] && now.saturating_sub(conns[i].heard) > sch.timing.setup)
         {
             // A greeting that never came back (the setup wait).
             acts.push(Act::Dead("no answer to the greeting".into()));
         }
         for act in acts {
+            // The coordinator's decisions, pings and Acks aside.
+            let routine = matches!(act, Act::Send(_, Msg::Ping { .. } | Msg::Ack { .. }));
+            if std::env::var_os("SIM_TRACE").is_some() && !routine {
+                let lanes = relay.as_ref().map(Relay::lanes);
+                eprintln!("{now:?} {act:?} lanes {lanes:?}");
+            }
             match act {
                 Act::Send(side, m) => {
-                    let first = if side == Side::Sender { 0 } else { 1 };
-                    // Pings go on every connection (each must stay heard);
-                    // everything else on lane 0.
-                    let last = if matches!(m, Msg::Ping { .. }) {
-                        n
+                    let Some(r) = relay.as_ref() else { continue };
+                    let side = if side == Side::Sender { 0 } else { 1 };
+                    // Pings and Bye go on every lane that is up (each must
+                    // stay heard); everything else on the lowest.
+                    let lanes: Vec<usize> = if matches!(m, Msg::Ping { .. } | Msg::Bye) {
+                        (0..sch.lanes).filter(|l| r.is_up(*l)).collect()
                     } else {
-                        first + 1
+                        vec![r.control()]
                     };
-                    for i in (first..last).step_by(2) {
+                    for lane in lanes {
+                        let i = 2 * lane + side;
                         let at = now + links[i].delay;
                         send(&mut conns[i], true, at, m.clone());
+                    }
+                }
+                Act::LaneLost { lane, .. } => {
+                    lanes_lost += 1;
+                    close_lane(&mut conns, lane);
+                }
+                Act::Reopen { lane } => {
+                    let Some(r) = relay.as_mut() else { continue };
+                    if links[2 * lane].up(now) && links[2 * lane + 1].up(now) {
+                        open_lane(&mut conns, &links, &mut snd, lane, now);
+                        joining[lane] = Some(now);
+                    } else {
+                        r.join_failed(lane, now);
                     }
                 }
                 Act::Finished { status, .. } => {
@@ -488,6 +532,9 @@ pub fn run(sch: &Schedule) -> Ending {
                         status,
                         at: now,
                         held_max,
+                        reconnects: t.stats.reconnects,
+                        lanes_lost,
+                        lanes_joined,
                     };
                 }
                 Act::Fatal(e) => return Ending::Fatal(e),
@@ -496,6 +543,7 @@ pub fn run(sch: &Schedule) -> Ending {
                     for c in conns.iter_mut() {
                         c.open = false;
                     }
+                    joining.fill(None);
                     match t.failed(&why, now) {
                         After::Reconnect(wait) => connect_at = Some(now + wait),
                         After::GiveUp(why) => return gave_up(sch, why, now, t.last_progress()),
@@ -507,6 +555,40 @@ pub fn run(sch: &Schedule) -> Ending {
         // A cut connection: the coordinator notices through silence (the
         // relay's stall) or, before the relay, through the greeting wait.
     }
+}
+
+/// Opens lane `lane`'s two connections and greets the agents on them.
+fn open_lane(
+    conns: &mut [Conn],
+    links: &[Link],
+    snd: &mut sender::Session,
+    lane: usize,
+    now: Duration,
+) {
+    for (side, role) in [(0, Role::Sender), (1, Role::Receiver)] {
+        let i = 2 * lane + side;
+        conns[i] = Conn {
+            open: true,
+            heard: now,
+            ..Conn::default()
+        };
+        let hello = Msg::Hello {
+            version: VERSION,
+            role,
+            owner: Owner::default(),
+            lane: lane as u16,
+        };
+        conns[i].to_agent.0.push_back((now + links[i].delay, hello));
+    }
+    // The sender takes the connection when the Hello arrives; a
+    // generation given now is the same rule (a later one replaces it).
+    conns[2 * lane].generation = snd.connected_on(lane as u16);
+}
+
+/// The coordinator ends lane `lane`'s connections.
+fn close_lane(conns: &mut [Conn], lane: usize) {
+    conns[2 * lane].open = false;
+    conns[2 * lane + 1].open = false;
 }
 
 /// Writes `m` into a connection, toward the agent or from it; lost when

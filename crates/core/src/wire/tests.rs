@@ -43,6 +43,8 @@ fn samples() -> Vec<Msg> {
             label: "backup2 pid 7".into(),
             heard_ms: 1500,
         },
+        Msg::Lane { lane: 3, up: false },
+        Msg::Lane { lane: 0, up: true },
     ]
 }
 

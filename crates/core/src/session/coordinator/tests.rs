@@ -13,7 +13,7 @@ const S: Duration = Duration::from_secs(1);
 fn a_round_resumes_at_the_receiver_and_relays_acks_naks_and_done() {
     let mut t = transfer();
     t.round();
-    let (mut r, first) = Relay::start(&mut t, 7, 700, S);
+    let (mut r, first) = Relay::start(&mut t, &[true], 7, 700, S);
     assert_eq!(
         first,
         [
@@ -55,15 +55,15 @@ fn a_round_resumes_at_the_receiver_and_relays_acks_naks_and_done() {
     // The copy sent again refused too: its Naks come while the rewind is
     // fresh; no Ack passes, and a stall time later it is made again.
     assert_eq!(r.on_msg(&mut t, Side::Receiver, nak(), 3 * S), []);
-    assert_eq!(r.tick(&t, 11 * S, [S, S]).len(), 2, "pings only");
+    assert_eq!(r.tick(&mut t, 11 * S, &[[S, S]]).len(), 2, "pings only");
     assert_eq!(
-        r.tick(&t, 12 * S, [S, S]),
+        r.tick(&mut t, 12 * S, &[[S, S]]),
         [Act::Send(Side::Sender, Msg::Want { seq: 10 })]
     );
     assert_eq!(r.on_msg(&mut t, Side::Receiver, nak(), 13 * S), []);
     // Chunks counted; one at or below the highest is a re-send.
-    r.chunk(&mut t, 10, 100, 1100);
-    r.chunk(&mut t, 9, 100, 1000);
+    r.chunk(&mut t, 0, 10, 100, 1100);
+    r.chunk(&mut t, 0, 9, 100, 1000);
     assert_eq!((t.stats.resent_chunks, t.stats.resent_bytes), (1, 100));
     let done = Msg::Done {
         status: 0,
@@ -93,15 +93,15 @@ fn a_round_resumes_at_the_receiver_and_relays_acks_naks_and_done() {
 fn chunks_out_of_order_are_not_resends_and_a_clean_done_counts_the_whole_stream() {
     let mut t = transfer();
     t.round();
-    let (mut r, _) = Relay::start(&mut t, 4, 400, S);
+    let (mut r, _) = Relay::start(&mut t, &[true], 4, 400, S);
     for seq in [5, 4, 7, 6, 9, 8] {
-        r.chunk(&mut t, seq, 100, (seq + 1) * 100);
+        r.chunk(&mut t, 0, seq, 100, (seq + 1) * 100);
     }
     assert_eq!((t.stats.resent_chunks, t.stats.wire_bytes), (0, 600));
     // A chunk below where the receiver stood (an earlier run sent it)
     // and one forwarded twice are re-sends.
-    r.chunk(&mut t, 3, 100, 400);
-    r.chunk(&mut t, 8, 100, 900);
+    r.chunk(&mut t, 0, 3, 100, 400);
+    r.chunk(&mut t, 0, 8, 100, 900);
     assert_eq!((t.stats.resent_chunks, t.stats.resent_bytes), (2, 200));
     let ack = Msg::Ack {
         seq: 8,
@@ -115,7 +115,7 @@ fn chunks_out_of_order_are_not_resends_and_a_clean_done_counts_the_whole_stream(
     };
     // zfs receive failed: what was acknowledged is all that counts.
     let mut failed = transfer();
-    let (mut f, _) = Relay::start(&mut failed, 4, 400, S);
+    let (mut f, _) = Relay::start(&mut failed, &[true], 4, 400, S);
     f.on_msg(&mut failed, Side::Sender, Msg::End(end_of(1000)), S);
     f.on_msg(&mut failed, Side::Receiver, done(1), S);
     assert_eq!(failed.stats.acked_bytes, 400);
@@ -137,9 +137,9 @@ fn end_of(total_len: u64) -> crate::wire::End {
 fn pings_keep_links_alive_and_silence_kills_them() {
     let mut t = transfer();
     t.round();
-    let (mut r, _) = Relay::start(&mut t, 0, 0, Duration::ZERO);
-    assert_eq!(r.tick(&t, S, [S, S]), []);
-    let pings = r.tick(&t, 2 * S, [S, S]);
+    let (mut r, _) = Relay::start(&mut t, &[true], 0, 0, Duration::ZERO);
+    assert_eq!(r.tick(&mut t, S, &[[S, S]]), []);
+    let pings = r.tick(&mut t, 2 * S, &[[S, S]]);
     assert!(
         matches!(
             pings[..],
@@ -148,7 +148,7 @@ fn pings_keep_links_alive_and_silence_kills_them() {
         "{pings:?}"
     );
     assert_eq!(
-        r.tick(&t, 3 * S, [S, 11 * S]),
+        r.tick(&mut t, 3 * S, &[[S, 11 * S]]),
         [Act::Dead("receiver link idle for 10s".into())]
     );
 }
@@ -168,7 +168,7 @@ fn failed_rounds_back_off_and_give_up_after_the_inactivity_timeout() {
     );
     // A round that made progress starts the backoff over.
     t.round();
-    let (mut r, _) = Relay::start(&mut t, 0, 0, 3 * S);
+    let (mut r, _) = Relay::start(&mut t, &[true], 0, 0, 3 * S);
     r.on_msg(
         &mut t,
         Side::Receiver,
@@ -241,7 +241,7 @@ fn a_refusal_sends_a_newcomer_away_and_is_an_outage_for_the_owner_until_both_are
     );
     let mut owner = Transfer::new(timing, Duration::ZERO);
     owner.round();
-    let _ = Relay::start(&mut owner, 0, 0, Duration::ZERO);
+    let _ = Relay::start(&mut owner, &[true], 0, 0, Duration::ZERO);
     assert!(owner.ask_the_other_after_busy());
     assert!(matches!(
         owner.refused("one taken", false, Duration::from_secs(1)),

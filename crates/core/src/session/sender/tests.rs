@@ -110,6 +110,35 @@ fn lanes_share_one_cursor_and_are_replaced_one_by_one() {
     assert_eq!(seq(s.next(b2)), Some(4));
 }
 
+/// A lost lane stops at once (nothing more into a link that may be
+/// dead); made again, it joins at the cursor, with no rewind.
+#[test]
+fn a_lost_lane_stops_and_a_lane_made_again_joins_at_the_cursor() {
+    let (mut s, _) = produced(400, 40);
+    let a = s.connected_on(0);
+    let b = s.connected_on(1);
+    // Before sending starts, a join is the Want's business.
+    s.on_msg(a, &Msg::Lane { lane: 1, up: true });
+    assert_eq!(s.next(b), Next::Wait);
+    s.on_msg(a, &Msg::Want { seq: 0 });
+    assert_eq!(seq(s.next(b)), Some(0));
+    assert_eq!(s.on_msg(a, &Msg::Lane { lane: 1, up: false }), Answer::Go);
+    assert_eq!(s.next(b), Next::Stop);
+    assert_eq!(s.on_msg(b, &Msg::Ack { seq: 1, offset: 40 }), Answer::Stale);
+    assert_eq!(seq(s.next(a)), Some(1));
+    // Made again: waits until the coordinator says it joins, then takes
+    // the next chunk, not the first.
+    let b2 = s.connected_on(1);
+    assert_eq!(s.next(b2), Next::Wait);
+    s.on_msg(a, &Msg::Lane { lane: 1, up: true });
+    assert_eq!(seq(s.next(b2)), Some(2));
+    assert_eq!(seq(s.next(a)), Some(3));
+    // The coordinator's own lane can be the lost one, too.
+    s.on_msg(b2, &Msg::Lane { lane: 0, up: false });
+    assert_eq!(s.next(a), Next::Stop);
+    assert_eq!(seq(s.next(b2)), Some(4));
+}
+
 /// An Ack beyond the cursor (the receiver fed from its reorder window
 /// what a rewind sent the cursor back over) moves the cursor up: it must
 /// not wait at chunks the Ack dropped.
