@@ -138,3 +138,76 @@ fn streams_needs_rsync_and_a_sane_count() {
         assert!(r.stderr.contains(says), "{all:?}: {}", r.stderr);
     }
 }
+
+/// `--streams 3` pulling from an ssh host and relaying between two ssh
+/// hosts through this machine (three connections in, three out): data
+/// identical, each byte fed once, nothing left behind; the summary says
+/// what each of the three carried.
+#[test]
+fn streams_pull_and_relay_between_two_ssh_hosts() {
+    let _serial = serial();
+    let lab = lab();
+    let (local, a, b) = (&lab.local, &lab.a, &lab.b);
+    let (_r1, _r2, _r3) = (Reaper(local), Reaper(a), Reaper(b));
+    let cfg = format!("--sshconfig={}", lab.config);
+    synthetic(a, "pa/data", "12M");
+    for target in ["here/pulled", "root@hostb:pb/relayed"] {
+        let r = ok(
+            local,
+            &[
+                &cfg,
+                "--rsync",
+                "--streams=3",
+                "--chunk-size=256K",
+                "root@hosta:pa/data",
+                target,
+            ],
+        );
+        assert!(
+            r.stdout.contains("over 3 connections, each carried"),
+            "{}",
+            r.stdout
+        );
+    }
+    assert_eq!(local.files("here/pulled"), a.files("pa/data"));
+    assert_eq!(b.files("pb/relayed"), a.files("pa/data"));
+    assert_fed_once(local);
+    assert_fed_once(b);
+    for h in [local, a, b] {
+        assert_eq!(h.tmp_entries(), Vec::<String>::new());
+    }
+}
+
+/// A bandwidth limit holds for the stream, not for each connection: 6 MiB
+/// over four connections at 2 MiB/s takes no less than about 3 s (a limit
+/// per connection would allow 8 MiB/s), at either end.
+#[test]
+fn a_bandwidth_limit_holds_for_all_connections_together() {
+    let _serial = serial();
+    let h = Host::new(&["src", "dst"]);
+    let _reap = Reaper(&h);
+    synthetic(&h, "src/data", "6M");
+    for (flag, dst) in [
+        ("--source-bwlimit=2M", "dst/a"),
+        ("--target-bwlimit=2M", "dst/b"),
+    ] {
+        let t = std::time::Instant::now();
+        let args = [
+            "--rsync",
+            "--streams=4",
+            "--chunk-size=256K",
+            "--compress=none",
+            "--no-sync-snap",
+            flag,
+            "src/data",
+            dst,
+        ];
+        ok(&h, &args);
+        assert!(
+            t.elapsed() >= std::time::Duration::from_millis(2500),
+            "{flag}: {:?}",
+            t.elapsed()
+        );
+        assert_eq!(h.files(dst), h.files("src/data"));
+    }
+}
