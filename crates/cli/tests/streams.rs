@@ -7,7 +7,7 @@ mod agents;
 mod common;
 use agents::*;
 use common::*;
-use syncoid_rsync_testkit::{Host, Sshd};
+use syncoid_rsync_testkit::{latency_bin, Host, Sshd};
 
 #[test]
 fn a_local_stream_over_four_connections_arrives_identical_and_fed_once() {
@@ -210,4 +210,62 @@ fn a_bandwidth_limit_holds_for_all_connections_together() {
         );
         assert_eq!(h.files(dst), h.files("src/data"));
     }
+}
+
+/// The netlab test's faults, through the latency relay (a 50 ms round
+/// trip on each connection, the case `--streams` is for): a 500 MB push
+/// over four connections, one of them killed three times (each lost
+/// alone, the others carry on), then every connection held for 30 s (all
+/// lost: the round ends and all four are made again once the hold is
+/// lifted). Identical data, every byte fed once, exit 0.
+#[test]
+fn four_streams_through_a_round_trip_survive_kills_and_a_30s_hold() {
+    let _serial = serial();
+    let local = Host::new(&["src"]);
+    let far = Host::new(&["far"]);
+    let sshd = Sshd::start(&far);
+    let (_r1, _r2) = (Reaper(&local), Reaper(&far));
+    synthetic(&local, "src/data", "500M");
+    let hold = local.dir().join("hold");
+    let cfg = local.dir().join("ssh_config_rtt");
+    let mut block = sshd.config_block("far");
+    block.push_str(&format!(
+        "  ProxyCommand {} 25ms %h %p {}\n",
+        latency_bin().display(),
+        hold.display()
+    ));
+    std::fs::write(&cfg, block).unwrap();
+    let cfg = format!("--sshconfig={}", cfg.display());
+    let args = [
+        &cfg,
+        "--rsync",
+        "--no-sync-snap",
+        "--streams=4",
+        "--source-bwlimit=32M",
+        "src/data",
+        "root@far:far/data",
+    ];
+    let child = spawn(&local, &args, &[]);
+    wait_until("the receiver connected", 60, || receiver_connected(&far));
+    let pid = child.id();
+    for kill_no in 1..=3u64 {
+        wait_receiving(&far, kill_no * (40 << 20));
+        wait_until("four connections", 30, || agent_links(pid).len() == 4);
+        kill(agent_links(pid)[kill_no as usize % 4], 9);
+    }
+    wait_receiving(&far, 160 << 20);
+    std::fs::write(&hold, b"").unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(30));
+    let at_heal = receiving_now(&far);
+    std::fs::remove_file(&hold).unwrap();
+    wait_until("data flowing after the hold", 90, || {
+        receiving_now(&far) > at_heal + (1 << 20)
+    });
+    let (code, out, err) = finish(child);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(err.contains("link to the agents lost"), "{err}");
+    let alone = regex::Regex::new(r"(\d+) times one was lost alone").unwrap();
+    let times: u64 = alone.captures(&out).map_or(0, |c| c[1].parse().unwrap());
+    assert!(times >= 3, "{out}");
+    assert_one_clean_push(&local, &far, "far/data");
 }

@@ -19,6 +19,12 @@ pub fn tamper_bin() -> PathBuf {
     built("tamper")
 }
 
+/// The latency relay (`latency DELAY HOST PORT [HOLD]`), an ssh
+/// ProxyCommand that gives a connection a round trip.
+pub fn latency_bin() -> PathBuf {
+    built("latency")
+}
+
 /// A binary of this workspace, built beside the running test
 /// (`target/<profile>/NAME`; run `cargo build --workspace` first).
 fn built(name: &str) -> PathBuf {

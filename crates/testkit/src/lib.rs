@@ -14,7 +14,7 @@ mod host;
 mod netlab;
 mod sshd;
 
-pub use host::{fakezfs_bin, tamper_bin, Host, Zfs};
+pub use host::{fakezfs_bin, latency_bin, tamper_bin, Host, Zfs};
 pub use netlab::{netlab_dir, Netlab};
 pub use sshd::Sshd;
 

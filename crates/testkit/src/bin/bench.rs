@@ -364,7 +364,8 @@ fn rtt(spec: &str, reps: usize) -> (u64, Vec<(u64, Rows)>) {
 }
 
 /// `--link RATE:SIZE,...`: the raw pipe, our standard mode and `--rsync`
-/// pushing SIZE through a netlab link capped at RATE (tc syntax), where
+/// (at each width of `--streams`) pushing SIZE through a netlab link
+/// capped at RATE (tc syntax), where
 /// the network and not the CPU is the limit: what a WAN user sees. Median
 /// of `reps`; rows are (pipeline, wall s, CPU s).
 type LinkTable = (String, String, u64, Rows);
@@ -382,15 +383,28 @@ fn link(spec: &str, reps: usize) -> Vec<LinkTable> {
         let bytes = stream_bytes(&local);
         let ours = sibling("syncoid-rsync");
         let cfg = lab.ssh_args()[1].clone();
-        let kinds = [
-            RAW_SSH,
-            "syncoid-rsync",
-            "syncoid-rsync --rsync --compress=none",
-            "same, syncoid-rsync installed on the target",
+        // The raw pipe, standard mode, --rsync at each width of
+        // `--streams` (default 1), then --rsync found on the target.
+        let widths: Vec<String> = arg("--streams", "1").split(',').map(String::from).collect();
+        let mut kinds: Vec<(String, Vec<String>)> = vec![
+            (RAW_SSH.to_string(), Vec::new()),
+            ("syncoid-rsync".to_string(), Vec::new()),
         ];
+        for w in &widths {
+            let label = if w == "1" {
+                "syncoid-rsync --rsync --compress=none".to_string()
+            } else {
+                format!("syncoid-rsync --rsync --compress=none --streams {w}")
+            };
+            kinds.push((label, vec!["--rsync".into(), format!("--streams={w}")]));
+        }
+        kinds.push((
+            "same as --streams 1, syncoid-rsync installed on the target".to_string(),
+            vec!["--rsync".into()],
+        ));
         let mut rows = Vec::new();
-        for (k, kind) in kinds.iter().enumerate() {
-            if k == 3 {
+        for (k, (kind, extra)) in kinds.iter().enumerate() {
+            if k == kinds.len() - 1 {
                 // On the far host's PATH: found by the pre-flight, not copied.
                 std::os::unix::fs::symlink(&ours, far.dir().join("bin/syncoid-rsync")).unwrap();
             }
@@ -407,10 +421,8 @@ fn link(spec: &str, reps: usize) -> Vec<LinkTable> {
                 } else {
                     let mut c = local.command(ours.to_str().unwrap());
                     c.args(["--compress=none", "--no-sync-snap", "--quiet"])
-                        .args(lab.ssh_args());
-                    if k >= 2 {
-                        c.arg("--rsync");
-                    }
+                        .args(lab.ssh_args())
+                        .args(extra);
                     c.arg("src/big").arg(format!("{}:{target}", lab.dest()));
                     c
                 };

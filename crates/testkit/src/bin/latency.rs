@@ -6,7 +6,10 @@
 //! ssh -o 'ProxyCommand=latency 50ms %h %p' host ...
 //! ```
 //!
-//! gives that connection a 100 ms round trip. Bytes are read as they
+//! gives that connection a 100 ms round trip. `latency DELAY HOST PORT
+//! HOLD` also holds every byte while the file HOLD exists (a blackhole
+//! that TCP outlasts: nothing passes, nothing is lost; removing the file
+//! heals the link). Bytes are read as they
 //! come, stamped, and written once their delay has passed, in order; the
 //! relay itself holds what is in flight (it adds no window of its own), so
 //! what limits a transfer is what limits it on a long link: ssh's channel
@@ -27,6 +30,9 @@ struct Flight {
 
 type Shared = Arc<(Mutex<Flight>, Condvar)>;
 
+/// The file whose presence holds the link.
+type Hold = Option<std::path::PathBuf>;
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let (Some(delay), Some(host), Some(port)) = (
@@ -34,7 +40,7 @@ fn main() {
         args.get(2),
         args.get(3),
     ) else {
-        eprintln!("usage: latency DELAY HOST PORT  (DELAY: one way, e.g. 50ms, 0.2s)");
+        eprintln!("usage: latency DELAY HOST PORT [HOLD]  (DELAY: one way, e.g. 50ms, 0.2s; HOLD: a file whose presence stops the link)");
         std::process::exit(64);
     };
     let sock = match TcpStream::connect((host.as_str(), port.parse::<u16>().unwrap_or(22))) {
@@ -45,15 +51,16 @@ fn main() {
         }
     };
     let _ = sock.set_nodelay(true);
+    let hold: Hold = args.get(4).map(std::path::PathBuf::from);
     let _up = relay(
         std::io::stdin(),
         sock.try_clone().expect("clone"),
-        delay,
+        (delay, hold.clone()),
         |s| {
             let _ = s.shutdown(std::net::Shutdown::Write);
         },
     );
-    let down = relay(sock, std::io::stdout(), delay, |_| {});
+    let down = relay(sock, std::io::stdout(), (delay, hold), |_| {});
     // The far end closed and everything it sent was passed on: done
     // (ssh may still hold our stdin open).
     let _ = down.join();
@@ -64,13 +71,13 @@ fn main() {
 fn relay<W: Write + Send + 'static>(
     mut r: impl Read + Send + 'static,
     w: W,
-    delay: Duration,
+    (delay, hold): (Duration, Hold),
     close: fn(&mut W),
 ) -> std::thread::JoinHandle<()> {
     let shared: Shared = Arc::default();
     let writer = {
         let shared = shared.clone();
-        std::thread::spawn(move || write_late(w, &shared, close))
+        std::thread::spawn(move || write_late(w, &shared, &hold, close))
     };
     std::thread::spawn(move || {
         let mut buf = vec![0u8; 64 << 10];
@@ -91,7 +98,7 @@ fn relay<W: Write + Send + 'static>(
     })
 }
 
-fn write_late<W: Write>(mut w: W, shared: &Shared, close: fn(&mut W)) {
+fn write_late<W: Write>(mut w: W, shared: &Shared, hold: &Hold, close: fn(&mut W)) {
     let (lock, cv) = &**shared;
     loop {
         let piece = {
@@ -115,6 +122,9 @@ fn write_late<W: Write>(mut w: W, shared: &Shared, close: fn(&mut W)) {
             close(&mut w);
             return;
         };
+        while hold.as_ref().is_some_and(|h| h.exists()) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
         if w.write_all(&piece).and_then(|()| w.flush()).is_err() {
             return;
         }
