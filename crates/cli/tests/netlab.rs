@@ -273,6 +273,7 @@ fn four_streams_survive_a_connection_killed_three_times_and_a_30s_blackhole() {
     let child = spawn(&local, &args, &[]);
     let copy = std::fs::metadata(common::bin()).unwrap().len();
     let mut at = copy;
+    wait_until("all four connections", 90, || admitted(&far) >= 4);
     for kill_no in 1..=3 {
         at += 40 << 20;
         wait_until(
@@ -280,13 +281,7 @@ fn four_streams_survive_a_connection_killed_three_times_and_a_30s_blackhole() {
             90,
             || lab.far_rx_bytes() >= at,
         );
-        wait_until(
-            &format!("four connections before kill {kill_no}"),
-            30,
-            || agent_links(child.id()).len() == 4,
-        );
-        let links = agent_links(child.id());
-        kill(links[kill_no % links.len()], 9);
+        kill_one_connection(child.id(), &far, 4, kill_no);
     }
     at += 40 << 20;
     wait_until("40 MB more after the kills", 90, || {

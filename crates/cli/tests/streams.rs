@@ -94,23 +94,13 @@ fn a_push_over_four_connections_goes_on_while_one_is_killed_again_and_again() {
     let (_r1, _r2) = (Reaper(&local), Reaper(&far));
     let child = push_through(&sshd, (&local, &far), "64M", &["--streams=4"], 4 << 20);
     let pid = child.id();
-    let connected = || {
-        agent_log(&far)
-            .unwrap_or_default()
-            .matches("coordinator connected")
-            .count()
-    };
+    // The stream starts on one connection; the other three join it.
+    wait_until("all four connections", 40, || admitted(&far) >= 4);
+    wait_receiving(&far, 8 << 20);
     for round in 0..3 {
-        let before = connected();
-        let victim = agent_links(pid)[round];
-        kill(victim, 9);
-        // Made again: the receiver's agent welcomed a new connection, and
-        // the stream moved on since.
-        wait_until("the killed connection made again", 40, || {
-            let now = agent_links(pid);
-            now.len() == 4 && !now.contains(&victim) && connected() > before
-        });
-        wait_receiving(&far, (12 + 8 * round as u64) << 20);
+        kill_one_connection(pid, &far, 4, round);
+        // The stream moved on since.
+        wait_receiving(&far, (16 + 8 * round as u64) << 20);
     }
     let (code, out, err) = finish(child);
     assert_eq!(code, 0, "{out}\n{err}");
@@ -248,10 +238,10 @@ fn four_streams_through_a_round_trip_survive_kills_and_a_30s_hold() {
     let child = spawn(&local, &args, &[]);
     wait_until("the receiver connected", 60, || receiver_connected(&far));
     let pid = child.id();
+    wait_until("all four connections", 60, || admitted(&far) >= 4);
     for kill_no in 1..=3u64 {
         wait_receiving(&far, kill_no * (40 << 20));
-        wait_until("four connections", 30, || agent_links(pid).len() == 4);
-        kill(agent_links(pid)[kill_no as usize % 4], 9);
+        kill_one_connection(pid, &far, 4, kill_no as usize);
     }
     wait_receiving(&far, 160 << 20);
     std::fs::write(&hold, b"").unwrap();

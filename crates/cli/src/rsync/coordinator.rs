@@ -246,33 +246,23 @@ fn attempt(
         Err(step) => return step,
     };
     // The other lanes, once lane 0 settled who drives the agents and that
-    // they are there: all opened, then all greeted, so their handshakes
-    // overlap. One that cannot be made starts lost (the session makes it
-    // again later).
+    // they are there, are made while lane 0 already carries the stream
+    // (the session's first actions say to), each on a thread of its own:
+    // a long round trip's handshakes cost no time. Each is an ssh
+    // connection of its own, never a session of the master: its own TCP
+    // connection (its own congestion window on a lossy path) and its own
+    // ssh process (its own cipher thread), which is what several
+    // connections are for.
     let over = RoundOver::default();
     let mut lanes = Lanes {
         s: vec![Some(s)],
         r: vec![Some(r)],
     };
-    let mut more = Vec::new();
-    for lane in 1..width {
-        lanes.s.push(None);
-        lanes.r.push(None);
-        match open_lane((sender, receiver), lane, via, stall, &over.0) {
-            Ok((s, r)) => more.push((lane, s, r)),
-            Err(e) => out.debug(&e),
-        }
-    }
-    for (lane, s, r) in more {
-        match welcomed(&s, &r, lane, wait) {
-            Ok(()) => (lanes.s[lane], lanes.r[lane]) = (Some(s), Some(r)),
-            Err(e) => out.debug(&e),
-        }
-    }
+    lanes.s.resize_with(width, || None);
+    lanes.r.resize_with(width, || None);
     let up: Vec<bool> = lanes.s.iter().map(Option::is_some).collect();
     out.debug(&format!(
-        "agents connected over {} of {width} connection(s) each; resuming at chunk {next}",
-        up.iter().filter(|u| **u).count()
+        "agents connected; resuming at chunk {next} (connections per agent: {width})"
     ));
     progress.link_ok();
     let (mut relay, first) = Relay::start(t, &up, next, offset, now());

@@ -385,3 +385,26 @@ pub fn push_through(
     wait_receiving(far, bytes);
     child
 }
+
+/// Connections the receiver's agent on `h` admitted so far (its log).
+pub fn admitted(h: &Host) -> usize {
+    agent_log(h)
+        .unwrap_or_default()
+        .matches("coordinator connected")
+        .count()
+}
+
+/// Kills one of the coordinator's (`pid`) `width` connections to the
+/// receiver's agent on `far`, once all of them are up: the `nth` of them
+/// (modulo); returns once a new one was admitted in its place.
+pub fn kill_one_connection(pid: u32, far: &Host, width: usize, nth: usize) {
+    wait_until("all connections up", 60, || agent_links(pid).len() == width);
+    let before = admitted(far);
+    let links = agent_links(pid);
+    let victim = links[nth % links.len()];
+    kill(victim, 9);
+    wait_until("the killed connection made again", 60, || {
+        let now = agent_links(pid);
+        now.len() == width && !now.contains(&victim) && admitted(far) > before
+    });
+}

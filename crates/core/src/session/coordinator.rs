@@ -249,10 +249,11 @@ pub struct Relay {
 pub struct Moved(pub bool);
 
 impl Relay {
-    /// Both agents welcomed this round on lane 0 and on the lanes in `up`
-    /// (the others could not be made: they are lost from the start); the
-    /// receiver stands at `next_seq` (`offset` bytes fed). The first
-    /// actions: a Lane down for each lost one, then Want and Ack at the
+    /// Both agents welcomed this round on lane 0 and on the lanes in `up`;
+    /// the receiver stands at `next_seq` (`offset` bytes fed). The others
+    /// are made while the stream flows: the first actions are a Lane down
+    /// for each (the sender may hold an earlier round's connection on it,
+    /// which must not take chunks) and a Reopen, then Want and Ack at the
     /// receiver's position, to the sender.
     pub fn start(
         t: &mut Transfer,
@@ -275,11 +276,9 @@ impl Relay {
         };
         let mut acts = Vec::new();
         for (lane, up) in up.iter().enumerate() {
-            let mut backoff = Backoff::default();
             let state = if *up || lane == 0 {
                 LaneState::Up
             } else {
-                let retry_at = now + backoff.take();
                 acts.push(Act::Send(
                     Side::Sender,
                     Msg::Lane {
@@ -287,11 +286,12 @@ impl Relay {
                         up: false,
                     },
                 ));
-                LaneState::Down { retry_at }
+                acts.push(Act::Reopen { lane });
+                LaneState::Joining
             };
             relay.lanes.push(Lane {
                 state,
-                backoff,
+                backoff: Backoff::default(),
                 carried: Default::default(),
             });
         }
