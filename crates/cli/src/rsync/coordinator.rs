@@ -420,41 +420,36 @@ impl Lanes {
             .collect()
     }
 
-    /// Sends what the session said to an agent: pings and Bye on every
-    /// lane that is up, anything else on the lowest. A write that fails
-    /// names the lane it failed on.
+    /// Sends what the session said to an agent, on the lanes the session
+    /// routes it to. A write that fails names the lane it failed on.
     fn send(&self, relay: &Relay, side: Side, m: &Msg, out: &Out) -> Result<(), (usize, String)> {
         let (all, who) = match side {
             Side::Sender => (&self.s, "sender"),
             Side::Receiver => (&self.r, "receiver"),
         };
+        if matches!(m, Msg::End(_)) {
+            out.debug("end of stream forwarded to the receiver");
+        }
         let frame = wire::encode(m);
-        match m {
-            Msg::End(_) => out.debug("end of stream forwarded to the receiver"),
-            Msg::Bye | Msg::Ping { .. } => {
-                for c in all.iter().flatten() {
-                    // Pings never wait on a full queue: a later one says
-                    // the same.
-                    let _ = if matches!(m, Msg::Bye) {
-                        c.tx.send(frame.clone()).map_err(|_| ())
-                    } else {
-                        c.tx.try_send(frame.clone()).map_err(|_| ())
-                    };
+        for lane in relay.route(m) {
+            let Some(c) = all[lane].as_ref() else {
+                continue;
+            };
+            match m {
+                // Pings and Acks never wait on a full queue: a later one
+                // says the same.
+                Msg::Ping { .. } | Msg::Ack { .. } => {
+                    let _ = c.tx.try_send(frame.clone());
                 }
-                return Ok(());
+                Msg::Bye => {
+                    let _ = c.tx.send(frame.clone());
+                }
+                _ => c
+                    .send(frame.clone())
+                    .map_err(|e| (lane, format!("{who} {e}")))?,
             }
-            _ => {}
         }
-        let lane = relay.control();
-        let Some(c) = all[lane].as_ref() else {
-            return Ok(());
-        };
-        // Acks never wait on a full queue either.
-        if matches!(m, Msg::Ack { .. }) {
-            let _ = c.tx.try_send(frame);
-            return Ok(());
-        }
-        c.send(frame).map_err(|e| (lane, format!("{who} {e}")))
+        Ok(())
     }
 }
 

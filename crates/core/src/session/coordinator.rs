@@ -106,10 +106,15 @@ impl Forwarded {
         if seq < self.below || !self.above.insert(seq) {
             return false;
         }
+        self.settle();
+        true
+    }
+
+    /// Moves the mark past the chunks above it that now follow on.
+    fn settle(&mut self) {
         while self.above.remove(&self.below) {
             self.below += 1;
         }
-        true
     }
 
     /// The first chunk not forwarded yet.
@@ -124,9 +129,7 @@ impl Forwarded {
         if seq > self.below {
             self.below = seq;
             self.above = self.above.split_off(&seq);
-            while self.above.remove(&self.below) {
-                self.below += 1;
-            }
+            self.settle();
         }
     }
 }
@@ -211,6 +214,17 @@ pub enum Act {
     Reopen { lane: usize },
 }
 
+/// Tells the sender that lane `lane` was lost (`up` false) or made again.
+fn lane_to_sender(lane: usize, up: bool) -> Act {
+    Act::Send(
+        Side::Sender,
+        Msg::Lane {
+            lane: lane as u16,
+            up,
+        },
+    )
+}
+
 /// A lane's state within a round.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LaneState {
@@ -265,6 +279,9 @@ impl Relay {
         t.stats.acked_bytes = t.stats.acked_bytes.max(offset);
         t.stats.forwarded.start_at(next_seq);
         t.stats.drove = true;
+        if up.len() > 1 {
+            t.stats.lane_bytes.resize(up.len(), 0);
+        }
         let mut relay = Relay {
             rewound_to: None,
             acked: next_seq,
@@ -279,13 +296,7 @@ impl Relay {
             let state = if *up || lane == 0 {
                 LaneState::Up
             } else {
-                acts.push(Act::Send(
-                    Side::Sender,
-                    Msg::Lane {
-                        lane: lane as u16,
-                        up: false,
-                    },
-                ));
+                acts.push(lane_to_sender(lane, false));
                 acts.push(Act::Reopen { lane });
                 LaneState::Joining
             };
@@ -317,9 +328,16 @@ impl Relay {
             .is_some_and(|l| l.state == LaneState::Up)
     }
 
-    /// The lane messages to an agent go on: the lowest that is up.
-    pub fn control(&self) -> usize {
-        (0..self.lanes.len()).find(|l| self.is_up(*l)).unwrap_or(0)
+    /// The lanes a message to an agent goes on: pings (each connection
+    /// must stay heard) and Bye on every lane that is up; anything else on
+    /// the lowest that is up.
+    pub fn route(&self, m: &Msg) -> Vec<usize> {
+        let mut up = (0..self.lanes.len()).filter(|l| self.is_up(*l));
+        if matches!(m, Msg::Ping { .. } | Msg::Bye) {
+            up.collect()
+        } else {
+            vec![up.next().unwrap_or(0)]
+        }
     }
 
     /// Lane `lane` is lost (`why`: a connection failed or was silent for
@@ -346,13 +364,7 @@ impl Relay {
         self.rewound_to = Some((resume, now));
         vec![
             Act::LaneLost { lane, why },
-            Act::Send(
-                Side::Sender,
-                Msg::Lane {
-                    lane: lane as u16,
-                    up: false,
-                },
-            ),
+            lane_to_sender(lane, false),
             Act::Send(Side::Sender, Msg::Want { seq: resume }),
             // The Acks that went to the sender over the lost lane may be
             // lost with it: a sender whose spool is full of what the
@@ -373,13 +385,7 @@ impl Relay {
         match self.lanes.get_mut(lane) {
             Some(l) if l.state == LaneState::Joining => {
                 l.state = LaneState::Up;
-                vec![Act::Send(
-                    Side::Sender,
-                    Msg::Lane {
-                        lane: lane as u16,
-                        up: true,
-                    },
-                )]
+                vec![lane_to_sender(lane, true)]
             }
             _ => Vec::new(),
         }
@@ -407,10 +413,8 @@ impl Relay {
             l.backoff = Backoff::default();
         }
         let s = &mut t.stats;
-        if self.lanes.len() > 1 {
-            s.lane_bytes
-                .resize(s.lane_bytes.len().max(self.lanes.len()), 0);
-            s.lane_bytes[lane] += payload;
+        if let Some(carried) = s.lane_bytes.get_mut(lane) {
+            *carried += payload;
         }
         s.wire_bytes += payload;
         if !s.forwarded.first(seq) {

@@ -495,14 +495,7 @@ pub fn run(sch: &Schedule) -> Ending {
                 Act::Send(side, m) => {
                     let Some(r) = relay.as_ref() else { continue };
                     let side = if side == Side::Sender { 0 } else { 1 };
-                    // Pings and Bye go on every lane that is up (each must
-                    // stay heard); everything else on the lowest.
-                    let lanes: Vec<usize> = if matches!(m, Msg::Ping { .. } | Msg::Bye) {
-                        (0..sch.lanes).filter(|l| r.is_up(*l)).collect()
-                    } else {
-                        vec![r.control()]
-                    };
-                    for lane in lanes {
+                    for lane in r.route(&m) {
                         let i = 2 * lane + side;
                         let at = now + links[i].delay;
                         send(&mut conns[i], true, at, m.clone());

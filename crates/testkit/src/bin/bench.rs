@@ -289,6 +289,11 @@ fn outage(spec: &str) -> Vec<(String, f64, String, u64)> {
     rows
 }
 
+/// `--streams W,...`: the widths the --rsync rows run at (default 1).
+fn widths() -> Vec<String> {
+    arg("--streams", "1").split(',').map(String::from).collect()
+}
+
 /// Rows of one table: (pipeline, wall s, CPU s).
 type Rows = Vec<(String, f64, f64)>;
 
@@ -306,7 +311,7 @@ fn rtt(spec: &str, reps: usize) -> (u64, Vec<(u64, Rows)>) {
     let ours = sibling("syncoid-rsync");
     let relay = sibling("latency");
     // --rsync rows: one per --streams width.
-    let widths: Vec<String> = arg("--streams", "1").split(',').map(String::from).collect();
+    let widths = widths();
     let mut kinds = vec![RAW_SSH.to_string(), "syncoid-rsync".to_string()];
     kinds.extend(
         widths
@@ -385,7 +390,7 @@ fn link(spec: &str, reps: usize) -> Vec<LinkTable> {
         let cfg = lab.ssh_args()[1].clone();
         // The raw pipe, standard mode, --rsync at each width of
         // `--streams` (default 1), then --rsync found on the target.
-        let widths: Vec<String> = arg("--streams", "1").split(',').map(String::from).collect();
+        let widths = widths();
         let mut kinds: Vec<(String, Vec<String>)> = vec![
             (RAW_SSH.to_string(), Vec::new()),
             ("syncoid-rsync".to_string(), Vec::new()),

@@ -88,20 +88,28 @@ fn a_link_that_never_comes_back_is_given_up_after_the_inactivity_timeout() {
     }
 }
 
+/// Schedule `seed` with a stream of `len` bytes in 1 KiB chunks over four
+/// lanes, a reorder window as large as the `spool`, no chunk damaged and
+/// every link healing.
+fn four_lanes(seed: u64, len: usize, spool: usize) -> Schedule {
+    let mut sch = Schedule::from_seed(seed);
+    sch.len = len;
+    sch.chunk = 1024;
+    sch.spool = spool;
+    sch.window = spool;
+    sch.lanes = 4;
+    sch.damage = 0;
+    sch.never_heals = false;
+    sch
+}
+
 /// One stream over four connections, each link with its own delay: the
 /// chunks overtake each other, the receiver's window holds the early ones,
 /// and the stream arrives whole, each byte once.
 #[test]
 fn four_lanes_reorder_and_finish() {
-    let mut sch = Schedule::from_seed(3);
-    sch.len = 200 << 10;
-    sch.chunk = 1024;
-    sch.spool = 64 << 10;
-    sch.window = sch.spool;
-    sch.lanes = 4;
+    let mut sch = four_lanes(3, 200 << 10, 64 << 10);
     sch.cut_rate = 0;
-    sch.damage = 0;
-    sch.never_heals = false;
     match run(&sch) {
         Ending::Finished { held_max, .. } => {
             assert!(held_max > 0, "no chunk ever came early");
@@ -118,18 +126,11 @@ fn four_lanes_reorder_and_finish() {
 #[test]
 fn a_lane_lost_alone_only_narrows_the_transfer() {
     for cut in [0, 2] {
-        let mut sch = Schedule::from_seed(11);
-        sch.len = 2 << 20;
-        sch.chunk = 1024;
-        sch.spool = 32 << 10;
-        sch.window = sch.spool;
-        sch.lanes = 4;
+        let mut sch = four_lanes(11, 2 << 20, 32 << 10);
         sch.cut_rate = 30;
         sch.max_cut = Duration::from_secs(5);
         sch.cut_only = Some(cut);
         sch.cuts_from = Duration::from_secs(2);
-        sch.never_heals = false;
-        sch.damage = 0;
         match run(&sch) {
             Ending::Finished {
                 reconnects,
