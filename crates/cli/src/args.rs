@@ -50,6 +50,12 @@ pub struct Args {
     /// Do not create a sync snapshot; send the newest existing one
     #[arg(long, help_heading = "Sync snapshots")]
     pub no_sync_snap: bool,
+    /// With -r: take every dataset's sync snapshot in one `zfs snapshot`
+    /// call before the first send, so the whole tree is captured at one
+    /// instant (ZFS makes them together) and with one call instead of one
+    /// per dataset
+    #[arg(long, help_heading = "Sync snapshots")]
+    pub atomic_sync_snap: bool,
     /// Do not prune older sync snapshots
     #[arg(long, help_heading = "Sync snapshots")]
     pub keep_sync_snap: bool,
@@ -188,6 +194,12 @@ pub struct Args {
         help_heading = "--rsync mode"
     )]
     pub streams: String,
+    /// With -r: replicate up to N datasets at once (default 1: one after
+    /// another, in syncoid's order). A parent is received before its
+    /// children and a clone's origin before the clone; bandwidth limits
+    /// apply to all of them together
+    #[arg(long, value_name = "N", default_value = "1")]
+    pub jobs: String,
     /// --rsync: the syncoid-rsync binary to run on remote hosts (one built
     /// for their architecture or system), instead of the installed one or a
     /// copy of this one; it must be this version

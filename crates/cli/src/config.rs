@@ -32,6 +32,8 @@ pub struct Settings {
     pub timing: syncoid_rsync_core::session::coordinator::Timing,
     /// --rsync: connections per agent for one stream (`--streams`).
     pub streams: usize,
+    /// Datasets replicated at once (`--jobs`).
+    pub jobs: usize,
     /// --rsync: zstd level of chunks (0: raw) and bandwidth limits in
     /// bytes per second (0: none).
     pub rsync_level: i32,
@@ -309,6 +311,17 @@ pub fn settings(args: Args, local_pools: &dyn Fn() -> Vec<String>) -> Result<Set
                 a.streams
             ))
         })?;
+    let jobs = a
+        .jobs
+        .parse::<usize>()
+        .ok()
+        .filter(|n| (1..=64).contains(n))
+        .ok_or_else(|| {
+            UsageError(format!(
+                "--jobs '{}' is not a number of datasets at once from 1 to 64",
+                a.jobs
+            ))
+        })?;
     if streams > 1 && !a.rsync {
         return Err(UsageError(
             "--streams needs --rsync (standard mode sends over one ssh pipe)".into(),
@@ -370,6 +383,11 @@ pub fn settings(args: Args, local_pools: &dyn Fn() -> Vec<String>) -> Result<Set
         }
     }
     let mut notes = Vec::new();
+    if a.atomic_sync_snap && a.no_sync_snap {
+        return Err(UsageError(
+            "--atomic-sync-snap takes sync snapshots, which --no-sync-snap leaves out: use one of them".into(),
+        ));
+    }
     if a.create_bookmark && !a.no_sync_snap {
         // syncoid ignores it silently; a cron line that has it must not
         // stop replicating.
@@ -431,6 +449,7 @@ pub fn settings(args: Args, local_pools: &dyn Fn() -> Vec<String>) -> Result<Set
         inactivity,
         timing,
         streams,
+        jobs,
         rsync_level,
         source_rate,
         target_rate,

@@ -27,13 +27,18 @@ pub enum Doing {
     Stream { target: String, resumable: bool },
 }
 
-static DOING: Mutex<Option<Doing>> = Mutex::new(None);
+/// What each thread of the run is doing (several with `--jobs`).
+static DOING: Mutex<Vec<(std::thread::ThreadId, Doing)>> = Mutex::new(Vec::new());
 static HOSTS: Mutex<Vec<Host>> = Mutex::new(Vec::new());
 static WAKE: AtomicI32 = AtomicI32::new(-1);
 
-/// Records what the run is doing (None: between transfers).
+/// Records what this thread of the run is doing (None: between
+/// transfers).
 pub fn doing(d: Option<Doing>) {
-    *DOING.lock().unwrap_or_else(|e| e.into_inner()) = d;
+    let me = std::thread::current().id();
+    let mut all = DOING.lock().unwrap_or_else(|e| e.into_inner());
+    all.retain(|(t, _)| *t != me);
+    all.extend(d.map(|d| (me, d)));
 }
 
 /// The words for an interruption while `d` was under way.
@@ -101,8 +106,14 @@ pub fn install(hosts: Vec<Host>) {
         } else {
             "SIGTERM"
         };
-        let d = DOING.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        eprintln!("\nsyncoid-rsync: {}", message(name, d.as_ref()));
+        let all = DOING.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        crate::progress::clear_line();
+        if all.is_empty() {
+            eprintln!("\nsyncoid-rsync: {}", message(name, None));
+        }
+        for (_, d) in &all {
+            eprintln!("\nsyncoid-rsync: {}", message(name, Some(d)));
+        }
         crate::host::close_all(&HOSTS.lock().unwrap_or_else(|e| e.into_inner()));
         crate::log_rusage("coordinator");
         std::process::exit(128 + sig);

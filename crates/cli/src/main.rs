@@ -156,6 +156,7 @@ fn main() {
     settings.close_ssh();
     out.debug("ssh connections closed");
     let (quiet, json, debug) = (settings.args.quiet, settings.args.json, settings.args.debug);
+    let jobs = settings.jobs;
     if let Some(path) = &settings.args.metrics_file {
         write_metrics(&settings, path, &result, &out);
     }
@@ -166,6 +167,13 @@ fn main() {
             // wrong (as syncoid, a clean run mails nothing).
             let tty = out.stderr_is_terminal() && !quiet;
             if !json && (summary.failed > 0 || summary.busy > 0 || debug || tty) {
+                // Several datasets at once interleave their lines: the
+                // outcome of each is listed again, in the plan's order.
+                if jobs > 1 && summary.datasets.len() > 1 {
+                    for line in summary.outcomes() {
+                        eprintln!("  {line}");
+                    }
+                }
                 eprintln!("syncoid-rsync: {}", summary.line());
             }
             exit_with(summary.exit_code());

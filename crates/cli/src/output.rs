@@ -27,15 +27,18 @@ pub struct Out {
 impl Out {
     pub fn info(&self, msg: &str) {
         if !self.quiet && !self.json {
+            crate::progress::clear_line();
             println!("INFO: {msg}");
         }
     }
     pub fn warn(&self, msg: &str) {
         if !self.quiet {
+            crate::progress::clear_line();
             eprintln!("WARNING: {msg}");
         }
     }
     pub fn critical(&self, msg: &str) {
+        crate::progress::clear_line();
         eprintln!("CRITICAL ERROR: {msg}");
     }
     /// Debug lines start as syncoid's (`DEBUG: ` then the words, which
@@ -44,12 +47,14 @@ impl Out {
     pub fn debug(&self, msg: &str) {
         if self.debug && !self.json {
             let t = START.get_or_init(std::time::Instant::now).elapsed();
+            crate::progress::clear_line();
             println!("DEBUG: {msg} [+{:.3}s]", t.as_secs_f64());
         }
     }
     /// Always printed (dry-run plans, dumps the user asked for).
     pub fn plain(&self, msg: &str) {
         if !self.json {
+            crate::progress::clear_line();
             println!("{msg}");
         }
     }
@@ -100,6 +105,26 @@ impl Summary {
         } else {
             exit::OK
         }
+    }
+
+    /// Each dataset's outcome, one line each: `replicated  a -> b  (1.2 MB, 0.4s)`.
+    pub fn outcomes(&self) -> Vec<String> {
+        self.datasets
+            .iter()
+            .map(|d| {
+                let bytes = d
+                    .bytes
+                    .map(|b| format!("{}, ", readable(b)))
+                    .unwrap_or_default();
+                format!(
+                    "{:<11} {} -> {}  ({bytes}{:.1}s)",
+                    d.outcome.replace('_', " "),
+                    d.source,
+                    d.target,
+                    d.seconds
+                )
+            })
+            .collect()
     }
 
     pub fn line(&self) -> String {

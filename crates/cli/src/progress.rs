@@ -10,7 +10,9 @@
 //! an ETA only when it means something, the outage text) is unit-tested.
 
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
+use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 
 use crate::output::readable;
@@ -210,6 +212,52 @@ pub fn log_line(name: &str, m: &Meter, now: Duration) -> String {
     format!("progress {name}: {}", status(m, now, &pct))
 }
 
+/// The line of a `--jobs` run on a terminal or in a log, instead of one
+/// bar per stream: `[12/50 datasets] 3 streams: 45 MB of 120 MB  12 MB/s
+/// ETA 0:07`. Sizes, rate and ETA are those of the streams in flight
+/// (what is known); the ETA only when each of them has an estimate and
+/// none has lost its link.
+pub fn combined_line(ended: usize, count: usize, streams: &[&Meter], now: Duration) -> String {
+    let mut s = format!("[{ended}/{count} datasets]");
+    if streams.is_empty() {
+        return s;
+    }
+    let done: u64 = streams.iter().map(|m| m.done).sum();
+    let rate: f64 = streams.iter().map(|m| m.rate()).sum();
+    let known = streams.iter().all(|m| m.estimate_known());
+    let n = streams.len();
+    s.push_str(&format!(
+        " {n} stream{}: {}",
+        if n == 1 { "" } else { "s" },
+        readable(done)
+    ));
+    if known {
+        let total: u64 = streams.iter().map(|m| m.total()).sum();
+        s.push_str(&format!(" of {}", readable(total)));
+    }
+    s.push_str(&format!("  {}", rate_text(rate)));
+    let resent: u64 = streams.iter().map(|m| m.resent).sum();
+    if resent > 0 {
+        s.push_str(&format!("  {} sent again", readable(resent)));
+    }
+    let lost = streams.iter().filter(|m| m.outage.is_some()).count();
+    if lost > 0 {
+        s.push_str(&format!("  {lost} waiting for the link"));
+    }
+    let ready = streams.iter().all(|m| m.eta(now).is_some());
+    if known && ready && rate >= 1.0 {
+        let left: u64 = streams
+            .iter()
+            .map(|m| m.total().saturating_sub(m.done))
+            .sum();
+        s.push_str(&format!(
+            "  ETA {}",
+            clock(Duration::from_secs_f64(left as f64 / rate))
+        ));
+    }
+    s
+}
+
 /// How progress is shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Face {
@@ -219,18 +267,26 @@ pub enum Face {
     Quiet,
 }
 
-/// The run's progress display (one per run; safe to share).
+/// The run's progress display (one per run; shared by the threads of
+/// `--jobs`, each of which drives at most one stream at a time).
 pub struct Progress {
     face: Face,
     /// Connections per agent (`--streams`).
     streams: usize,
+    /// Datasets at once (`--jobs`): above 1, the terminal and the log get
+    /// one combined line for all streams.
+    jobs: usize,
     start: Instant,
     log_every: Duration,
     state: Mutex<State>,
 }
 
-struct State {
-    current: Option<(String, String, Meter)>,
+/// One stream in flight.
+struct Stream {
+    thread: ThreadId,
+    source: String,
+    target: String,
+    meter: Meter,
     /// Which dataset of the plan (1-based) and how many there are.
     position: (usize, usize),
     last_draw: Option<Duration>,
@@ -239,6 +295,37 @@ struct State {
     /// counts (standard mode without a terminal has no meter in its
     /// pipeline) shows no progress, rather than "0 B".
     counted: bool,
+}
+
+#[derive(Default)]
+struct State {
+    streams: Vec<Stream>,
+    /// Each thread's dataset: (index, count).
+    positions: Vec<(ThreadId, (usize, usize))>,
+    /// Datasets ended so far, of how many.
+    ended: usize,
+    count: usize,
+    /// The combined line's (`--jobs`).
+    last_draw: Option<Duration>,
+    drawn: bool,
+}
+
+impl State {
+    fn mine(&mut self) -> Option<&mut Stream> {
+        let me = std::thread::current().id();
+        self.streams.iter_mut().find(|s| s.thread == me)
+    }
+}
+
+/// Whether a progress line stands on stderr without its newline.
+static BAR_DRAWN: AtomicBool = AtomicBool::new(false);
+
+/// Clears a progress line left on the terminal, before a message is
+/// written there (the next update draws it again).
+pub fn clear_line() {
+    if BAR_DRAWN.swap(false, Ordering::Relaxed) {
+        eprint!("\r\x1b[K");
+    }
 }
 
 impl Progress {
@@ -251,15 +338,10 @@ impl Progress {
         Progress {
             face,
             streams: 1,
+            jobs: 1,
             start: Instant::now(),
             log_every,
-            state: Mutex::new(State {
-                current: None,
-                position: (0, 0),
-                last_draw: None,
-                drawn: false,
-                counted: false,
-            }),
+            state: Mutex::new(State::default()),
         }
     }
 
@@ -268,12 +350,27 @@ impl Progress {
         Progress { streams, ..self }
     }
 
+    /// The same display, for `jobs` datasets at once.
+    pub fn with_jobs(self, jobs: usize) -> Progress {
+        Progress { jobs, ..self }
+    }
+
     pub fn face(&self) -> Face {
         self.face
     }
 
     fn now(&self) -> Duration {
         self.start.elapsed()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// One line for all streams: several datasets at once, shown on a
+    /// terminal or in a log.
+    fn combined(&self) -> bool {
+        self.jobs > 1 && matches!(self.face, Face::Bar | Face::Log)
     }
 
     /// Writes one JSON event (with `--json`): `event`, `elapsed` seconds
@@ -301,22 +398,59 @@ impl Progress {
         let _ = out.flush();
     }
 
-    /// The plan's dataset `index` (1-based) of `count` is next.
+    /// The plan's dataset `index` (1-based) of `count` is next on this
+    /// thread.
     pub fn dataset(&self, index: usize, count: usize) {
-        self.state.lock().expect("progress").position = (index, count);
+        let me = std::thread::current().id();
+        let mut st = self.lock();
+        st.count = count;
+        st.positions.retain(|(t, _)| *t != me);
+        st.positions.push((me, (index, count)));
     }
 
-    /// A stream starts: `estimate` from zfs send -nvP (0: unknown).
+    /// This thread's dataset ended.
+    pub fn dataset_ended(&self) {
+        let now = self.now();
+        let me = std::thread::current().id();
+        let mut st = self.lock();
+        st.positions.retain(|(t, _)| *t != me);
+        st.ended += 1;
+        if self.combined() {
+            let last = st.ended == st.count;
+            if st.drawn || last && st.last_draw.is_some() {
+                self.draw_combined(&mut st, now, true);
+            }
+            if last && st.drawn && self.face == Face::Bar {
+                eprintln!();
+                BAR_DRAWN.store(false, Ordering::Relaxed);
+                st.drawn = false;
+            }
+        }
+    }
+
+    /// A stream starts on this thread: `estimate` from zfs send -nvP
+    /// (0: unknown).
     pub fn start_stream(&self, source: &str, target: &str, estimate: u64) {
-        let mut st = self.state.lock().expect("progress");
-        st.current = Some((
-            source.to_string(),
-            target.to_string(),
-            Meter::new(self.now(), estimate),
-        ));
-        st.last_draw = None;
-        st.drawn = false;
-        st.counted = false;
+        let now = self.now();
+        let me = std::thread::current().id();
+        let mut st = self.lock();
+        let position = st
+            .positions
+            .iter()
+            .find(|(t, _)| *t == me)
+            .map(|p| p.1)
+            .unwrap_or((0, 0));
+        st.streams.retain(|s| s.thread != me);
+        st.streams.push(Stream {
+            thread: me,
+            source: source.to_string(),
+            target: target.to_string(),
+            meter: Meter::new(now, estimate),
+            position,
+            last_draw: None,
+            drawn: false,
+            counted: false,
+        });
     }
 
     /// Updates the counters and redraws when due: `done` bytes taken by
@@ -324,11 +458,12 @@ impl Progress {
     /// what passed the meter), `wire` payload bytes and `resent` of them.
     pub fn tick(&self, done: u64, sent: u64, wire: u64, resent: u64) {
         let now = self.now();
-        let mut st = self.state.lock().expect("progress");
-        st.counted = true;
-        let Some((_, _, m)) = st.current.as_mut() else {
+        let mut st = self.lock();
+        let Some(s) = st.mine() else {
             return;
         };
+        s.counted = true;
+        let m = &mut s.meter;
         m.update(now, done);
         m.sent = sent.max(done);
         m.wire = wire;
@@ -340,18 +475,17 @@ impl Progress {
     /// "up", "down" or "joining". A change is an event in `--json`.
     pub fn lanes(&self, states: Vec<&'static str>) {
         let now = self.now();
-        let mut st = self.state.lock().expect("progress");
-        let Some((src, dst, m)) = st.current.as_mut() else {
+        let mut st = self.lock();
+        let Some(s) = st.mine() else {
             return;
         };
-        if m.links == states {
+        if s.meter.links == states {
             return;
         }
-        let (src, dst) = (src.clone(), dst.clone());
-        m.links = states.clone();
+        s.meter.links = states.clone();
         self.json(
             "links",
-            serde_json::json!({"source": src, "target": dst, "links": states}),
+            serde_json::json!({"source": s.source, "target": s.target, "links": states}),
         );
         self.draw(&mut st, now, true);
     }
@@ -359,24 +493,24 @@ impl Progress {
     /// The link was lost (`why`); the display says so until `link_ok`.
     pub fn link_lost(&self, why: &str) {
         let now = self.now();
-        let mut st = self.state.lock().expect("progress");
-        let Some((src, dst, m)) = st.current.as_mut() else {
+        let mut st = self.lock();
+        let Some(s) = st.mine() else {
             return;
         };
+        let m = &mut s.meter;
         let first = m.outage.is_none();
         m.link_lost(now);
         m.reconnecting();
         let (attempt, safe) = (m.outage.map(|o| o.1).unwrap_or(0), m.done);
-        let (src, dst) = (src.clone(), dst.clone());
         if first {
             self.json(
                 "link_lost",
-                serde_json::json!({"source": src, "target": dst, "reason": why, "bytes_safe": safe}),
+                serde_json::json!({"source": s.source, "target": s.target, "reason": why, "bytes_safe": safe}),
             );
         }
         self.json(
             "retry",
-            serde_json::json!({"source": src, "target": dst, "attempt": attempt, "reason": why}),
+            serde_json::json!({"source": s.source, "target": s.target, "attempt": attempt, "reason": why}),
         );
         self.draw(&mut st, now, true);
     }
@@ -384,62 +518,83 @@ impl Progress {
     /// The agents answered again after an outage.
     pub fn link_ok(&self) {
         let now = self.now();
-        let mut st = self.state.lock().expect("progress");
-        let Some((src, dst, m)) = st.current.as_mut() else {
+        let mut st = self.lock();
+        let Some(s) = st.mine() else {
             return;
         };
-        let attempts = m.outage.map(|o| o.1).unwrap_or(0);
-        if let Some(down) = m.link_ok(now) {
-            let (src, dst) = (src.clone(), dst.clone());
+        let attempts = s.meter.outage.map(|o| o.1).unwrap_or(0);
+        if let Some(down) = s.meter.link_ok(now) {
             self.json(
                 "reconnect",
-                serde_json::json!({"source": src, "target": dst, "attempts": attempts,
+                serde_json::json!({"source": s.source, "target": s.target, "attempts": attempts,
                                    "outage_seconds": (down.as_secs_f64() * 10.0).round() / 10.0}),
             );
         }
         self.draw(&mut st, now, true);
     }
 
-    /// The stream ended (`complete`: every byte arrived, so an estimate
-    /// that was too high no longer counts): a last redraw, then the line
-    /// is left as is.
+    /// This thread's stream ended (`complete`: every byte arrived, so an
+    /// estimate that was too high no longer counts): a last redraw, then
+    /// the line is left as is.
     pub fn end_stream(&self, complete: bool) {
         let now = self.now();
-        let mut st = self.state.lock().expect("progress");
-        if let Some((_, _, m)) = st.current.as_mut() {
-            if complete {
-                m.complete();
-            }
+        let mut st = self.lock();
+        let Some(s) = st.mine() else {
+            return;
+        };
+        if complete {
+            s.meter.complete();
         }
-        if st.current.is_some() && (st.counted || st.drawn) {
+        let shown = s.counted || s.drawn;
+        if shown && !self.combined() {
             self.draw(&mut st, now, true);
-            if self.face == Face::Bar && st.drawn {
+            if self.face == Face::Bar && st.mine().is_some_and(|s| s.drawn) {
                 eprintln!();
+                BAR_DRAWN.store(false, Ordering::Relaxed);
             }
         }
-        st.current = None;
+        let me = std::thread::current().id();
+        st.streams.retain(|s| s.thread != me);
+    }
+
+    fn every(&self) -> Option<Duration> {
+        match self.face {
+            Face::Quiet => None,
+            Face::Bar => Some(Duration::from_millis(200)),
+            Face::Log => Some(self.log_every),
+            Face::Json => Some(Duration::from_secs(1)),
+        }
+    }
+
+    /// Whether a line last drawn at `last` is due again.
+    fn due(&self, last: &mut Option<Duration>, now: Duration, force: bool) -> bool {
+        let Some(every) = self.every() else {
+            return false;
+        };
+        if !force && last.is_some_and(|t| now.saturating_sub(t) < every) {
+            return false;
+        }
+        if self.face == Face::Log && last.is_none() && !force {
+            // The first log line comes after one interval, not at once.
+            *last = Some(now);
+            return false;
+        }
+        *last = Some(now);
+        true
     }
 
     fn draw(&self, st: &mut State, now: Duration, force: bool) {
-        let every = match self.face {
-            Face::Quiet => return,
-            Face::Bar => Duration::from_millis(200),
-            Face::Log => self.log_every,
-            Face::Json => Duration::from_secs(1),
-        };
-        if !force && st.last_draw.is_some_and(|t| now.saturating_sub(t) < every) {
-            return;
+        if self.combined() {
+            return self.draw_combined(st, now, force);
         }
-        if self.face == Face::Log && st.last_draw.is_none() && !force {
-            // The first log line comes after one interval, not at once.
-            st.last_draw = Some(now);
-            return;
-        }
-        st.last_draw = Some(now);
-        let Some((src, dst, m)) = st.current.as_ref() else {
+        let Some(s) = st.mine() else {
             return;
         };
-        let (index, count) = st.position;
+        if !self.due(&mut s.last_draw, now, force) {
+            return;
+        }
+        let (index, count) = s.position;
+        let (src, dst, m) = (&s.source, &s.target, &s.meter);
         // Recursive runs show where in the plan they are.
         let name = if count > 1 {
             format!("[{index}/{count}] {src}")
@@ -451,7 +606,8 @@ impl Progress {
                 let width = terminal_width();
                 eprint!("\r{}\x1b[K", bar_line(&name, m, now, width));
                 let _ = std::io::stderr().flush();
-                st.drawn = true;
+                s.drawn = true;
+                BAR_DRAWN.store(true, Ordering::Relaxed);
             }
             Face::Log => eprintln!("{}", log_line(&name, m, now)),
             Face::Json => {
@@ -472,6 +628,32 @@ impl Progress {
                 );
             }
             Face::Quiet => {}
+        }
+    }
+
+    fn draw_combined(&self, st: &mut State, now: Duration, force: bool) {
+        let mut last = st.last_draw;
+        if !self.due(&mut last, now, force) {
+            st.last_draw = last;
+            return;
+        }
+        st.last_draw = last;
+        let meters: Vec<&Meter> = st
+            .streams
+            .iter()
+            .filter(|s| s.counted)
+            .map(|s| &s.meter)
+            .collect();
+        let line = combined_line(st.ended, st.count, &meters, now);
+        if self.face == Face::Bar {
+            let width = terminal_width();
+            let line: String = line.chars().take(width.max(20)).collect();
+            eprint!("\r{line}\x1b[K");
+            let _ = std::io::stderr().flush();
+            st.drawn = true;
+            BAR_DRAWN.store(true, Ordering::Relaxed);
+        } else {
+            eprintln!("progress {line}");
         }
     }
 }

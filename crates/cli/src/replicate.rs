@@ -4,6 +4,7 @@
 //! decides the exit status.
 
 use std::collections::BTreeSet;
+use std::sync::Mutex;
 
 use crate::config::Settings;
 use crate::gather;
@@ -20,6 +21,7 @@ use syncoid_rsync_core::shell;
 use syncoid_rsync_core::syncsnap;
 
 mod error;
+mod jobs;
 mod steps;
 use crate::rsync::dataset::reattach;
 pub(crate) use error::DsError;
@@ -71,25 +73,66 @@ fn view(inv: Option<&Inventory>, fs: &str) -> View {
     }
 }
 
-pub(crate) struct Ctx<'a> {
+/// What every dataset of a run shares: safe to share between the
+/// threads of `--jobs`.
+pub(crate) struct Run<'a> {
     pub(crate) s: &'a Settings,
     pub(crate) out: Out,
     pub(crate) progress: Progress,
     /// --rsync: the agents' binary on each host (by label).
     pub(crate) binaries: std::collections::BTreeMap<String, crate::preflight::Binary>,
-    /// Bytes received and reconnects over the run (for the summary).
+    pub(crate) tools: Tools,
+    pub(crate) busy: Vec<String>,
+    /// --rsync: the syncoid-rsync binary on (source, target), found or
+    /// copied once per run; forgotten after an agent was gone (its host
+    /// may have restarted and lost its /tmp).
+    pub(crate) exes: Mutex<Option<Exes>>,
+    /// --rsync: the directories we copied the binary into, removed at the
+    /// end of the run (not before: other datasets' agents may run from them).
+    pub(crate) copied: Mutex<Vec<(Host, String)>>,
+    /// --rsync: the agents alive on (source, target) at pre-flight: those
+    /// of interrupted runs (listed once per run, not per dataset).
+    pub(crate) live: Mutex<LiveAgents>,
+    /// Datasets in flight at once: `--jobs`, or fewer when the plan has
+    /// fewer. Each stream gets this share of a bandwidth limit, so that
+    /// all of them together keep to it.
+    pub(crate) at_once: usize,
+    /// `--atomic-sync-snap`: the sync snapshot taken for all these
+    /// datasets at once, before the first send.
+    pub(crate) together: Option<(String, BTreeSet<String>)>,
+}
+
+/// One dataset's view of the run, with its own counters.
+pub(crate) struct Ctx<'a> {
+    run: &'a Run<'a>,
+    /// Bytes received and reconnects for this dataset.
     pub(crate) bytes: std::cell::Cell<u64>,
     pub(crate) reconnects: std::cell::Cell<u64>,
     /// --rsync: payload bytes sent again after outages.
     pub(crate) resent: std::cell::Cell<u64>,
-    pub(crate) tools: Tools,
-    pub(crate) busy: Vec<String>,
-    /// --rsync: the syncoid-rsync binary on (source, target), and the
-    /// directories we copied it into (removed at the end of the run).
-    pub(crate) exes: std::cell::RefCell<Option<Exes>>,
-    /// --rsync: the agents alive on (source, target) at pre-flight: those
-    /// of interrupted runs (listed once per run, not per dataset).
-    pub(crate) live: std::cell::RefCell<LiveAgents>,
+}
+
+impl<'a> std::ops::Deref for Ctx<'a> {
+    type Target = Run<'a>;
+    fn deref(&self) -> &Run<'a> {
+        self.run
+    }
+}
+
+impl<'a> Ctx<'a> {
+    pub(crate) fn new(run: &'a Run<'a>) -> Ctx<'a> {
+        Ctx {
+            run,
+            bytes: Default::default(),
+            reconnects: Default::default(),
+            resent: Default::default(),
+        }
+    }
+}
+
+/// Locks a mutex whose holder may have panicked (its data stays usable).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The live agents on a host.
@@ -104,7 +147,6 @@ pub(crate) struct LiveAgents {
 pub(crate) struct Exes {
     pub(crate) source: String,
     pub(crate) target: String,
-    pub(crate) copied: Vec<(Host, String)>,
 }
 
 impl Ctx<'_> {
@@ -128,6 +170,17 @@ impl Ctx<'_> {
     /// 100%); only then does it count a stream's bytes.
     fn metered(&self) -> bool {
         matches!(self.progress.face(), Face::Bar | Face::Json)
+    }
+    /// Standard mode: mbuffer's rate for one stream, the user's text as
+    /// it is with one dataset at a time, else its share in bytes per second
+    /// (the datasets in flight at once keep to the limit together).
+    fn rate_share(&self, limit: &Option<String>) -> Option<String> {
+        let limit = limit.as_ref()?;
+        if self.at_once == 1 {
+            return Some(limit.clone());
+        }
+        let rate = syncoid_rsync_core::units::parse_size(limit)?;
+        Some((rate / self.at_once as u64).max(1024).to_string())
     }
     fn dry(&self) -> bool {
         self.s.args.dry_run
@@ -267,136 +320,166 @@ pub fn run(s: &Settings) -> Result<Summary, Fatal> {
     } else {
         Face::Log
     };
-    let ctx = Ctx {
+    let list = datasets(s, &src_inv);
+    let pairs: Vec<jobs::Item> = list
+        .into_iter()
+        .map(|(src_fs, origin)| {
+            let dst_fs = format!("{dst_root}{}", &src_fs[src_root.len()..]);
+            jobs::Item {
+                src_fs,
+                origin,
+                dst_fs,
+            }
+        })
+        .collect();
+    let mut run = Run {
         s,
         out,
-        progress: Progress::new(face).with_streams(s.streams),
-        bytes: std::cell::Cell::new(0),
-        reconnects: std::cell::Cell::new(0),
-        resent: std::cell::Cell::new(0),
+        progress: Progress::new(face)
+            .with_streams(s.streams)
+            .with_jobs(s.jobs),
         tools,
         binaries,
         busy,
-        exes: std::cell::RefCell::new(None),
-        live: std::cell::RefCell::new(live),
+        exes: Mutex::new(None),
+        copied: Mutex::new(Vec::new()),
+        live: Mutex::new(live),
+        at_once: s.jobs.clamp(1, pairs.len().max(1)),
+        together: None,
     };
     if s.args.dry_run {
         out.plain("DRY RUN: these are the commands a real run would execute; nothing is changed.");
     }
-    let mut summary = Summary::default();
-    let list = datasets(s, &src_inv);
-    if list.is_empty() {
+    if pairs.is_empty() {
         out.critical("no datasets found");
-        summary.failed += 1;
     }
-    let pairs: Vec<(String, Option<String>, String)> = list
-        .into_iter()
-        .map(|(src_fs, origin)| {
-            let dst_fs = format!("{dst_root}{}", &src_fs[src_root.len()..]);
-            (src_fs, origin, dst_fs)
-        })
-        .collect();
-    ctx.progress.json(
+    run.progress.json(
         "plan",
         serde_json::json!({
             "mode": if s.args.rsync { "rsync" } else { "standard" },
             "source": s.source.to_string(), "target": s.target.to_string(),
-            "dry_run": s.args.dry_run,
-            "datasets": pairs.iter().map(|(a, _, b)| serde_json::json!({"source": a, "target": b})).collect::<Vec<_>>(),
+            "dry_run": s.args.dry_run, "jobs": s.jobs,
+            "datasets": pairs.iter().map(|i| serde_json::json!({"source": i.src_fs, "target": i.dst_fs})).collect::<Vec<_>>(),
         }),
     );
-    let count = pairs.len();
-    for (index, (src_fs, origin, dst_fs)) in pairs.into_iter().enumerate() {
-        ctx.progress.dataset(index + 1, count);
-        let src = view(Some(&src_inv), &src_fs);
-        let dst = view(dst_inv.as_ref(), &dst_fs);
-        let t = std::time::Instant::now();
-        let before = ctx.bytes.get();
-        let (reconnects_before, resent_before) = (ctx.reconnects.get(), ctx.resent.get());
-        let (status, error) = match sync_dataset(&ctx, &src_fs, &dst_fs, origin, src, dst) {
-            Ok(Outcome::Replicated) => {
-                summary.replicated += 1;
-                ("replicated", None)
-            }
-            Ok(Outcome::UpToDate) => {
-                summary.up_to_date += 1;
-                ("up_to_date", None)
-            }
-            Ok(Outcome::Skipped) => {
-                summary.skipped += 1;
-                ("skipped", None)
-            }
-            Ok(Outcome::Busy) => {
-                summary.busy += 1;
-                ("busy", None)
-            }
-            Err(DsError::Busy(why)) => {
-                summary.busy += 1;
-                out.warn(&format!(
-                    "Cannot sync now: {dst_fs} is being replicated from {src_fs} by another syncoid-rsync --rsync run: {why}. Leaving the transfer to it."
-                ));
-                ("busy", None)
-            }
-            Err(DsError::CannotRun(e)) => {
-                // Found before the first change; the same for every dataset.
-                return Err(fatal(
-                    exit::UNAVAILABLE,
-                    format!("pre-flight failed:\n  {}", e.replace('\n', "\n  ")),
-                ));
-            }
-            Err(e) if e.link_lost() => {
+    let empty = pairs.is_empty();
+    if s.args.atomic_sync_snap {
+        run.together = snapshot_together(&run, &pairs, &src_inv)?;
+    }
+    let inventories = (&src_inv, dst_inv.as_ref());
+    let done = jobs::run_all(&run, &pairs, inventories);
+    if run.remove_copies() {
+        out.debug("copied binaries removed");
+    }
+    let mut summary = Summary::default();
+    if empty {
+        summary.failed += 1;
+    }
+    for d in done? {
+        match d.outcome {
+            "replicated" => summary.replicated += 1,
+            "up_to_date" => summary.up_to_date += 1,
+            "skipped" => summary.skipped += 1,
+            "busy" => summary.busy += 1,
+            "link_lost" => {
                 summary.failed += 1;
                 summary.link_lost += 1;
-                out.critical(&format!(
-                    "{src_fs} -> {dst_fs}: {e}\n  the link was lost: a later run goes on from where this one stopped"
-                ));
-                ("link_lost", Some(e.to_string()))
             }
-            Err(e) => {
-                summary.failed += 1;
-                out.critical(&format!("{} -> {}: {e}", src_fs, dst_fs));
-                ("failed", Some(e.to_string()))
-            }
-        };
-        summary.datasets.push(crate::metrics::Dataset {
-            source: location_of(&s.source_host, &src_fs),
-            target: location_of(&s.target_host, &dst_fs),
-            outcome: status,
-            // Counted with --rsync, or by standard mode's meter.
-            bytes: (s.args.rsync || ctx.metered()).then(|| ctx.bytes.get() - before),
-            seconds: t.elapsed().as_secs_f64(),
-            reconnects: ctx.reconnects.get() - reconnects_before,
-            resent_bytes: ctx.resent.get() - resent_before,
-        });
-        ctx.progress.json(
-            "dataset_done",
-            serde_json::json!({
-                "source": src_fs, "target": dst_fs, "status": status, "error": error,
-                "bytes": ctx.bytes.get() - before,
-                "seconds": (t.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
-            }),
-        );
+            _ => summary.failed += 1,
+        }
+        summary.bytes += d.bytes.unwrap_or(0);
+        summary.reconnects += d.reconnects;
+        summary.datasets.push(d);
     }
     let secs = started.elapsed().as_secs_f64();
-    summary.bytes = ctx.bytes.get();
-    summary.reconnects = ctx.reconnects.get();
     summary.seconds = secs;
-    ctx.progress.json(
+    run.progress.json(
         "summary",
         serde_json::json!({
             "replicated": summary.replicated, "up_to_date": summary.up_to_date,
             "skipped": summary.skipped, "busy": summary.busy, "failed": summary.failed,
             "link_lost": summary.link_lost,
-            "bytes": ctx.bytes.get(), "reconnects": ctx.reconnects.get(),
+            "bytes": summary.bytes, "reconnects": summary.reconnects,
             "seconds": (secs * 1000.0).round() / 1000.0,
-            "mean_rate_bps": if secs > 0.0 { (ctx.bytes.get() as f64 / secs).round() } else { 0.0 },
+            "mean_rate_bps": if secs > 0.0 { (summary.bytes as f64 / secs).round() } else { 0.0 },
             "exit_code": summary.exit_code(),
         }),
     );
-    if ctx.forget_exes() {
-        out.debug("copied binaries removed");
-    }
     Ok(summary)
+}
+
+/// What became of one dataset: its outcome (the metrics' word) and the
+/// error, if any.
+fn outcome(
+    ctx: &Ctx,
+    src_fs: &str,
+    dst_fs: &str,
+    r: Result<Outcome, DsError>,
+) -> Result<(&'static str, Option<String>), Fatal> {
+    let out = &ctx.out;
+    Ok(match r {
+        Ok(Outcome::Replicated) => ("replicated", None),
+        Ok(Outcome::UpToDate) => ("up_to_date", None),
+        Ok(Outcome::Skipped) => ("skipped", None),
+        Ok(Outcome::Busy) => ("busy", None),
+        Err(DsError::Busy(why)) => {
+            out.warn(&format!(
+                "Cannot sync now: {dst_fs} is being replicated from {src_fs} by another syncoid-rsync --rsync run: {why}. Leaving the transfer to it."
+            ));
+            ("busy", None)
+        }
+        Err(DsError::CannotRun(e)) => {
+            // Found before the first change; the same for every dataset.
+            return Err(fatal(
+                exit::UNAVAILABLE,
+                format!("pre-flight failed:\n  {}", e.replace('\n', "\n  ")),
+            ));
+        }
+        Err(e) if e.link_lost() => {
+            out.critical(&format!(
+                "{src_fs} -> {dst_fs}: {e}\n  the link was lost: a later run goes on from where this one stopped"
+            ));
+            ("link_lost", Some(e.to_string()))
+        }
+        Err(e) => {
+            out.critical(&format!("{} -> {}: {e}", src_fs, dst_fs));
+            ("failed", Some(e.to_string()))
+        }
+    })
+}
+
+/// One dataset of the plan, start to end: its outcome for the summary.
+fn one(
+    run: &Run,
+    item: &jobs::Item,
+    (src_inv, dst_inv): (&Inventory, Option<&Inventory>),
+) -> Result<crate::metrics::Dataset, Fatal> {
+    let ctx = Ctx::new(run);
+    let s = run.s;
+    let (src_fs, dst_fs) = (item.src_fs.as_str(), item.dst_fs.as_str());
+    let src = view(Some(src_inv), src_fs);
+    let dst = view(dst_inv, dst_fs);
+    let t = std::time::Instant::now();
+    let r = sync_dataset(&ctx, src_fs, dst_fs, item.origin.clone(), src, dst);
+    let (status, error) = outcome(&ctx, src_fs, dst_fs, r)?;
+    ctx.progress.json(
+        "dataset_done",
+        serde_json::json!({
+            "source": src_fs, "target": dst_fs, "status": status, "error": error,
+            "bytes": ctx.bytes.get(),
+            "seconds": (t.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
+        }),
+    );
+    Ok(crate::metrics::Dataset {
+        source: location_of(&s.source_host, src_fs),
+        target: location_of(&s.target_host, dst_fs),
+        outcome: status,
+        // Counted with --rsync, or by standard mode's meter.
+        bytes: (s.args.rsync || ctx.metered()).then(|| ctx.bytes.get()),
+        seconds: t.elapsed().as_secs_f64(),
+        reconnects: ctx.reconnects.get(),
+        resent_bytes: ctx.resent.get(),
+    })
 }
 
 /// `host:fs`, or `fs` on this machine (as the user wrote SOURCE/TARGET).
@@ -438,23 +521,9 @@ fn sync_dataset(
     mut dst: View,
 ) -> Result<Outcome, DsError> {
     let out = &ctx.out;
-    match src.sync.as_deref() {
-        None | Some("true") | Some("-") | Some("") => {}
-        Some("false") => {
-            out.info(&format!(
-                "Skipping dataset (syncoid:sync=false): {src_fs}..."
-            ));
-            return Ok(Outcome::Skipped);
-        }
-        Some(hosts) => {
-            if !hosts.split(',').any(|h| h == ctx.s.hostname) {
-                out.info(&format!(
-                    "Skipping dataset (syncoid:sync doesn't include {}): {src_fs}...",
-                    ctx.s.hostname
-                ));
-                return Ok(Outcome::Skipped);
-            }
-        }
+    if let Some(why) = skipped(ctx.s, src_fs, &src) {
+        out.info(&why);
+        return Ok(Outcome::Skipped);
     }
     // --rsync: one run per transfer on this machine (`rsync::lock`), held
     // until this dataset is done.
@@ -513,7 +582,7 @@ fn sync_dataset(
         return Ok(Outcome::Busy);
     }
     for _round in 0..4 + 2 * MAX_GONE {
-        let input = plan_input(ctx, &src, &dst, dst_fs, origin.clone());
+        let input = plan_input(ctx, (src_fs, &src), &dst, dst_fs, origin.clone());
         if ctx.s.args.dumpsnaps {
             dump(out, src_fs, &input);
         }
@@ -626,7 +695,13 @@ fn refresh(ctx: &Ctx, side: Side, fs: &str) -> Result<View, DsError> {
     Ok(view(inv.as_ref(), fs))
 }
 
-fn plan_input(ctx: &Ctx, src: &View, dst: &View, dst_fs: &str, origin: Option<String>) -> Input {
+fn plan_input(
+    ctx: &Ctx,
+    (src_fs, src): (&str, &View),
+    dst: &View,
+    dst_fs: &str,
+    origin: Option<String>,
+) -> Input {
     let s = ctx.s;
     let included = |n: &str| s.snap_included(n);
     Input {
@@ -640,15 +715,92 @@ fn plan_input(ctx: &Ctx, src: &View, dst: &View, dst_fs: &str, origin: Option<St
         }),
         origin,
         new_sync_snap: (!s.args.no_sync_snap)
-            .then(|| fresh_sync_name(ctx, src))
+            .then(|| fresh_sync_name(ctx, src_fs, src))
             .filter(|n| s.snap_included(n)),
+    }
+}
+
+/// Why a dataset is left out (its `syncoid:sync` property), in syncoid's
+/// words; None when it is replicated.
+fn skipped(s: &Settings, src_fs: &str, src: &View) -> Option<String> {
+    match src.sync.as_deref() {
+        None | Some("true") | Some("-") | Some("") => None,
+        Some("false") => Some(format!(
+            "Skipping dataset (syncoid:sync=false): {src_fs}..."
+        )),
+        Some(hosts) => (!hosts.split(',').any(|h| h == s.hostname)).then(|| {
+            format!(
+                "Skipping dataset (syncoid:sync doesn't include {}): {src_fs}...",
+                s.hostname
+            )
+        }),
+    }
+}
+
+/// `--atomic-sync-snap`: one sync snapshot for every dataset of the plan
+/// that gets one, taken in one `zfs snapshot` call (ZFS takes them in one
+/// transaction group: one instant for the tree). A failure ends the run
+/// before anything was sent.
+fn snapshot_together(
+    run: &Run,
+    items: &[jobs::Item],
+    src_inv: &Inventory,
+) -> Result<Option<(String, BTreeSet<String>)>, Fatal> {
+    let s = run.s;
+    let views: Vec<(&str, View)> = items
+        .iter()
+        .map(|i| (i.src_fs.as_str(), view(Some(src_inv), &i.src_fs)))
+        .filter(|(fs, v)| skipped(s, fs, v).is_none())
+        .collect();
+    let name = loop {
+        let name = syncsnap::name(s.args.identifier.as_deref(), &s.hostname, &now_local());
+        if !views
+            .iter()
+            .any(|(_, v)| v.snaps.iter().any(|x| x.name == name))
+        {
+            break name;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    if views.is_empty() || !s.snap_included(&name) {
+        return Ok(None);
+    }
+    let snaps: Vec<String> = views.iter().map(|(fs, _)| format!("{fs}@{name}")).collect();
+    let mut args = vec!["snapshot"];
+    args.extend(snaps.iter().map(String::as_str));
+    let ctx = Ctx::new(run);
+    ctx.zfs_run(Side::Source, &args).map_err(|e| {
+        fatal(
+            exit::FAILED,
+            format!("--atomic-sync-snap: cannot take the sync snapshots: {e}"),
+        )
+    })?;
+    run.out.info(&format!(
+        "took sync snapshot {name} of {} datasets at once",
+        snaps.len()
+    ));
+    Ok(Some((
+        name,
+        views.iter().map(|(fs, _)| fs.to_string()).collect(),
+    )))
+}
+
+impl Run<'_> {
+    /// `--atomic-sync-snap`: the sync snapshot already taken for `fs`,
+    /// when the source as last listed does not show it yet.
+    fn taken_together(&self, fs: &str, src: &View) -> Option<&str> {
+        let (name, of) = self.together.as_ref()?;
+        (of.contains(fs) && !src.snaps.iter().any(|x| x.name == *name)).then_some(name.as_str())
     }
 }
 
 /// The sync snapshot name for now; if the source already has one with that
 /// name (a run within the same second), waits for the next second rather
 /// than fail on `dataset already exists` as syncoid does.
-fn fresh_sync_name(ctx: &Ctx, src: &View) -> String {
+fn fresh_sync_name(ctx: &Ctx, src_fs: &str, src: &View) -> String {
+    if let Some(name) = ctx.taken_together(src_fs, src) {
+        return name.to_string();
+    }
     loop {
         let name = syncsnap::name(
             ctx.s.args.identifier.as_deref(),

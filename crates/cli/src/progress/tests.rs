@@ -138,3 +138,32 @@ fn bytes_in_flight_are_shown() {
     m.sent = 28 * MB;
     assert!(bar_line("x", &m, s(1.0), 200).contains("8.0 MB in flight"));
 }
+
+#[test]
+fn several_streams_share_one_line_with_their_sums() {
+    let mut a = Meter::new(s(0.0), 100 * MB);
+    let mut b = Meter::new(s(0.0), 50 * MB);
+    for i in 1..=5 {
+        a.update(s(i as f64), i * 10 * MB);
+        b.update(s(i as f64), i * 5 * MB);
+    }
+    let l = combined_line(12, 50, &[&a, &b], s(5.0));
+    assert!(
+        l.starts_with("[12/50 datasets] 2 streams: 75.0 MB of 150.0 MB  15.0 MB/s"),
+        "{l}"
+    );
+    // 75 MB left at 15 MB/s.
+    assert!(l.ends_with("ETA 0:05"), "{l}");
+    // One stream without an estimate: no total, no ETA.
+    let c = Meter::new(s(0.0), 0);
+    let l = combined_line(12, 50, &[&a, &c], s(5.0));
+    assert!(!l.contains(" of ") && !l.contains("ETA"), "{l}");
+    // One that lost its link: said, and no ETA.
+    b.link_lost(s(5.0));
+    let l = combined_line(12, 50, &[&a, &b], s(6.0));
+    assert!(
+        l.contains("1 waiting for the link") && !l.contains("ETA"),
+        "{l}"
+    );
+    assert_eq!(combined_line(50, 50, &[], s(9.0)), "[50/50 datasets]");
+}

@@ -23,7 +23,13 @@ pub(super) fn run_step(
             ctx.zfs_run(Side::Target, &["receive", "-A", dst_fs])?;
         }
         Step::CreateSyncSnap { name } => {
-            ctx.zfs_run(Side::Source, &["snapshot", &format!("{src_fs}@{name}")])?;
+            if ctx.taken_together(src_fs, src) == Some(name.as_str()) {
+                out.debug(&format!(
+                    "{src_fs}@{name} was taken with the others (--atomic-sync-snap)"
+                ));
+            } else {
+                ctx.zfs_run(Side::Source, &["snapshot", &format!("{src_fs}@{name}")])?;
+            }
         }
         Step::DestroyTarget => destroy_target(ctx, dst_fs)?,
         Step::DestroyClashing { snaps } => {
@@ -264,8 +270,8 @@ fn send_step(
     let pipe = PipeOpts {
         compress: s.compress,
         mbuffer_size: s.args.mbuffer_size.clone(),
-        source_bwlimit: s.args.source_bwlimit.clone(),
-        target_bwlimit: s.args.target_bwlimit.clone(),
+        source_bwlimit: ctx.rate_share(&s.args.source_bwlimit),
+        target_bwlimit: ctx.rate_share(&s.args.target_bwlimit),
         pv_options: None,
         meter: ctx.metered(),
         source_remote: s.source_host.is_remote(),

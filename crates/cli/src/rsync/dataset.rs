@@ -9,16 +9,19 @@ use crate::host::{at_once, Host};
 use crate::interrupt;
 use crate::output::readable;
 use crate::preflight::Binary;
-use crate::replicate::{AgentList, Ctx, DsError, Exes};
+use crate::replicate::{lock, AgentList, Ctx, DsError, Exes, Run};
 use crate::rsync::coordinator::{self, Agent, AgentOpts, Opened, Retry};
 use crate::rsync::coordinator::{Ended, SetupFailed};
 use syncoid_rsync_core::wire::Role;
 
-impl Ctx<'_> {
+impl Run<'_> {
     /// --rsync: our binary on both hosts (copied there when missing; to
     /// two hosts at once).
     pub(crate) fn exes(&self) -> Result<Exes, DsError> {
-        if let Some(e) = self.exes.borrow().as_ref() {
+        // Held while provisioning: the datasets of `--jobs` wait for one
+        // copy rather than each make their own.
+        let mut cached = lock(&self.exes);
+        if let Some(e) = cached.as_ref() {
             return Ok(e.clone());
         }
         let (sh, th) = (&self.s.source_host, &self.s.target_host);
@@ -69,27 +72,28 @@ impl Ctx<'_> {
                 return Err(setup_failed(&[s.err().as_ref(), t.err().as_ref()]));
             }
         };
-        let e = Exes {
-            source,
-            target,
-            copied,
-        };
-        *self.exes.borrow_mut() = Some(e.clone());
+        lock(&self.copied).extend(copied);
+        let e = Exes { source, target };
+        *cached = Some(e.clone());
         Ok(e)
     }
 
-    /// --rsync: removes the copies of the binary and forgets them, at the
-    /// end of the run or after an agent is gone (its host may have
-    /// restarted and lost its /tmp: the next transfer copies afresh). No
-    /// agent runs from them by then. False when there was nothing to forget.
-    pub(crate) fn forget_exes(&self) -> bool {
-        let Some(exes) = self.exes.borrow_mut().take() else {
-            return false;
-        };
-        for (host, dir) in &exes.copied {
+    /// --rsync: after an agent is gone (its host may have restarted and
+    /// lost its /tmp), the next transfer finds or copies the binary
+    /// afresh. Copies made so far stay until the end of the run: other
+    /// datasets' agents may run from them.
+    pub(crate) fn forget_exes(&self) {
+        lock(&self.exes).take();
+    }
+
+    /// --rsync: removes the copies of the binary made in this run, at its
+    /// end (no agent of ours runs from them then). False when none was made.
+    pub(crate) fn remove_copies(&self) -> bool {
+        let copied = std::mem::take(&mut *lock(&self.copied));
+        for (host, dir) in &copied {
             coordinator::unprovision(host, dir);
         }
-        true
+        !copied.is_empty()
     }
 
     pub(crate) fn transfer_key(&self, src_fs: &str, dst_fs: &str) -> String {
@@ -120,7 +124,8 @@ impl Ctx<'_> {
             chunk_size: self.s.chunk_size,
             spool_size: self.s.spool_size,
             compress_level: self.s.rsync_level,
-            bwlimit,
+            // The datasets in flight at once share the limit.
+            bwlimit: bwlimit / self.at_once as u64,
             // Several connections deliver chunks out of order: the
             // receiver holds up to a spool's worth of early ones.
             window: if self.s.streams > 1 {
@@ -327,7 +332,7 @@ pub(crate) fn reattach(ctx: &Ctx, src_fs: &str, dst_fs: &str) -> Result<bool, Ds
         Some(list.remove(i))
     };
     let (sdir, rdir) = {
-        let mut live = ctx.live.borrow_mut();
+        let mut live = lock(&ctx.live);
         (
             take(&mut live.source, Role::Sender),
             take(&mut live.target, Role::Receiver),
