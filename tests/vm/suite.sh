@@ -202,6 +202,51 @@ t_rsync_coordinator_killed() {
   same_data vsrc/rc vdst/rc; same_guids vsrc/rc vdst/rc
   wait_for 10 '[ "$(agents)" = 0 ]'; no_sessions
 }
+# -r --jobs: a tree of 12 datasets (a clone among them) with --jobs 4 and
+# --atomic-sync-snap: every dataset identical, the clone a clone, and the
+# sync snapshots of the whole tree taken in one transaction group (one
+# createtxg: real ZFS's atomicity, not the emulator's).
+t_jobs_tree_atomic() {
+  zfs create vsrc/jt; rand /vsrc/jt/t 100000
+  local i
+  for i in 1 2 3 4 5 6 7 8 9 10; do
+    zfs create "vsrc/jt/d$i"; rand "/vsrc/jt/d$i/f" $((i * 300000))
+    [ "$i" -le 3 ] && { zfs create "vsrc/jt/d$i/kid"; rand "/vsrc/jt/d$i/kid/k" 200000; }
+  done
+  zfs snapshot -r vsrc/jt@r1
+  zfs clone vsrc/jt/d2@r1 vsrc/jt/cl; echo clone > /vsrc/jt/cl/only
+  sr -r --jobs=4 --atomic-sync-snap vsrc/jt vdst/jt
+  for fs in $(zfs list -H -o name -r vsrc/jt); do
+    same_data "$fs" "vdst/${fs#vsrc/}"; same_guids "$fs" "vdst/${fs#vsrc/}"
+  done
+  [ "$(zfs get -H -o value origin vdst/jt/cl)" = "vdst/jt/d2@r1" ]
+  grep -q "took sync snapshot .* of 15 datasets at once" "$log"
+  [ "$(zfs list -H -p -t snapshot -o name,createtxg -r vsrc/jt | grep '@syncoid_' | awk '{print $2}' | sort -u | wc -l)" = 1 ]
+  # An incremental with more datasets at once than the tree has.
+  rand /vsrc/jt/d5/more 500000
+  sr -r --jobs=20 vsrc/jt vdst/jt
+  same_data vsrc/jt/d5 vdst/jt/d5
+}
+# -r --rsync --jobs 3: the coordinator killed while three 20 MB datasets are
+# in flight; the same command again re-attaches to every transfer and none
+# starts over.
+t_rsync_jobs_coordinator_killed() {
+  zfs create vsrc/rj; zfs snapshot vsrc/rj@s1
+  local i
+  for i in 1 2 3; do zfs create "vsrc/rj/d$i"; rand "/vsrc/rj/d$i/big" 20000000; zfs snapshot "vsrc/rj/d$i@s1"; done
+  local args=(-r --rsync --jobs=3 --compress=none --source-bwlimit=6M --no-sync-snap vsrc/rj vdst/rj)
+  "$SR" "${args[@]}" >>"$log" 2>&1 & local pid=$!
+  wait_for 30 '[ "$(agents)" = 6 ]'; sleep 2
+  kill -9 "$pid"; wait "$pid" || true
+  [ "$(agents)" = 6 ] || { echo "the agents did not outlive their coordinator"; return 1; }
+  : > /var/tmp/rj.log
+  "$SR" "${args[@]}" > /var/tmp/rj.log 2>&1
+  cat /var/tmp/rj.log
+  [ "$(grep -c "re-attaching to the live agents" /var/tmp/rj.log)" = 3 ]
+  ! grep -q "Resuming interrupted" /var/tmp/rj.log
+  for i in 1 2 3; do same_data "vsrc/rj/d$i" "vdst/rj/d$i"; same_guids "vsrc/rj/d$i" "vdst/rj/d$i"; done
+  wait_for 10 '[ "$(agents)" = 0 ]'; no_sessions
+}
 t_rsync_receiver_killed() {
   zfs create vsrc/rr; rand /vsrc/rr/big 40000000; zfs snapshot vsrc/rr@s1
   local args=(--rsync --compress=none --source-bwlimit=4M --no-sync-snap vsrc/rr vdst/rr)
@@ -297,6 +342,8 @@ case_ rsync_ssh_killed t_rsync_ssh_killed
 case_ rsync_streams t_rsync_streams
 case_ rsync_coordinator_killed t_rsync_coordinator_killed
 case_ rsync_receiver_killed t_rsync_receiver_killed
+case_ jobs_tree_atomic t_jobs_tree_atomic
+case_ rsync_jobs_coordinator_killed t_rsync_jobs_coordinator_killed
 case_ rsync_receiver_gone_in_run t_rsync_receiver_gone_in_run
 case_ sudo_zfs_only_user t_sudo_zfs_only_user
 case_ deb_package t_deb_package

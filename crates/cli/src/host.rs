@@ -134,11 +134,40 @@ pub fn pump(from: &mut impl Read, to: &mut impl Write, buf: usize, mut passed: i
 /// Runs `a` on a thread of its own while `b` runs here: calls to two
 /// hosts (or two calls to one) overlap.
 pub fn at_once<A: Send, B>(a: impl FnOnce() -> A + Send, b: impl FnOnce() -> B) -> (A, B) {
+    let master = MASTER.with(|m| m.get());
     std::thread::scope(|sc| {
-        let t = sc.spawn(a);
+        let t = sc.spawn(move || {
+            // The same ssh masters as the thread it works for.
+            use_master(master);
+            a()
+        });
         let rb = b();
         (t.join().expect("worker thread"), rb)
     })
+}
+
+thread_local! {
+    /// Which of each host's ssh masters this thread's remote commands
+    /// share: with `--jobs`, each dataset thread has its own (0: the run's
+    /// first, which pre-flight and the listings use). One master carries at
+    /// most sshd's `MaxSessions` (10 by default) sessions at once, and each
+    /// has its own TCP connection and cipher process.
+    static MASTER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// The highest master number any thread used (all are closed at the end).
+static MASTERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Makes this thread's remote commands use master `n` of each host.
+pub fn use_master(n: usize) {
+    MASTER.with(|m| m.set(n));
+    MASTERS.fetch_max(n, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The ssh option that picks master `n` (none for the first: the base
+/// options name its path).
+fn master_path(ssh: &SshConfig, n: usize) -> Option<String> {
+    (n > 0).then(|| format!("ControlPath={}/%C-{n}", ssh.control_dir.path().display()))
 }
 
 /// `a b | c d`: stages as one shell line, each word quoted as needed.
@@ -261,8 +290,12 @@ impl Host {
             }
             Host::Remote { dest, ssh } => {
                 let mut c = Command::new("ssh");
-                c.args(ssh_extra)
-                    .args(&ssh.base)
+                c.args(ssh_extra);
+                // ssh takes the first value given for an option.
+                if let Some(path) = master_path(ssh, MASTER.with(|m| m.get())) {
+                    c.arg("-o").arg(path);
+                }
+                c.args(&ssh.base)
                     .arg(dest)
                     .arg("--")
                     .arg(remote_line(stages));
@@ -361,14 +394,21 @@ impl Host {
     /// Ends the ssh master connection, if one was opened.
     pub fn close(&self) {
         if let Host::Remote { dest, ssh } = self {
-            let _ = Command::new("ssh")
-                .args(&ssh.base)
-                .args(["-O", "exit"])
-                .arg(dest)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
+            let masters = MASTERS.load(std::sync::atomic::Ordering::Relaxed);
+            for n in 0..=masters {
+                let mut c = Command::new("ssh");
+                if let Some(path) = master_path(ssh, n) {
+                    c.arg("-o").arg(path);
+                }
+                let _ = c
+                    .args(&ssh.base)
+                    .args(["-O", "exit"])
+                    .arg(dest)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status();
+            }
         }
     }
 }

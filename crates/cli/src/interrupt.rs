@@ -107,13 +107,14 @@ pub fn install(hosts: Vec<Host>) {
             "SIGTERM"
         };
         let all = DOING.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        crate::progress::clear_line();
-        if all.is_empty() {
-            eprintln!("\nsyncoid-rsync: {}", message(name, None));
-        }
-        for (_, d) in &all {
-            eprintln!("\nsyncoid-rsync: {}", message(name, Some(d)));
-        }
+        crate::progress::over_the_line(|| {
+            if all.is_empty() {
+                eprintln!("\nsyncoid-rsync: {}", message(name, None));
+            }
+            for (_, d) in &all {
+                eprintln!("\nsyncoid-rsync: {}", message(name, Some(d)));
+            }
+        });
         crate::host::close_all(&HOSTS.lock().unwrap_or_else(|e| e.into_inner()));
         crate::log_rusage("coordinator");
         std::process::exit(128 + sig);

@@ -27,19 +27,16 @@ pub struct Out {
 impl Out {
     pub fn info(&self, msg: &str) {
         if !self.quiet && !self.json {
-            crate::progress::clear_line();
-            println!("INFO: {msg}");
+            crate::progress::over_the_line(|| println!("INFO: {msg}"));
         }
     }
     pub fn warn(&self, msg: &str) {
         if !self.quiet {
-            crate::progress::clear_line();
-            eprintln!("WARNING: {msg}");
+            crate::progress::over_the_line(|| eprintln!("WARNING: {msg}"));
         }
     }
     pub fn critical(&self, msg: &str) {
-        crate::progress::clear_line();
-        eprintln!("CRITICAL ERROR: {msg}");
+        crate::progress::over_the_line(|| eprintln!("CRITICAL ERROR: {msg}"));
     }
     /// Debug lines start as syncoid's (`DEBUG: ` then the words, which
     /// scripts grep) and end with the time since the start, to show where
@@ -47,15 +44,13 @@ impl Out {
     pub fn debug(&self, msg: &str) {
         if self.debug && !self.json {
             let t = START.get_or_init(std::time::Instant::now).elapsed();
-            crate::progress::clear_line();
-            println!("DEBUG: {msg} [+{:.3}s]", t.as_secs_f64());
+            crate::progress::over_the_line(|| println!("DEBUG: {msg} [+{:.3}s]", t.as_secs_f64()));
         }
     }
     /// Always printed (dry-run plans, dumps the user asked for).
     pub fn plain(&self, msg: &str) {
         if !self.json {
-            crate::progress::clear_line();
-            println!("{msg}");
+            crate::progress::over_the_line(|| println!("{msg}"));
         }
     }
     pub fn stderr_is_terminal(&self) -> bool {

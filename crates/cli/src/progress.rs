@@ -319,13 +319,36 @@ impl State {
 
 /// Whether a progress line stands on stderr without its newline.
 static BAR_DRAWN: AtomicBool = AtomicBool::new(false);
+/// Held while the line is drawn, and while a message clears it and takes
+/// its place: a line drawn by one thread never lands in the middle of
+/// another thread's message.
+static TERMINAL: Mutex<()> = Mutex::new(());
 
-/// Clears a progress line left on the terminal, before a message is
-/// written there (the next update draws it again).
-pub fn clear_line() {
+/// Writes a message with `write` where a progress line may stand on the
+/// terminal: the line is cleared first (the next update draws it again).
+pub fn over_the_line(write: impl FnOnce()) {
+    let _t = TERMINAL.lock().unwrap_or_else(|e| e.into_inner());
     if BAR_DRAWN.swap(false, Ordering::Relaxed) {
         eprint!("\r\x1b[K");
     }
+    write();
+}
+
+/// Leaves the progress line as it stands: the terminal's next line
+/// starts below it.
+fn end_line() {
+    let _t = TERMINAL.lock().unwrap_or_else(|e| e.into_inner());
+    if BAR_DRAWN.swap(false, Ordering::Relaxed) {
+        eprintln!();
+    }
+}
+
+/// Draws the progress line in place.
+fn draw_line(line: &str) {
+    let _t = TERMINAL.lock().unwrap_or_else(|e| e.into_inner());
+    eprint!("\r{line}\x1b[K");
+    let _ = std::io::stderr().flush();
+    BAR_DRAWN.store(true, Ordering::Relaxed);
 }
 
 impl Progress {
@@ -417,12 +440,14 @@ impl Progress {
         st.ended += 1;
         if self.combined() {
             let last = st.ended == st.count;
-            if st.drawn || last && st.last_draw.is_some() {
-                self.draw_combined(&mut st, now, true);
+            // On a terminal the count moves at once; a log gets its line
+            // at the interval, and a last one if it had any.
+            let force = self.face == Face::Bar && st.drawn || last && st.last_draw.is_some();
+            if force || self.face == Face::Log {
+                self.draw_combined(&mut st, now, force);
             }
             if last && st.drawn && self.face == Face::Bar {
-                eprintln!();
-                BAR_DRAWN.store(false, Ordering::Relaxed);
+                end_line();
                 st.drawn = false;
             }
         }
@@ -549,8 +574,7 @@ impl Progress {
         if shown && !self.combined() {
             self.draw(&mut st, now, true);
             if self.face == Face::Bar && st.mine().is_some_and(|s| s.drawn) {
-                eprintln!();
-                BAR_DRAWN.store(false, Ordering::Relaxed);
+                end_line();
             }
         }
         let me = std::thread::current().id();
@@ -603,11 +627,8 @@ impl Progress {
         };
         match self.face {
             Face::Bar => {
-                let width = terminal_width();
-                eprint!("\r{}\x1b[K", bar_line(&name, m, now, width));
-                let _ = std::io::stderr().flush();
+                draw_line(&bar_line(&name, m, now, terminal_width()));
                 s.drawn = true;
-                BAR_DRAWN.store(true, Ordering::Relaxed);
             }
             Face::Log => eprintln!("{}", log_line(&name, m, now)),
             Face::Json => {
@@ -648,10 +669,8 @@ impl Progress {
         if self.face == Face::Bar {
             let width = terminal_width();
             let line: String = line.chars().take(width.max(20)).collect();
-            eprint!("\r{line}\x1b[K");
-            let _ = std::io::stderr().flush();
+            draw_line(&line);
             st.drawn = true;
-            BAR_DRAWN.store(true, Ordering::Relaxed);
         } else {
             eprintln!("progress {line}");
         }

@@ -87,6 +87,8 @@ pub(crate) struct Run<'a> {
     /// copied once per run; forgotten after an agent was gone (its host
     /// may have restarted and lost its /tmp).
     pub(crate) exes: Mutex<Option<Exes>>,
+    /// --rsync: an agent was gone since: check the binary is still there.
+    pub(crate) exes_check: std::sync::atomic::AtomicBool,
     /// --rsync: the directories we copied the binary into, removed at the
     /// end of the run (not before: other datasets' agents may run from them).
     pub(crate) copied: Mutex<Vec<(Host, String)>>,
@@ -342,6 +344,7 @@ pub fn run(s: &Settings) -> Result<Summary, Fatal> {
         binaries,
         busy,
         exes: Mutex::new(None),
+        exes_check: Default::default(),
         copied: Mutex::new(Vec::new()),
         live: Mutex::new(live),
         at_once: s.jobs.clamp(1, pairs.len().max(1)),

@@ -7,7 +7,7 @@ mod agents;
 mod common;
 use agents::*;
 use common::*;
-use syncoid_rsync_testkit::{Host, Sshd};
+use syncoid_rsync_testkit::{Host, Netlab, Sshd};
 
 /// A tree under `src/tree` on `h`: `n` datasets in a few levels, every
 /// fifth of them with `big` of synthetic data, and two clones of earlier
@@ -230,17 +230,7 @@ fn fifty_datasets_with_rsync_and_jobs_4_through_sshd_survive_a_killed_agent() {
     args.extend(["src/tree", "root@127.0.0.1:far/tree"]);
     let child = spawn(&local, &args, &[("FAKEZFS_SEND_RATE", "8M")]);
     // Once a big dataset's receive took 2 MB: its receiver agent is killed.
-    let big_receiver = || {
-        far.tmp_entries().into_iter().find_map(|d| {
-            let dir = far.tmp().join(&d);
-            let marker = std::fs::read_to_string(dir.join(".syncoid-rsync-session")).ok()?;
-            let v: serde_json::Value = serde_json::from_str(&marker).ok()?;
-            let log = std::fs::read_to_string(dir.join("agent.log")).ok()?;
-            let fs = log.split('"').rev().nth(1)?.to_string();
-            let i: usize = fs.rsplit("/d").next()?.parse().ok()?;
-            (v["role"] == "receive" && i % 5 == 4).then(|| v["pid"].as_i64().unwrap() as i32)
-        })
-    };
+    let big_receiver = || big_receiver(&far);
     wait_until("a big receive under way", 60, || {
         big_receiver().is_some() && receiving_now(&far) >= 2 << 20
     });
@@ -256,6 +246,69 @@ fn fifty_datasets_with_rsync_and_jobs_4_through_sshd_survive_a_killed_agent() {
     assert_fed_once(&far);
     assert!(agent_pids(&local).is_empty() && agent_pids(&far).is_empty());
     assert_eq!(far.tmp_entries(), Vec::<String>::new());
+    assert_eq!(local.tmp_entries(), Vec::<String>::new());
+}
+
+/// The pid of a receiving agent on `far` whose dataset is one of the
+/// tree's big ones (`d4`, `d9`, ...), if one runs.
+fn big_receiver(far: &Host) -> Option<i32> {
+    far.tmp_entries().into_iter().find_map(|d| {
+        let dir = far.tmp().join(&d);
+        let marker = std::fs::read_to_string(dir.join(".syncoid-rsync-session")).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&marker).ok()?;
+        let log = std::fs::read_to_string(dir.join("agent.log")).ok()?;
+        let fs = log.split('"').rev().nth(1)?.to_string();
+        let i: usize = fs.rsplit("/d").next()?.parse().ok()?;
+        (v["role"] == "receive" && i % 5 == 4).then(|| v["pid"].as_i64().unwrap() as i32)
+    })
+}
+
+/// The issue's tree across a link that really fails (netlab, root only):
+/// 50 datasets with `-r --rsync --jobs 4` and a 32 MiB/s limit shared by
+/// the four, a big dataset's receiving agent killed, then the whole link
+/// blackholed for 20 s: every dataset identical, each byte fed once,
+/// exit 0, nothing left in /tmp.
+#[test]
+fn fifty_datasets_with_jobs_4_survive_a_killed_agent_and_a_20s_blackhole() {
+    let local = Host::new(&["src"]);
+    let far = Host::new(&["far7"]);
+    let lab = Netlab::up(&far, 7);
+    let (_r1, _r2) = (Reaper(&local), Reaper(&far));
+    let made = tree(&local, 48, "24M");
+    let mut args: Vec<String> = [
+        "-r",
+        "--rsync",
+        "--jobs=4",
+        "--no-sync-snap",
+        "--chunk-size=256K",
+        "--source-bwlimit=32M",
+        "--debug",
+    ]
+    .map(String::from)
+    .to_vec();
+    args.extend(lab.ssh_args());
+    args.extend(["src/tree".to_string(), format!("{}:far7/tree", lab.dest())]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let child = spawn(&local, &args, &[]);
+    wait_until("a big receive under way", 120, || {
+        big_receiver(&far).is_some() && receiving_now(&far) >= 4 << 20
+    });
+    kill(big_receiver(&far).expect("a big dataset's receiver"), 9);
+    let at = lab.far_rx_bytes() + (40 << 20);
+    wait_until("40 MB more after the kill", 120, || {
+        lab.far_rx_bytes() >= at
+    });
+    blackhole_for(&lab, 20);
+    let (code, out, err) = finish(child);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        err.contains("going on from the target's resume token"),
+        "{err}"
+    );
+    assert_tree_arrived(&local, &far, &made, "far7/tree");
+    assert_fed_once(&far);
+    assert!(agent_pids(&local).is_empty() && agent_pids(&far).is_empty());
+    assert_eq!(far.tmp_entries(), Vec::<String>::new(), "{out}\n{err}");
     assert_eq!(local.tmp_entries(), Vec::<String>::new());
 }
 
@@ -393,4 +446,33 @@ fn atomic_sync_snap_takes_the_trees_sync_snapshots_in_one_call() {
         64,
     );
     assert!(r.stderr.contains("--atomic-sync-snap"), "{}", r.stderr);
+}
+
+/// More datasets at once than sshd lets one connection carry sessions
+/// (`MaxSessions`, 10 by default): standard mode with `--jobs 12` pushes
+/// 14 datasets, 12 at once, through an sshd with the default; every one
+/// arrives. (Each dataset thread has ssh masters of its own; ssh would
+/// also fall back to a connection of its own for a session a master
+/// refused, so this shows the run works, not which way.)
+#[test]
+fn more_jobs_than_sshds_sessions_per_connection_all_arrive() {
+    let _serial = serial();
+    let local = Host::new(&["src"]);
+    let far = Host::new(&["far"]);
+    let sshd = Sshd::start_with_default_sessions(&far);
+    local.zfs(&["create", "src/tree"]).ok();
+    local.zfs(&["snapshot", "src/tree@s1"]).ok();
+    for i in 0..14 {
+        synthetic(&local, &format!("src/tree/d{i}"), "2M");
+    }
+    let ssh = sshd.syncoid_args();
+    let mut args: Vec<&str> = vec!["-r", "--jobs=12", "--no-sync-snap"];
+    args.extend(ssh.iter().map(String::as_str));
+    args.extend(["src/tree", "root@127.0.0.1:far/tree"]);
+    let (code, out, err) = finish(spawn(&local, &args, &[("FAKEZFS_SEND_RATE", "1M")]));
+    assert_eq!(code, 0, "{out}\n{err}");
+    for i in 0..14 {
+        let (src, dst) = (format!("src/tree/d{i}"), format!("far/tree/d{i}"));
+        assert_eq!(far.files(&dst), local.files(&src), "{src}");
+    }
 }

@@ -287,13 +287,7 @@ fn four_streams_survive_a_connection_killed_three_times_and_a_30s_blackhole() {
     wait_until("40 MB more after the kills", 90, || {
         lab.far_rx_bytes() >= at
     });
-    lab.cut("blackhole");
-    std::thread::sleep(Duration::from_secs(30));
-    let at_heal = lab.far_rx_bytes();
-    lab.heal();
-    wait_until("data flowing after the heal", 60, || {
-        lab.far_rx_bytes() > at_heal + (1 << 20)
-    });
+    blackhole_for(&lab, 30);
     let (code, out, err) = finish(child);
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(err.contains("link to the agents lost"), "{err}");

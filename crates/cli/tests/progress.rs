@@ -370,3 +370,51 @@ fn in_a_terminal_the_bar_moves_and_ends_at_100_percent() {
         "{text:?}"
     );
 }
+
+/// `-r --jobs 3` in a terminal: one line for all streams, redrawn in
+/// place with the datasets done and the sums, never a bar per dataset;
+/// the INFO lines of the datasets never land in the middle of it; the
+/// summary lists each dataset's outcome.
+#[test]
+fn in_a_terminal_several_datasets_share_one_line() {
+    let _serial = serial();
+    let h = Host::new(&["src", "dst"]);
+    let _reap = Reaper(&h);
+    synthetic(&h, "src/data", "1M");
+    for kid in ["a", "b", "c"] {
+        synthetic(&h, &format!("src/data/{kid}"), "8M");
+    }
+    let text = in_terminal(&h, "-r --jobs=3 --rsync --no-sync-snap", "4M");
+    for kid in ["a", "b", "c"] {
+        let (src, dst) = (format!("src/data/{kid}"), format!("dst/data/{kid}"));
+        assert_eq!(h.files(&dst), h.files(&src), "{kid}");
+    }
+    let frames: Vec<&str> = text.split('\r').filter(|f| f.starts_with('[')).collect();
+    assert!(
+        frames.iter().any(|f| f.contains(" datasets] 3 streams: ")),
+        "three streams on one line: {text:?}"
+    );
+    assert!(
+        frames.last().unwrap().starts_with("[4/4 datasets]"),
+        "{text:?}"
+    );
+    assert!(
+        !text.contains("src/data/a ["),
+        "no bar per dataset: {text:?}"
+    );
+    // Every INFO line starts a line of its own.
+    for l in text.split('\n') {
+        if let Some(at) = l.find("INFO:") {
+            assert!(
+                l[..at].trim_matches(['\r', ' ']).is_empty() || l[..at].ends_with("\x1b[K"),
+                "{l:?}"
+            );
+        }
+    }
+    for kid in ["a", "b", "c"] {
+        assert!(
+            text.contains(&format!("replicated  src/data/{kid} -> dst/data/{kid}")),
+            "{text:?}"
+        );
+    }
+}

@@ -53,6 +53,16 @@ impl Sshd {
     /// Like `start`, with some of the sessions' variables replaced (PATH,
     /// say) or added (FAKEZFS_SEND_RATE, say).
     pub fn start_with_env(host: &Host, overrides: &[(&str, &str)]) -> Sshd {
+        Sshd::launch(host, overrides, 100)
+    }
+
+    /// Like `start`, with sshd's default `MaxSessions` (10): at most that
+    /// many sessions at once on one connection (one ssh master).
+    pub fn start_with_default_sessions(host: &Host) -> Sshd {
+        Sshd::launch(host, &[], 10)
+    }
+
+    fn launch(host: &Host, overrides: &[(&str, &str)], max_sessions: u32) -> Sshd {
         let dir = host.dir().join("sshd");
         std::fs::create_dir_all(&dir).unwrap();
         let _ = std::fs::create_dir_all("/run/sshd");
@@ -65,7 +75,7 @@ impl Sshd {
         for _ in 0..5 {
             let port = free_port();
             let cfg = dir.join("sshd_config");
-            std::fs::write(&cfg, config(&dir, port, host, overrides)).unwrap();
+            std::fs::write(&cfg, config(&dir, port, host, overrides, max_sessions)).unwrap();
             let log = std::fs::File::create(dir.join("sshd.log")).unwrap();
             let child = Command::new(sshd_bin())
                 .args(["-D", "-e", "-f"])
@@ -185,7 +195,13 @@ impl Drop for Sshd {
     }
 }
 
-fn config(dir: &Path, port: u16, host: &Host, overrides: &[(&str, &str)]) -> String {
+fn config(
+    dir: &Path,
+    port: u16,
+    host: &Host,
+    overrides: &[(&str, &str)],
+    max_sessions: u32,
+) -> String {
     let env = host
         .envs()
         .into_iter()
@@ -208,7 +224,7 @@ fn config(dir: &Path, port: u16, host: &Host, overrides: &[(&str, &str)]) -> Str
         "Port {port}\nListenAddress 127.0.0.1\nHostKey {hk}\nAuthorizedKeysFile {ak}\n\
          PidFile {pid}\nPermitRootLogin prohibit-password\nPasswordAuthentication no\n\
          KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nUseDNS no\n\
-         MaxStartups 100\nMaxSessions 100\nLogLevel ERROR\n\
+         MaxStartups 100\nMaxSessions {max_sessions}\nLogLevel ERROR\n\
          SetEnv {env}\n",
         hk = dir.join("host_key").display(),
         ak = dir.join("authorized_keys").display(),

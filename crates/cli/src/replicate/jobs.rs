@@ -119,8 +119,13 @@ pub(crate) fn run_all(
     let jobs = run.s.jobs.clamp(1, count.max(1));
     std::thread::scope(|scope| {
         let worker = &worker;
-        for _ in 0..jobs {
-            scope.spawn(worker);
+        for k in 0..jobs {
+            scope.spawn(move || {
+                // Each thread's remote commands go through ssh masters of
+                // its own.
+                crate::host::use_master(k);
+                worker()
+            });
         }
     });
     let b = book.into_inner().unwrap_or_else(|e| e.into_inner());

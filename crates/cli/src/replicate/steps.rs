@@ -262,7 +262,15 @@ fn send_step(
     };
     let send_argv = argv::send(&what, &s.send_opts, s.source_sudo);
     let recv_argv = argv::receive(dst_fs, &recv, &s.recv_opts, s.target_sudo);
-    let size = if ctx.dry() { 0 } else { estimate(ctx, &what) };
+    // The estimate (`zfs send -nvP`, a call on the source) is for the
+    // "(~ SIZE)" line and the progress display: with --quiet neither is
+    // shown, and a tree of many datasets saves a call on each.
+    let shown = ctx.progress.face() != crate::progress::Face::Quiet;
+    let size = if ctx.dry() || !shown {
+        0
+    } else {
+        estimate(ctx, &what)
+    };
     let hosts = Hosts {
         source: &s.source_host,
         target: &s.target_host,

@@ -3,7 +3,7 @@
 //! the transfer driven to its end, and what remains of an agent that is
 //! gone. The protocol itself is `rsync::coordinator`'s.
 
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::host::{at_once, Host};
 use crate::interrupt;
@@ -22,7 +22,11 @@ impl Run<'_> {
         // copy rather than each make their own.
         let mut cached = lock(&self.exes);
         if let Some(e) = cached.as_ref() {
-            return Ok(e.clone());
+            let check = self.exes_check.swap(false, Ordering::Relaxed);
+            if !check || self.exes_still_there(e) {
+                return Ok(e.clone());
+            }
+            *cached = None;
         }
         let (sh, th) = (&self.s.source_host, &self.s.target_host);
         let binaries = &self.binaries;
@@ -79,11 +83,30 @@ impl Run<'_> {
     }
 
     /// --rsync: after an agent is gone (its host may have restarted and
-    /// lost its /tmp), the next transfer finds or copies the binary
-    /// afresh. Copies made so far stay until the end of the run: other
-    /// datasets' agents may run from them.
+    /// lost its /tmp), the next transfer checks that the binary is still
+    /// where it was, and copies it afresh only if it is not. Copies stay
+    /// until the end of the run: other datasets' agents may run from them.
     pub(crate) fn forget_exes(&self) {
-        lock(&self.exes).take();
+        self.exes_check.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether both hosts still have the binary (a host that cannot be
+    /// asked is taken to have it: starting the agent then fails and is
+    /// tried again, as any call over a failing link).
+    fn exes_still_there(&self, e: &Exes) -> bool {
+        let (sh, th) = (&self.s.source_host, &self.s.target_host);
+        [(sh, &e.source), (th, &e.target)].iter().all(|(h, exe)| {
+            let gone = h
+                .run(&["test".into(), "-x".into(), exe.to_string()])
+                .is_ok_and(|o| o.status.code() == Some(1));
+            if gone {
+                self.out.debug(&format!(
+                    "{exe} is gone from {}: copying it again",
+                    h.label()
+                ));
+            }
+            !gone
+        })
     }
 
     /// --rsync: removes the copies of the binary made in this run, at its

@@ -5,7 +5,7 @@
 use super::common::{bin, wait_until};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
-use syncoid_rsync_testkit::{Host, Sshd};
+use syncoid_rsync_testkit::{Host, Netlab, Sshd};
 
 /// An ssh in front of the real one: `script` installed as `ssh` in a
 /// directory of `local`'s named `name`, with a `state` directory beside
@@ -406,5 +406,17 @@ pub fn kill_one_connection(pid: u32, far: &Host, width: usize, nth: usize) {
     wait_until("the killed connection made again", 60, || {
         let now = agent_links(pid);
         now.len() == width && !now.contains(&victim) && admitted(far) > before
+    });
+}
+
+/// Blackholes the netlab link for `secs`, heals it, and returns once
+/// data flows across it again.
+pub fn blackhole_for(lab: &Netlab, secs: u64) {
+    lab.cut("blackhole");
+    std::thread::sleep(Duration::from_secs(secs));
+    let at_heal = lab.far_rx_bytes();
+    lab.heal();
+    wait_until("data flowing after the heal", 60, || {
+        lab.far_rx_bytes() > at_heal + (1 << 20)
     });
 }

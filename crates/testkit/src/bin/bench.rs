@@ -521,16 +521,25 @@ fn many_round(h: &Host, n: usize, size: usize, round: usize) {
     h.zfs(&args).ok();
 }
 
-/// `--many N`: N datasets, each with one new 1 MB snapshot per run,
+/// `--many N[:MS]`: N datasets, each with one new 1 MB snapshot per run,
 /// replicated incrementally (`-r --no-sync-snap`) to a target behind the
-/// loopback sshd: syncoid 2.1, then ours in standard mode and with
-/// `--rsync`, at `--jobs 1` and 4. Rows are (tool, wall s, CPU s); one
-/// run each (the tree is the sample).
-fn many(n: usize) -> Rows {
+/// loopback sshd (with MS: each ssh connection through the latency relay,
+/// that round trip): syncoid 2.1 (without a round trip only: its ssh
+/// command line cannot carry the relay), then ours in standard mode and
+/// with `--rsync`, at `--jobs 1` and 4. Rows are (tool, wall s, CPU s);
+/// one run each (the tree is the sample).
+fn many(n: usize, rtt_ms: f64) -> Rows {
     let local = Host::new(&["src"]);
     let far = Host::new(&["far"]);
     let sshd = Sshd::start(&far);
-    let ssh = sshd.syncoid_args();
+    let mut ssh = sshd.syncoid_args();
+    if rtt_ms > 0.0 {
+        ssh.push(format!(
+            "--sshoption=ProxyCommand={} {}ms %h %p",
+            sibling("latency").display(),
+            rtt_ms / 2.0
+        ));
+    }
     many_tree(&local, n, 1 << 20);
     let ours = sibling("syncoid-rsync");
     let first = |extra: &[&str]| {
@@ -568,6 +577,10 @@ fn many(n: usize) -> Rows {
     let mut rows = Vec::new();
     for (round, (label, bin, extra)) in kinds.into_iter().enumerate() {
         many_round(&local, n, 1 << 20, round + 1);
+        if rtt_ms > 0.0 && bin == syncoid_bin() {
+            // The next run sends this round's snapshot too.
+            continue;
+        }
         let mut c = local.command(bin.to_str().unwrap());
         c.args(&ssh)
             .args(["-r", "--no-sync-snap", "--quiet"])
@@ -732,13 +745,15 @@ fn main() {
         profile(&p);
         return;
     }
-    let n = arg("--many", "none");
-    if n != "none" {
-        let n: usize = n.parse().expect("--many N");
-        println!("### {n} datasets, each with one new 1 MB snapshot, target behind the loopback sshd (one run each)\n");
+    let spec = arg("--many", "none");
+    if spec != "none" {
+        let (n, ms) = spec.split_once(':').unwrap_or((&spec, "0"));
+        let n: usize = n.parse().expect("--many N[:MS]");
+        let ms: f64 = ms.parse().expect("--many N[:MS]");
+        println!("### {n} datasets, each with one new 1 MB snapshot, target behind the loopback sshd, round trip {ms} ms (one run each)\n");
         println!("| tool | wall s | CPU s | s per dataset |");
         println!("|---|---|---|---|");
-        for (what, secs, cpu) in many(n) {
+        for (what, secs, cpu) in many(n, ms) {
             println!("| {what} | {secs:.2} | {cpu:.1} | {:.3} |", secs / n as f64);
         }
         return;

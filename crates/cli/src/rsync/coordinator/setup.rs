@@ -441,6 +441,7 @@ pub fn provision(
     );
     let script = format!(
         "umask 077; d=$(mktemp -d {base}/{prefix}XXXXXXXX) || exit 1; \
+         trap 'rm -rf \"$d\"; exit 1' HUP PIPE TERM; \
          if ! {{ cat > {bin} && chmod 700 {bin} && echo {owner} > {own}; }}; then rm -f {bin} {own}; rmdir \"$d\"; exit 1; fi; \
          if v=$({bin} --version 2>&1) && [ \"$v\" = {ours_q} ]; then echo \"$d\"; \
          else printf '%s\\n' \"$v\" >&2; rm -f {bin} {own}; rmdir \"$d\"; exit {CANNOT_RUN}; fi",
