@@ -180,6 +180,19 @@ fn jobs_1_keeps_the_plan_order_and_the_output() {
     let _serial = serial();
     let h = Host::new(&["src", "dst", "dst2"]);
     let made = tree(&h, 8, "1M");
+    // A dry run prints each dataset's block in order, whatever --jobs.
+    let dry = |jobs: &str| {
+        let args = [
+            "-r",
+            "--no-sync-snap",
+            "--dry-run",
+            jobs,
+            "src/tree",
+            "dst/tree",
+        ];
+        ok(&h, &args).stdout
+    };
+    assert_eq!(dry("--jobs=4"), dry("--jobs=1"));
     let plain = ok(&h, &["-r", "--no-sync-snap", "src/tree", "dst/tree"]);
     let one = ok(
         &h,

@@ -116,7 +116,12 @@ pub(crate) fn run_all(
         }
         changed.notify_all();
     };
-    let jobs = run.s.jobs.clamp(1, count.max(1));
+    // A dry run prints each dataset's commands as one block, in order.
+    let jobs = if run.s.args.dry_run {
+        1
+    } else {
+        run.s.jobs.clamp(1, count.max(1))
+    };
     std::thread::scope(|scope| {
         let worker = &worker;
         for k in 0..jobs {

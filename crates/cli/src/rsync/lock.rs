@@ -36,6 +36,16 @@ pub enum Refused {
     Unsafe(String),
 }
 
+/// The threads of one run (`--jobs`) take and drop their locks one at a
+/// time: a thread's sweep holds another's fresh lock file for a moment,
+/// which must not make that one look held by another run, and a drop
+/// removes the directory when it is empty, which must not happen between
+/// another thread's making it and locking a file in it.
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static TAKING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    TAKING.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn dir_in(base: &Path) -> PathBuf {
     // SAFETY: geteuid has no preconditions.
     let uid = unsafe { libc::geteuid() };
@@ -70,12 +80,14 @@ pub fn take(key: &str) -> Result<Lock, Refused> {
 }
 
 fn take_in(base: &Path, key: &str) -> Result<Lock, Refused> {
+    let _one = one_at_a_time();
     if key.is_empty() || !key.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(Refused::Unsafe(format!("not a transfer key: {key:?}")));
     }
     let dir = dir_in(base);
     // A removal by another run's end can race with us: try again then.
-    for _ in 0..8 {
+    const ATTEMPTS: usize = 8;
+    for attempt in 0..ATTEMPTS {
         match fs::DirBuilder::new().mode(0o700).create(&dir) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
@@ -86,7 +98,13 @@ fn take_in(base: &Path, key: &str) -> Result<Lock, Refused> {
                 )))
             }
         }
-        super::session::verify(&dir).map_err(Refused::Unsafe)?;
+        if let Err(e) = super::session::verify(&dir) {
+            // Removed by another run's end since we made it: again.
+            if fs::symlink_metadata(&dir).is_err() {
+                continue;
+            }
+            return Err(Refused::Unsafe(e));
+        }
         sweep(&dir, key);
         let path = dir.join(key);
         let file = match fs::OpenOptions::new()
@@ -108,7 +126,15 @@ fn take_in(base: &Path, key: &str) -> Result<Lock, Refused> {
             }
         };
         if file.try_lock().is_err() {
-            return Err(Refused::Held(holder(&file)));
+            match holder(&file) {
+                // No pid (yet): another run's sweep holds it for a moment,
+                // or its taker has not written its pid: look again.
+                None if attempt + 1 < ATTEMPTS => {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                    continue;
+                }
+                pid => return Err(Refused::Held(pid)),
+            }
         }
         // The file may have been removed by the run that held it, between
         // our open and our lock: then this lock guards nothing.
@@ -172,6 +198,7 @@ impl Lock {
 
 impl Drop for Lock {
     fn drop(&mut self) {
+        let _one = one_at_a_time();
         // Removed while still held, so no other run can have taken it.
         let _ = fs::remove_file(&self.path);
         if let Some(dir) = self.path.parent() {
@@ -184,6 +211,26 @@ impl Drop for Lock {
 mod tests {
     use super::*;
     use std::os::fd::AsRawFd;
+
+    /// The threads of a `--jobs` run take and drop locks of their own
+    /// transfers at the same time: none is ever refused.
+    #[test]
+    fn threads_of_one_run_never_see_each_others_locks_as_held() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::thread::scope(|s| {
+            for t in 0..8 {
+                let base = tmp.path();
+                s.spawn(move || {
+                    for i in 0..200 {
+                        let key = format!("{t:x}{i:03x}");
+                        let lock =
+                            take_in(base, &key).unwrap_or_else(|e| panic!("{key} refused: {e:?}"));
+                        drop(lock);
+                    }
+                });
+            }
+        });
+    }
 
     #[test]
     fn one_run_holds_a_transfer_and_leaves_nothing_behind() {
