@@ -18,14 +18,15 @@ use syncoid_rsync_core::argv::{self, PipeOpts, Receive, SendWhat, Tools};
 use syncoid_rsync_core::inventory::{Inventory, Snap};
 use syncoid_rsync_core::plan::{self, Conflict, Input, Plan, Rollback, Side, Step, TargetState};
 use syncoid_rsync_core::shell;
-use syncoid_rsync_core::syncsnap;
 
 mod error;
 mod jobs;
 mod steps;
+mod sync_snap;
 use crate::rsync::dataset::reattach;
 pub(crate) use error::DsError;
 use steps::{delete_target_snapshots, run_step};
+use sync_snap::{fresh_sync_name, skipped, snapshot_together};
 
 /// A run-level failure: nothing (more) can be done.
 #[derive(Debug)]
@@ -84,8 +85,8 @@ pub(crate) struct Run<'a> {
     pub(crate) tools: Tools,
     pub(crate) busy: Vec<String>,
     /// --rsync: the syncoid-rsync binary on (source, target), found or
-    /// copied once per run; forgotten after an agent was gone (its host
-    /// may have restarted and lost its /tmp).
+    /// copied once per run; checked again after an agent was gone (its
+    /// host may have restarted and lost its /tmp).
     pub(crate) exes: Mutex<Option<Exes>>,
     /// --rsync: an agent was gone since: check the binary is still there.
     pub(crate) exes_check: std::sync::atomic::AtomicBool,
@@ -411,80 +412,6 @@ pub fn run(s: &Settings) -> Result<Summary, Fatal> {
     Ok(summary)
 }
 
-/// What became of one dataset: its outcome (the metrics' word) and the
-/// error, if any.
-fn outcome(
-    ctx: &Ctx,
-    src_fs: &str,
-    dst_fs: &str,
-    r: Result<Outcome, DsError>,
-) -> Result<(&'static str, Option<String>), Fatal> {
-    let out = &ctx.out;
-    Ok(match r {
-        Ok(Outcome::Replicated) => ("replicated", None),
-        Ok(Outcome::UpToDate) => ("up_to_date", None),
-        Ok(Outcome::Skipped) => ("skipped", None),
-        Ok(Outcome::Busy) => ("busy", None),
-        Err(DsError::Busy(why)) => {
-            out.warn(&format!(
-                "Cannot sync now: {dst_fs} is being replicated from {src_fs} by another syncoid-rsync --rsync run: {why}. Leaving the transfer to it."
-            ));
-            ("busy", None)
-        }
-        Err(DsError::CannotRun(e)) => {
-            // Found before the first change; the same for every dataset.
-            return Err(fatal(
-                exit::UNAVAILABLE,
-                format!("pre-flight failed:\n  {}", e.replace('\n', "\n  ")),
-            ));
-        }
-        Err(e) if e.link_lost() => {
-            out.critical(&format!(
-                "{src_fs} -> {dst_fs}: {e}\n  the link was lost: a later run goes on from where this one stopped"
-            ));
-            ("link_lost", Some(e.to_string()))
-        }
-        Err(e) => {
-            out.critical(&format!("{} -> {}: {e}", src_fs, dst_fs));
-            ("failed", Some(e.to_string()))
-        }
-    })
-}
-
-/// One dataset of the plan, start to end: its outcome for the summary.
-fn one(
-    run: &Run,
-    item: &jobs::Item,
-    (src_inv, dst_inv): (&Inventory, Option<&Inventory>),
-) -> Result<crate::metrics::Dataset, Fatal> {
-    let ctx = Ctx::new(run);
-    let s = run.s;
-    let (src_fs, dst_fs) = (item.src_fs.as_str(), item.dst_fs.as_str());
-    let src = view(Some(src_inv), src_fs);
-    let dst = view(dst_inv, dst_fs);
-    let t = std::time::Instant::now();
-    let r = sync_dataset(&ctx, src_fs, dst_fs, item.origin.clone(), src, dst);
-    let (status, error) = outcome(&ctx, src_fs, dst_fs, r)?;
-    ctx.progress.json(
-        "dataset_done",
-        serde_json::json!({
-            "source": src_fs, "target": dst_fs, "status": status, "error": error,
-            "bytes": ctx.bytes.get(),
-            "seconds": (t.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
-        }),
-    );
-    Ok(crate::metrics::Dataset {
-        source: location_of(&s.source_host, src_fs),
-        target: location_of(&s.target_host, dst_fs),
-        outcome: status,
-        // Counted with --rsync, or by standard mode's meter.
-        bytes: (s.args.rsync || ctx.metered()).then(|| ctx.bytes.get()),
-        seconds: t.elapsed().as_secs_f64(),
-        reconnects: ctx.reconnects.get(),
-        resent_bytes: ctx.resent.get(),
-    })
-}
-
 /// `host:fs`, or `fs` on this machine (as the user wrote SOURCE/TARGET).
 fn location_of(host: &Host, fs: &str) -> String {
     match host {
@@ -498,21 +425,6 @@ enum Outcome {
     UpToDate,
     Skipped,
     Busy,
-}
-
-fn now_local() -> syncsnap::LocalTime {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
-    let t = now as libc::time_t;
-    // SAFETY: localtime_r fills the tm we own from a valid time_t.
-    let offset = unsafe {
-        let mut tm: libc::tm = std::mem::zeroed();
-        libc::localtime_r(&t, &mut tm);
-        tm.tm_gmtoff as i32
-    };
-    syncsnap::local_time(now, offset)
 }
 
 fn sync_dataset(
@@ -720,100 +632,6 @@ fn plan_input(
         new_sync_snap: (!s.args.no_sync_snap)
             .then(|| fresh_sync_name(ctx, src_fs, src))
             .filter(|n| s.snap_included(n)),
-    }
-}
-
-/// Why a dataset is left out (its `syncoid:sync` property), in syncoid's
-/// words; None when it is replicated.
-fn skipped(s: &Settings, src_fs: &str, src: &View) -> Option<String> {
-    match src.sync.as_deref() {
-        None | Some("true") | Some("-") | Some("") => None,
-        Some("false") => Some(format!(
-            "Skipping dataset (syncoid:sync=false): {src_fs}..."
-        )),
-        Some(hosts) => (!hosts.split(',').any(|h| h == s.hostname)).then(|| {
-            format!(
-                "Skipping dataset (syncoid:sync doesn't include {}): {src_fs}...",
-                s.hostname
-            )
-        }),
-    }
-}
-
-/// `--atomic-sync-snap`: one sync snapshot for every dataset of the plan
-/// that gets one, taken in one `zfs snapshot` call (ZFS takes them in one
-/// transaction group: one instant for the tree). A failure ends the run
-/// before anything was sent.
-fn snapshot_together(
-    run: &Run,
-    items: &[jobs::Item],
-    src_inv: &Inventory,
-) -> Result<Option<(String, BTreeSet<String>)>, Fatal> {
-    let s = run.s;
-    let views: Vec<(&str, View)> = items
-        .iter()
-        .map(|i| (i.src_fs.as_str(), view(Some(src_inv), &i.src_fs)))
-        .filter(|(fs, v)| skipped(s, fs, v).is_none())
-        .collect();
-    let name = loop {
-        let name = syncsnap::name(s.args.identifier.as_deref(), &s.hostname, &now_local());
-        if !views
-            .iter()
-            .any(|(_, v)| v.snaps.iter().any(|x| x.name == name))
-        {
-            break name;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    };
-    if views.is_empty() || !s.snap_included(&name) {
-        return Ok(None);
-    }
-    let snaps: Vec<String> = views.iter().map(|(fs, _)| format!("{fs}@{name}")).collect();
-    let mut args = vec!["snapshot"];
-    args.extend(snaps.iter().map(String::as_str));
-    let ctx = Ctx::new(run);
-    ctx.zfs_run(Side::Source, &args).map_err(|e| {
-        fatal(
-            exit::FAILED,
-            format!("--atomic-sync-snap: cannot take the sync snapshots: {e}"),
-        )
-    })?;
-    run.out.info(&format!(
-        "took sync snapshot {name} of {} datasets at once",
-        snaps.len()
-    ));
-    Ok(Some((
-        name,
-        views.iter().map(|(fs, _)| fs.to_string()).collect(),
-    )))
-}
-
-impl Run<'_> {
-    /// `--atomic-sync-snap`: the sync snapshot already taken for `fs`,
-    /// when the source as last listed does not show it yet.
-    fn taken_together(&self, fs: &str, src: &View) -> Option<&str> {
-        let (name, of) = self.together.as_ref()?;
-        (of.contains(fs) && !src.snaps.iter().any(|x| x.name == *name)).then_some(name.as_str())
-    }
-}
-
-/// The sync snapshot name for now; if the source already has one with that
-/// name (a run within the same second), waits for the next second rather
-/// than fail on `dataset already exists` as syncoid does.
-fn fresh_sync_name(ctx: &Ctx, src_fs: &str, src: &View) -> String {
-    if let Some(name) = ctx.taken_together(src_fs, src) {
-        return name.to_string();
-    }
-    loop {
-        let name = syncsnap::name(
-            ctx.s.args.identifier.as_deref(),
-            &ctx.s.hostname,
-            &now_local(),
-        );
-        if !src.snaps.iter().any(|s| s.name == name) {
-            return name;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(200));
     }
 }
 

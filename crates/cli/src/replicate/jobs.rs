@@ -8,8 +8,10 @@
 
 use std::sync::{Condvar, Mutex};
 
-use super::{lock, one, Fatal, Inventory, Run};
+use super::fatal;
+use super::{location_of, lock, sync_dataset, view, Ctx, DsError, Fatal, Inventory, Outcome, Run};
 use crate::metrics::Dataset;
+use crate::output::exit;
 
 /// One dataset of the plan.
 pub(crate) struct Item {
@@ -138,6 +140,80 @@ pub(crate) fn run_all(
         return Err(f);
     }
     Ok(b.results.into_iter().flatten().collect())
+}
+
+/// What became of one dataset: its outcome (the metrics' word) and the
+/// error, if any.
+fn outcome(
+    ctx: &Ctx,
+    src_fs: &str,
+    dst_fs: &str,
+    r: Result<Outcome, DsError>,
+) -> Result<(&'static str, Option<String>), Fatal> {
+    let out = &ctx.out;
+    Ok(match r {
+        Ok(Outcome::Replicated) => ("replicated", None),
+        Ok(Outcome::UpToDate) => ("up_to_date", None),
+        Ok(Outcome::Skipped) => ("skipped", None),
+        Ok(Outcome::Busy) => ("busy", None),
+        Err(DsError::Busy(why)) => {
+            out.warn(&format!(
+                "Cannot sync now: {dst_fs} is being replicated from {src_fs} by another syncoid-rsync --rsync run: {why}. Leaving the transfer to it."
+            ));
+            ("busy", None)
+        }
+        Err(DsError::CannotRun(e)) => {
+            // Found before the first change; the same for every dataset.
+            return Err(fatal(
+                exit::UNAVAILABLE,
+                format!("pre-flight failed:\n  {}", e.replace('\n', "\n  ")),
+            ));
+        }
+        Err(e) if e.link_lost() => {
+            out.critical(&format!(
+                "{src_fs} -> {dst_fs}: {e}\n  the link was lost: a later run goes on from where this one stopped"
+            ));
+            ("link_lost", Some(e.to_string()))
+        }
+        Err(e) => {
+            out.critical(&format!("{} -> {}: {e}", src_fs, dst_fs));
+            ("failed", Some(e.to_string()))
+        }
+    })
+}
+
+/// One dataset of the plan, start to end: its outcome for the summary.
+fn one(
+    run: &Run,
+    item: &Item,
+    (src_inv, dst_inv): (&Inventory, Option<&Inventory>),
+) -> Result<crate::metrics::Dataset, Fatal> {
+    let ctx = Ctx::new(run);
+    let s = run.s;
+    let (src_fs, dst_fs) = (item.src_fs.as_str(), item.dst_fs.as_str());
+    let src = view(Some(src_inv), src_fs);
+    let dst = view(dst_inv, dst_fs);
+    let t = std::time::Instant::now();
+    let r = sync_dataset(&ctx, src_fs, dst_fs, item.origin.clone(), src, dst);
+    let (status, error) = outcome(&ctx, src_fs, dst_fs, r)?;
+    ctx.progress.json(
+        "dataset_done",
+        serde_json::json!({
+            "source": src_fs, "target": dst_fs, "status": status, "error": error,
+            "bytes": ctx.bytes.get(),
+            "seconds": (t.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
+        }),
+    );
+    Ok(crate::metrics::Dataset {
+        source: location_of(&s.source_host, src_fs),
+        target: location_of(&s.target_host, dst_fs),
+        outcome: status,
+        // Counted with --rsync, or by standard mode's meter.
+        bytes: (s.args.rsync || ctx.metered()).then(|| ctx.bytes.get()),
+        seconds: t.elapsed().as_secs_f64(),
+        reconnects: ctx.reconnects.get(),
+        resent_bytes: ctx.resent.get(),
+    })
 }
 
 #[cfg(test)]
