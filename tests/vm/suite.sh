@@ -247,6 +247,32 @@ t_rsync_jobs_coordinator_killed() {
   for i in 1 2 3; do same_data "vsrc/rj/d$i" "vdst/rj/d$i"; same_guids "vsrc/rj/d$i" "vdst/rj/d$i"; done
   wait_for 10 '[ "$(agents)" = 0 ]'; no_sessions
 }
+# -r --rsync --jobs 2 to this host through sshd: each thread starts its
+# transfers' agents through one host agent (`agent host`, one ssh session)
+# instead of an ssh session each; the host agents killed while two 20 MB
+# datasets are in flight end no transfer (each goes on over a bridge of
+# its own, none starts over), and none is left after the run.
+t_rsync_tree_host_agent() {
+  mkdir -p /root/.ssh; chmod 700 /root/.ssh
+  [ -f /root/.ssh/id_vm ] || ssh-keygen -q -t ed25519 -N '' -f /root/.ssh/id_vm
+  grep -qF "$(cat /root/.ssh/id_vm.pub)" /root/.ssh/authorized_keys 2>/dev/null || cat /root/.ssh/id_vm.pub >> /root/.ssh/authorized_keys
+  zfs create vsrc/rh; zfs snapshot vsrc/rh@s1
+  local i
+  for i in 1 2 3 4; do zfs create "vsrc/rh/d$i"; rand "/vsrc/rh/d$i/big" 20000000; zfs snapshot "vsrc/rh/d$i@s1"; done
+  echo "+ syncoid-rsync -r --rsync --jobs=2 ... root@localhost:vdst/rh (host agents killed)"
+  "$SR" -r --rsync --jobs=2 --compress=none --source-bwlimit=8M --no-sync-snap --link-timeout=3s \
+    --sshkey /root/.ssh/id_vm --sshoption StrictHostKeyChecking=accept-new vsrc/rh root@localhost:vdst/rh &
+  local pid=$!
+  wait_for 30 '[ "$(agents)" -ge 4 ]'; sleep 2
+  pgrep -f 'syncoid-rsync agent host' >/dev/null || { echo "no host agent runs"; return 1; }
+  pkill -9 -f 'syncoid-rsync agent host'
+  wait "$pid"
+  grep -q "link to the agents lost" "$log"
+  ! grep -q "Resuming interrupted" "$log"
+  for i in 1 2 3 4; do same_data "vsrc/rh/d$i" "vdst/rh/d$i"; same_guids "vsrc/rh/d$i" "vdst/rh/d$i"; done
+  wait_for 10 '[ "$(agents)" = 0 ]'; no_sessions
+  wait_for 10 '! pgrep -f "syncoid-rsync agent host" >/dev/null'
+}
 t_rsync_receiver_killed() {
   zfs create vsrc/rr; rand /vsrc/rr/big 40000000; zfs snapshot vsrc/rr@s1
   local args=(--rsync --compress=none --source-bwlimit=4M --no-sync-snap vsrc/rr vdst/rr)
@@ -344,6 +370,7 @@ case_ rsync_coordinator_killed t_rsync_coordinator_killed
 case_ rsync_receiver_killed t_rsync_receiver_killed
 case_ jobs_tree_atomic t_jobs_tree_atomic
 case_ rsync_jobs_coordinator_killed t_rsync_jobs_coordinator_killed
+case_ rsync_tree_host_agent t_rsync_tree_host_agent
 case_ rsync_receiver_gone_in_run t_rsync_receiver_gone_in_run
 case_ sudo_zfs_only_user t_sudo_zfs_only_user
 case_ deb_package t_deb_package

@@ -164,6 +164,11 @@ pub fn use_master(n: usize) {
     MASTERS.fetch_max(n, std::sync::atomic::Ordering::Relaxed);
 }
 
+/// Which master this thread's remote commands use (`use_master`).
+pub fn master() -> usize {
+    MASTER.with(|m| m.get())
+}
+
 /// The ssh option that picks master `n` (none for the first: the base
 /// options name its path).
 fn master_path(ssh: &SshConfig, n: usize) -> Option<String> {

@@ -36,7 +36,7 @@ static WAKE: AtomicI32 = AtomicI32::new(-1);
 /// transfers).
 pub fn doing(d: Option<Doing>) {
     let me = std::thread::current().id();
-    let mut all = DOING.lock().unwrap_or_else(|e| e.into_inner());
+    let mut all = crate::lock(&DOING);
     all.retain(|(t, _)| *t != me);
     all.extend(d.map(|d| (me, d)));
 }
@@ -88,7 +88,7 @@ extern "C" fn on_signal(sig: libc::c_int) {
 /// directories to remove. The message is printed under --quiet too: it
 /// says why the run ended.
 pub fn install(hosts: Vec<Host>) {
-    *HOSTS.lock().unwrap_or_else(|e| e.into_inner()) = hosts;
+    *crate::lock(&HOSTS) = hosts;
     let mut fds = [0; 2];
     // SAFETY: pipe2 fills the two fds we pass.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
@@ -106,7 +106,7 @@ pub fn install(hosts: Vec<Host>) {
         } else {
             "SIGTERM"
         };
-        let all = DOING.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let all = crate::lock(&DOING).clone();
         crate::progress::over_the_line(|| {
             if all.is_empty() {
                 eprintln!("\nsyncoid-rsync: {}", message(name, None));
@@ -115,7 +115,7 @@ pub fn install(hosts: Vec<Host>) {
                 eprintln!("\nsyncoid-rsync: {}", message(name, Some(d)));
             }
         });
-        crate::host::close_all(&HOSTS.lock().unwrap_or_else(|e| e.into_inner()));
+        crate::host::close_all(&crate::lock(&HOSTS));
         crate::log_rusage("coordinator");
         std::process::exit(128 + sig);
     });

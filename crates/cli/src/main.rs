@@ -84,6 +84,12 @@ fn write_metrics(
     }
 }
 
+/// Locks a mutex whose holder may have panicked (its data stays usable:
+/// every holder leaves it whole between statements).
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn main() {
     output::mark_start();
     // Before any thread exists (set_var is not thread-safe): zfs is found

@@ -327,7 +327,7 @@ static TERMINAL: Mutex<()> = Mutex::new(());
 /// Writes a message with `write` where a progress line may stand on the
 /// terminal: the line is cleared first (the next update draws it again).
 pub fn over_the_line(write: impl FnOnce()) {
-    let _t = TERMINAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _t = crate::lock(&TERMINAL);
     if BAR_DRAWN.swap(false, Ordering::Relaxed) {
         eprint!("\r\x1b[K");
     }
@@ -337,7 +337,7 @@ pub fn over_the_line(write: impl FnOnce()) {
 /// Leaves the progress line as it stands: the terminal's next line
 /// starts below it.
 fn end_line() {
-    let _t = TERMINAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _t = crate::lock(&TERMINAL);
     if BAR_DRAWN.swap(false, Ordering::Relaxed) {
         eprintln!();
     }
@@ -345,7 +345,7 @@ fn end_line() {
 
 /// Draws the progress line in place.
 fn draw_line(line: &str) {
-    let _t = TERMINAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _t = crate::lock(&TERMINAL);
     eprint!("\r{line}\x1b[K");
     let _ = std::io::stderr().flush();
     BAR_DRAWN.store(true, Ordering::Relaxed);
@@ -387,7 +387,7 @@ impl Progress {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        crate::lock(&self.state)
     }
 
     /// One line for all streams: several datasets at once, shown on a

@@ -133,11 +133,6 @@ impl<'a> Ctx<'a> {
     }
 }
 
-/// Locks a mutex whose holder may have panicked (its data stays usable).
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// The live agents on a host.
 pub(crate) type AgentList = Vec<crate::preflight::LiveAgent>;
 
@@ -371,7 +366,13 @@ pub fn run(s: &Settings) -> Result<Summary, Fatal> {
         run.together = snapshot_together(&run, &pairs, &src_inv)?;
     }
     let inventories = (&src_inv, dst_inv.as_ref());
+    if s.args.rsync && pairs.len() > 1 && !s.args.dry_run {
+        // A tree: each thread starts its transfers through one agent per
+        // remote host instead of an ssh session each.
+        crate::rsync::coordinator::hosted::enable(&s.timing);
+    }
     let done = jobs::run_all(&run, &pairs, inventories);
+    crate::rsync::coordinator::hosted::close_all();
     if run.remove_copies() {
         out.debug("copied binaries removed");
     }

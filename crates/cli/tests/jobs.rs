@@ -489,3 +489,129 @@ fn more_jobs_than_sshds_sessions_per_connection_all_arrive() {
         assert_eq!(far.files(&dst), local.files(&src), "{src}");
     }
 }
+
+/// An ssh in front of the real one that notes each call's arguments.
+const LOGGING_SSH: &str = r#"#!/bin/sh
+echo "$*" >> "$(dirname "$0")/state/calls"
+exec /usr/bin/ssh "$@"
+"#;
+
+/// pids of the processes whose command line holds `needle`.
+fn procs_with(needle: &str) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
+        .filter(|p| {
+            let cmd = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+            String::from_utf8_lossy(&cmd)
+                .replace('\0', " ")
+                .contains(needle)
+        })
+        .collect()
+}
+
+/// The far host's agents of a tree run: `agent host` processes run from
+/// the copy of the binary in its tmp.
+fn host_agents(far: &Host) -> Vec<i32> {
+    procs_with(&format!("{}/syncoid-rsync-bin.", far.tmp().display()))
+        .into_iter()
+        .filter(|p| {
+            let cmd = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+            String::from_utf8_lossy(&cmd).contains("agent\0host")
+        })
+        .collect()
+}
+
+/// A tree's transfers are started through one agent per thread on the
+/// far host (`agent host`, one ssh session), not an ssh session each:
+/// no ssh call starts an agent, at most one host agent per thread was
+/// started, the whole tree took fewer ssh calls than it has datasets,
+/// everything arrived, and no host agent is left.
+#[test]
+fn a_tree_starts_its_far_agents_through_one_host_agent_per_thread() {
+    let local = Host::new(&["src"]);
+    let far = Host::new(&["far"]);
+    let sshd = Sshd::start(&far);
+    let (_r1, _r2) = (Reaper(&local), Reaper(&far));
+    let made = tree(&local, 18, "3M");
+    let (wrap, path) = wrapped_ssh(&local, "logging-ssh", LOGGING_SSH);
+    let ssh = sshd.syncoid_args();
+    let mut args: Vec<&str> = vec!["-r", "--rsync", "--jobs=2", "--no-sync-snap"];
+    args.extend(ssh.iter().map(String::as_str));
+    args.extend(["src/tree", "root@127.0.0.1:far/tree"]);
+    let (code, out, err) = finish(spawn(&local, &args, &[("PATH", path.as_str())]));
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_tree_arrived(&local, &far, &made, "far/tree");
+    assert_fed_once(&far);
+    let calls = std::fs::read_to_string(wrap.join("state/calls")).unwrap();
+    let sessions: Vec<&str> = calls.lines().filter(|l| !l.contains(" -O ")).collect();
+    assert!(
+        !calls.contains("agent start"),
+        "an agent started by an ssh session of its own:\n{calls}"
+    );
+    let hosts = calls.matches("agent host").count();
+    assert!((1..=2).contains(&hosts), "{hosts} host agents:\n{calls}");
+    assert!(
+        sessions.len() < made.len(),
+        "{} ssh calls for {} datasets:\n{calls}",
+        sessions.len(),
+        made.len() + 1
+    );
+    wait_until("the host agents to end", 10, || {
+        host_agents(&far).is_empty()
+    });
+    assert!(agent_pids(&local).is_empty() && agent_pids(&far).is_empty());
+    assert_eq!(far.tmp_entries(), Vec::<String>::new());
+    assert_eq!(local.tmp_entries(), Vec::<String>::new());
+}
+
+/// The far host's agent killed while big transfers go through it: each
+/// transfer it carried goes on over a bridge of its own from where it was
+/// (none starts over), the datasets after it get a new host agent, and
+/// everything arrives, each byte fed once, nothing left.
+#[test]
+fn a_killed_host_agent_ends_no_transfer() {
+    let local = Host::new(&["src"]);
+    let far = Host::new(&["far"]);
+    let sshd = Sshd::start(&far);
+    let (_r1, _r2) = (Reaper(&local), Reaper(&far));
+    let made = tree(&local, 20, "12M");
+    let ssh = sshd.syncoid_args();
+    let mut args: Vec<&str> = vec![
+        "-r",
+        "--rsync",
+        "--jobs=2",
+        "--no-sync-snap",
+        "--chunk-size=256K",
+        "--link-timeout=2s",
+    ];
+    args.extend(ssh.iter().map(String::as_str));
+    args.extend(["src/tree", "root@127.0.0.1:far/tree"]);
+    let child = spawn(&local, &args, &[("FAKEZFS_SEND_RATE", "8M")]);
+    wait_until("a big receive under way", 60, || {
+        big_receiver(&far).is_some() && receiving_now(&far) >= 2 << 20
+    });
+    let hosts = host_agents(&far);
+    assert!(!hosts.is_empty(), "no host agent runs");
+    for p in hosts {
+        kill(p, 9);
+    }
+    let (code, out, err) = finish(child);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(err.contains("link to the agents lost"), "{err}");
+    assert_tree_arrived(&local, &far, &made, "far/tree");
+    assert_fed_once(&far);
+    let receives = far
+        .log()
+        .iter()
+        .filter(|e| e["argv"][0] == "receive")
+        .count();
+    assert_eq!(receives, made.len() + 1, "a transfer started over");
+    wait_until("the host agents to end", 10, || {
+        host_agents(&far).is_empty()
+    });
+    assert!(agent_pids(&local).is_empty() && agent_pids(&far).is_empty());
+    assert_eq!(far.tmp_entries(), Vec::<String>::new());
+    assert_eq!(local.tmp_entries(), Vec::<String>::new());
+}

@@ -357,6 +357,9 @@ impl W {
     fn i32(&mut self, v: i32) {
         self.0.extend_from_slice(&v.to_be_bytes());
     }
+    fn u32(&mut self, v: u32) {
+        self.0.extend_from_slice(&v.to_be_bytes());
+    }
     fn bytes(&mut self, b: &[u8]) {
         self.0.extend_from_slice(&(b.len() as u32).to_be_bytes());
         self.0.extend_from_slice(b);
@@ -518,6 +521,11 @@ impl<'a> R<'a> {
     fn u64(&mut self) -> Result<u64, WireError> {
         Ok(u64::from_be_bytes(
             self.take(8)?.try_into().expect("8 bytes"),
+        ))
+    }
+    fn u32(&mut self) -> Result<u32, WireError> {
+        Ok(u32::from_be_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
         ))
     }
     fn i32(&mut self) -> Result<i32, WireError> {
@@ -722,6 +730,8 @@ pub fn decode_frames(bytes: &[u8]) -> Result<Option<Msg>, WireError> {
     d.push(bytes);
     d.next_msg()
 }
+
+pub mod mux;
 
 #[cfg(test)]
 mod tests;

@@ -9,7 +9,8 @@
 use std::sync::{Condvar, Mutex};
 
 use super::fatal;
-use super::{location_of, lock, sync_dataset, view, Ctx, DsError, Fatal, Inventory, Outcome, Run};
+use super::{location_of, sync_dataset, view, Ctx, DsError, Fatal, Inventory, Outcome, Run};
+use crate::lock;
 use crate::metrics::Dataset;
 use crate::output::exit;
 

@@ -18,6 +18,7 @@ use super::session::{self, Marker};
 use syncoid_rsync_core::session::coordinator::{Timing, DEFAULT_STALL};
 use syncoid_rsync_core::wire::{self, Msg, Owner, Role};
 
+mod host;
 mod receiving;
 mod sending;
 mod serving;
@@ -51,7 +52,7 @@ pub struct StartOpts {
 fn usage() -> ! {
     eprintln!(
         "usage: syncoid-rsync agent start send|receive --key KEY --timeout SECS [--link-timeout MS] [--window BYTES] [--attach] [--chunk-size N] [--spool-size N] [--compress-level N] [--bwlimit BYTES/S] -- ZFS-ARGV...\n\
-         \x20      syncoid-rsync agent bridge DIR | list | stop DIR [--owner DOMAIN:RUN:LABEL] | sweep"
+         \x20      syncoid-rsync agent bridge DIR | host --idle SECS | list | stop DIR [--owner DOMAIN:RUN:LABEL] | sweep"
     );
     std::process::exit(64);
 }
@@ -69,6 +70,7 @@ pub fn main(args: &[String]) -> i32 {
             None => usage(),
         },
         Some("bridge") if args.len() == 2 => bridge(&args[1]),
+        Some("host") => host::main(&args[1..]),
         Some("list") => {
             for agent in session::listed() {
                 println!("{}", serde_json::to_string(&agent).expect("json"));

@@ -7,6 +7,7 @@
 //! passes without progress.
 
 mod conn;
+pub mod hosted;
 mod setup;
 
 use conn::*;

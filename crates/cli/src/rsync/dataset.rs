@@ -7,9 +7,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::host::{at_once, Host};
 use crate::interrupt;
+use crate::lock;
 use crate::output::readable;
 use crate::preflight::Binary;
-use crate::replicate::{lock, AgentList, Ctx, DsError, Exes, Run};
+use crate::replicate::{AgentList, Ctx, DsError, Exes, Run};
 use crate::rsync::coordinator::{self, Agent, AgentOpts, Opened, Retry};
 use crate::rsync::coordinator::{Ended, SetupFailed};
 use syncoid_rsync_core::wire::Role;

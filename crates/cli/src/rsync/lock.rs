@@ -43,7 +43,7 @@ pub enum Refused {
 /// another thread's making it and locking a file in it.
 fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
     static TAKING: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    TAKING.lock().unwrap_or_else(|e| e.into_inner())
+    crate::lock(&TAKING)
 }
 
 fn dir_in(base: &Path) -> PathBuf {

@@ -7,6 +7,7 @@ pub mod dataset;
 pub mod feed;
 pub mod link;
 pub mod lock;
+pub mod mux;
 pub mod relay;
 pub mod session;
 

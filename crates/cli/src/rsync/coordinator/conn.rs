@@ -175,19 +175,15 @@ pub(super) fn open(a: &Agent, via: Via) -> Result<Opened, String> {
         Host::Local => {
             let s = UnixStream::connect(format!("{}/sock", a.dir))
                 .map_err(|e| format!("connect {}: {e}", a.dir))?;
-            let fd = |s: &UnixStream| -> Result<File, String> {
-                Ok(File::from(OwnedFd::from(
-                    s.try_clone().map_err(|e| e.to_string())?,
-                )))
-            };
-            Ok(Opened {
-                r: fd(&s)?,
-                w: fd(&s)?,
-                child: None,
-                sock: Some(s),
-            })
+            socket_ends(s)
         }
         remote => {
+            if let Via::Master = via {
+                // Through this thread's agent on the host, if it has one.
+                if let Some(h) = super::hosted::get(remote, &a.exe) {
+                    return h.attach(&a.dir);
+                }
+            }
             let argv = vec![
                 a.exe.clone(),
                 "agent".into(),
@@ -208,6 +204,22 @@ pub(super) fn open(a: &Agent, via: Via) -> Result<Opened, String> {
             Ok(ssh_ends(c))
         }
     }
+}
+
+/// A unix socket as a connection's ends: a local agent's, or the
+/// coordinator's end of a host agent's channel.
+pub(super) fn socket_ends(s: UnixStream) -> Result<Opened, String> {
+    let fd = |s: &UnixStream| -> Result<File, String> {
+        Ok(File::from(OwnedFd::from(
+            s.try_clone().map_err(|e| e.to_string())?,
+        )))
+    };
+    Ok(Opened {
+        r: fd(&s)?,
+        w: fd(&s)?,
+        child: None,
+        sock: Some(s),
+    })
 }
 
 /// The widened pipes of an ssh child as a connection's ends.

@@ -276,6 +276,17 @@ pub(super) fn start_agent(a: &Start, via: Via) -> Result<(String, Option<Opened>
         }
         return Ok((dir, None));
     }
+    if let (Via::Master, Some(h)) = (via, hosted::get(host, exe)) {
+        // Started by this thread's agent on the host: no ssh session.
+        let mut args = argv[3..].to_vec();
+        args.push("--".into());
+        args.extend(zfs_argv.iter().cloned());
+        let (dir, first) = h.start_agent(args).map_err(|e| match e {
+            SetupError::Failed(e) => SetupError::Failed(format!("{what} failed: {e}")),
+            SetupError::Link(e) => SetupError::Link(format!("{what}: {e}")),
+        })?;
+        return Ok((dir, Some(first)));
+    }
     argv.push("--attach".into());
     argv.push("--".into());
     argv.extend(zfs_argv.iter().cloned());
