@@ -226,6 +226,13 @@ t_jobs_tree_atomic() {
   rand /vsrc/jt/d5/more 500000
   sr -r --jobs=20 vsrc/jt vdst/jt
   same_data vsrc/jt/d5 vdst/jt/d5
+  # The first run's sync snapshots were pruned at the end of the second,
+  # in one call per host: each dataset keeps only its newest, both sides.
+  local fs n
+  for fs in $(zfs list -H -o name -r vsrc/jt) $(zfs list -H -o name -r vdst/jt); do
+    n=$(zfs list -H -t snapshot -o name -d 1 "$fs" | grep -c '@syncoid_' || true)
+    [ "$n" = 1 ] || { echo "$fs has $n sync snapshots"; return 1; }
+  done
 }
 # -r --rsync --jobs 3: the coordinator killed while three 20 MB datasets are
 # in flight; the same command again re-attaches to every transfer and none

@@ -34,6 +34,31 @@ pub fn inventory(
 /// Ends each part of a combined listing on stdout (with the part's exit
 /// status) and on stderr. No line of `zfs list -H` starts with `#`.
 const PART: &str = "#syncoid-rsync-part";
+
+/// What a script runs after each of its parts: the part's exit status on
+/// stdout and a mark on stderr, so one call's output is told apart by
+/// part (`parts`).
+pub(crate) fn part_end() -> String {
+    format!("printf '\\n{PART} %s\\n' $?; echo '{PART}' >&2")
+}
+
+/// Each part's exit status and stderr, from what a script of `n` parts,
+/// each followed by `part_end`, printed; None for a part it did not
+/// finish (the shell or the connection ended first).
+pub(crate) fn parts(n: usize, stdout: &str, stderr: &str) -> Vec<Option<(i32, String)>> {
+    let statuses: Vec<Option<i32>> = stdout
+        .split(PART_OUT)
+        .skip(1)
+        .map(|p| p.split('\n').next().and_then(|c| c.trim().parse().ok()))
+        .collect();
+    let errs: Vec<&str> = stderr.split(PART_ERR).collect();
+    (0..n)
+        .map(|i| {
+            let status = statuses.get(i).copied().flatten()?;
+            Some((status, errs.get(i).unwrap_or(&"").to_string()))
+        })
+        .collect()
+}
 const PART_OUT: &str = "\n#syncoid-rsync-part ";
 const PART_ERR: &str = "#syncoid-rsync-part\n";
 
@@ -95,7 +120,7 @@ impl Listing {
     }
 
     pub fn script(&self) -> String {
-        let end = format!("printf '\\n{PART} %s\\n' $?; echo '{PART}' >&2");
+        let end = part_end();
         let mut script = format!(
             "{}; {end}; {}; {end}",
             shell::join(&self.ds_argv),

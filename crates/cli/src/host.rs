@@ -347,6 +347,13 @@ impl Host {
         self.run_as(&[argv.to_vec()], &crate::again::Kind::Read)
     }
 
+    /// Runs a script of changes that each end in the same state when run
+    /// twice (the caller takes their "already done" refusals as success):
+    /// in --rsync mode it is tried again when its connection fails.
+    pub fn run_repeatable(&self, argv: &[String]) -> Result<Output, CmdError> {
+        self.run_as(&[argv.to_vec()], &crate::again::Kind::Change(&[]))
+    }
+
     fn run_as(
         &self,
         stages: &[Vec<String>],

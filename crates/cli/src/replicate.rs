@@ -21,6 +21,7 @@ use syncoid_rsync_core::shell;
 
 mod error;
 mod jobs;
+mod later;
 mod steps;
 mod sync_snap;
 use crate::rsync::dataset::reattach;
@@ -103,6 +104,9 @@ pub(crate) struct Run<'a> {
     /// `--atomic-sync-snap`: the sync snapshot taken for all these
     /// datasets at once, before the first send.
     pub(crate) together: Option<(String, BTreeSet<String>)>,
+    /// A tree's run: prunes wait for its end (`later`), to be made in one
+    /// call per host. None: each dataset prunes after its transfer.
+    pub(crate) later: Option<Mutex<Vec<later::Prune>>>,
 }
 
 /// One dataset's view of the run, with its own counters.
@@ -345,6 +349,7 @@ pub fn run(s: &Settings) -> Result<Summary, Fatal> {
         live: Mutex::new(live),
         at_once: s.jobs.clamp(1, pairs.len().max(1)),
         together: None,
+        later: (pairs.len() > 1 && !s.args.dry_run).then(|| Mutex::new(Vec::new())),
     };
     if s.args.dry_run {
         out.plain("DRY RUN: these are the commands a real run would execute; nothing is changed.");
@@ -373,6 +378,10 @@ pub fn run(s: &Settings) -> Result<Summary, Fatal> {
     }
     let done = jobs::run_all(&run, &pairs, inventories);
     crate::rsync::coordinator::hosted::close_all();
+    if let Some(later) = &run.later {
+        let prunes = std::mem::take(&mut *crate::lock(later));
+        later::prune_all(&Ctx::new(&run), prunes);
+    }
     if run.remove_copies() {
         out.debug("copied binaries removed");
     }

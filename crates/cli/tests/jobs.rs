@@ -490,9 +490,11 @@ fn more_jobs_than_sshds_sessions_per_connection_all_arrive() {
     }
 }
 
-/// An ssh in front of the real one that notes each call's arguments.
+/// An ssh in front of the real one that notes each call's arguments, one
+/// line per call.
 const LOGGING_SSH: &str = r#"#!/bin/sh
-echo "$*" >> "$(dirname "$0")/state/calls"
+line=$(printf '%s' "$*" | tr '\n' ' ')
+printf '%s\n' "$line" >> "$(dirname "$0")/state/calls"
 exec /usr/bin/ssh "$@"
 "#;
 
@@ -614,4 +616,61 @@ fn a_killed_host_agent_ends_no_transfer() {
     assert!(agent_pids(&local).is_empty() && agent_pids(&far).is_empty());
     assert_eq!(far.tmp_entries(), Vec::<String>::new());
     assert_eq!(local.tmp_entries(), Vec::<String>::new());
+}
+
+/// A tree's old sync snapshots are pruned at the end of the run, all of a
+/// host's in one call (one ssh session for the remote target, not one per
+/// dataset): after a second run every dataset keeps exactly its newest
+/// sync snapshot on both sides. A prune that fails (a hold on one old
+/// snapshot) is a warning naming that dataset; the others are pruned.
+#[test]
+fn a_trees_prunes_are_one_call_per_host_at_the_end() {
+    let local = Host::new(&["src"]);
+    let far = Host::new(&["far"]);
+    let sshd = Sshd::start(&far);
+    let made = tree(&local, 8, "1M");
+    let (wrap, path) = wrapped_ssh(&local, "logging-ssh", LOGGING_SSH);
+    let ssh = sshd.syncoid_args();
+    let mut args: Vec<&str> = vec!["-r", "--jobs=2", "--identifier=t"];
+    args.extend(ssh.iter().map(String::as_str));
+    args.extend(["src/tree", "root@127.0.0.1:far/tree"]);
+    let run = |what: &str| {
+        let (code, out, err) = finish(spawn(&local, &args, &[("PATH", path.as_str())]));
+        assert_eq!(code, 0, "{what}: {out}\n{err}");
+        (out, err)
+    };
+    run("first");
+    let sync = |h: &Host, fs: &str| -> Vec<String> {
+        h.snapshots(fs)
+            .into_iter()
+            .filter(|s| s.starts_with("syncoid_t_"))
+            .collect()
+    };
+    let first = sync(&far, "far/tree/d3");
+    assert_eq!(first.len(), 1, "{first:?}");
+    // One old sync snapshot on the target held: its prune must fail.
+    far.zfs(&["hold", "keep", &format!("far/tree/d3@{}", first[0])])
+        .ok();
+    std::fs::write(wrap.join("state/calls"), "").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let (out, err) = run("second");
+    let calls = std::fs::read_to_string(wrap.join("state/calls")).unwrap();
+    let destroys = calls.lines().filter(|l| l.contains("destroy")).count();
+    assert_eq!(destroys, 1, "prunes not in one call:\n{calls}");
+    let log = format!("{out}\n{err}");
+    assert!(
+        log.contains("pruning old sync snapshots on the target failed")
+            && log.contains("far/tree/d3@"),
+        "{log}"
+    );
+    for fs in std::iter::once(&"src/tree".to_string()).chain(&made) {
+        let to = fs.replacen("src/tree", "far/tree", 1);
+        let (s, t) = (sync(&local, fs), sync(&far, &to));
+        assert_eq!(s.len(), 1, "{fs}: {s:?}");
+        if to == "far/tree/d3" {
+            assert_eq!(t.len(), 2, "the held one stays: {t:?}");
+        } else {
+            assert_eq!(t, s, "{to}");
+        }
+    }
 }

@@ -71,6 +71,14 @@ pub(super) fn run_step(
             };
             for chunk in snaps.chunks(50) {
                 let target = format!("{fs}@{}", chunk.join(","));
+                if let Some(later) = &ctx.later {
+                    // A tree's prunes go in one call per host at its end.
+                    crate::lock(later).push(super::later::Prune {
+                        side: *side,
+                        argv: ctx.zfs(*side, &["destroy", &target]),
+                    });
+                    continue;
+                }
                 if let Err(e) = ctx.zfs_run(*side, &["destroy", &target]) {
                     out.warn(&format!(
                         "pruning old sync snapshots on the {side} failed: {e}"

@@ -29,11 +29,20 @@ pub(super) fn main(args: &[String]) -> i32 {
         },
         _ => super::usage(),
     };
-    // SAFETY: duplicates of our own stdin and stdout, owned from here on.
+    // Close-on-exec duplicates of our stdin and stdout: the agents we
+    // start must not hold the session open after we end.
+    // SAFETY: new descriptors of our own, owned from here on.
     let (r, w) = unsafe {
+        let (r, w) = (
+            libc::fcntl(0, libc::F_DUPFD_CLOEXEC, 3),
+            libc::fcntl(1, libc::F_DUPFD_CLOEXEC, 3),
+        );
+        if r < 0 || w < 0 {
+            return 1;
+        }
         (
-            File::from(OwnedFd::from_raw_fd(libc::dup(0))),
-            File::from(OwnedFd::from_raw_fd(libc::dup(1))),
+            File::from(OwnedFd::from_raw_fd(r)),
+            File::from(OwnedFd::from_raw_fd(w)),
         )
     };
     crate::transfer::widen_pipe(&r);
