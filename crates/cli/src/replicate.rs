@@ -371,7 +371,10 @@ pub fn run(s: &Settings) -> Result<Summary, Fatal> {
         run.together = snapshot_together(&run, &pairs, &src_inv)?;
     }
     let inventories = (&src_inv, dst_inv.as_ref());
-    if s.args.rsync && pairs.len() > 1 && !s.args.dry_run {
+    // SYNCOID_RSYNC_HOST_AGENT=0 turns them off (a comparison, or a host
+    // where they misbehave).
+    let host_agents = std::env::var_os("SYNCOID_RSYNC_HOST_AGENT").is_none_or(|v| v != "0");
+    if s.args.rsync && pairs.len() > 1 && !s.args.dry_run && host_agents {
         // A tree: each thread starts its transfers through one agent per
         // remote host instead of an ssh session each.
         crate::rsync::coordinator::hosted::enable(&s.timing);

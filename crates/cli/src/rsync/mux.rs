@@ -12,10 +12,13 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::link;
 use crate::lock;
 use syncoid_rsync_core::wire::mux::{self, Control, HEADER, MAX_PIECE};
 
@@ -29,6 +32,9 @@ pub struct Mux {
     channels: Mutex<HashMap<u32, UnixStream>>,
     /// When the connection last brought a piece.
     heard: Mutex<Instant>,
+    /// Whether pieces are spliced from the connection into the channels
+    /// (until the kernel refuses once).
+    splice_in: AtomicBool,
 }
 
 impl Mux {
@@ -37,6 +43,7 @@ impl Mux {
             out: Mutex::new(Some(out)),
             channels: Mutex::new(HashMap::new()),
             heard: Mutex::new(Instant::now()),
+            splice_in: AtomicBool::new(true),
         })
     }
 
@@ -66,18 +73,94 @@ impl Mux {
         Ok(())
     }
 
+    /// Sends what `sock` brings as pieces of `channel` until it closes:
+    /// spliced through a private pipe (the bytes never enter our memory),
+    /// or read and written where the kernel refuses.
     fn pump(&self, channel: u32, mut sock: UnixStream) {
-        let mut buf = vec![0u8; PIECE];
+        let mut via = link::pipe(0).ok();
+        if let Some((_, w)) = &via {
+            crate::transfer::widen_pipe(w);
+        }
+        let mut buf = Vec::new();
         loop {
-            let n = match sock.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
+            let moved = match &via {
+                Some((r, w)) => self.pump_spliced(channel, &sock, r, w),
+                None => {
+                    buf.resize(PIECE, 0);
+                    self.pump_copied(channel, &mut sock, &mut buf)
+                }
             };
-            if self.write(&[&mux::header(channel, n), &buf[..n]]).is_err() {
-                break;
+            match moved {
+                Moved::More => {}
+                Moved::Ended => break,
+                Moved::Refused => via = None,
             }
         }
         self.close(channel);
+    }
+
+    fn pump_copied(&self, channel: u32, sock: &mut UnixStream, buf: &mut [u8]) -> Moved {
+        let n = match sock.read(buf) {
+            Ok(0) | Err(_) => return Moved::Ended,
+            Ok(n) => n,
+        };
+        match self.write(&[&mux::header(channel, n), &buf[..n]]) {
+            Ok(()) => Moved::More,
+            Err(_) => Moved::Ended,
+        }
+    }
+
+    fn pump_spliced(&self, channel: u32, sock: &UnixStream, r: &OwnedFd, w: &OwnedFd) -> Moved {
+        let n = loop {
+            let n = link::splice(sock.as_raw_fd(), w.as_raw_fd(), PIECE, 0);
+            if n >= 0 {
+                break n as usize;
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return if link::refused(&e) {
+                Moved::Refused
+            } else {
+                Moved::Ended
+            };
+        };
+        if n == 0 {
+            return Moved::Ended;
+        }
+        let mut out = lock(&self.out);
+        let Some(out) = out.as_mut() else {
+            return Moved::Ended;
+        };
+        if out.write_all(&mux::header(channel, n)).is_err() {
+            return Moved::Ended;
+        }
+        let mut left = n;
+        while left > 0 {
+            let m = link::splice(r.as_raw_fd(), out.as_raw_fd(), left, 0);
+            if m > 0 {
+                left -= m as usize;
+                continue;
+            }
+            let e = io::Error::last_os_error();
+            if m < 0 && e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            if m < 0 && link::refused(&e) {
+                // A connection the kernel does not splice into: what is
+                // in the pipe is read and written, and so from now on.
+                let mut rest = vec![0u8; left];
+                let Ok(fd) = r.try_clone() else {
+                    return Moved::Ended;
+                };
+                if File::from(fd).read_exact(&mut rest).is_ok() && out.write_all(&rest).is_ok() {
+                    return Moved::Refused;
+                }
+            }
+            return Moved::Ended;
+        }
+        Moved::More
     }
 
     /// Ends `channel` on this side and tells the other (once).
@@ -143,22 +226,65 @@ impl Mux {
     }
 
     /// Moves one piece's `len` bytes from the connection into its
-    /// channel's socket; a channel that is gone (or fails) takes them
-    /// nowhere. Only the connection's own failure is an error.
+    /// channel's socket (spliced where the kernel allows); a channel that
+    /// is gone (or fails) takes them nowhere. Only the connection's own
+    /// failure is an error.
     fn deliver(&self, r: &mut File, channel: u32, len: usize) -> io::Result<()> {
         debug_assert!(len <= MAX_PIECE);
-        let mut buf = vec![0u8; len];
-        r.read_exact(&mut buf)?;
         let sock = lock(&self.channels)
             .get(&channel)
             .and_then(|s| s.try_clone().ok());
-        if let Some(mut s) = sock {
-            if s.write_all(&buf).is_err() {
+        let Some(mut sock) = sock else {
+            return discard(r, len);
+        };
+        let mut left = len;
+        while left > 0 && self.splice_in.load(Ordering::Relaxed) {
+            let m = link::splice(r.as_raw_fd(), sock.as_raw_fd(), left, 0);
+            if m > 0 {
+                left -= m as usize;
+                continue;
+            }
+            if m == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            if link::refused(&e) {
+                self.splice_in.store(false, Ordering::Relaxed);
+                break;
+            }
+            // The channel's socket failed (its agent is gone).
+            self.close(channel);
+            return discard(r, left);
+        }
+        if left > 0 {
+            let mut buf = vec![0u8; left];
+            r.read_exact(&mut buf)?;
+            if sock.write_all(&buf).is_err() {
                 self.close(channel);
             }
         }
         Ok(())
     }
+}
+
+/// What a pump did with one piece.
+enum Moved {
+    More,
+    Ended,
+    /// The kernel refused to splice: read and write from now on.
+    Refused,
+}
+
+/// Reads and drops `len` bytes of the connection.
+fn discard(r: &mut File, len: usize) -> io::Result<()> {
+    let n = io::copy(&mut r.take(len as u64), &mut io::sink())?;
+    if n < len as u64 {
+        return Err(io::ErrorKind::UnexpectedEof.into());
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -215,6 +341,44 @@ mod tests {
         let mut got = [0u8; 10];
         a2.read_exact(&mut got).unwrap();
         assert_eq!(&got, b"still here");
+    }
+
+    /// Two muxes joined by two pipes, as over ssh: pieces are spliced
+    /// both ways, or, where a seccomp filter forbids splicing (a
+    /// container's), read and written; the bytes are the same.
+    #[test]
+    fn over_pipes_channels_carry_their_bytes_spliced_or_not() {
+        for denied in [false, true] {
+            std::thread::spawn(move || {
+                if denied {
+                    crate::rsync::link::tests::deny_splice_on_this_thread();
+                }
+                let (ab_r, ab_w) = link::pipe(0).unwrap();
+                let (ba_r, ba_w) = link::pipe(0).unwrap();
+                let (ma, mb) = (Mux::new(ab_w.into()), Mux::new(ba_w.into()));
+                let (da, db) = (ma.clone(), mb.clone());
+                std::thread::spawn(move || da.demux(ba_r.into(), |_| {}));
+                std::thread::spawn(move || db.demux(ab_r.into(), |_| {}));
+                let (mut a, mut b) = channel(&ma, &mb, 3);
+                let data = syncoid_rsync_core::fuzz::noise(3 << 20, 11);
+                let sent = data.clone();
+                let w = std::thread::spawn(move || a.write_all(&sent).map(|_| a));
+                let mut got = vec![0u8; data.len()];
+                b.read_exact(&mut got).unwrap();
+                assert!(got == data, "a -> b differs (splice denied: {denied})");
+                let mut a = w.join().unwrap().unwrap();
+                let sent = data.clone();
+                let w = std::thread::spawn(move || b.write_all(&sent));
+                a.read_exact(&mut got).unwrap();
+                w.join().unwrap().unwrap();
+                assert!(got == data, "b -> a differs (splice denied: {denied})");
+                for m in [&ma, &mb] {
+                    assert_eq!(m.splice_in.load(Ordering::Relaxed), !denied);
+                }
+            })
+            .join()
+            .unwrap();
+        }
     }
 
     #[test]

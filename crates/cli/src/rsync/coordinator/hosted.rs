@@ -41,9 +41,18 @@ pub struct HostAgent {
     setup: Duration,
 }
 
-/// The run's host agents by (host, ssh master); None: one could not be
-/// started there, so this thread does without.
-type Agents = HashMap<(String, usize), Option<Arc<HostAgent>>>;
+/// One thread's host agent on one host: None until started, or when one
+/// could not be started there (`failed`: the thread does without).
+#[derive(Default)]
+struct Slot {
+    agent: Option<Arc<HostAgent>>,
+    failed: bool,
+}
+
+/// The run's host agents by (host, ssh master). A slot is locked while
+/// its agent starts, so two threads sharing a master (`host::at_once`)
+/// never start two.
+type Agents = HashMap<(String, usize), Arc<Mutex<Slot>>>;
 
 static AGENTS: Mutex<Option<Agents>> = Mutex::new(None);
 /// The run's timing, in milliseconds (stall, setup); 0: host agents off.
@@ -64,36 +73,38 @@ pub fn get(host: &Host, exe: &str) -> Option<Arc<HostAgent>> {
         return None;
     }
     let key = (host.label(), crate::host::master());
-    {
-        let mut agents = lock(&AGENTS);
-        let agents = agents.get_or_insert_with(HashMap::new);
-        match agents.get(&key) {
-            Some(Some(h)) if !h.dead() => return Some(h.clone()),
-            Some(None) => return None,
-            Some(Some(h)) => {
-                h.end();
-                agents.remove(&key);
-            }
-            None => {}
-        }
-    }
-    let started = HostAgent::start(host, exe, stall, setup);
-    lock(&AGENTS)
+    let slot = lock(&AGENTS)
         .get_or_insert_with(HashMap::new)
-        .insert(key, started.clone());
-    started
+        .entry(key)
+        .or_default()
+        .clone();
+    let mut slot = lock(&slot);
+    if slot.failed {
+        return None;
+    }
+    if let Some(h) = &slot.agent {
+        if !h.dead() {
+            return Some(h.clone());
+        }
+        h.end();
+    }
+    slot.agent = HostAgent::start(host, exe, stall, setup);
+    slot.failed = slot.agent.is_none();
+    slot.agent.clone()
 }
 
 /// Ends every host agent of the run (their transfers' agents stay as
 /// they are).
 pub fn close_all() {
-    let agents: Vec<_> = lock(&AGENTS)
+    let slots: Vec<_> = lock(&AGENTS)
         .take()
         .into_iter()
-        .flat_map(|a| a.into_values().flatten())
+        .flat_map(|a| a.into_values())
         .collect();
-    for h in agents {
-        h.end();
+    for slot in slots {
+        if let Some(h) = lock(&slot).agent.take() {
+            h.end();
+        }
     }
 }
 

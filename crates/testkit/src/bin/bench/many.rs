@@ -116,8 +116,8 @@ pub(crate) fn many(n: usize, rtt_ms: f64) -> Rows {
 
 /// `--many-rtt MS:N:SIZE`: N datasets of SIZE each (synthetic), pushed in
 /// full through the loopback sshd with every ssh connection through the
-/// latency relay (round trip MS), at `--jobs 1` and 4, in standard mode
-/// and with `--rsync`. Rows are (tool, wall s, CPU s).
+/// latency relay (round trip MS; 0: no relay), at `--jobs 1` and 4, in
+/// standard mode and with `--rsync`. Rows are (tool, wall s, CPU s).
 pub(crate) fn many_rtt(spec: &str) -> Rows {
     let parts: Vec<&str> = spec.split(':').collect();
     let [ms, n, size] = parts[..] else {
@@ -138,32 +138,45 @@ pub(crate) fn many_rtt(spec: &str) -> Rows {
     }
     let cfg = local.dir().join("ssh_config");
     let mut block = sshd.config_block("far");
-    block.push_str(&format!(
-        "  ProxyCommand {} {}ms %h %p\n",
-        sibling("latency").display(),
-        ms / 2.0
-    ));
+    // MS 0: straight to the loopback sshd, no relay.
+    if ms > 0.0 {
+        block.push_str(&format!(
+            "  ProxyCommand {} {}ms %h %p\n",
+            sibling("latency").display(),
+            ms / 2.0
+        ));
+    }
     std::fs::write(&cfg, block).unwrap();
     let ours = sibling("syncoid-rsync");
     let mut rows = Vec::new();
+    // The last two rows: --rsync without the host agents (each transfer's
+    // agents started by an ssh session of their own, as before them).
     for (k, extra) in [
         vec!["--jobs=1"],
         vec!["--jobs=4"],
         vec!["--rsync", "--jobs=1"],
         vec!["--rsync", "--jobs=4"],
+        vec!["--rsync", "--jobs=1", "(no host agent)"],
+        vec!["--rsync", "--jobs=4", "(no host agent)"],
     ]
     .into_iter()
     .enumerate()
     {
         let target = format!("far/k{k}");
         let mut c = local.command(ours.to_str().unwrap());
+        let no_host_agent = extra.contains(&"(no host agent)");
+        if no_host_agent {
+            c.env("SYNCOID_RSYNC_HOST_AGENT", "0");
+        }
+        let label = format!("syncoid-rsync {}", extra.join(" "));
+        let extra: Vec<&str> = extra.into_iter().filter(|a| a.starts_with("--")).collect();
         c.args(["-r", "--compress=none", "--no-sync-snap", "--quiet"])
             .arg(format!("--sshconfig={}", cfg.display()))
             .args(&extra)
             .arg("src/root")
             .arg(format!("root@far:{target}"));
         let s = measure(c);
-        rows.push((format!("syncoid-rsync {}", extra.join(" ")), s.secs, s.cpu));
+        rows.push((label, s.secs, s.cpu));
         far.zfs(&["destroy", "-r", &target]).ok();
     }
     rows
