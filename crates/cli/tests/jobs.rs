@@ -532,8 +532,9 @@ fn host_agents(far: &Host) -> Vec<i32> {
 /// everything arrived, and no host agent is left.
 #[test]
 fn a_tree_starts_its_far_agents_through_one_host_agent_per_thread() {
+    let _serial = serial();
     let local = Host::new(&["src"]);
-    let far = Host::new(&["far"]);
+    let far = Host::new(&["farh"]);
     let sshd = Sshd::start(&far);
     let (_r1, _r2) = (Reaper(&local), Reaper(&far));
     let made = tree(&local, 18, "3M");
@@ -541,10 +542,10 @@ fn a_tree_starts_its_far_agents_through_one_host_agent_per_thread() {
     let ssh = sshd.syncoid_args();
     let mut args: Vec<&str> = vec!["-r", "--rsync", "--jobs=2", "--no-sync-snap"];
     args.extend(ssh.iter().map(String::as_str));
-    args.extend(["src/tree", "root@127.0.0.1:far/tree"]);
+    args.extend(["src/tree", "root@127.0.0.1:farh/tree"]);
     let (code, out, err) = finish(spawn(&local, &args, &[("PATH", path.as_str())]));
     assert_eq!(code, 0, "{out}\n{err}");
-    assert_tree_arrived(&local, &far, &made, "far/tree");
+    assert_tree_arrived(&local, &far, &made, "farh/tree");
     assert_fed_once(&far);
     let calls = std::fs::read_to_string(wrap.join("state/calls")).unwrap();
     let sessions: Vec<&str> = calls.lines().filter(|l| !l.contains(" -O ")).collect();
@@ -574,8 +575,9 @@ fn a_tree_starts_its_far_agents_through_one_host_agent_per_thread() {
 /// everything arrives, each byte fed once, nothing left.
 #[test]
 fn a_killed_host_agent_ends_no_transfer() {
+    let _serial = serial();
     let local = Host::new(&["src"]);
-    let far = Host::new(&["far"]);
+    let far = Host::new(&["fark"]);
     let sshd = Sshd::start(&far);
     let (_r1, _r2) = (Reaper(&local), Reaper(&far));
     let made = tree(&local, 20, "12M");
@@ -589,7 +591,7 @@ fn a_killed_host_agent_ends_no_transfer() {
         "--link-timeout=2s",
     ];
     args.extend(ssh.iter().map(String::as_str));
-    args.extend(["src/tree", "root@127.0.0.1:far/tree"]);
+    args.extend(["src/tree", "root@127.0.0.1:fark/tree"]);
     let child = spawn(&local, &args, &[("FAKEZFS_SEND_RATE", "8M")]);
     wait_until("a big receive under way", 60, || {
         big_receiver(&far).is_some() && receiving_now(&far) >= 2 << 20
@@ -602,7 +604,7 @@ fn a_killed_host_agent_ends_no_transfer() {
     let (code, out, err) = finish(child);
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(err.contains("link to the agents lost"), "{err}");
-    assert_tree_arrived(&local, &far, &made, "far/tree");
+    assert_tree_arrived(&local, &far, &made, "fark/tree");
     assert_fed_once(&far);
     let receives = far
         .log()
@@ -625,15 +627,16 @@ fn a_killed_host_agent_ends_no_transfer() {
 /// snapshot) is a warning naming that dataset; the others are pruned.
 #[test]
 fn a_trees_prunes_are_one_call_per_host_at_the_end() {
+    let _serial = serial();
     let local = Host::new(&["src"]);
-    let far = Host::new(&["far"]);
+    let far = Host::new(&["farp"]);
     let sshd = Sshd::start(&far);
     let made = tree(&local, 8, "1M");
     let (wrap, path) = wrapped_ssh(&local, "logging-ssh", LOGGING_SSH);
     let ssh = sshd.syncoid_args();
     let mut args: Vec<&str> = vec!["-r", "--jobs=2", "--identifier=t"];
     args.extend(ssh.iter().map(String::as_str));
-    args.extend(["src/tree", "root@127.0.0.1:far/tree"]);
+    args.extend(["src/tree", "root@127.0.0.1:farp/tree"]);
     let run = |what: &str| {
         let (code, out, err) = finish(spawn(&local, &args, &[("PATH", path.as_str())]));
         assert_eq!(code, 0, "{what}: {out}\n{err}");
@@ -646,10 +649,10 @@ fn a_trees_prunes_are_one_call_per_host_at_the_end() {
             .filter(|s| s.starts_with("syncoid_t_"))
             .collect()
     };
-    let first = sync(&far, "far/tree/d3");
+    let first = sync(&far, "farp/tree/d3");
     assert_eq!(first.len(), 1, "{first:?}");
     // One old sync snapshot on the target held: its prune must fail.
-    far.zfs(&["hold", "keep", &format!("far/tree/d3@{}", first[0])])
+    far.zfs(&["hold", "keep", &format!("farp/tree/d3@{}", first[0])])
         .ok();
     std::fs::write(wrap.join("state/calls"), "").unwrap();
     std::thread::sleep(std::time::Duration::from_millis(1100));
@@ -660,14 +663,14 @@ fn a_trees_prunes_are_one_call_per_host_at_the_end() {
     let log = format!("{out}\n{err}");
     assert!(
         log.contains("pruning old sync snapshots on the target failed")
-            && log.contains("far/tree/d3@"),
+            && log.contains("farp/tree/d3@"),
         "{log}"
     );
     for fs in std::iter::once(&"src/tree".to_string()).chain(&made) {
-        let to = fs.replacen("src/tree", "far/tree", 1);
+        let to = fs.replacen("src/tree", "farp/tree", 1);
         let (s, t) = (sync(&local, fs), sync(&far, &to));
         assert_eq!(s.len(), 1, "{fs}: {s:?}");
-        if to == "far/tree/d3" {
+        if to == "farp/tree/d3" {
             assert_eq!(t.len(), 2, "the held one stays: {t:?}");
         } else {
             assert_eq!(t, s, "{to}");
