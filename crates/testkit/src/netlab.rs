@@ -80,6 +80,11 @@ impl Netlab {
             env,
             state,
         };
+        // A lab of this name can only be a leftover of a dead run whose
+        // pid ended in the same digits (a live one has another pid): its
+        // namespace, state and a blackhole it never healed would become
+        // this lab's. Torn down first.
+        lab.tear_down();
         lab.script(&["up.sh", "host"]);
         lab
     }
@@ -146,6 +151,13 @@ impl Netlab {
 
 impl Drop for Netlab {
     fn drop(&mut self) {
+        self.tear_down();
+    }
+}
+
+impl Netlab {
+    /// Heals the link and takes the lab down (both idempotent).
+    fn tear_down(&self) {
         let _ = Command::new("bash")
             .arg(self.scripts.join("heal.sh"))
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
