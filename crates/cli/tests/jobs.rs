@@ -257,8 +257,14 @@ fn fifty_datasets_with_rsync_and_jobs_4_through_sshd_survive_a_killed_agent() {
     );
     assert_tree_arrived(&local, &far, &made, "far/tree");
     assert_fed_once(&far);
-    assert!(agent_pids(&local).is_empty() && agent_pids(&far).is_empty());
-    assert_eq!(far.tmp_entries(), Vec::<String>::new());
+    assert_nothing_left(&local, &far, "");
+}
+
+/// No agent runs on either host, and neither host's tmp holds a session
+/// dir or a copy of the binary (`context`: shown when it fails).
+fn assert_nothing_left(local: &Host, far: &Host, context: &str) {
+    assert!(agent_pids(local).is_empty() && agent_pids(far).is_empty());
+    assert_eq!(far.tmp_entries(), Vec::<String>::new(), "{context}");
     assert_eq!(local.tmp_entries(), Vec::<String>::new());
 }
 
@@ -320,9 +326,7 @@ fn fifty_datasets_with_jobs_4_survive_a_killed_agent_and_a_20s_blackhole() {
     );
     assert_tree_arrived(&local, &far, &made, "far7/tree");
     assert_fed_once(&far);
-    assert!(agent_pids(&local).is_empty() && agent_pids(&far).is_empty());
-    assert_eq!(far.tmp_entries(), Vec::<String>::new(), "{out}\n{err}");
-    assert_eq!(local.tmp_entries(), Vec::<String>::new());
+    assert_nothing_left(&local, &far, &format!("{out}\n{err}"));
 }
 
 /// A coordinator of a `--jobs 4 --rsync` run killed while four big
@@ -564,9 +568,7 @@ fn a_tree_starts_its_far_agents_through_one_host_agent_per_thread() {
     wait_until("the host agents to end", 10, || {
         host_agents(&far).is_empty()
     });
-    assert!(agent_pids(&local).is_empty() && agent_pids(&far).is_empty());
-    assert_eq!(far.tmp_entries(), Vec::<String>::new());
-    assert_eq!(local.tmp_entries(), Vec::<String>::new());
+    assert_nothing_left(&local, &far, "");
 }
 
 /// The far host's agent killed while big transfers go through it: each
@@ -615,9 +617,7 @@ fn a_killed_host_agent_ends_no_transfer() {
     wait_until("the host agents to end", 10, || {
         host_agents(&far).is_empty()
     });
-    assert!(agent_pids(&local).is_empty() && agent_pids(&far).is_empty());
-    assert_eq!(far.tmp_entries(), Vec::<String>::new());
-    assert_eq!(local.tmp_entries(), Vec::<String>::new());
+    assert_nothing_left(&local, &far, "");
 }
 
 /// A tree's old sync snapshots are pruned at the end of the run, all of a

@@ -29,7 +29,7 @@ pub struct Mux {
     /// The connection's writing side; None once let go (`finish`).
     out: Mutex<Option<File>>,
     /// The mux's end of each joined channel.
-    channels: Mutex<HashMap<u32, UnixStream>>,
+    channels: Mutex<HashMap<u32, Arc<UnixStream>>>,
     /// When the connection last brought a piece.
     heard: Mutex<Instant>,
     /// Whether pieces are spliced from the connection into the channels
@@ -66,17 +66,17 @@ impl Mux {
     /// Joins `sock` to `channel`: a thread sends what it reads from it
     /// until it closes, then tells the other side (Close).
     pub fn join(self: &Arc<Self>, channel: u32, sock: UnixStream) -> io::Result<()> {
-        let reader = sock.try_clone()?;
-        lock(&self.channels).insert(channel, sock);
+        let sock = Arc::new(sock);
+        lock(&self.channels).insert(channel, sock.clone());
         let m = self.clone();
-        std::thread::spawn(move || m.pump(channel, reader));
+        std::thread::spawn(move || m.pump(channel, &sock));
         Ok(())
     }
 
     /// Sends what `sock` brings as pieces of `channel` until it closes:
     /// spliced through a private pipe (the bytes never enter our memory),
     /// or read and written where the kernel refuses.
-    fn pump(&self, channel: u32, mut sock: UnixStream) {
+    fn pump(&self, channel: u32, sock: &UnixStream) {
         let mut via = link::pipe(0).ok();
         if let Some((_, w)) = &via {
             crate::transfer::widen_pipe(w);
@@ -84,10 +84,10 @@ impl Mux {
         let mut buf = Vec::new();
         loop {
             let moved = match &via {
-                Some((r, w)) => self.pump_spliced(channel, &sock, r, w),
+                Some((r, w)) => self.pump_spliced(channel, sock, r, w),
                 None => {
                     buf.resize(PIECE, 0);
-                    self.pump_copied(channel, &mut sock, &mut buf)
+                    self.pump_copied(channel, sock, &mut buf)
                 }
             };
             match moved {
@@ -99,7 +99,7 @@ impl Mux {
         self.close(channel);
     }
 
-    fn pump_copied(&self, channel: u32, sock: &mut UnixStream, buf: &mut [u8]) -> Moved {
+    fn pump_copied(&self, channel: u32, mut sock: &UnixStream, buf: &mut [u8]) -> Moved {
         let n = match sock.read(buf) {
             Ok(0) | Err(_) => return Moved::Ended,
             Ok(n) => n,
@@ -231,10 +231,9 @@ impl Mux {
     /// failure is an error.
     fn deliver(&self, r: &mut File, channel: u32, len: usize) -> io::Result<()> {
         debug_assert!(len <= MAX_PIECE);
-        let sock = lock(&self.channels)
-            .get(&channel)
-            .and_then(|s| s.try_clone().ok());
-        let Some(mut sock) = sock else {
+        // The channel's own handle: no descriptor duplicated per piece.
+        let sock = lock(&self.channels).get(&channel).cloned();
+        let Some(sock) = sock else {
             return discard(r, len);
         };
         let mut left = len;
@@ -262,7 +261,7 @@ impl Mux {
         if left > 0 {
             let mut buf = vec![0u8; left];
             r.read_exact(&mut buf)?;
-            if sock.write_all(&buf).is_err() {
+            if (&*sock).write_all(&buf).is_err() {
                 self.close(channel);
             }
         }
