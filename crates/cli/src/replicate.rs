@@ -107,6 +107,10 @@ pub(crate) struct Run<'a> {
     /// A tree's run: prunes wait for its end (`later`), to be made in one
     /// call per host. None: each dataset prunes after its transfer.
     pub(crate) later: Option<Mutex<Vec<later::Prune>>>,
+    /// --rsync: the run's binaries are known (a transfer needs agents):
+    /// threads waiting for a dataset start their host agents meanwhile
+    /// (`warm_up`).
+    pub(crate) warm: std::sync::atomic::AtomicBool,
 }
 
 /// One dataset's view of the run, with its own counters.
@@ -350,6 +354,7 @@ pub fn run(s: &Settings) -> Result<Summary, Fatal> {
         at_once: s.jobs.clamp(1, pairs.len().max(1)),
         together: None,
         later: (pairs.len() > 1 && !s.args.dry_run).then(|| Mutex::new(Vec::new())),
+        warm: Default::default(),
     };
     if s.args.dry_run {
         out.plain("DRY RUN: these are the commands a real run would execute; nothing is changed.");

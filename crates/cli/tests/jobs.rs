@@ -249,7 +249,7 @@ fn fifty_datasets_with_rsync_and_jobs_4_through_sshd_survive_a_killed_agent() {
     });
     kill(big_receiver().expect("a big dataset's receiver"), 9);
     let (code, out, err) = finish(child);
-    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(code, 0, "{}", told(&out, &err));
     assert!(
         out.contains("Resuming interrupted zfs send/receive")
             || err.contains("going on from the target's resume token"),
@@ -319,7 +319,7 @@ fn fifty_datasets_with_jobs_4_survive_a_killed_agent_and_a_20s_blackhole() {
     });
     blackhole_for(&lab, 20);
     let (code, out, err) = finish(child);
-    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(code, 0, "{}", told(&out, &err));
     assert!(
         err.contains("going on from the target's resume token"),
         "{err}"
@@ -487,7 +487,7 @@ fn more_jobs_than_sshds_sessions_per_connection_all_arrive() {
     args.extend(ssh.iter().map(String::as_str));
     args.extend(["src/tree", "root@127.0.0.1:far/tree"]);
     let (code, out, err) = finish(spawn(&local, &args, &[("FAKEZFS_SEND_RATE", "1M")]));
-    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(code, 0, "{}", told(&out, &err));
     for i in 0..14 {
         let (src, dst) = (format!("src/tree/d{i}"), format!("far/tree/d{i}"));
         assert_eq!(far.files(&dst), local.files(&src), "{src}");
@@ -532,7 +532,8 @@ fn host_agents(far: &Host) -> Vec<i32> {
 /// A tree's transfers are started through one agent per thread on the
 /// far host (`agent host`, one ssh session), not an ssh session each:
 /// no ssh call starts an agent, at most one host agent per thread was
-/// started, the whole tree took fewer ssh calls than it has datasets,
+/// started (the thread waiting for the root's transfer started its own
+/// meanwhile), the whole tree took fewer ssh calls than it has datasets,
 /// everything arrived, and no host agent is left.
 #[test]
 fn a_tree_starts_its_far_agents_through_one_host_agent_per_thread() {
@@ -544,11 +545,11 @@ fn a_tree_starts_its_far_agents_through_one_host_agent_per_thread() {
     let made = tree(&local, 18, "3M");
     let (wrap, path) = wrapped_ssh(&local, "logging-ssh", LOGGING_SSH);
     let ssh = sshd.syncoid_args();
-    let mut args: Vec<&str> = vec!["-r", "--rsync", "--jobs=2", "--no-sync-snap"];
+    let mut args: Vec<&str> = vec!["-r", "--rsync", "--jobs=2", "--no-sync-snap", "--debug"];
     args.extend(ssh.iter().map(String::as_str));
     args.extend(["src/tree", "root@127.0.0.1:farh/tree"]);
     let (code, out, err) = finish(spawn(&local, &args, &[("PATH", path.as_str())]));
-    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(code, 0, "{}", told(&out, &err));
     assert_tree_arrived(&local, &far, &made, "farh/tree");
     assert_fed_once(&far);
     let calls = std::fs::read_to_string(wrap.join("state/calls")).unwrap();
@@ -559,6 +560,12 @@ fn a_tree_starts_its_far_agents_through_one_host_agent_per_thread() {
     );
     let hosts = calls.matches("agent host").count();
     assert!((1..=2).contains(&hosts), "{hosts} host agents:\n{calls}");
+    // The thread that waited for the tree's root to arrive started its
+    // host agent meanwhile, not when its first dataset was ready.
+    assert!(
+        out.contains("a waiting thread's host agent on root@127.0.0.1 is up"),
+        "{out}"
+    );
     assert!(
         sessions.len() < made.len(),
         "{} ssh calls for {} datasets:\n{calls}",
@@ -604,7 +611,7 @@ fn a_killed_host_agent_ends_no_transfer() {
         kill(p, 9);
     }
     let (code, out, err) = finish(child);
-    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(code, 0, "{}", told(&out, &err));
     assert!(err.contains("link to the agents lost"), "{err}");
     assert_tree_arrived(&local, &far, &made, "fark/tree");
     assert_fed_once(&far);
@@ -639,7 +646,7 @@ fn a_trees_prunes_are_one_call_per_host_at_the_end() {
     args.extend(["src/tree", "root@127.0.0.1:farp/tree"]);
     let run = |what: &str| {
         let (code, out, err) = finish(spawn(&local, &args, &[("PATH", path.as_str())]));
-        assert_eq!(code, 0, "{what}: {out}\n{err}");
+        assert_eq!(code, 0, "{what}: {}", told(&out, &err));
         (out, err)
     };
     run("first");

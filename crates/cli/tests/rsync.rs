@@ -870,6 +870,51 @@ fn an_agent_gone_mid_transfer_is_replaced_from_the_resume_token_in_the_same_run(
     }
 }
 
+/// A receiving agent killed after its zfs receive read the stream's
+/// header but before the first whole record: the target keeps a partial
+/// state at offset 0 (as real zfs does, once a receive has begun), and
+/// the transfer goes on from that token, from the start, in the same run:
+/// the second receive is fed every byte, and the data arrives identical.
+#[test]
+fn a_receiver_killed_before_its_first_record_goes_on_from_offset_0() {
+    let _serial = serial();
+    let h = Host::new(&["src", "dst"]);
+    let _reap = Reaper(&h);
+    synthetic(&h, "src/data", "600K");
+    let args = [
+        "--rsync",
+        "--no-sync-snap",
+        "--chunk-size=64K",
+        "src/data",
+        "dst/data",
+    ];
+    // At 200 KB/s the first record (256 KB) takes over a second; the
+    // agent is killed once the receive read the first chunk (the header
+    // and 64 KB of it; the emulator's own reads of its state are a few KB).
+    let child = spawn(&h, &args, &[("FAKEZFS_SEND_RATE", "200K")]);
+    wait_until("both agents", 40, || agent_pids(&h).len() == 2);
+    wait_receiving(&h, 64 << 10);
+    let (_, pid) = agent(&h, "receive");
+    kill(pid, 9);
+    let (code, out, err) = finish(child);
+    assert_eq!(code, 0, "{}", told(&out, &err));
+    assert!(
+        out.contains("Resuming interrupted zfs send/receive"),
+        "{out}\n{err}"
+    );
+    assert_eq!(h.files("dst/data"), h.files("src/data"));
+    let f = fed(&h);
+    assert_eq!(f.len(), 2, "{f:?}");
+    assert_eq!(
+        (f[0].1, f[0].2),
+        (0, 0),
+        "the first receive took a record: {f:?}"
+    );
+    assert_eq!(f[1].1, 0, "{f:?}");
+    assert_fed_once(&h);
+    assert!(agent_pids(&h).is_empty() && h.tmp_entries().is_empty());
+}
+
 /// A rerun that finds an agent alive but unreachable (its socket removed,
 /// as a tmp cleaner might after days) treats it as gone: it is stopped
 /// with the other one and the transfer goes on from the resume token.

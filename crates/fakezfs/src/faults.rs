@@ -75,14 +75,19 @@ impl FaultyOut {
         self.written
     }
 
-    fn throttle(&self) {
+    /// Keeps to the rate: what was written leaves before each pause, so a
+    /// slow send trickles as a real one does instead of coming in bursts
+    /// of the buffer's size.
+    fn throttle(&mut self) -> io::Result<()> {
         if let Some(rate) = self.rate {
             let due = Duration::from_secs_f64(self.written as f64 / rate as f64);
             let elapsed = self.start.elapsed();
             if due > elapsed {
+                self.file.flush()?;
                 std::thread::sleep(due - elapsed);
             }
         }
+        Ok(())
     }
 }
 
@@ -114,7 +119,7 @@ impl Write for FaultyOut {
         }
         let n = self.file.write(&chunk)?;
         self.written += n as u64;
-        self.throttle();
+        self.throttle()?;
         Ok(n)
     }
 

@@ -15,7 +15,8 @@
 //!
 //! The payload of a substream is the ops section (directories, files,
 //! symlinks, deletions; `ops_len` bytes) followed by the synthetic content.
-//! A resumed substream carries the payload from `resume_offset` on.
+//! A resumed substream (`resuming`) carries the payload from
+//! `resume_offset` on.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -42,6 +43,12 @@ pub struct Header {
     pub ops_len: u64,
     pub payload_len: u64,
     pub resume_offset: u64,
+    /// Made by `zfs send -t`: it goes on with a receive that was cut, at
+    /// `resume_offset`, which is 0 when the cut came before the first
+    /// record (real zfs marks such a stream with its RESUMING feature
+    /// flag, whatever the offset).
+    #[serde(default)]
+    pub resuming: bool,
     pub raw: bool,
     pub synthetic: Option<Synthetic>,
     /// Properties sent with `-p`/`-R` (or needed by a raw stream).
@@ -323,6 +330,7 @@ mod tests {
             ops_len: payload_len,
             payload_len,
             resume_offset: 0,
+            resuming: false,
             raw: false,
             synthetic: None,
             props: BTreeMap::new(),

@@ -90,6 +90,32 @@ fn interrupted_receive_resumes_at_the_saved_offset() {
     assert!(fed[0].1 > 0);
 }
 
+/// A receive cut after the stream's header but before its first whole
+/// record keeps a partial state at offset 0, as real zfs does (the resume
+/// fields are set when the receive begins); its token's stream resumes it
+/// from the start and is not taken for a new full stream.
+#[test]
+fn a_receive_cut_before_its_first_record_resumes_from_offset_0() {
+    let h = setup();
+    let r = h.sh("zfs send src/data@a | head -c 2000 | zfs receive -s dst/part");
+    assert!(
+        r.stderr.contains("Partially received snapshot is saved."),
+        "{}",
+        r.stderr
+    );
+    let token = h.get("receive_resume_token", "dst/part");
+    let est = h.zfs(&["send", "-nvP", "-t", &token]).ok();
+    assert!(est.stdout.contains("offset = 0x0"), "{}", est.stdout);
+    h.sh(&format!("zfs send -t {token} | zfs receive -s dst/part"))
+        .ok();
+    assert_eq!(h.get("receive_resume_token", "dst/part"), "-");
+    assert_eq!(h.read("dst/part", "f1").unwrap(), vec![7u8; 3_000_000]);
+    assert_eq!(
+        h.snapshot_guids("dst/part")["a"],
+        h.snapshot_guids("src/data")["a"]
+    );
+}
+
 #[test]
 fn receive_abort_discards_partial_state() {
     let h = setup();

@@ -113,7 +113,7 @@ fn emulator_matches_real_openzfs_2_1() {
         .map(|d| d.unwrap().path())
         .collect();
     cases.sort();
-    assert_eq!(cases.len(), 68);
+    assert_eq!(cases.len(), 69);
     let mut failures = Vec::new();
     for case in &cases {
         let read = |f: &str| std::fs::read_to_string(case.join(f)).unwrap();

@@ -6,7 +6,9 @@
 //! the first in the plan's order goes first, so `--jobs 1` is syncoid's
 //! order exactly.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Condvar, Mutex};
+use std::time::Duration;
 
 use super::fatal;
 use super::{location_of, sync_dataset, view, Ctx, DsError, Fatal, Inventory, Outcome, Run};
@@ -92,32 +94,49 @@ pub(crate) fn run_all(
     });
     let changed = Condvar::new();
     let count = items.len();
-    let worker = || loop {
-        let i = {
+    let worker = || {
+        // This thread's connections to the hosts were started early.
+        let mut warmed = false;
+        loop {
+            let i = {
+                let mut b = lock(&book);
+                loop {
+                    if b.fatal.is_some() || !b.waiting() {
+                        return;
+                    }
+                    if let Some(i) = b.ready(&deps) {
+                        b.state[i] = State::Running;
+                        break i;
+                    }
+                    // Waiting for a parent: once the run's transfers need
+                    // agents, this thread starts its own connections to the
+                    // hosts meanwhile, not when its first dataset is ready.
+                    if !warmed && run.warm.load(Ordering::Relaxed) {
+                        drop(b);
+                        run.warm_up();
+                        warmed = true;
+                        b = lock(&book);
+                        continue;
+                    }
+                    b = changed
+                        .wait_timeout(b, Duration::from_millis(50))
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                }
+            };
+            run.progress.dataset(i + 1, count);
+            let r = one(run, &items[i], inventories);
+            run.progress.dataset_ended();
             let mut b = lock(&book);
-            loop {
-                if b.fatal.is_some() || !b.waiting() {
-                    return;
+            b.state[i] = State::Ended;
+            match r {
+                Ok(d) => b.results[i] = Some(d),
+                Err(f) => {
+                    b.fatal.get_or_insert(f);
                 }
-                if let Some(i) = b.ready(&deps) {
-                    b.state[i] = State::Running;
-                    break i;
-                }
-                b = changed.wait(b).unwrap_or_else(|e| e.into_inner());
             }
-        };
-        run.progress.dataset(i + 1, count);
-        let r = one(run, &items[i], inventories);
-        run.progress.dataset_ended();
-        let mut b = lock(&book);
-        b.state[i] = State::Ended;
-        match r {
-            Ok(d) => b.results[i] = Some(d),
-            Err(f) => {
-                b.fatal.get_or_insert(f);
-            }
+            changed.notify_all();
         }
-        changed.notify_all();
     };
     // A dry run prints each dataset's commands as one block, in order.
     let jobs = if run.s.args.dry_run {

@@ -80,7 +80,27 @@ impl Run<'_> {
         lock(&self.copied).extend(copied);
         let e = Exes { source, target };
         *cached = Some(e.clone());
+        self.warm.store(true, Ordering::Relaxed);
         Ok(e)
+    }
+
+    /// A thread with nothing to do yet, in a run whose transfers need
+    /// agents: it starts its host agents now (and its ssh masters with
+    /// them), while the datasets it waits for are sent, so that its first
+    /// transfer does not begin with them. Nothing if host agents are off.
+    pub(crate) fn warm_up(&self) {
+        let Some(e) = lock(&self.exes).clone() else {
+            return;
+        };
+        let (sh, th) = (&self.s.source_host, &self.s.target_host);
+        for (h, exe) in [(sh, &e.source), (th, &e.target)] {
+            if h.is_remote() && coordinator::hosted::get(h, exe).is_some() {
+                self.out.debug(&format!(
+                    "a waiting thread's host agent on {} is up",
+                    h.label()
+                ));
+            }
+        }
     }
 
     /// --rsync: after an agent is gone (its host may have restarted and

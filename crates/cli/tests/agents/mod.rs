@@ -157,6 +157,17 @@ pub fn finish(mut spawned: Spawned) -> (i32, String, String) {
     )
 }
 
+/// A failed run's output for an assertion message: its CRITICAL and
+/// WARNING lines first (a CI log cut in the middle still shows why), then
+/// all of stdout and stderr.
+pub fn told(out: &str, err: &str) -> String {
+    let problems: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("CRITICAL") || l.contains("WARNING"))
+        .collect();
+    format!("{}\n---\n{out}\n{err}", problems.join("\n"))
+}
+
 /// The coordinator's ssh connections to its remote agents: each runs
 /// `syncoid-rsync agent bridge DIR` on the far end, or, the first one,
 /// `syncoid-rsync agent start ... --attach` (started and connected in one).

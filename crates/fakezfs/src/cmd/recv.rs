@@ -156,7 +156,7 @@ fn begin(
             "cannot open '{pool}': dataset does not exist\ncannot receive {k} stream: unable to restore to destination"
         ));
     }
-    if h.resume_offset > 0 {
+    if h.resuming {
         let p = exists.and_then(|d| d.partial.as_ref()).ok_or_else(|| {
             Fail::new(1, format!("cannot receive resume stream: destination {fs} does not contain partially-complete state"))
         })?;
@@ -403,7 +403,7 @@ fn interrupted(
     let k = kind(h);
     if !o.has('s') || t.skip {
         let why = match e {
-            StreamError::Incomplete if h.resume_offset == 0 => "incomplete stream".to_string(),
+            StreamError::Incomplete if !h.resuming => "incomplete stream".to_string(),
             _ => "checksum mismatch or incomplete stream".to_string(),
         };
         return fail(format!("cannot receive {k} stream: {why}"));

@@ -124,6 +124,7 @@ fn part(
             ops_len,
             payload_len: ops_len + synth_sent.map(|s| s.size).unwrap_or(0),
             resume_offset: 0,
+            resuming: false,
             raw,
             synthetic: s.synthetic,
             props,
@@ -376,6 +377,7 @@ fn plan_resume(store: &Store, st: &State, tok: &str) -> Res<(Vec<Part>, token::T
         return fail("cannot resume send: resume token offset is beyond the end of the stream");
     }
     p.header.resume_offset = t.offset;
+    p.header.resuming = true;
     Ok((vec![p], t))
 }
 

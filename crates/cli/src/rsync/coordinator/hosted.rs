@@ -94,17 +94,20 @@ pub fn get(host: &Host, exe: &str) -> Option<Arc<HostAgent>> {
 }
 
 /// Ends every host agent of the run (their transfers' agents stay as
-/// they are).
+/// they are): all are told at once, then each is waited for, so a run of
+/// N threads pays one round trip for them, not N.
 pub fn close_all() {
-    let slots: Vec<_> = lock(&AGENTS)
+    let agents: Vec<Arc<HostAgent>> = lock(&AGENTS)
         .take()
         .into_iter()
         .flat_map(|a| a.into_values())
+        .filter_map(|slot| lock(&slot).agent.take())
         .collect();
-    for slot in slots {
-        if let Some(h) = lock(&slot).agent.take() {
-            h.end();
-        }
+    for h in &agents {
+        h.let_go();
+    }
+    for h in &agents {
+        h.end();
     }
 }
 
@@ -183,11 +186,17 @@ impl HostAgent {
         self.dead.load(Ordering::Relaxed)
     }
 
-    /// Lets go of the connection: the far end reads its end and exits;
-    /// the ssh session is ended if it lingers.
-    fn end(&self) {
+    /// Closes our end of the connection: the far end exits when it reads
+    /// the end.
+    fn let_go(&self) {
         self.dead.store(true, Ordering::Relaxed);
         self.mux.finish();
+    }
+
+    /// Lets go of the connection, and ends the ssh session if it lingers
+    /// (a second).
+    fn end(&self) {
+        self.let_go();
         let mut c = lock(&self.child);
         for _ in 0..40 {
             if !matches!(c.try_wait(), Ok(None)) {

@@ -175,6 +175,13 @@ pub(crate) fn many_rtt(spec: &str) -> Rows {
             .args(&extra)
             .arg("src/root")
             .arg(format!("root@far:{target}"));
+        // BENCH_DEBUG_DIR: each row's --debug lines (timestamped) into
+        // DIR/rowK.log, to see where a row's time goes.
+        if let Ok(d) = std::env::var("BENCH_DEBUG_DIR") {
+            c.arg("--debug");
+            let f = std::fs::File::create(format!("{d}/row{k}.log")).unwrap();
+            c.stderr(f.try_clone().unwrap()).stdout(f);
+        }
         let s = measure(c);
         rows.push((label, s.secs, s.cpu));
         far.zfs(&["destroy", "-r", &target]).ok();
