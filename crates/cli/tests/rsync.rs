@@ -880,7 +880,7 @@ fn a_receiver_killed_before_its_first_record_goes_on_from_offset_0() {
     let _serial = serial();
     let h = Host::new(&["src", "dst"]);
     let _reap = Reaper(&h);
-    synthetic(&h, "src/data", "600K");
+    synthetic(&h, "src/data", "300K");
     let args = [
         "--rsync",
         "--no-sync-snap",
@@ -888,10 +888,10 @@ fn a_receiver_killed_before_its_first_record_goes_on_from_offset_0() {
         "src/data",
         "dst/data",
     ];
-    // At 200 KB/s the first record (256 KB) takes over a second; the
+    // At 100 KB/s the first record (256 KB) takes about two seconds; the
     // agent is killed once the receive read the first chunk (the header
     // and 64 KB of it; the emulator's own reads of its state are a few KB).
-    let child = spawn(&h, &args, &[("FAKEZFS_SEND_RATE", "200K")]);
+    let child = spawn(&h, &args, &[("FAKEZFS_SEND_RATE", "100K")]);
     wait_until("both agents", 40, || agent_pids(&h).len() == 2);
     wait_receiving(&h, 64 << 10);
     let (_, pid) = agent(&h, "receive");
