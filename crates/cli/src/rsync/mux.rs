@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -111,24 +111,12 @@ impl Mux {
     }
 
     fn pump_spliced(&self, channel: u32, sock: &UnixStream, r: &OwnedFd, w: &OwnedFd) -> Moved {
-        let n = loop {
-            let n = link::splice(sock.as_raw_fd(), w.as_raw_fd(), PIECE, 0);
-            if n >= 0 {
-                break n as usize;
-            }
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return if link::refused(&e) {
-                Moved::Refused
-            } else {
-                Moved::Ended
-            };
+        let n = match splice_once(sock.as_raw_fd(), w.as_raw_fd(), PIECE) {
+            Ok(0) => return Moved::Ended,
+            Ok(n) => n,
+            Err(e) if link::refused(&e) => return Moved::Refused,
+            Err(_) => return Moved::Ended,
         };
-        if n == 0 {
-            return Moved::Ended;
-        }
         let mut out = lock(&self.out);
         let Some(out) = out.as_mut() else {
             return Moved::Ended;
@@ -138,27 +126,22 @@ impl Mux {
         }
         let mut left = n;
         while left > 0 {
-            let m = link::splice(r.as_raw_fd(), out.as_raw_fd(), left, 0);
-            if m > 0 {
-                left -= m as usize;
-                continue;
-            }
-            let e = io::Error::last_os_error();
-            if m < 0 && e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            if m < 0 && link::refused(&e) {
-                // A connection the kernel does not splice into: what is
-                // in the pipe is read and written, and so from now on.
-                let mut rest = vec![0u8; left];
-                let Ok(fd) = r.try_clone() else {
-                    return Moved::Ended;
-                };
-                if File::from(fd).read_exact(&mut rest).is_ok() && out.write_all(&rest).is_ok() {
-                    return Moved::Refused;
+            match splice_once(r.as_raw_fd(), out.as_raw_fd(), left) {
+                Ok(0) => return Moved::Ended,
+                Ok(m) => left -= m,
+                Err(e) if link::refused(&e) => {
+                    // A connection the kernel does not splice into: what
+                    // is in the pipe is read and written, and so from now on.
+                    let mut rest = vec![0u8; left];
+                    let Ok(fd) = r.try_clone() else {
+                        return Moved::Ended;
+                    };
+                    let copied = File::from(fd).read_exact(&mut rest).is_ok()
+                        && out.write_all(&rest).is_ok();
+                    return if copied { Moved::Refused } else { Moved::Ended };
                 }
+                Err(_) => return Moved::Ended,
             }
-            return Moved::Ended;
         }
         Moved::More
     }
@@ -238,25 +221,19 @@ impl Mux {
         };
         let mut left = len;
         while left > 0 && self.splice_in.load(Ordering::Relaxed) {
-            let m = link::splice(r.as_raw_fd(), sock.as_raw_fd(), left, 0);
-            if m > 0 {
-                left -= m as usize;
-                continue;
+            match splice_once(r.as_raw_fd(), sock.as_raw_fd(), left) {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(m) => left -= m,
+                Err(e) if link::refused(&e) => {
+                    self.splice_in.store(false, Ordering::Relaxed);
+                    break;
+                }
+                Err(_) => {
+                    // The channel's socket failed (its agent is gone).
+                    self.close(channel);
+                    return discard(r, left);
+                }
             }
-            if m == 0 {
-                return Err(io::ErrorKind::UnexpectedEof.into());
-            }
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            if link::refused(&e) {
-                self.splice_in.store(false, Ordering::Relaxed);
-                break;
-            }
-            // The channel's socket failed (its agent is gone).
-            self.close(channel);
-            return discard(r, left);
         }
         if left > 0 {
             let mut buf = vec![0u8; left];
@@ -275,6 +252,17 @@ enum Moved {
     Ended,
     /// The kernel refused to splice: read and write from now on.
     Refused,
+}
+
+/// One `splice(2)` of up to `len` bytes, tried again when a signal
+/// interrupted it.
+fn splice_once(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
+    loop {
+        match link::cvt(link::splice(from, to, len, 0)) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            r => return r,
+        }
+    }
 }
 
 /// Reads and drops `len` bytes of the connection.
